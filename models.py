@@ -1,0 +1,167 @@
+"""The three genre classifiers of the original project (UAB 2023): CNN1D, CNN2D and CRNN.
+
+Every model takes a batch of mel-spectrograms in decibels, shape (batch, n_mels, n_frames), and
+returns ``(logits, probabilities)``. Layer sizes derive from the constructor arguments; with the
+defaults (128 x 1291 input, 8 classes) the parameter counts are exactly the original's:
+CNN1D 236,680, CNN2D 37,912,576, CRNN 438,808 (SPEC.md section 4).
+
+``faithful=True`` reproduces the original forward pass, quirks included, so the original's trained
+weights give the original's outputs; ``faithful=False`` is the corrected pass. Parameter names and
+counts are identical either way.
+
+    python models.py        # prints each model's parameter count
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class CNN1D(nn.Module):
+    """The original's CNN1D ("CNNGH1D"): mel bands as Conv1d channels, three conv blocks, one Linear."""
+
+    pools = (4, 4, 2)
+    kernel = 4
+
+    def __init__(self, n_mels=128, n_frames=1291, n_classes=8, faithful=True):
+        super().__init__()
+        self.faithful = faithful
+        length = n_frames
+        for i, pool in enumerate(self.pools, start=1):
+            # Layer order (dropout before batch norm) and names are the original's.
+            setattr(self, f"layer{i}", nn.Sequential(
+                nn.Conv1d(n_mels, n_mels, kernel_size=self.kernel),
+                nn.LeakyReLU(),
+                nn.Dropout(0.25),
+                nn.BatchNorm1d(n_mels),
+                nn.MaxPool1d(pool),
+            ))
+            length = (length - self.kernel + 1) // pool
+        if length < 1:
+            raise ValueError(f"CNN1D needs n_frames >= 46; got n_frames={n_frames}.")
+        self.fc1 = nn.Linear(n_mels * length, n_classes)
+        # Quirk 1: the original passed its logits through ReLU and Dropout(0.3).
+        self.logit_dropout = nn.Dropout(0.3)
+
+    def forward(self, x):                       # (B, n_mels, T)
+        x = self.layer3(self.layer2(self.layer1(x)))  # (B, n_mels, T')
+        logits = self.fc1(x.flatten(1))         # (B, n_classes)
+        if self.faithful:
+            logits = self.logit_dropout(F.relu(logits))
+        return logits, F.softmax(logits, dim=1)
+
+
+class CNN2D(nn.Module):
+    """The original's CNN2D: a LeNet-style 2-D CNN over the spectrogram image, then three Linear layers."""
+
+    def __init__(self, n_mels=128, n_frames=1291, n_classes=8, faithful=True):
+        super().__init__()
+        self.faithful = faithful  # no quirk in this model; kept so every model takes the same arguments
+        height, width = n_mels, n_frames
+        for _ in range(2):  # conv 5x5 (no padding) then max-pool 2
+            height, width = (height - 4) // 2, (width - 4) // 2
+        if height < 1 or width < 1:
+            raise ValueError(f"CNN2D needs n_mels and n_frames >= 16; got {n_mels} x {n_frames}.")
+        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.fc1 = nn.Linear(16 * height * width, 256)
+        self.bn3 = nn.BatchNorm1d(256)
+        self.dropout = nn.Dropout(0.5)
+        self.fc2 = nn.Linear(256, 64)
+        self.bn4 = nn.BatchNorm1d(64)
+        self.fc3 = nn.Linear(64, n_classes)
+
+    def forward(self, x):                                 # (B, n_mels, T)
+        x = x.unsqueeze(1)                                # (B, 1, n_mels, T)
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)  # (B, 6, H1, W1)
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)  # (B, 16, H2, W2)
+        x = self.dropout(F.relu(self.bn3(self.fc1(x.flatten(1)))))  # (B, 256)
+        x = F.relu(self.bn4(self.fc2(x)))                 # (B, 64)
+        logits = self.fc3(x)                              # (B, n_classes)
+        return logits, F.softmax(logits, dim=1)
+
+
+class ResidualBlock(nn.Module):
+    """ReLU(conv3x3-BN-ReLU-conv3x3-BN (x) + conv1x1-BN (x)), as in the original CRNN."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.layer1 = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            nn.BatchNorm2d(out_channels),
+        )
+        self.layer2 = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), nn.BatchNorm2d(out_channels))
+
+    def forward(self, x):
+        return F.relu(self.layer1(x) + self.layer2(x))
+
+
+class ConvBlock(nn.Module):
+    """Four residual blocks with max-pooling between them; named ``conv_block.block`` as in the original."""
+
+    pools = ((8, 2), (4, 2), (4, 2))
+    channels = (1, 16, 32, 64, 128)
+
+    def __init__(self):
+        super().__init__()
+        layers = []
+        for i in range(4):
+            layers.append(ResidualBlock(self.channels[i], self.channels[i + 1]))
+            if i < len(self.pools):
+                layers.append(nn.MaxPool2d(self.pools[i]))
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class CRNN(nn.Module):
+    """The original's CRNN: residual 2-D conv blocks, an LSTM over time, the last step to a Linear."""
+
+    def __init__(self, n_mels=128, n_frames=1291, n_classes=8, faithful=True):
+        super().__init__()
+        self.faithful = faithful
+        height = n_mels
+        for pool_height, _ in ConvBlock.pools:
+            height //= pool_height
+        if height < 1 or n_frames < 8:
+            raise ValueError(f"CRNN needs n_mels >= 128 and n_frames >= 8; got {n_mels} x {n_frames}.")
+        channels = ConvBlock.channels[-1]
+        self.conv_block = ConvBlock()
+        self.lstm = nn.LSTM(channels * height, 128, batch_first=True)
+        self.dropout = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(128, n_classes)
+
+    def forward(self, x):                       # (B, n_mels, T)
+        x = self.conv_block(x.unsqueeze(1))     # (B, 128, H, T') with H = n_mels // 128
+        batch, channels, height, steps = x.shape
+        if self.faithful:
+            # Quirk 2: the original reshaped (B, 128, 1, T') straight to (B, T', 128), which
+            # scrambles channels and time instead of transposing them.
+            x = x.reshape(batch, steps, channels * height)
+        else:
+            x = x.permute(0, 3, 1, 2).reshape(batch, steps, channels * height)  # (B, T', 128 H)
+        out, _ = self.lstm(x)                   # (B, T', 128)
+        logits = self.fc1(self.dropout(out[:, -1]))  # (B, n_classes)
+        return logits, F.softmax(logits, dim=1)
+
+
+MODELS = {"cnn1d": CNN1D, "cnn2d": CNN2D, "crnn": CRNN}
+
+
+def build_model(name, **model_args):
+    """The registry's model ``name`` built with ``model_args``; an unknown name lists the valid ones."""
+    try:
+        model_class = MODELS[name]
+    except KeyError:
+        raise ValueError(f"Unknown model {name!r}: choose one of {', '.join(sorted(MODELS))}.") from None
+    return model_class(**model_args)
+
+
+if __name__ == "__main__":
+    for name, model_class in MODELS.items():
+        print(f"{name:6s} {sum(p.numel() for p in model_class().parameters()):>12,d} parameters")

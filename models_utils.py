@@ -1,0 +1,236 @@
+"""Helpers around the models: initialisation, parameter counts, checkpoints and report figures.
+
+Checkpoints are self-describing dicts (model name and arguments, class names, preprocessing,
+normalisation, config, ...) written atomically and read with ``torch.load(weights_only=True)``, so
+a checkpoint can never run code. Figures are drawn headless (Agg) and returned as matplotlib Figures.
+"""
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+matplotlib.use("Agg")  # headless: figures are saved to PNG and sent to W&B, never shown
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn as nn
+from sklearn.metrics import auc, roc_curve
+
+from models import build_model
+
+CHECKPOINT_FORMAT = "fma-genre-classifier"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_KEYS = ("model", "model_args", "state_dict", "class_names", "preprocessing", "normalisation")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, unreadable or not one of this project's."""
+
+
+# -----------------------------------------------------------------------------
+# initialisation and size
+
+def init_weights(model, method="kaiming"):
+    """Initialise Linear/Conv1d/Conv2d weights as the original did (SPEC section 4); biases to zero.
+
+    "kaiming": Kaiming-uniform (a=0, fan_in, leaky_relu); "xavier": Xavier-uniform. LSTM and
+    batch-norm layers keep PyTorch's defaults.
+    """
+    initialisers = {
+        "kaiming": lambda w: nn.init.kaiming_uniform_(w, a=0, mode="fan_in", nonlinearity="leaky_relu"),
+        "xavier": nn.init.xavier_uniform_,
+    }
+    if method not in initialisers:
+        raise ValueError(f"Unknown init method {method!r}: choose one of {', '.join(initialisers)}.")
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            initialisers[method](module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
+
+
+def count_parameters(model):
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# -----------------------------------------------------------------------------
+# checkpoints
+
+def save_checkpoint(checkpoint, path):
+    """Write ``checkpoint`` to ``path`` atomically: a crash leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **checkpoint}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path, device="cpu"):
+    """Read a checkpoint written by ``save_checkpoint``; CheckpointError says what is wrong and what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} does not exist. Train a model first (python main.py, "
+                              f"which writes runs/<model>/best.pt) or give the path of an existing .pt file.")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"Checkpoint {path} could not be read ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0][:200]}). The file is corrupt, truncated or not a "
+                              f"PyTorch checkpoint of this project; retrain or point to another file.") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this project (no format={CHECKPOINT_FORMAT!r} "
+                              f"entry). A bare state_dict of the original project loads with "
+                              f"pre_trained_models.py --model=cnn1d|crnn instead.")
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    if missing or checkpoint.get("version", 0) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"Checkpoint {path} is incompatible (version {checkpoint.get('version')}, "
+                              f"missing {missing}); it was written by another version of this project.")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint, device="cpu"):
+    """Rebuild the model a checkpoint describes, load its weights and put it in eval mode."""
+    model = build_model(checkpoint["model"], **checkpoint["model_args"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise CheckpointError(f"The weights in the checkpoint do not fit model {checkpoint['model']!r} "
+                              f"{checkpoint['model_args']}: {str(error).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+# -----------------------------------------------------------------------------
+# figures
+
+def plot_confusion_matrix(cm, class_names, normalize=False):
+    """Confusion matrix (rows: true genre, columns: predicted), as counts or normalised by row."""
+    cm = np.asarray(cm, dtype=float)
+    if normalize:
+        cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * n, 0.8 + 0.7 * n), layout="constrained")
+    image = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set(xticks=range(n), yticks=range(n), xlabel="Predicted genre", ylabel="True genre",
+           title="Confusion matrix" + (" (normalised by row)" if normalize else ""))
+    ax.set_xticklabels(class_names, rotation=45, ha="right")
+    ax.set_yticklabels(class_names)
+    threshold = cm.max() / 2 if cm.size else 0
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{cm[i, j]:.2f}" if normalize else f"{int(cm[i, j])}", ha="center", va="center",
+                    fontsize=8, color="white" if cm[i, j] > threshold else "black")
+    return fig
+
+
+def plot_roc_curves(y_true, probs, class_names):
+    """One-vs-rest ROC curve per class, each with its AUC in the legend."""
+    y_true, probs = np.asarray(y_true), np.asarray(probs)
+    fig, ax = plt.subplots(figsize=(7, 6), layout="constrained")
+    for k, name in enumerate(class_names):
+        positives = y_true == k
+        if positives.all() or not positives.any():
+            continue  # ROC is undefined without both positives and negatives
+        fpr, tpr, _ = roc_curve(positives, probs[:, k])
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.2f})")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="chance")
+    ax.set(xlabel="False positive rate", ylabel="True positive rate", xlim=(0, 1), ylim=(0, 1.02),
+           title="ROC curves (one genre vs the rest)")
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def plot_training_curves(history):
+    """Loss and accuracy per epoch, train vs validation; ``history`` is a list of per-epoch dicts."""
+    epochs = [row["epoch"] for row in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    for split in ("train", "val"):
+        label = "train" if split == "train" else "validation"
+        for ax, metric in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+            values = [row.get(f"{split}_{metric}") for row in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [np.nan if v is None else v for v in values], marker="o", label=label)
+    loss_ax.set(xlabel="Epoch", ylabel="Cross-entropy loss", title="Loss")
+    acc_ax.set(xlabel="Epoch", ylabel="Accuracy", title="Accuracy", ylim=(0, 1))
+    for ax in (loss_ax, acc_ax):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    return fig
+
+
+# -----------------------------------------------------------------------------
+# metrics
+
+def classification_metrics(targets, probabilities, class_names):
+    """Accuracy, per-class precision/recall/F1/support, macro F1, confusion matrix and ROC AUC per class.
+
+    ``targets``: (N,) integer labels; ``probabilities``: (N, n_classes). Predictions are the argmax.
+    Returns plain Python types (JSON-ready). A class absent from ``targets`` has ROC AUC None.
+    """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
+    targets, probabilities = np.asarray(targets), np.asarray(probabilities, dtype=np.float64)
+    labels = list(range(len(class_names)))
+    predictions = probabilities.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        targets, predictions, labels=labels, zero_division=0)
+    roc_auc = {}
+    for k, name in enumerate(class_names):
+        positives = targets == k
+        defined = positives.any() and not positives.all()  # AUC needs positives and negatives
+        roc_auc[name] = float(roc_auc_score(positives, probabilities[:, k])) if defined else None
+    return {
+        "accuracy": float((predictions == targets).mean()) if len(targets) else 0.0,
+        "macro_f1": float(f1.mean()),
+        "per_class": {name: {"precision": float(precision[k]), "recall": float(recall[k]),
+                             "f1": float(f1[k]), "support": int(support[k])}
+                      for k, name in enumerate(class_names)},
+        "roc_auc": roc_auc,
+        "confusion_matrix": confusion_matrix(targets, predictions, labels=labels).tolist(),
+        "class_names": list(class_names),
+    }
+
+
+def _atomic_write(path, write):
+    """Call ``write(file)`` on a temp file next to ``path``, then move it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_report(out_dir, metrics, targets, probabilities, class_names, history=None):
+    """Write metrics.json, confusion_matrix.png (+ _normalized), roc_curves.png and, given a
+    ``history``, curves.png into ``out_dir`` atomically; returns the paths written."""
+    import json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(metrics, indent=2, allow_nan=True) + "\n"
+    written = [out_dir / "metrics.json"]
+    _atomic_write(written[0], lambda f: f.write(text.encode()))
+    cm = metrics.get("confusion_matrix") or classification_metrics(targets, probabilities, class_names)[
+        "confusion_matrix"]
+    figures = {"confusion_matrix.png": plot_confusion_matrix(cm, class_names),
+               "confusion_matrix_normalized.png": plot_confusion_matrix(cm, class_names, normalize=True),
+               "roc_curves.png": plot_roc_curves(targets, probabilities, class_names)}
+    if history:
+        figures["curves.png"] = plot_training_curves(history)
+    for name, fig in figures.items():
+        _atomic_write(out_dir / name, lambda f: fig.savefig(f, format="png", dpi=120))
+        plt.close(fig)
+        written.append(out_dir / name)
+    return written

@@ -1,0 +1,101 @@
+"""models.py: exact parameter counts, shapes for other sizes, the registry, and the original's weights."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models import CNN1D, CNN2D, CRNN, MODELS, build_model
+from models_utils import count_parameters
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "original_weights"
+ORIGINAL_COUNTS = {"cnn1d": 236_680, "cnn2d": 37_912_576, "crnn": 438_808}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("faithful", [True, False])
+def test_parameter_counts_match_the_original(name, faithful):
+    assert count_parameters(MODELS[name](faithful=faithful)) == ORIGINAL_COUNTS[name]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("batch,n_frames,n_classes", [(1, 1291, 8), (5, 1291, 8), (5, 431, 8), (5, 431, 16)])
+def test_output_shapes_and_probabilities(name, batch, n_frames, n_classes):
+    torch.manual_seed(0)
+    model = build_model(name, n_frames=n_frames, n_classes=n_classes).eval()
+    with torch.no_grad():
+        logits, probs = model(torch.randn(batch, 128, n_frames) * 20 - 40)
+    assert logits.shape == probs.shape == (batch, n_classes)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(batch))
+    assert (probs >= 0).all()
+
+
+def test_sizes_follow_constructor_arguments():
+    # The fully connected sizes derive from n_mels / n_frames / n_classes, never hard-coded.
+    assert CNN1D(n_frames=431).fc1.in_features == 128 * 11
+    assert CNN1D(n_mels=64).fc1.in_features == 64 * 38
+    assert CNN2D(n_mels=64, n_frames=431).fc1.in_features == 16 * 13 * 104
+    assert CRNN(n_mels=256).lstm.input_size == 256
+    assert CRNN(n_classes=16).fc1.out_features == 16
+
+
+@pytest.mark.parametrize("model_class,kwargs", [(CNN1D, {"n_frames": 20}), (CNN2D, {"n_mels": 10}),
+                                                (CRNN, {"n_mels": 64})])
+def test_too_small_input_is_a_clear_error(model_class, kwargs):
+    with pytest.raises(ValueError, match="needs"):
+        model_class(**kwargs)
+
+
+def test_unknown_model_name_lists_valid_names():
+    with pytest.raises(ValueError) as error:
+        build_model("resnet50")
+    for name in MODELS:
+        assert name in str(error.value)
+
+
+def test_faithful_only_changes_the_forward_pass():
+    torch.manual_seed(0)
+    faithful = CRNN(faithful=True).eval()
+    corrected = CRNN(faithful=False).eval()
+    corrected.load_state_dict(faithful.state_dict())
+    x = torch.randn(2, 128, 1291)
+    with torch.no_grad():
+        assert not torch.allclose(faithful(x)[0], corrected(x)[0])
+    cnn = CNN1D(faithful=True).eval()
+    with torch.no_grad():
+        assert (cnn(x)[0] >= 0).all()  # quirk 1: ReLU on the logits
+
+
+def reference_input():
+    """The deterministic input that expected_outputs.json describes."""
+    b, m, t = np.meshgrid(np.arange(2), np.arange(128), np.arange(1291), indexing="ij")
+    return torch.from_numpy((-30 + 20 * np.sin(0.3 * t + 0.2 * m * (b + 1)) - 0.3 * m).astype(np.float32))
+
+
+def original_weights(file_name):
+    if not REFERENCE.is_dir():
+        pytest.skip(f"the original's weights are not here ({REFERENCE} is absent)")
+    return torch.load(REFERENCE / file_name, map_location="cpu", weights_only=True)
+
+
+def test_parameter_names_match_the_original():
+    if not REFERENCE.is_dir():
+        pytest.skip(f"{REFERENCE} is absent")
+    keys = json.loads((REFERENCE / "state_dict_keys.json").read_text())
+    for original_name, name in (("CNNGH1D", "cnn1d"), ("CRNN", "crnn")):
+        state = MODELS[name]().state_dict()
+        assert [(k, list(v.shape)) for k, v in state.items()] == [(k, shape) for k, shape in keys[original_name]]
+
+
+@pytest.mark.parametrize("file_name,name", [("CNNGH1D.pt", "cnn1d"), ("CRNN.pt", "crnn")])
+@pytest.mark.parametrize("mode", ["faithful", "corrected"])
+def test_original_weights_reproduce_expected_outputs(file_name, name, mode):
+    state_dict = original_weights(file_name)
+    expected = json.loads((REFERENCE / "expected_outputs.json").read_text())[file_name[:-3]][mode]
+    model = build_model(name, faithful=mode == "faithful")
+    model.load_state_dict(state_dict, strict=True)
+    with torch.no_grad():
+        logits, probs = model.eval()(reference_input())
+    torch.testing.assert_close(logits, torch.tensor(expected["logits"]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(probs, torch.tensor(expected["probabilities"]), atol=1e-5, rtol=0)

@@ -1,0 +1,165 @@
+"""models_utils.py: initialisation, checkpoints and figures."""
+import io
+import pickle
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+
+from models import CNN1D, CRNN, build_model
+from models_utils import (CheckpointError, init_weights, load_checkpoint, model_from_checkpoint,
+                          plot_confusion_matrix, plot_roc_curves, plot_training_curves, save_checkpoint)
+
+
+def conv_and_linear(model):
+    return [m for m in model.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear))]
+
+
+@pytest.mark.parametrize("method", ["kaiming", "xavier"])
+def test_init_weights_changes_weights_zeroes_biases_and_keeps_the_lstm(method):
+    torch.manual_seed(0)
+    model = CRNN()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    init_weights(model, method)
+    after = model.state_dict()
+    for layer in conv_and_linear(model):
+        assert torch.count_nonzero(layer.bias) == 0
+    assert not torch.equal(before["fc1.weight"], after["fc1.weight"])
+    assert torch.equal(before["lstm.weight_ih_l0"], after["lstm.weight_ih_l0"])  # PyTorch's default kept
+
+
+@pytest.mark.parametrize("method", ["kaiming", "xavier"])
+def test_init_weights_follows_the_documented_bounds(method):
+    torch.manual_seed(0)
+    layer = init_weights(CNN1D(), method).fc1   # Linear(4864, 8)
+    fan_in, fan_out = layer.weight.shape[1], layer.weight.shape[0]
+    # kaiming_uniform(a=0, leaky_relu): gain sqrt(2/(1+a^2)) = sqrt(2), bound = gain*sqrt(3/fan_in)
+    bound = np.sqrt(6 / fan_in) if method == "kaiming" else np.sqrt(6 / (fan_in + fan_out))
+    weights = layer.weight.detach().abs()
+    assert weights.max() <= bound
+    assert weights.max() > 0.95 * bound  # uniform over the whole range, not a narrower default
+
+
+def test_unknown_init_method_is_rejected():
+    with pytest.raises(ValueError, match="kaiming"):
+        init_weights(CNN1D(), "orthogonal")
+
+
+def make_checkpoint(model):
+    return {"model": "cnn1d", "model_args": {"n_mels": 128, "n_frames": 431, "n_classes": 4, "faithful": True},
+            "state_dict": model.state_dict(), "class_names": ["a", "b", "c", "d"],
+            "preprocessing": {"sample_rate": 22050, "n_frames": 431}, "normalisation": {"mean": None, "std": None},
+            "epoch": 3}
+
+
+def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
+    torch.manual_seed(0)
+    model = CNN1D(n_frames=431, n_classes=4).eval()
+    path = tmp_path / "sub" / "best.pt"
+    save_checkpoint(make_checkpoint(model), path)
+    assert [p.name for p in path.parent.iterdir()] == ["best.pt"]  # no temp file left behind
+    checkpoint = load_checkpoint(path)
+    assert checkpoint["epoch"] == 3 and checkpoint["class_names"] == ["a", "b", "c", "d"]
+    rebuilt = model_from_checkpoint(checkpoint)
+    x = torch.randn(2, 128, 431)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x)[0], model(x)[0])
+    assert not rebuilt.training
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(make_checkpoint(CNN1D(n_frames=431, n_classes=4)), path)
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        save_checkpoint({"not picklable": lambda: 0}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "does not exist"),
+    (b"this is text, not a checkpoint", "could not be read"),
+    ("bare_state_dict", "not a checkpoint of this project"),
+    ("list", "not a checkpoint of this project"),
+    ("truncated", "could not be read"),
+])
+def test_bad_checkpoints_give_clear_errors(tmp_path, content, message):
+    path = tmp_path / "model.pt"
+    if content == "bare_state_dict":
+        torch.save(CNN1D().state_dict(), path)
+    elif content == "list":
+        torch.save([1, 2, 3], path)
+    elif content == "truncated":
+        save_checkpoint(make_checkpoint(CNN1D(n_frames=431, n_classes=4)), path)
+        path.write_bytes(path.read_bytes()[:1000])
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message) as error:
+        load_checkpoint(path)
+    assert str(path) in str(error.value)
+
+
+def test_checkpoint_cannot_run_code(tmp_path):
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("pwned",))
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"format": "fma-genre-classifier", "x": Exploit()}))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_incompatible_weights_are_a_clear_error(tmp_path):
+    checkpoint = make_checkpoint(CNN1D(n_frames=431, n_classes=4))
+    checkpoint["model_args"]["n_classes"] = 8
+    with pytest.raises(CheckpointError, match="do not fit"):
+        model_from_checkpoint(checkpoint)
+
+
+def png_bytes(fig):
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("n_classes", [8, 16])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_confusion_matrix_figure(n_classes, normalize):
+    rng = np.random.default_rng(0)
+    cm = rng.integers(0, 20, (n_classes, n_classes))
+    names = [f"genre{i}" for i in range(n_classes)]
+    fig = plot_confusion_matrix(cm, names, normalize=normalize)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    values = np.array([float(t.get_text()) for t in ax.texts]).reshape(n_classes, n_classes)
+    expected = cm / cm.sum(axis=1, keepdims=True) if normalize else cm
+    np.testing.assert_allclose(values, expected, atol=0.005)
+    assert png_bytes(fig).startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("n_classes", [8, 16])
+def test_roc_figure_has_one_curve_per_class_with_auc(n_classes):
+    rng = np.random.default_rng(0)
+    y_true = np.arange(200) % n_classes
+    probs = 0.1 * rng.random((200, n_classes))
+    probs[np.arange(200), y_true] += 1.0  # a perfect ranking: every AUC is 1
+    fig = plot_roc_curves(y_true, probs / probs.sum(1, keepdims=True), [f"g{i}" for i in range(n_classes)])
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[:-1] == [f"g{i} (AUC 1.00)" for i in range(n_classes)] and labels[-1] == "chance"
+    assert ax.get_xlabel() == "False positive rate" and ax.get_ylabel() == "True positive rate"
+    assert len(png_bytes(fig)) > 1000
+
+
+def test_training_curves_figure():
+    history = [{"epoch": e, "train_loss": 2 - 0.1 * e, "val_loss": 2.1 - 0.1 * e, "train_accuracy": None,
+                "val_accuracy": 0.1 * e} for e in range(1, 6)]
+    fig = plot_training_curves(history)
+    loss_ax, acc_ax = fig.axes
+    assert [line.get_label() for line in loss_ax.get_lines()] == ["train", "validation"]
+    assert [line.get_label() for line in acc_ax.get_lines()] == ["validation"]  # no train accuracy given
+    np.testing.assert_allclose(acc_ax.get_lines()[0].get_ydata(), [0.1 * e for e in range(1, 6)])
+    assert png_bytes(fig).startswith(b"\x89PNG")
