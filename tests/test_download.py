@@ -1,0 +1,323 @@
+"""Tests for download_data.sh against a real HTTP server on 127.0.0.1.
+
+The server (http.server in a thread, with byte-range support that SimpleHTTPRequestHandler lacks)
+serves small FMA-layout zips built here and records every request, so resumes can be checked.
+
+Run: python -m pytest tests/test_download.py -q
+"""
+import hashlib
+import http.server
+import os
+import pathlib
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import zipfile
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "download_data.sh"
+BASH = shutil.which("bash")
+TRACKS = {"000/000002.mp3": os.urandom(120_000), "000/000005.mp3": os.urandom(80_000),
+          "140/140316.mp3": os.urandom(50_000)}
+TRACKS_CSV = b",album,set\n,id,split\ntrack_id,,\n2,1,training\n5,1,validation\n140316,2,test\n"
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    """GET with `Range: bytes=N-` support; optionally cuts one response off halfway."""
+
+    def do_GET(self):
+        name = self.path.lstrip("/")
+        rng = self.headers.get("Range")
+        self.server.requests.append((name, rng))
+        data = self.server.files.get(name)
+        if data is None:
+            self.send_error(404)
+            return
+        start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1)) if rng else 0
+        if start >= len(data):
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(data)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(206 if rng else 200)
+        if rng:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if name in self.server.cut_once:  # a dropped connection: promised bytes never arrive
+            self.server.cut_once.discard(name)
+            body = body[: len(body) // 2]
+        self.wfile.write(body)
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+
+class FMAServer:
+    def __init__(self, files):
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
+        self.httpd.files, self.httpd.requests, self.httpd.cut_once = dict(files), [], set()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/fma"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def requests(self):
+        return self.httpd.requests
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def make_zip(path, folder, members, compression=zipfile.ZIP_BZIP2):
+    with zipfile.ZipFile(path, "w", compression) as zf:  # FMA's own zips use bzip2
+        for name, data in members.items():
+            zf.writestr(f"{folder}/{name}", data)
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("zips")
+    return {
+        "fma_metadata.zip": make_zip(tmp / "m.zip", "fma_metadata",
+                                     {"tracks.csv": TRACKS_CSV, "genres.csv": b"genre_id,title\n"}),
+        "fma_small.zip": make_zip(tmp / "s.zip", "fma_small", TRACKS),
+    }
+
+
+@pytest.fixture
+def server(archives):
+    srv = FMAServer({f"fma/{name}": data for name, data in archives.items()})
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def checksums(tmp_path, archives):
+    path = tmp_path / "SHA1SUMS"
+    path.write_text("".join(f"{hashlib.sha1(d).hexdigest()}  {n}\n" for n, d in archives.items()))
+    return path
+
+
+def run_script(data_dir, base_url, checksums, *args, path=None):
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env.update(FMA_BASE_URL=base_url, FMA_CHECKSUMS=str(checksums))
+    if path is not None:
+        env["PATH"] = path
+    args = args or ("small", str(data_dir))
+    return subprocess.run([BASH, str(SCRIPT), *args], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def path_without(tmp_path, *tools):
+    """A PATH holding everything the current one does except `tools` (symlinked into one folder)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for directory in os.environ["PATH"].split(os.pathsep):
+        if not os.path.isdir(directory):
+            continue
+        for entry in os.scandir(directory):
+            link = bindir / entry.name
+            if entry.name not in tools and not os.path.lexists(link):
+                link.symlink_to(entry.path)
+    if not (bindir / "python3").exists():  # the unzip fallback needs a python3
+        (bindir / "python3").symlink_to(sys.executable)
+    return str(bindir)
+
+
+def assert_official_layout(data_dir):
+    assert (data_dir / "fma_metadata" / "tracks.csv").read_bytes() == TRACKS_CSV
+    for name, data in TRACKS.items():
+        assert (data_dir / "fma_small" / name).read_bytes() == data
+    for folder in ("fma_metadata", "fma_small"):
+        assert (data_dir / folder / ".complete").is_file()
+    assert not list(data_dir.glob("*.part")) and not list(data_dir.glob("*.extracting"))
+
+
+def test_success_extracts_official_layout(tmp_path, server, checksums, archives):
+    data = tmp_path / "my data"  # a space checks the script's quoting
+    result = run_script(data, server.url, checksums)
+    assert result.returncode == 0, result.stderr
+    assert_official_layout(data)
+    assert (data / "fma_small.zip").read_bytes() == archives["fma_small.zip"]
+    assert sorted(server.requests) == [("fma/fma_metadata.zip", None), ("fma/fma_small.zip", None)]
+    marker = (data / "fma_small" / ".complete").read_text()
+    assert hashlib.sha1(archives["fma_small.zip"]).hexdigest() in marker
+
+
+def test_second_run_does_nothing_even_offline(tmp_path, server, checksums):
+    data = tmp_path / "data"
+    assert run_script(data, server.url, checksums).returncode == 0
+    server.stop()
+    result = run_script(data, server.url, checksums)
+    assert result.returncode == 0, result.stderr
+    assert "already in place" in result.stdout and "nothing to do" in result.stdout
+    assert_official_layout(data)
+
+
+@pytest.fixture(params=["curl", "wget"])
+def only_downloader(request, tmp_path):
+    """A PATH on which the script finds only one of curl and wget."""
+    if shutil.which(request.param) is None:
+        pytest.skip(f"{request.param} is not installed")
+    return path_without(tmp_path, {"curl": "wget", "wget": "curl"}[request.param])
+
+
+def test_resume_from_partial_download(tmp_path, server, checksums, archives, only_downloader):
+    data = tmp_path / "data"
+    data.mkdir()
+    half = len(archives["fma_small.zip"]) // 2
+    (data / "fma_small.zip.part").write_bytes(archives["fma_small.zip"][:half])
+    result = run_script(data, server.url, checksums, path=only_downloader)
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stdout
+    assert ("fma/fma_small.zip", f"bytes={half}-") in server.requests
+    assert ("fma/fma_small.zip", None) not in server.requests
+    assert_official_layout(data)
+
+
+def test_dropped_connection_then_rerun_resumes(tmp_path, server, checksums):
+    data = tmp_path / "data"
+    server.httpd.cut_once.add("fma/fma_small.zip")
+    failed = run_script(data, server.url, checksums)
+    assert failed.returncode != 0
+    assert f"{server.url}/fma_small.zip" in failed.stderr
+    assert "could not be reached" in failed.stderr and "--demo=True" in failed.stderr
+    partial = (data / "fma_small.zip.part").stat().st_size
+    assert partial > 0
+    assert not (data / "fma_small").exists()
+    result = run_script(data, server.url, checksums)
+    assert result.returncode == 0, result.stderr
+    assert ("fma/fma_small.zip", f"bytes={partial}-") in server.requests
+    assert_official_layout(data)
+
+
+def test_part_file_already_complete(tmp_path, server, checksums, archives, only_downloader):
+    """Interrupted between the last byte and the rename: the server answers 416 to the resume."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "fma_small.zip.part").write_bytes(archives["fma_small.zip"])
+    result = run_script(data, server.url, checksums, path=only_downloader)
+    assert result.returncode == 0, result.stderr
+    assert_official_layout(data)
+
+
+def test_manually_downloaded_archives_used_offline(tmp_path, server, checksums, archives):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, content in archives.items():
+        (data / name).write_bytes(content)
+    server.stop()
+    result = run_script(data, server.url, checksums)
+    assert result.returncode == 0, result.stderr
+    assert "not downloading it again" in result.stdout
+    assert_official_layout(data)
+
+
+def test_checksum_mismatch_keeps_bad_file(tmp_path, server, checksums, archives):
+    data = tmp_path / "data"
+    good = checksums.read_text()
+    checksums.write_text(good.replace(hashlib.sha1(archives["fma_small.zip"]).hexdigest(), "0" * 40))
+    result = run_script(data, server.url, checksums)
+    assert result.returncode != 0
+    assert "checksum mismatch for fma_small.zip" in result.stderr
+    assert "FMA_CHECKSUMS" in result.stderr and "Rerun" in result.stderr
+    assert (data / "fma_small.zip.bad").read_bytes() == archives["fma_small.zip"]
+    assert not (data / "fma_small.zip").exists()
+    assert not (data / "fma_small").exists() and not (data / "fma_small.extracting").exists()
+    assert (data / "fma_metadata" / ".complete").is_file()  # the good archive still unpacked
+
+    checksums.write_text(good)  # the message's advice: rerun downloads afresh
+    result = run_script(data, server.url, checksums)
+    assert result.returncode == 0, result.stderr
+    assert_official_layout(data)
+
+
+def test_checksums_file_without_entry(tmp_path, server, checksums):
+    checksums.write_text(checksums.read_text().splitlines()[0] + "\n")  # metadata line only
+    result = run_script(tmp_path / "data", server.url, checksums)
+    assert result.returncode != 0
+    assert "has no line for fma_small.zip" in result.stderr
+    assert not (tmp_path / "data" / "fma_small").exists()
+
+
+def test_server_down_names_url(tmp_path, checksums):
+    with socket.socket() as sock:  # a port nobody listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/fma"
+    result = run_script(tmp_path / "data", url, checksums)
+    assert result.returncode != 0
+    assert "FMA could not be reached" in result.stderr
+    assert f"{url}/fma_metadata.zip" in result.stderr
+    assert "--demo=True" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "data" / "fma_metadata").exists()
+
+
+def test_missing_file_on_server(tmp_path, server, checksums):
+    del server.httpd.files["fma/fma_small.zip"]
+    result = run_script(tmp_path / "data", server.url, checksums)
+    assert result.returncode != 0
+    assert "404" in result.stderr and f"{server.url}/fma_small.zip" in result.stderr
+    assert not (tmp_path / "data" / "fma_small").exists()
+
+
+def test_corrupt_archive_leaves_no_folder(tmp_path, server, checksums, archives):
+    """A zip that passes the checksum but fails to unpack halfway leaves nothing looking complete."""
+    raw = bytearray(make_zip(tmp_path / "c.zip", "fma_small", TRACKS, zipfile.ZIP_STORED))
+    with zipfile.ZipFile(tmp_path / "c.zip") as zf:
+        last = zf.infolist()[-1]
+    raw[last.header_offset + 200] ^= 0xFF  # inside the last member's data: its CRC check fails
+    server.httpd.files["fma/fma_small.zip"] = bytes(raw)
+    checksums.write_text(f"{hashlib.sha1(raw).hexdigest()}  fma_small.zip\n"
+                         f"{hashlib.sha1(archives['fma_metadata.zip']).hexdigest()}  fma_metadata.zip\n")
+    data = tmp_path / "data"
+    result = run_script(data, server.url, checksums)
+    assert result.returncode != 0
+    assert "unpacking" in result.stderr and "fma_small.zip" in result.stderr
+    assert not (data / "fma_small").exists() and not (data / "fma_small.extracting").exists()
+    assert (data / "fma_small.zip").is_file()
+
+
+def test_interrupted_extraction_is_redone(tmp_path, server, checksums):
+    data = tmp_path / "data"
+    leftover = data / "fma_small.extracting" / "fma_small" / "000"
+    leftover.mkdir(parents=True)
+    (leftover / "000002.mp3").write_bytes(b"half")
+    result = run_script(data, server.url, checksums)
+    assert result.returncode == 0, result.stderr
+    assert_official_layout(data)
+
+
+def test_foreign_folder_is_left_alone(tmp_path, server, checksums):
+    mine = tmp_path / "data" / "fma_small" / "000" / "000002.mp3"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"my own file")
+    result = run_script(tmp_path / "data", server.url, checksums)
+    assert result.returncode != 0
+    assert "fma_small exists but has no .complete marker" in result.stderr
+    assert mine.read_bytes() == b"my own file"
+    assert server.requests == []  # refused before downloading anything
+
+
+def test_without_unzip_uses_python_zipfile(tmp_path, server, checksums):
+    data = tmp_path / "data"
+    result = run_script(data, server.url, checksums, path=path_without(tmp_path, "unzip"))
+    assert result.returncode == 0, result.stderr
+    assert_official_layout(data)
+
+
+@pytest.mark.parametrize("args", [("tiny",), ("small", "data", "extra")])
+def test_usage_errors(tmp_path, checksums, args):
+    result = run_script(tmp_path, "http://127.0.0.1:9/fma", checksums, *args)
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+    assert args != ("tiny",) or "unknown FMA subset 'tiny'" in result.stderr
