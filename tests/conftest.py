@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny datasets in FMA's own format (tracks.csv with its two header rows, genres.csv,
+real MP3 clips under fma_<subset>/<tid[:3]>/<tid>.mp3)."""
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+# FMA's real ids and titles of the 8 fma_small genres and two more of fma_medium.
+GENRE_IDS = {"Electronic": 15, "Experimental": 38, "Folk": 17, "Hip-Hop": 21, "Instrumental": 1235,
+             "International": 2, "Pop": 10, "Rock": 12, "Jazz": 4, "Blues": 3}
+SMALL_GENRES = sorted(list(GENRE_IDS)[:8])
+
+
+def write_mp3(path, seconds, seed=0, pitch=220.0, rate=44100):
+    """A stereo 44.1 kHz MP3 of a noisy chord (distinct per seed), written by libsndfile."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(seed)
+    left = 0.3 * np.sin(2 * np.pi * pitch * t) + 0.1 * np.sin(2 * np.pi * 3.01 * pitch * t)
+    right = 0.3 * np.sin(2 * np.pi * 1.5 * pitch * t) * (1 + np.sin(2 * np.pi * 2 * t)) / 2
+    audio = np.stack([left, right], axis=1) + 0.02 * rng.standard_normal((t.size, 2))
+    sf.write(path, audio.astype(np.float32), rate, format="MP3")
+    return path
+
+
+def write_metadata(root, rows):
+    """tracks.csv and genres.csv as FMA writes them. rows: dicts with track_id, subset, split, genre
+    (None for no top genre), artist_id."""
+    meta = root / "fma_metadata"
+    meta.mkdir(parents=True, exist_ok=True)
+    columns = pd.MultiIndex.from_tuples([
+        ("album", "id"), ("artist", "id"), ("artist", "name"), ("set", "split"), ("set", "subset"),
+        ("track", "duration"), ("track", "genre_top"), ("track", "genres"), ("track", "genres_all"),
+        ("track", "title")])
+    data = [[r["track_id"] % 97, r["artist_id"], f"Artist {r['artist_id']}", r["split"], r["subset"],
+             180 + r["track_id"] % 60, r["genre"],
+             f"[{GENRE_IDS.get(r['genre'], 76)}]", f"[{GENRE_IDS.get(r['genre'], 76)}, 76]",
+             f"Track {r['track_id']}"] for r in rows]
+    tracks = pd.DataFrame(data, columns=columns,
+                          index=pd.Index([r["track_id"] for r in rows], name="track_id"))
+    tracks.to_csv(meta / "tracks.csv")
+    genres = pd.DataFrame({"#tracks": [1000] * len(GENRE_IDS), "parent": [0] * len(GENRE_IDS),
+                           "title": list(GENRE_IDS), "top_level": list(GENRE_IDS.values())},
+                          index=pd.Index(list(GENRE_IDS.values()), name="genre_id"))
+    genres.loc[76] = [500, 38, "Experimental Pop", 38]
+    genres.to_csv(meta / "genres.csv")
+
+
+def tid_path(root, subset, track_id):
+    tid = f"{track_id:06d}"
+    return root / f"fma_{subset}" / tid[:3] / f"{tid}.mp3"
+
+
+@pytest.fixture(scope="session")
+def fma_small(tmp_path_factory):
+    """An FMA-format small subset: 8 genres x 4 tracks (2 training, 1 validation, 1 test; one artist
+    per split and genre), 2.5 s clips (107 frames: use n_frames <= 107). The metadata also lists
+    2 medium tracks and one large track without a top genre, whose audio is not written."""
+    root = tmp_path_factory.mktemp("fma")
+    rows = []
+    for g, genre in enumerate(SMALL_GENRES):
+        for k, split in enumerate(["training", "training", "validation", "test"]):
+            track_id = 1000 * (g + 1) + k + 2
+            rows.append(dict(track_id=track_id, subset="small", split=split, genre=genre,
+                             artist_id=10 * g + (0 if k < 2 else k)))
+            write_mp3(tid_path(root, "small", track_id), 2.5, seed=track_id, pitch=110.0 * (g + 1))
+    rows += [dict(track_id=90001, subset="medium", split="training", genre="Jazz", artist_id=901),
+             dict(track_id=90002, subset="medium", split="test", genre="Blues", artist_id=902),
+             dict(track_id=90003, subset="large", split="training", genre=None, artist_id=903)]
+    write_metadata(root, rows)
+    return root

@@ -1,0 +1,503 @@
+"""Data pipeline: FMA metadata -> audio -> mel-spectrogram (dB) -> float16 cache -> DataLoaders.
+
+SPEC.md sections 2, 3 and 5 are the reference. A library for main.py and pre_trained_models.py;
+its tests: python -m pytest tests/test_utils*.py -q
+
+The cache is one folder per (subset, preprocessing, track list) under cache_root, e.g.
+data/cache/small-1a2b3c4d/: params.json, mels.npy (one memory-mapped float16 array of shape
+(tracks, n_mels, n_frames)), status.npy (per row: pending/ok/padded/broken/missing) and
+report.csv (every padded, broken or missing track with the reason).
+"""
+import hashlib
+import json
+import math
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import soxr
+import torch
+import torchaudio
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+from tqdm import tqdm
+
+PREPROCESSING = {"sample_rate": 22050, "n_fft": 2048, "hop_length": 512, "n_mels": 128,
+                 "n_frames": 1291, "top_db": 80.0}
+FMA_SMALL_GENRES = ["Electronic", "Experimental", "Folk", "Hip-Hop", "Instrumental",
+                    "International", "Pop", "Rock"]
+SUBSETS = ("small", "medium", "large")  # ('set','subset') is the smallest subset a track is in
+SPLITS = {"train": "training", "val": "validation", "test": "test"}
+
+# A clip decoding to fewer than 90% of the window's frames (26.98 s of the 29.98 s window) is broken;
+# a clip between 90% and 100% is padded at the end with its own minimum dB (its silence floor).
+MIN_CLIP_FRACTION = 0.9
+# Augmentation (SPEC section 5): two band masks of up to 25% of the bands, two time masks of up to
+# 15% of the frames, set to 0 dB.
+BAND_MASK_FRACTION, TIME_MASK_FRACTION, MASKS_PER_AXIS = 0.25, 0.15, 2
+# Cache build: rows per worker task, and how often the parent saves the status (rows or seconds).
+CHUNK_ROWS = 8
+SAVE_EVERY_ROWS, SAVE_EVERY_SECONDS = 50, 2.0
+PENDING, OK, PADDED, BROKEN, MISSING = 0, 1, 2, 3, 4
+STATUS_NAMES = {PENDING: "pending", OK: "ok", PADDED: "padded", BROKEN: "broken", MISSING: "missing"}
+
+
+class DataError(Exception):
+    """A problem with the user's data; str() is a one-paragraph message naming the file and the fix."""
+
+
+class AudioError(DataError):
+    """An audio file that cannot be decoded, is empty or is too short."""
+
+
+# ----------------------------------------------------------------------------- audio
+
+def load_audio(path, sample_rate=22050):
+    """Mono float32 at sample_rate, exactly as librosa.load (soundfile, channel mean, soxr_hq)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: audio file not found. Check the path (and --data_dir), or download "
+                         f"the audio with download_data.sh.")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes). Download it again or remove it.")
+    try:
+        audio, native_rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError) as e:
+        # libsndfile says "File does not exist" for any unknown format: hence our own wording first.
+        detail = getattr(e, "error_string", str(e))
+        raise AudioError(f"{path}: cannot decode it: not audio, or corrupt (libsndfile: {detail}). "
+                         f"Download it again or remove it.") from e
+    if audio.shape[0] == 0:
+        raise AudioError(f"{path}: decodes to no audio at all. Download it again or remove it.")
+    mono = audio.mean(axis=1)
+    if native_rate == sample_rate:
+        return mono
+    # What librosa.resample(res_type="soxr_hq") does, without its scipy/numba imports (~2 s per process).
+    length = math.ceil(len(mono) * sample_rate / native_rate)
+    resampled = soxr.resample(mono, native_rate, sample_rate, quality="soxr_hq")[:length]
+    return np.pad(resampled, (0, length - len(resampled))).astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def _mel_transform(sample_rate, n_fft, hop_length, n_mels):
+    # These options make torchaudio match librosa.feature.melspectrogram's defaults (SPEC section 3).
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=0.0,
+        f_max=sample_rate / 2, power=2.0, norm="slaney", mel_scale="slaney", center=True,
+        pad_mode="constant")
+
+
+def mel_spectrogram_db(audio, preprocessing=PREPROCESSING):
+    """float32 (n_mels, T) dB of all frames: power mel, power_to_db(ref=1, amin=1e-10, top_db) per clip."""
+    p = preprocessing
+    transform = _mel_transform(p["sample_rate"], p["n_fft"], p["hop_length"], p["n_mels"])
+    with torch.no_grad():
+        power = transform(torch.as_tensor(audio, dtype=torch.float32))
+        # A 2-D input is one clip, so the top_db floor is relative to this clip's maximum.
+        db = torchaudio.functional.amplitude_to_DB(power, 10.0, 1e-10, 0.0, p["top_db"])
+    return db.numpy()
+
+
+def fix_width(mel, n_frames):
+    """Crop to the first n_frames, or pad at the end with the clip's minimum; returns (mel, padded frames)."""
+    missing = n_frames - mel.shape[1]
+    if missing <= 0:
+        return mel[:, :n_frames], 0
+    return np.pad(mel, ((0, 0), (0, missing)), constant_values=mel.min()), missing
+
+
+def clip_spectrogram(path, preprocessing=PREPROCESSING):
+    """(n_mels, n_frames) dB of one clip and its padding; AudioError when far shorter than the window."""
+    p = preprocessing
+    mel = mel_spectrogram_db(load_audio(path, p["sample_rate"]), p)
+    needed = math.ceil(MIN_CLIP_FRACTION * p["n_frames"])
+    if mel.shape[1] < needed:
+        frame_seconds = p["hop_length"] / p["sample_rate"]
+        raise AudioError(f"{path}: decodes to {mel.shape[1] * frame_seconds:.2f} s ({mel.shape[1]} frames), "
+                         f"far shorter than the {p['n_frames'] * frame_seconds:.2f} s window (at least "
+                         f"{needed} of {p['n_frames']} frames needed): truncated or broken clip.")
+    return fix_width(mel, p["n_frames"])
+
+
+# ----------------------------------------------------------------------------- metadata
+
+def audio_path(data_dir, subset, track_id):
+    tid = f"{int(track_id):06d}"
+    return Path(data_dir) / f"fma_{subset}" / tid[:3] / f"{tid}.mp3"
+
+
+def _read_metadata_csv(path, data_dir, subset, **read_csv_args):
+    if not path.is_file():
+        raise DataError(f"{path} not found. Download FMA with `bash download_data.sh {subset} {data_dir}` "
+                        f"(or unzip fma_metadata.zip there), or run offline on the demo dataset with "
+                        f"`python main.py --demo=True`.")
+    try:
+        return pd.read_csv(path, **read_csv_args)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is not a readable FMA metadata CSV ({e}). Download fma_metadata.zip "
+                        f"again with download_data.sh.") from e
+
+
+def load_metadata(data_dir, subset="small"):
+    """Tracks of the subset with a top genre: DataFrame (index track_id; path, genre, label, split,
+    artist_id) and the alphabetical class names (label = index)."""
+    if subset not in SUBSETS:
+        raise DataError(f"Unknown FMA subset '{subset}': choose one of {', '.join(SUBSETS)}.")
+    meta = Path(data_dir) / "fma_metadata"
+    tracks_csv, genres_csv = meta / "tracks.csv", meta / "genres.csv"
+    tracks = _read_metadata_csv(tracks_csv, data_dir, subset, index_col=0, header=[0, 1])
+    genres = _read_metadata_csv(genres_csv, data_dir, subset, index_col=0)
+    needed = [("set", "subset"), ("set", "split"), ("track", "genre_top"), ("artist", "id")]
+    missing = [c for c in needed if c not in tracks.columns]
+    if missing or "title" not in genres.columns:
+        raise DataError(f"{tracks_csv if missing else genres_csv} lacks the FMA columns "
+                        f"{missing or ['title']}: it is not FMA's metadata (tracks.csv needs two header "
+                        f"rows). Download fma_metadata.zip again with download_data.sh.")
+    rank = tracks[("set", "subset")].map({name: i for i, name in enumerate(SUBSETS)})
+    chosen = tracks[(rank <= SUBSETS.index(subset)) & tracks[("track", "genre_top")].notna()]
+    if chosen.empty:
+        raise DataError(f"{tracks_csv} has no track with a top genre in subset '{subset}' (subset values "
+                        f"found: {sorted(tracks[('set', 'subset')].dropna().unique())}).")
+    unknown = set(chosen[("track", "genre_top")]) - set(genres["title"])
+    if unknown:
+        raise DataError(f"{tracks_csv} uses genres missing from {genres_csv}: {sorted(unknown)}. The "
+                        f"metadata files do not belong together; download fma_metadata.zip again.")
+    class_names = sorted(chosen[("track", "genre_top")].unique())
+    ids = chosen.index.astype(int)
+    frame = pd.DataFrame({
+        "path": [str(audio_path(data_dir, subset, t)) for t in ids],
+        "genre": chosen[("track", "genre_top")].to_numpy(),
+        "split": chosen[("set", "split")].to_numpy(),
+        "artist_id": chosen[("artist", "id")].astype(int).to_numpy(),
+    }, index=pd.Index(ids, name="track_id"))
+    frame.insert(2, "label", frame["genre"].map(class_names.index).astype(int))
+    return frame, class_names
+
+
+def split_tracks(tracks, mode="official", train_size=0.8, seed=0):
+    """{"train", "val", "test"} frames: FMA's official artist-filtered split, or the original's random
+    stratified split whose held-out part serves as both val and test."""
+    if mode == "official":
+        splits = {key: tracks[tracks["split"] == name] for key, name in SPLITS.items()}
+        empty = [SPLITS[key] for key, frame in splits.items() if frame.empty]
+        if empty:
+            raise DataError(f"The official split has no {' or '.join(empty)} tracks in this selection "
+                            f"({len(tracks)} tracks); use the random split (--split=random) instead.")
+        return splits
+    if mode == "random":
+        try:
+            train, held_out = train_test_split(tracks, train_size=train_size, random_state=seed,
+                                               stratify=tracks["label"])
+        except ValueError as e:
+            raise DataError(f"Cannot split {len(tracks)} tracks at random with train_size={train_size} "
+                            f"stratified by genre ({e}); use more tracks or the official split.") from e
+        return {"train": train.sort_index(), "val": held_out.sort_index(), "test": held_out.sort_index()}
+    raise ValueError(f"Unknown split mode '{mode}': choose 'official' or 'random'.")
+
+
+# ----------------------------------------------------------------------------- cache
+
+def _checked_preprocessing(preprocessing):
+    missing = set(PREPROCESSING) - set(preprocessing)
+    if missing:
+        raise ValueError(f"preprocessing lacks {sorted(missing)}; expected the keys of {PREPROCESSING}")
+    # Casting makes 80 and 80.0 (e.g. after a JSON round trip) hash to the same cache.
+    return {key: type(default)(preprocessing[key]) for key, default in PREPROCESSING.items()}
+
+
+def _atomic_write(path, write):
+    """write(file object) to a temp file beside path, fsync, then os.replace: never a half-written file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _save_progress(folder, ids, paths, status, reasons):
+    # The report goes first: if we die between the two writes, the extra report rows belong to rows
+    # still pending in the old status file, which are recomputed (and their reasons replaced).
+    rows = np.flatnonzero(~np.isin(status, (PENDING, OK)))
+    report = pd.DataFrame({"track_id": [ids[r] for r in rows], "path": [paths[r] for r in rows],
+                           "status": [STATUS_NAMES[status[r]] for r in rows],
+                           "reason": [reasons.get(r) or "" for r in rows]})
+    _atomic_write(folder / "report.csv", lambda f: report.to_csv(f, index=False))
+    _atomic_write(folder / "status.npy", lambda f: np.save(f, status))
+
+
+def _open_cache_folder(folder, params):
+    """Status array of an existing matching cache folder, or of a freshly created one (all pending)."""
+    shape = (len(params["track_ids"]), params["preprocessing"]["n_mels"], params["preprocessing"]["n_frames"])
+    try:
+        same = json.loads((folder / "params.json").read_text()) == params
+        mels = np.load(folder / "mels.npy", mmap_mode="r")
+        status = np.load(folder / "status.npy")
+        if same and mels.shape == shape and mels.dtype == np.float16 and status.shape == shape[:1]:
+            return status
+    except (OSError, ValueError):
+        pass  # missing or unreadable pieces: (re)create the folder below
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"mels.npy.{os.getpid()}.tmp"
+    # A sparse file: created instantly, disk blocks are allocated as rows are written.
+    np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape).flush()
+    os.replace(tmp, folder / "mels.npy")
+    _atomic_write(folder / "params.json", lambda f: f.write(json.dumps(params, indent=1).encode()))
+    status = np.zeros(shape[0], dtype=np.int8)
+    _atomic_write(folder / "status.npy", lambda f: np.save(f, status))
+    return status
+
+
+def _init_worker():
+    # Ctrl-C is the parent's to handle; torch threads would fight the other workers for the cores;
+    # libmpg123 writes resync notes straight to stderr (the report has every problem instead).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    parent = os.getppid()
+
+    def exit_when_orphaned():  # a killed parent leaves no worker behind
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=exit_when_orphaned, daemon=True).start()
+
+
+def _cache_rows(mels_path, rows, paths, preprocessing):
+    """Worker task: compute and write rows, flush them to disk, then return (row, status, reason)."""
+    mels = np.load(mels_path, mmap_mode="r+")
+    results = []
+    for row, path in zip(rows, paths):
+        if not Path(path).is_file():
+            results.append((row, MISSING, "audio file not found"))
+            continue
+        try:
+            mel, padded = clip_spectrogram(path, preprocessing)
+        except Exception as e:  # any failure is this track's, never the build's: report it
+            reason = str(e) if isinstance(e, AudioError) else f"{type(e).__name__}: {e}"
+            results.append((row, BROKEN, reason.replace(f"{path}: ", "")))
+            continue
+        mels[row] = mel
+        note = (f"{preprocessing['n_frames'] - padded} of {preprocessing['n_frames']} frames decoded; "
+                f"padded {padded} frames with the clip's minimum ({mel.min():.1f} dB)")
+        results.append((row, PADDED, note) if padded else (row, OK, None))
+    mels.flush()
+    return results
+
+
+def _read_reasons(folder, ids):
+    try:
+        report = pd.read_csv(folder / "report.csv", dtype={"reason": str}, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return {}
+    row_of = {tid: row for row, tid in enumerate(ids)}
+    return {row_of[t]: r for t, r in zip(report["track_id"], report["reason"]) if t in row_of}
+
+
+def build_cache(tracks, cache_root, subset, preprocessing=PREPROCESSING, num_workers=None, progress=True):
+    """Build, resume or reuse the mel cache of these tracks; print its summary; return the MelCache.
+
+    Only pending rows (and missing files that have appeared since) are computed, by num_workers
+    processes (default: all cores). The parent marks rows done in status.npy only after the worker
+    has written and flushed them, so an interrupt at any moment loses at most unsaved progress.
+    """
+    p = _checked_preprocessing(preprocessing)
+    ids = sorted(int(t) for t in tracks.index)
+    if not ids:
+        raise DataError(f"No tracks to cache for subset '{subset}'.")
+    params = {"subset": subset, "preprocessing": p, "track_ids": ids}
+    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+    folder = Path(cache_root) / f"{subset}-{digest}"
+    status = _open_cache_folder(folder, params)
+    paths = tracks.loc[ids, "path"].astype(str).tolist()
+    reasons = _read_reasons(folder, ids)
+    todo = [r for r in range(len(ids))
+            if status[r] == PENDING or (status[r] == MISSING and Path(paths[r]).is_file())]
+    if todo and not any(Path(paths[r]).is_file() for r in todo):
+        raise DataError(f"None of the {len(todo)} audio files to cache exists (e.g. {paths[todo[0]]}). "
+                        f"Download the audio with `bash download_data.sh {subset}`, check --data_dir, or "
+                        f"use the demo dataset (--demo=True).")
+    if todo:
+        _compute_rows(folder, todo, ids, paths, p, status, reasons, num_workers, progress)
+    cache = MelCache(folder)
+    cache.computed = len(todo)
+    print(f"{cache.summary()} [{len(todo)} computed now, {len(ids) - len(todo)} reused]", flush=True)
+    if not cache.track_ids:
+        raise DataError(f"No usable spectrogram in {folder}: every track is broken or missing; "
+                        f"see {folder / 'report.csv'}.")
+    return cache
+
+
+def _compute_rows(folder, todo, ids, paths, p, status, reasons, num_workers, progress):
+    workers = max(1, min(num_workers or os.cpu_count() or 1, len(todo)))
+    size = max(1, min(CHUNK_ROWS, len(todo) // (4 * workers)))  # small builds: keep all workers busy
+    chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
+    bar = tqdm(total=len(ids), initial=len(ids) - len(todo), unit="track", disable=not progress,
+               desc=f"mel cache {folder.name} ({workers} workers)")
+    pool = ProcessPoolExecutor(workers, initializer=_init_worker)
+    unsaved, saved_at = 0, time.monotonic()
+    try:
+        futures = {pool.submit(_cache_rows, folder / "mels.npy", chunk, [paths[r] for r in chunk], p): chunk
+                   for chunk in chunks}
+        for future in as_completed(futures):
+            try:
+                results = future.result()
+            except BrokenProcessPool as e:
+                raise DataError(f"A cache worker died while decoding one of "
+                                f"{[paths[r] for r in futures[future]]}. Progress is saved: rerun to "
+                                f"resume; if it dies again, move those files away.") from e
+            for row, code, reason in results:
+                status[row] = code
+                reasons[row] = reason
+            bar.update(len(results))
+            unsaved += len(results)
+            if unsaved >= SAVE_EVERY_ROWS or time.monotonic() - saved_at >= SAVE_EVERY_SECONDS:
+                _save_progress(folder, ids, paths, status, reasons)
+                unsaved, saved_at = 0, time.monotonic()
+        pool.shutdown()
+    finally:
+        # On an interrupt, running tasks finish in the background; their rows stay pending.
+        pool.shutdown(wait=False, cancel_futures=True)
+        _save_progress(folder, ids, paths, status, reasons)
+        bar.close()
+
+
+class MelCache:
+    """Read side of a cache folder. The memmap opens on first access, so it pickles cheaply to workers."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        params = json.loads((self.path / "params.json").read_text())
+        self.subset, self.preprocessing = params["subset"], params["preprocessing"]
+        self.status = np.load(self.path / "status.npy")
+        self._rows = {tid: row for row, tid in enumerate(params["track_ids"])}
+        self.track_ids = [t for t, row in self._rows.items() if self.status[row] in (OK, PADDED)]
+        self.computed = 0  # rows computed by the build_cache call that returned this object
+        self._mels = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_mels": None}
+
+    def __contains__(self, track_id):
+        row = self._rows.get(track_id)
+        return row is not None and self.status[row] in (OK, PADDED)
+
+    def __getitem__(self, track_id):
+        if track_id not in self:
+            raise KeyError(f"track {track_id} has no usable spectrogram in {self.path} (see report.csv)")
+        if self._mels is None:
+            self._mels = np.load(self.path / "mels.npy", mmap_mode="r")
+        return np.array(self._mels[self._rows[track_id]])
+
+    def summary(self):
+        counts = {name: int(np.sum(self.status == code)) for code, name in STATUS_NAMES.items()}
+        extra = "".join(f", {counts[k]} {k}" for k in ("missing", "pending") if counts[k])
+        return (f"Mel cache {self.path}: {counts['ok']} ok, {counts['padded']} padded, "
+                f"{counts['broken']} broken{extra} (report: {self.path / 'report.csv'})")
+
+
+# ----------------------------------------------------------------------------- datasets and loaders
+
+def normalisation_stats(cache, track_ids):
+    """Mean and standard deviation of all dB values of these tracks, read one track at a time."""
+    total = total_sq = count = 0.0
+    for track_id in track_ids:
+        mel = cache[track_id].astype(np.float64)
+        total, total_sq, count = total + mel.sum(), total_sq + np.square(mel).sum(), count + mel.size
+    mean = total / count
+    return float(mean), float(math.sqrt(max(total_sq / count - mean * mean, 0.0)))
+
+
+def spec_augment(mel, generator=None):
+    """A copy with two mel-band masks (each up to 25% of bands) and two time masks (each up to 15% of
+    frames) set to 0 dB; widths and positions drawn uniformly from generator (default: torch's global RNG)."""
+    mel = mel.clone()
+    for axis, fraction in ((0, BAND_MASK_FRACTION), (1, TIME_MASK_FRACTION)):
+        size = mel.shape[axis]
+        for _ in range(MASKS_PER_AXIS):
+            width = int(torch.randint(0, int(fraction * size) + 1, (1,), generator=generator))
+            start = int(torch.randint(0, size - width + 1, (1,), generator=generator))
+            mel.narrow(axis, start, width).fill_(0.0)
+    return mel
+
+
+class MelDataset(Dataset):
+    """(float32 (n_mels, n_frames), label) per track. With augment, index i + N is clip i masked.
+
+    An index may be a pair (index, seed) from AugmentedSampler: the masks then depend only on the
+    seed, so they are the same whatever the number of DataLoader workers.
+    """
+
+    def __init__(self, cache, track_ids, labels, mean=None, std=None, augment=False):
+        self.cache, self.track_ids, self.labels = cache, [int(t) for t in track_ids], [int(l) for l in labels]
+        self.mean, self.std, self.augment = mean, std, augment
+
+    def __len__(self):
+        return len(self.track_ids) * (2 if self.augment else 1)
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        clip = index % len(self.track_ids)
+        mel = torch.from_numpy(self.cache[self.track_ids[clip]].astype(np.float32))
+        if index >= len(self.track_ids):
+            generator = None if seed is None else torch.Generator().manual_seed(seed)
+            mel = spec_augment(mel, generator)
+        if self.mean is not None:
+            mel = (mel - self.mean) / self.std
+        return mel, self.labels[clip]
+
+
+class AugmentedSampler(Sampler):
+    """A random permutation of a doubled epoch, each index paired with a fresh seed for its masks,
+    all drawn from one generator (reseed it to replay an epoch exactly)."""
+
+    def __init__(self, size, generator):
+        self.size, self.generator = size, generator
+
+    def __len__(self):
+        return self.size
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=self.generator).tolist()
+        seeds = torch.randint(0, 2 ** 62, (self.size,), generator=self.generator).tolist()
+        return iter(zip(order, seeds))
+
+
+def make_loaders(cache, splits, batch_size, num_workers=0, faithful=True, augment=False, seed=0,
+                 device="cpu"):
+    """({"train", "val", "test"} DataLoaders, {"mean", "std"}). Broken tracks (listed in the cache's
+    report) are left out; faithful feeds raw dB, otherwise dB standardised with train-split stats.
+    The train order (and masks) depend only on loaders["train"].sampler.generator, seeded from seed."""
+    unknown = [t for frame in splits.values() for t in frame.index if t not in cache._rows]
+    if unknown:
+        raise DataError(f"{len(unknown)} tracks of the splits (e.g. {unknown[0]}) are not in the cache "
+                        f"{cache.path}: build the cache from the same tracks as the splits.")
+    usable = {name: frame.loc[[t in cache for t in frame.index]] for name, frame in splits.items()}
+    for name, frame in usable.items():
+        if frame.empty:
+            raise DataError(f"The {name} split has no track with a usable spectrogram in {cache.path}; "
+                            f"see its report.csv.")
+    mean, std = (None, None) if faithful else normalisation_stats(cache, usable["train"].index)
+    common = dict(batch_size=batch_size, num_workers=num_workers, drop_last=False,
+                  pin_memory=str(device).startswith("cuda"), persistent_workers=num_workers > 0)
+    loaders = {}
+    for name, frame in usable.items():
+        train = name == "train"
+        data = MelDataset(cache, frame.index, frame["label"], mean, std, augment=train and augment)
+        sampler = None
+        if train:  # order and masks come from the sampler's own generator: reseed it to replay an epoch
+            order = torch.Generator().manual_seed(seed)
+            sampler = AugmentedSampler(len(data), order) if augment else RandomSampler(data, generator=order)
+        # The loader draws its worker seeds from a generator of its own, never from torch's global one.
+        loaders[name] = DataLoader(data, sampler=sampler, generator=torch.Generator().manual_seed(seed),
+                                   **common)
+    return loaders, {"mean": mean, "std": std}
