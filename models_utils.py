@@ -200,7 +200,7 @@ def classification_metrics(targets, probabilities, class_names):
     }
 
 
-def _atomic_write(path, write):
+def atomic_write(path, write):
     """Call ``write(file)`` on a temp file next to ``path``, then move it into place."""
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
@@ -221,7 +221,7 @@ def save_report(out_dir, metrics, targets, probabilities, class_names, history=N
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(metrics, indent=2, allow_nan=True) + "\n"
     written = [out_dir / "metrics.json"]
-    _atomic_write(written[0], lambda f: f.write(text.encode()))
+    atomic_write(written[0], lambda f: f.write(text.encode()))
     cm = metrics.get("confusion_matrix") or classification_metrics(targets, probabilities, class_names)[
         "confusion_matrix"]
     figures = {"confusion_matrix.png": plot_confusion_matrix(cm, class_names),
@@ -230,7 +230,17 @@ def save_report(out_dir, metrics, targets, probabilities, class_names, history=N
     if history:
         figures["curves.png"] = plot_training_curves(history)
     for name, fig in figures.items():
-        _atomic_write(out_dir / name, lambda f: fig.savefig(f, format="png", dpi=120))
+        atomic_write(out_dir / name, lambda f: fig.savefig(f, format="png", dpi=120))
         plt.close(fig)
         written.append(out_dir / name)
     return written
+
+
+def format_metrics(metrics):
+    """A text table of ``classification_metrics``' per-class scores, one genre a line."""
+    lines = [f"{'genre':<15} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>7} {'ROC AUC':>7}"]
+    for name, row in metrics["per_class"].items():
+        auc = metrics["roc_auc"][name]
+        lines.append(f"{name:<15} {row['precision']:9.3f} {row['recall']:7.3f} {row['f1']:6.3f} {row['support']:7d} "
+                     f"{'-' if auc is None else f'{auc:.3f}':>7}")
+    return "\n".join(lines)

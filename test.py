@@ -1,0 +1,45 @@
+"""One evaluation pass: ``test(model, loader, device)`` -> loss, accuracy, targets, predictions, probabilities.
+
+Used by main.py for the validation split every epoch and for the test split at the end (and by
+pre_trained_models.py --evaluate). Note this file shadows Python's standard-library package ``test``:
+it is found first when the project root leads ``sys.path`` (``python main.py``; pytest via pytest.ini).
+
+    from test import test
+    result = test(model, loaders["val"], "cpu")
+"""
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+
+def test(model, loader, device, amp=False, desc="eval"):
+    """Evaluate ``model`` on ``loader`` without gradients; loss is the mean cross-entropy per example.
+
+    Returns {"loss", "accuracy", "examples", "targets" (N,), "predictions" (N,), "probabilities" (N, C)}
+    with NumPy arrays in loader order.
+    """
+    model.eval()
+    device = torch.device(device)
+    total_loss, targets_all, probabilities_all = 0.0, [], []
+    with torch.inference_mode():
+        for inputs, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+            inputs = inputs.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+                logits, _ = model(inputs)
+            logits = logits.float()  # softmax and loss in float32 even under autocast
+            total_loss += F.cross_entropy(logits, targets, reduction="sum").item()
+            targets_all.append(targets.cpu())
+            probabilities_all.append(F.softmax(logits, dim=1).cpu())
+    if not targets_all:
+        raise ValueError("the evaluation loader yielded no batches: the split is empty")
+    targets = torch.cat(targets_all).numpy()
+    probabilities = torch.cat(probabilities_all).numpy()
+    predictions = probabilities.argmax(axis=1)
+    return {"loss": total_loss / len(targets), "accuracy": float(np.mean(predictions == targets)),
+            "examples": len(targets), "targets": targets, "predictions": predictions,
+            "probabilities": probabilities}
+
+
+test.__test__ = False  # not a pytest test: keeps pytest from collecting it where a test module imports it

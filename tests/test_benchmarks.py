@@ -1,0 +1,53 @@
+"""The benchmark command runs end to end at its tiny size and reports every row (no timing assertions).
+
+    python -m pytest tests/test_benchmarks.py -q
+"""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPECTED_ROWS = [
+    "a cache | original: librosa + np.save per track",
+    "a cache | build_cache, num_workers=1",
+    "a cache | build_cache, num_workers=",  # all cores
+    "a cache | same spectrograms",
+    *[f"b loading | {n} tracks, {what}" for n in (100, 200) for what in
+      ("original: every spectrogram in memory", "memmap cache + make_loaders (faithful)",
+       "memmap cache + make_loaders (faithful=False")],
+    "b loading | memory growth 100 -> 200 tracks, original",
+    "b loading | memory growth 100 -> 200 tracks, memmap cache + make_loaders (faithful)",
+    *[f"c training | {model} {variant} |" for model in ("cnn1d", "cnn2d", "crnn") for variant in ("eager", "compile")],
+    *[f"c training | {model} {variant} |" for model in ("cnn2d", "crnn")
+      for variant in ("channels_last", "compile + channels_last")],
+    "c training | amp (bf16 autocast)",
+    "d predict | crnn, one track per forward pass",
+    "d predict | crnn, batches of 32",
+]
+
+
+def test_tiny_benchmark_prints_and_writes_every_row(tmp_path):
+    out = tmp_path / "results.md"
+    result = subprocess.run([sys.executable, "benchmarks/run.py", "--size=tiny", f"--work_dir={tmp_path / 'work'}",
+                             f"--out={out}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final_table = result.stdout.rsplit("| part | measurement |", 1)[1]
+    written = out.read_text()
+    for row in EXPECTED_ROWS:
+        assert row in final_table, f"row {row!r} missing from the printed table:\n{result.stdout[-4000:]}"
+        assert row in written, f"row {row!r} missing from {out}"
+    assert "Machine: CPU " in written and "torch " in written
+    # every measured row carries a number; every target says whether it was met
+    for line in final_table.splitlines():
+        if line.startswith("| ") and "skipped" not in line:
+            assert re.search(r"\d", line.split("|")[3]), line
+    assert written.count(": met") + written.count(": NOT met") >= 8
+    assert not list((tmp_path / "work").glob("tmp*")), "a contender's scratch folder was left behind"
+
+
+def test_unknown_part_is_a_clear_usage_error():
+    result = subprocess.run([sys.executable, "benchmarks/run.py", "--only=cache,speed"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "--only takes parts from cache,loading,training,predict; got speed" in result.stderr

@@ -1,0 +1,201 @@
+"""main.py end to end on a tiny generated FMA-format dataset (48 clips of 3 s, CNN1D, 96 frames):
+a real run and its artefacts, exact resume, the NaN stop, --prepare_only, W&B offline and Ctrl-C."""
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import demo_data
+import main
+import models_utils
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """8 genres x 6 clips (4/1/1 train/val/test per genre), 3 s each, in the real FMA layout."""
+    return demo_data.make_demo_dataset(tmp_path_factory.mktemp("fma"), tracks_per_genre=6, duration=3.0)
+
+
+def args(data_dir, out_dir, *extra):
+    return [f"--data_dir={data_dir}", f"--out_dir={out_dir}", "--model=cnn1d", "--n_frames=96", "--batch_size=8",
+            "--download=False", "--wandb_mode=disabled", "--num_workers=0", *extra]
+
+
+def run_main(argv):
+    assert main.main(argv) == 0
+
+
+def error_of(argv):
+    with pytest.raises(SystemExit) as info:
+        main.main(argv)
+    assert isinstance(info.value.code, str), info.value.code
+    return info.value.code
+
+
+@pytest.fixture(scope="module")
+def full_run(data_dir, tmp_path_factory):
+    """An uninterrupted 4-epoch run."""
+    out_dir = tmp_path_factory.mktemp("full")
+    run_main(args(data_dir, out_dir, "--epochs=4"))
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def two_epochs(data_dir, tmp_path_factory):
+    """The same run stopped after 2 of the 4 epochs (a finished 2-epoch run, to be resumed)."""
+    out_dir = tmp_path_factory.mktemp("two")
+    run_main(args(data_dir, out_dir, "--epochs=2"))
+    return out_dir
+
+
+def read_history(out_dir):
+    with open(out_dir / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_short_run_learns_and_writes_every_artefact(full_run):
+    history = read_history(full_run)
+    assert [int(row["epoch"]) for row in history] == [1, 2, 3, 4]
+    assert list(history[0]) == ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+    losses = [float(row["train_loss"]) for row in history]
+    assert min(losses[1:]) < losses[0], losses  # the loss falls
+    for name in ("confusion_matrix.png", "roc_curves.png", "curves.png"):
+        assert (full_run / name).read_bytes().startswith(PNG), name
+
+    metrics = json.loads((full_run / "metrics.json").read_text())
+    for key in ("test_accuracy", "test_loss", "per_class", "macro_f1", "confusion_matrix", "class_names",
+                "roc_auc", "best_epoch", "training_seconds", "parameters"):
+        assert key in metrics, key
+    assert metrics["class_names"] == ["Electronic", "Experimental", "Folk", "Hip-Hop", "Instrumental",
+                                      "International", "Pop", "Rock"]
+    assert sum(map(sum, metrics["confusion_matrix"])) == metrics["test_examples"] == 8
+    assert set(metrics["per_class"]["Rock"]) == {"precision", "recall", "f1", "support"}
+    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
+    # best: the highest val accuracy, a tie broken by the lower val loss
+    best_row = max(history, key=lambda row: (float(row["val_accuracy"]), -float(row["val_loss"])))
+    assert metrics["best_epoch"] == int(best_row["epoch"])
+
+
+def test_checkpoints_hold_everything_to_rebuild_and_resume(full_run):
+    last = models_utils.load_checkpoint(full_run / "last.pt")
+    best = models_utils.load_checkpoint(full_run / "best.pt")
+    for key in ("model", "model_args", "faithful", "state_dict", "class_names", "preprocessing", "normalisation",
+                "config", "epoch", "metrics", "optimizer", "scheduler", "history", "best_val_accuracy"):
+        assert key in last, key
+    assert last["epoch"] == 4 and last["model"] == "cnn1d" and last["faithful"] is True
+    assert last["model_args"] == {"n_mels": 128, "n_frames": 96, "n_classes": 8, "faithful": True}
+    assert last["preprocessing"]["n_frames"] == 96 and last["config"]["lr"] == 1e-3
+    assert best["epoch"] == json.loads((full_run / "metrics.json").read_text())["best_epoch"]
+    model = models_utils.model_from_checkpoint(best)
+    logits, probs = model(torch.full((2, 128, 96), -40.0))
+    assert probs.shape == (2, 8)
+    assert models_utils.count_parameters(model) == json.loads((full_run / "metrics.json").read_text())["parameters"]
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(data_dir, full_run, two_epochs, tmp_path):
+    out_dir = tmp_path / "resumed"
+    shutil.copytree(two_epochs, out_dir)
+    run_main(args(data_dir, out_dir, "--epochs=4", "--resume=True"))
+    resumed, uninterrupted = (models_utils.load_checkpoint(d / "last.pt") for d in (out_dir, full_run))
+    for key, value in uninterrupted["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+    assert resumed["scheduler"] == uninterrupted["scheduler"]
+    strip = lambda history: [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+    assert strip(resumed["history"]) == strip(uninterrupted["history"])
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (out_dir, full_run))
+    assert a["test_accuracy"] == b["test_accuracy"] and a["test_loss"] == pytest.approx(b["test_loss"], abs=1e-6)
+    assert a["confusion_matrix"] == b["confusion_matrix"]
+
+
+def test_resume_refuses_a_different_model(data_dir, two_epochs, tmp_path):
+    shutil.copytree(two_epochs, tmp_path / "run")
+    message = error_of(args(data_dir, tmp_path / "run", "--resume=True", "--n_frames=128"))
+    assert "n_frames=128 (checkpoint: 96)" in message
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data_dir, two_epochs, tmp_path):
+    out_dir = tmp_path / "run"
+    shutil.copytree(two_epochs, out_dir)
+    before = {name: (out_dir / name).read_bytes() for name in ("last.pt", "best.pt", "history.csv")}
+    # A learning rate of 1e30 (allowed on resume) makes Adam's first step overflow: a real NaN loss.
+    message = error_of(args(data_dir, out_dir, "--resume=True", "--epochs=4", "--lr=1e30"))
+    assert "training stopped in epoch 3" in message and "loss became nan" in message
+    assert "last.pt (epoch 2) is kept" in message and "Lower the learning rate" in message
+    assert {name: (out_dir / name).read_bytes() for name in before} == before
+
+
+def test_a_nan_loss_in_the_first_epoch_leaves_no_checkpoint(data_dir, tmp_path):
+    message = error_of(args(data_dir, tmp_path, "--epochs=2", "--lr=1e30"))
+    assert "loss became nan" in message and "no checkpoint exists" in message
+    assert not (tmp_path / "last.pt").exists() and not (tmp_path / "best.pt").exists()
+
+
+def test_prepare_only_builds_the_cache_and_stops(data_dir, tmp_path, capsys):
+    run_main(args(data_dir, tmp_path / "run", "--prepare_only=True"))
+    out = capsys.readouterr().out
+    assert "Mel cache" in out and "48 ok" in out and "nothing was trained" in out
+    assert not (tmp_path / "run").exists()
+
+
+def clean_env(tmp_path):
+    """No W&B key, mode or network settings inherited from the machine; W&B files under tmp_path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path / "home"), WANDB_DIR=str(tmp_path / "wandb_dir"), PYTHONUNBUFFERED="1")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "wandb_dir").mkdir()
+    return env
+
+
+def test_wandb_runs_offline_without_key_prompt_or_network(data_dir, tmp_path):
+    argv = [a for a in args(data_dir, tmp_path / "run", "--epochs=2", "--log_interval=2")
+            if not a.startswith("--wandb_mode")]  # mode chosen by main.py: offline, as no API key exists
+    result = subprocess.run([sys.executable, "main.py", *argv], cwd=ROOT, env=clean_env(tmp_path),
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "wandb_dir" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, result.stdout[-2000:]
+    assert f"wandb sync {runs[0]}" in result.stdout
+    assert "W&B: the run is saved offline" in result.stdout
+    (record,) = runs[0].glob("run-*.wandb")  # W&B's offline log: config, metrics, files, artifact
+    logged = record.read_bytes()
+    for name in (b"MusicGenreClassification", b"n_frames", b"parameters", b"train/loss", b"val/loss",
+                 b"val/accuracy", b"lr", b"test/accuracy", b"test/confusion_matrix", b"test/roc", b"best.pt"):
+        assert name in logged, name
+    images = {p.name.rsplit("_", 2)[0] for p in (runs[0] / "files" / "media" / "images").rglob("*.png")}
+    assert {"confusion_matrix", "roc_curves", "curves"} <= images, images
+
+
+def test_ctrl_c_saves_and_exits_cleanly_with_a_resume_hint(data_dir, tmp_path):
+    out_dir = tmp_path / "run"
+    log = open(tmp_path / "stderr.txt", "w+")
+    process = subprocess.Popen([sys.executable, "main.py", *args(data_dir, out_dir, "--epochs=500")], cwd=ROOT,
+                               env=clean_env(tmp_path), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=log)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out_dir / "last.pt").exists():
+            assert process.poll() is None, "main.py ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint after 300 s"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 130
+    finally:
+        process.kill()
+    log.seek(0)
+    stderr = log.read()
+    assert "Traceback" not in stderr
+    assert "interrupted:" in stderr and "--resume=True" in stderr and str(out_dir / "last.pt") in stderr
+    checkpoint = models_utils.load_checkpoint(out_dir / "last.pt")
+    assert 1 <= checkpoint["epoch"] < 500
+    assert len(read_history(out_dir)) == checkpoint["epoch"]

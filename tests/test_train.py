@@ -1,0 +1,84 @@
+"""train.py and test.py on small real tensors: one epoch's statistics, logging, a falling loss,
+the non-finite-loss stop, and evaluation outputs."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from models import build_model
+from test import test
+from train import NonFiniteLossError, train
+
+
+def separable_loader(n=64, n_mels=32, n_frames=96, n_classes=4, batch_size=8, seed=0):
+    """Spectrogram-shaped inputs whose class is a loud band of mel rows: learnable in a few epochs."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % n_classes
+    inputs = torch.randn(n, n_mels, n_frames, generator=generator)
+    band = n_mels // n_classes
+    for i, label in enumerate(labels):
+        inputs[i, label * band:(label + 1) * band] += 3.0
+    return DataLoader(TensorDataset(inputs, labels), batch_size=batch_size, shuffle=True, generator=generator)
+
+
+def make_model(n_classes=4):
+    torch.manual_seed(0)
+    return build_model("cnn1d", n_mels=32, n_frames=96, n_classes=n_classes, faithful=False)
+
+
+def test_train_returns_epoch_statistics_and_logs_every_interval():
+    model, loader = make_model(), separable_loader(n=64, batch_size=4)  # 16 batches
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    calls = []
+    stats = train(model, loader, optimizer, "cpu", on_log=lambda examples, loss: calls.append((examples, loss)),
+                  log_interval=5)
+    assert stats["examples"] == 64
+    assert 0.0 <= stats["accuracy"] <= 1.0 and math.isfinite(stats["loss"])
+    # batches 5, 10, 15: step = examples seen so far in the epoch; loss = mean over the interval
+    assert [examples for examples, _ in calls] == [20, 40, 60]
+    assert all(math.isfinite(loss) and loss > 0 for _, loss in calls)
+
+
+def test_training_lowers_the_loss_and_test_scores_it():
+    model, loader = make_model(), separable_loader()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = test(model, loader, "cpu")
+    losses = [train(model, loader, optimizer, "cpu")["loss"] for _ in range(5)]
+    after = test(model, loader, "cpu")
+    assert losses[-1] < losses[0]
+    assert after["loss"] < before["loss"]
+    assert after["accuracy"] > 0.9
+
+
+def test_test_returns_consistent_arrays_without_touching_the_model():
+    model, loader = make_model(), separable_loader(n=20, batch_size=6)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    result = test(model, loader, "cpu")
+    assert not model.training
+    for key, value in model.state_dict().items():  # no batch-norm update, no gradient step
+        assert torch.equal(value, weights[key]), key
+    assert result["examples"] == 20
+    assert result["targets"].shape == result["predictions"].shape == (20,)
+    assert result["probabilities"].shape == (20, 4)
+    np.testing.assert_allclose(result["probabilities"].sum(axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(result["predictions"], result["probabilities"].argmax(axis=1))
+    assert result["accuracy"] == pytest.approx(np.mean(result["predictions"] == result["targets"]))
+    assert sorted(result["targets"].tolist()) == sorted([i % 4 for i in range(20)])
+
+
+def test_a_diverging_run_raises_before_the_bad_step():
+    model, loader = make_model(), separable_loader()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e30)  # the first step blows the weights up
+    with pytest.raises(NonFiniteLossError, match="loss became nan at batch"):
+        train(model, loader, optimizer, "cpu")
+
+
+def test_empty_loader_is_a_clear_error():
+    model = make_model()
+    empty = DataLoader(TensorDataset(torch.zeros(0, 32, 96), torch.zeros(0, dtype=torch.long)), batch_size=4)
+    with pytest.raises(ValueError, match="training split is empty"):
+        train(model, empty, torch.optim.Adam(model.parameters()), "cpu")
+    with pytest.raises(ValueError, match="split is empty"):
+        test(model, empty, "cpu")
