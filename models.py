@@ -37,7 +37,7 @@ class CNN1D(nn.Module):
             ))
             length = (length - self.kernel + 1) // pool
         if length < 1:
-            raise ValueError(f"CNN1D needs n_frames >= 46; got n_frames={n_frames}.")
+            raise ValueError(f"CNN1D needs n_frames >= 95 (three conv + pool blocks); got n_frames={n_frames}.")
         self.fc1 = nn.Linear(n_mels * length, n_classes)
         # Quirk 1: the original passed its logits through ReLU and Dropout(0.3).
         self.logit_dropout = nn.Dropout(0.3)

@@ -36,16 +36,26 @@ def test_defaults_are_the_originals_best_run():
 
 def test_overrides_are_converted_to_the_defaults_types():
     overrides = main.parse_overrides(["--epochs=5", "--lr=3e-4", "--faithful=false", "--demo=1",
-                                      "--resume=True", "--compile=0", "--model=cnn1d", "--wandb_mode=offline",
+                                      "--resume=True", "--model=cnn1d", "--wandb_mode=offline",
                                       "--weight_decay=0"])
     assert overrides == {"epochs": 5, "lr": 3e-4, "faithful": False, "demo": True, "resume": True,
-                         "compile": False, "model": "cnn1d", "wandb_mode": "offline", "weight_decay": 0.0}
+                         "model": "cnn1d", "wandb_mode": "offline", "weight_decay": 0.0}
     assert type(overrides["weight_decay"]) is float and type(overrides["epochs"]) is int
     assert main.parse_overrides(["--wandb_mode=None"]) == {"wandb_mode": None}
     assert main.make_config(overrides)["out_dir"] == str(Path("runs") / "demo_cnn1d")
 
 
 @pytest.mark.parametrize("argv, expected", [
+    ([], True), (["--model=cnn2d"], True), (["--model=cnn1d"], False),  # auto: on where it pays
+    (["--demo=True"], False), (["--demo=True", "--compile=True"], True),  # the demo never repays it
+    (["--compile=False"], False), (["--model=cnn1d", "--compile=1"], True), (["--compile=auto"], True),
+])
+def test_compile_is_on_where_it_pays_unless_forced(argv, expected):
+    assert main.make_config(main.parse_overrides(argv))["compile"] is expected
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--compile=sometimes"], "choose auto, True or False"),
     (["--epochs=five"], "expected a int"),
     (["--epochs=2.5"], "expected a int"),
     (["--lr=fast"], "expected a float"),

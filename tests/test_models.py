@@ -99,3 +99,15 @@ def test_original_weights_reproduce_expected_outputs(file_name, name, mode):
         logits, probs = model.eval()(reference_input())
     torch.testing.assert_close(logits, torch.tensor(expected["logits"]), atol=1e-4, rtol=0)
     torch.testing.assert_close(probs, torch.tensor(expected["probabilities"]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("model_class,size,smallest", [(CNN1D, "n_frames", 95), (CNN2D, "n_frames", 16),
+                                                       (CNN2D, "n_mels", 16), (CRNN, "n_frames", 8),
+                                                       (CRNN, "n_mels", 128)])
+def test_documented_minimum_sizes_are_exact(model_class, size, smallest):
+    model = model_class(**{size: smallest}).eval()
+    shape = {"n_mels": 128, "n_frames": 1291, size: smallest}
+    with torch.no_grad():
+        assert model(torch.randn(1, shape["n_mels"], shape["n_frames"]))[0].shape == (1, 8)
+    with pytest.raises(ValueError, match=f">= {smallest}"):
+        model_class(**{size: smallest - 1})
