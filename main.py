@@ -74,10 +74,10 @@ CONFIG = {k: v for k, v in globals().items()
 # (~13.5 s an epoch): batch 16 x 10 epochs reached 0.75 test accuracy; batch 8 (8 optimiser steps an
 # epoch) reached 0.75 after 15 epochs and 1.0 (8/8, val 1.0) after 25, about 6 minutes of training.
 DEMO = {"data_dir": "data/demo", "epochs": 25, "batch_size": 8, "download": False, "compile": "False"}
-# compile=auto compiles these models, in channels_last layout. Measured on a 2-core CPU (benchmarks/):
-# CRNN training steps 1.45x faster compiled, 1.63x with channels_last, after a 20-60 s compile repaid
-# within ~10 steps (an fma_small epoch has 128); CNN1D compiled is never faster (0.95x), hence off. The
-# demo's few short epochs never repay the compile time.
+# compile=auto compiles these models, in channels_last layout. Measured on a 2-core CPU
+# (benchmarks/results_training.md): CRNN training steps 1.78x faster, CNN2D 1.47x, after a 13-36 s
+# compile repaid within ~12 steps (an fma_small epoch has 128); CNN1D only 1.09x, repaid after ~600
+# steps, hence off. The demo's few short epochs never repay the compile time.
 COMPILED_MODELS = ("crnn", "cnn2d")
 DEMO_TRACKS_PER_GENRE = 10
 # On resume the checkpoint's config wins; only these keys may be changed on the command line.
@@ -463,7 +463,7 @@ def run(config, overrides):
     if config["compile"]:  # the first steps pay the compile time; see COMPILED_MODELS
         if config["model"] in COMPILED_MODELS:  # 4-D activations: channels_last speeds the convolutions
             raw_model.to(memory_format=torch.channels_last)
-        model = torch.compile(raw_model)
+        model = models_utils.compile_model(raw_model)
     wandb_run, exit_code = setup_wandb(config, state, n_parameters), 1
     try:
         run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_run)

@@ -55,6 +55,17 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+# torch.compile mode, measured on a 2-core CPU (CRNN training step, batch 50, same run): the default
+# mode 1.64x eager, with channels_last 1.83x, this mode with channels_last 2.19x. No CUDA graphs: the
+# last batch of an epoch is smaller, and graphs would be re-recorded for it.
+COMPILE_MODE = "max-autotune-no-cudagraphs"
+
+
+def compile_model(model, backend="inductor"):
+    """``torch.compile(model)`` as main.py runs it (a backend other than inductor takes no mode)."""
+    return torch.compile(model, backend=backend, mode=COMPILE_MODE if backend == "inductor" else None)
+
+
 # -----------------------------------------------------------------------------
 # checkpoints
 

@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 import pre_trained_models  # noqa: E402
 import utils  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
+from models_utils import compile_model  # noqa: E402
 from train import train  # noqa: E402
 
 PARTS = ("cache", "loading", "training", "predict")
@@ -261,7 +262,7 @@ class Contender:
         self.raw = build_model(name, n_frames=n_frames).to(device)
         if channels_last:
             self.raw = self.raw.to(memory_format=torch.channels_last)
-        self.model = torch.compile(self.raw, backend=backend) if backend else self.raw
+        self.model = compile_model(self.raw, backend) if backend else self.raw
         self.optimizer = torch.optim.Adam(self.raw.parameters(), lr=1e-3)
         self.amp = amp
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from models import CNN1D, CRNN, build_model
-from models_utils import (CheckpointError, init_weights, load_checkpoint, model_from_checkpoint,
-                          plot_confusion_matrix, plot_roc_curves, plot_training_curves, save_checkpoint)
+from models_utils import (CheckpointError, compile_model, init_weights, load_checkpoint,
+                          model_from_checkpoint, plot_confusion_matrix, plot_roc_curves,
+                          plot_training_curves, save_checkpoint)
 
 
 def conv_and_linear(model):
@@ -163,3 +164,18 @@ def test_training_curves_figure():
     assert [line.get_label() for line in acc_ax.get_lines()] == ["validation"]  # no train accuracy given
     np.testing.assert_allclose(acc_ax.get_lines()[0].get_ydata(), [0.1 * e for e in range(1, 6)])
     assert png_bytes(fig).startswith(b"\x89PNG")
+
+
+def test_compile_model_gives_the_eager_results_and_trains():
+    torch.manual_seed(0)
+    model = CNN1D(n_frames=100).eval()
+    compiled = compile_model(model)  # the inductor backend in main.py's mode
+    x = torch.randn(4, 128, 100) * 20 - 40
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x)[0], model(x)[0], atol=1e-4, rtol=0)
+    compiled.train()
+    before = model.fc1.weight.detach().clone()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    torch.nn.functional.cross_entropy(compiled(x)[0], torch.tensor([0, 1, 2, 3])).backward()
+    optimizer.step()
+    assert not torch.equal(before, model.fc1.weight)  # gradients reach the original module's weights
