@@ -41,7 +41,7 @@ cache_dir = ""               # spectrogram cache; "" = <data_dir>/cache
 split = "official"           # official: FMA's artist-filtered train/val/test | random: the original's (val == test)
 train_size = 0.8             # training fraction of the random split (the official split ignores it)
 n_frames = 1291              # frames per clip (1291 = the original's ~29.95 s); smaller only for quick tests
-num_workers = 0              # DataLoader worker processes (0 = main process; the cache is memory-mapped)
+num_workers = -1             # DataLoader worker processes; -1 = auto (see loader_workers); also caps the cache build
 # model
 model = "crnn"               # cnn1d | cnn2d | crnn (models.py)
 faithful = True              # the original's forward pass (raw dB, its quirks); False: corrected + standardised
@@ -235,6 +235,14 @@ def ensure_data(config):
              f"Rerun it (it resumes), or download the archives by hand as the README describes.")
 
 
+def loader_workers(requested, device):
+    """DataLoader workers: ``requested`` when >= 0; auto (-1) overlaps loading with GPU compute on CUDA
+    and loads in the main process on a CPU, whose cores the model already uses."""
+    if requested >= 0:
+        return requested
+    return min(4, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
+
+
 def build_data(config, device):
     """Metadata -> splits -> spectrogram cache -> loaders; None when prepare_only."""
     ensure_data(config)
@@ -243,7 +251,7 @@ def build_data(config, device):
     preprocessing = {**utils.PREPROCESSING, "n_frames": config["n_frames"]}
     cache_root = config["cache_dir"] or Path(config["data_dir"]) / "cache"
     cache = utils.build_cache(tracks, cache_root, config["subset"], preprocessing,
-                              num_workers=config["num_workers"] or None)
+                              num_workers=config["num_workers"] if config["num_workers"] > 0 else None)
     if config["prepare_only"]:  # build_cache has printed the cache's summary
         print("prepare_only=True: the data and the cache are ready; nothing was trained.")
         return None
@@ -251,7 +259,7 @@ def build_data(config, device):
         print("warning: split=random uses the same tracks for validation and test (the original's setup): "
               "the test accuracy is not from held-out data, and artists leak between train and test.")
     loaders, normalisation = utils.make_loaders(
-        cache, splits, config["batch_size"], num_workers=config["num_workers"], faithful=config["faithful"],
+        cache, splits, config["batch_size"], num_workers=loader_workers(config["num_workers"], device), faithful=config["faithful"],
         augment=config["data_augmentation"], seed=config["seed"], device=device.type)
     sizes = ", ".join(f"{name} {len(loader.dataset)}" for name, loader in loaders.items())
     print(f"data: {config['subset']} in {config['data_dir']}, {config['split']} split: {sizes} clips")

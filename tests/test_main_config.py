@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import main
 import models_utils
@@ -126,3 +127,13 @@ def test_resume_from_another_projects_file_is_refused(tmp_path):
     torch.save({"weight": torch.zeros(2)}, tmp_path / "last.pt")  # e.g. a bare state_dict
     message = error_of([f"--out_dir={tmp_path}", "--resume=True"])
     assert "not a checkpoint of this project" in message
+
+
+@pytest.mark.parametrize("requested, device, expected", [(-1, "cpu", 0), (0, "cuda", 0), (3, "cpu", 3)])
+def test_loader_workers_follow_the_request(requested, device, expected):
+    assert main.loader_workers(requested, torch.device(device)) == expected
+
+
+def test_loader_workers_overlap_loading_on_cuda_by_default():
+    assert main.make_config({})["num_workers"] == -1
+    assert 1 <= main.loader_workers(-1, torch.device("cuda")) <= 4
