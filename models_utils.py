@@ -4,8 +4,11 @@ Checkpoints are self-describing dicts (model name and arguments, class names, pr
 normalisation, config, ...) written atomically and read with ``torch.load(weights_only=True)``, so
 a checkpoint can never run code. Figures are drawn headless (Agg) and returned as matplotlib Figures.
 """
+import contextlib
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import matplotlib
@@ -69,10 +72,37 @@ def compile_model(model, backend="inductor"):
 # -----------------------------------------------------------------------------
 # checkpoints
 
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Hold Ctrl-C (SIGINT) until the block ends, then deliver it.
+
+    torch.save turns a KeyboardInterrupt raised mid-write into a RuntimeError from its zip writer, so
+    a Ctrl-C while a checkpoint is written would end the run with a traceback instead of cleanly.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals only reach the main thread
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and callable(previous):
+            previous(*received[0])  # the default handler raises KeyboardInterrupt here
+
+
 def save_checkpoint(checkpoint, path):
-    """Write ``checkpoint`` to ``path`` atomically: a crash leaves the previous file intact."""
+    """Write ``checkpoint`` to ``path`` atomically: a crash leaves the previous file intact, and a
+    Ctrl-C during the write takes effect once the file is complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with deferred_interrupt():
+        _write_atomically(checkpoint, path)
+
+
+def _write_atomically(checkpoint, path):
+    """torch.save to a temp file in the same folder, fsync, rename over ``path``."""
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -1,6 +1,8 @@
 """models_utils.py: initialisation, checkpoints and figures."""
 import io
+import os
 import pickle
+import signal
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -179,3 +181,21 @@ def test_compile_model_gives_the_eager_results_and_trains():
     torch.nn.functional.cross_entropy(compiled(x)[0], torch.tensor([0, 1, 2, 3])).backward()
     optimizer.step()
     assert not torch.equal(before, model.fc1.weight)  # gradients reach the original module's weights
+
+
+class InterruptWhilePickled:
+    """Sends this process a Ctrl-C (SIGINT) while torch.save is pickling the checkpoint."""
+
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        return (int, (7,))
+
+
+def test_ctrl_c_during_save_completes_the_file_then_interrupts(tmp_path):
+    path = tmp_path / "last.pt"
+    checkpoint = {**make_checkpoint(CNN1D(n_frames=431, n_classes=4)), "marker": InterruptWhilePickled()}
+    with pytest.raises(KeyboardInterrupt):  # not torch's RuntimeError from a half-written zip
+        save_checkpoint(checkpoint, path)
+    assert torch.load(path, weights_only=False)["marker"] == 7  # complete, renamed into place
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
