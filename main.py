@@ -372,7 +372,7 @@ def save_epoch(config, data, model, optimizer, scheduler, state):
     writer = csv.DictWriter(text, fieldnames=list(state["history"][0]))
     writer.writeheader()
     writer.writerows(state["history"])
-    models_utils.atomic_write(out_dir / "history.csv", lambda f: f.write(text.getvalue().encode()))
+    utils.atomic_write(out_dir / "history.csv", lambda f: f.write(text.getvalue().encode()))
     state["saved_epoch"] = state["epoch"]
 
 

@@ -5,9 +5,7 @@ normalisation, config, ...) written atomically and read with ``torch.load(weight
 a checkpoint can never run code. Figures are drawn headless (Agg) and returned as matplotlib Figures.
 """
 import contextlib
-import os
 import signal
-import tempfile
 import threading
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch.nn as nn
 from sklearn.metrics import auc, roc_curve
 
 from models import build_model
+from utils import atomic_write
 
 CHECKPOINT_FORMAT = "fma-genre-classifier"
 CHECKPOINT_VERSION = 1
@@ -97,22 +96,9 @@ def save_checkpoint(checkpoint, path):
     Ctrl-C during the write takes effect once the file is complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **checkpoint}
     with deferred_interrupt():
-        _write_atomically(checkpoint, path)
-
-
-def _write_atomically(checkpoint, path):
-    """torch.save to a temp file in the same folder, fsync, rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **checkpoint}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path, device="cpu"):
@@ -239,18 +225,6 @@ def classification_metrics(targets, probabilities, class_names):
         "confusion_matrix": confusion_matrix(targets, predictions, labels=labels).tolist(),
         "class_names": list(class_names),
     }
-
-
-def atomic_write(path, write):
-    """Call ``write(file)`` on a temp file next to ``path``, then move it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_report(out_dir, metrics, targets, probabilities, class_names, history=None):

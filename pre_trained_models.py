@@ -267,7 +267,7 @@ def write_csv(path, rows, class_names):
         values = [""] * len(class_names) if probabilities is None else [f"{p:.6f}" for p in probabilities]
         writer.writerow([str(track), n_windows, *values, error or ""])
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    models_utils.atomic_write(Path(path), lambda f: f.write(text.getvalue().encode()))
+    utils.atomic_write(Path(path), lambda f: f.write(text.getvalue().encode()))
 
 
 def run_prediction(args):

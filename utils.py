@@ -13,6 +13,7 @@ import json
 import math
 import os
 import signal
+import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -213,14 +214,21 @@ def _checked_preprocessing(preprocessing):
     return {key: type(default)(preprocessing[key]) for key, default in PREPROCESSING.items()}
 
 
-def _atomic_write(path, write):
-    """write(file object) to a temp file beside path, fsync, then os.replace: never a half-written file."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def atomic_write(path, write):
+    """Call ``write(file)`` on a temp file beside ``path``, fsync it, then rename it over ``path``:
+    a crash or Ctrl-C never leaves a half-written file under the real name. Used for every file the
+    project writes (cache status and report, checkpoints, metrics, history, figures, CSVs)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _save_progress(folder, ids, paths, status, reasons):
@@ -230,8 +238,8 @@ def _save_progress(folder, ids, paths, status, reasons):
     report = pd.DataFrame({"track_id": [ids[r] for r in rows], "path": [paths[r] for r in rows],
                            "status": [STATUS_NAMES[status[r]] for r in rows],
                            "reason": [reasons.get(r) or "" for r in rows]})
-    _atomic_write(folder / "report.csv", lambda f: report.to_csv(f, index=False))
-    _atomic_write(folder / "status.npy", lambda f: np.save(f, status))
+    atomic_write(folder / "report.csv", lambda f: report.to_csv(f, index=False))
+    atomic_write(folder / "status.npy", lambda f: np.save(f, status))
 
 
 def _open_cache_folder(folder, params):
@@ -250,9 +258,9 @@ def _open_cache_folder(folder, params):
     # A sparse file: created instantly, disk blocks are allocated as rows are written.
     np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape).flush()
     os.replace(tmp, folder / "mels.npy")
-    _atomic_write(folder / "params.json", lambda f: f.write(json.dumps(params, indent=1).encode()))
+    atomic_write(folder / "params.json", lambda f: f.write(json.dumps(params, indent=1).encode()))
     status = np.zeros(shape[0], dtype=np.int8)
-    _atomic_write(folder / "status.npy", lambda f: np.save(f, status))
+    atomic_write(folder / "status.npy", lambda f: np.save(f, status))
     return status
 
 
