@@ -51,6 +51,13 @@ PENDING, OK, PADDED, BROKEN, MISSING = 0, 1, 2, 3, 4
 STATUS_NAMES = {PENDING: "pending", OK: "ok", PADDED: "padded", BROKEN: "broken", MISSING: "missing"}
 
 
+def available_cpus():
+    """The cores this process may run on: its CPU affinity (taskset, SLURM, containers), not the host's."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 class DataError(Exception):
     """A problem with the user's data; str() is a one-paragraph message naming the file and the fix."""
 
