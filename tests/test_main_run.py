@@ -240,3 +240,22 @@ def test_the_original_procedure_reports_the_last_epoch_on_the_held_out_fifth(dat
     assert (config["data_augmentation"], config["weight_decay"], config["lr"]) == (True, 1e-4, 0.003)
     train_rows = last["training"]["examples_seen"] / 3
     assert train_rows == 2 * int(0.8 * 48)  # clean clips + one masked copy each, every epoch
+
+
+@pytest.mark.slow
+def test_a_compiled_crnn_with_augmentation_and_workers_resumes_exactly(data_dir, tmp_path, monkeypatch):
+    """compile=True in channels_last, masks drawn in 2 DataLoader workers: 2 epochs straight equal 1 + 1.
+    The default compile mode: max-autotune picks kernels by timing, which no run can repeat bitwise."""
+    monkeypatch.setattr(models_utils, "COMPILE_MODE", "default")
+    crnn = [a.replace("--model=cnn1d", "--model=crnn").replace("--num_workers=0", "--num_workers=2")
+            for a in args(data_dir, "", "--compile=True", "--data_augmentation=True", "--n_frames=32")]
+    crnn = [a for a in crnn if not a.startswith("--out_dir=")]
+    run_main([*crnn, f"--out_dir={tmp_path / 'straight'}", "--epochs=2"])
+    run_main([*crnn, f"--out_dir={tmp_path / 'resumed'}", "--epochs=1"])
+    run_main([*crnn, f"--out_dir={tmp_path / 'resumed'}", "--epochs=2", "--resume=True"])
+    straight, resumed = (models_utils.load_checkpoint(tmp_path / d / "last.pt") for d in ("straight", "resumed"))
+    assert straight["config"]["compile"] is True and straight["model"] == "crnn"
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+    strip = lambda history: [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+    assert strip(resumed["training"]["history"]) == strip(straight["training"]["history"])
