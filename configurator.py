@@ -6,14 +6,18 @@
 A config file is plain Python that assigns some of main.py's keys (see configs/); ``include("x.py")``
 there applies another config file first. Unknown keys,
 values of the wrong type and unreadable arguments stop with one message, never a traceback.
-``provenance()`` records what produced a run: commit, library versions, hardware, command line.
+``prepare_out_dir()`` gives every run a folder of its own (runs/<model>/<date-time>, runs/<model>/latest)
+and ``provenance()`` records what produced a run: commit, library versions, hardware, command line.
 """
 import importlib.metadata
 import platform
 import re
+import os
 import shlex
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -127,6 +131,67 @@ def parse_command_line(argv, defaults, source):
     overrides = read_config_file(config_file, defaults) if config_file else {}
     overrides.update(parse_overrides(rest, defaults))
     return overrides, config_file
+
+
+# -----------------------------------------------------------------------------
+# the run's folder
+
+def runs_folder(config, runs_root):
+    """<runs_root>/<model> (demo_<model> for the demo): the parent of a model's run folders."""
+    return Path(runs_root) / (f"demo_{config['model']}" if config["demo"] else config["model"])
+
+
+def prepare_out_dir(config, runs_root):
+    """The run's folder, created and checked before any work: a new runs/<model>/<date-time> (and
+    the latest link) by default; on resume without out_dir the latest run; an explicit out_dir that
+    already holds a run only with resume or overwrite. Returns it as a string."""
+    if config["resume"] and not config["out_dir"]:
+        latest = runs_folder(config, runs_root) / "latest"
+        if not latest.exists():
+            fail(f"--resume=True without --out_dir continues the latest run of {config['model']} "
+                 f"({latest}), but there is none. Give the run's folder with --out_dir=PATH.")
+        return str(latest.resolve())
+    if not config["out_dir"]:
+        return new_run_folder(runs_folder(config, runs_root))
+    out_dir = Path(config["out_dir"])
+    holds_run = any((out_dir / name).exists() for name in ("last.pt", "best.pt"))
+    if holds_run and not (config["resume"] or config["overwrite"]):
+        fail(f"{out_dir} already holds a run (last.pt/best.pt). Continue it with --resume=True, replace "
+             f"it with --overwrite=True, or start a new run in another --out_dir (or none: each run then "
+             f"gets its own folder under {runs_root}/).")
+    check_writable(out_dir)
+    return str(out_dir)
+
+
+def new_run_folder(parent):
+    """A fresh parent/<date-time> folder, and parent/latest pointing at it (where links are possible)."""
+    check_writable(parent)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1, 100):
+        folder = parent / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        try:
+            folder.mkdir()
+            break
+        except FileExistsError:
+            continue
+    link = parent / f".latest.{os.getpid()}"
+    try:
+        link.unlink(missing_ok=True)
+        link.symlink_to(folder.name, target_is_directory=True)
+        os.replace(link, parent / "latest")  # atomic: latest always names a complete run folder
+    except OSError as error:
+        print(f"note: could not point {parent / 'latest'} at the new run ({error.strerror or error}); "
+              f"use the run's own folder {folder}.")
+    return str(folder)
+
+
+def check_writable(out_dir):
+    """Create ``out_dir`` and prove a file can be written there, before any work is done."""
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out_dir).close()
+    except OSError as error:
+        fail(f"out_dir {out_dir} is not writable ({error.strerror or error}). Choose another with --out_dir=PATH.")
 
 
 # -----------------------------------------------------------------------------

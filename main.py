@@ -20,7 +20,6 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -93,7 +92,7 @@ DEMO = {"data_dir": "data/demo", "epochs": 25, "batch_size": 8, "download": Fals
 # steps, hence off. The demo's few short epochs never repay the compile time.
 COMPILED_MODELS = ("crnn", "cnn2d")
 DEMO_TRACKS_PER_GENRE = 10
-RUNS_ROOT = Path("runs")
+RUNS_ROOT = Path("runs")  # runs/<model>/<date-time>/, runs/<model>/latest -> the newest
 # On resume the checkpoint's config wins; only these keys may be changed on the command line.
 RESUME_MAY_CHANGE = {"epochs", "log_interval", "lr", "weight_decay", "num_workers", "cache_workers", "device", "amp",
                      "compile", "data_dir", "cache_dir", "download", "out_dir", "resume", "overwrite", "wandb_mode",
@@ -145,55 +144,6 @@ def resolve_auto(config, key, auto_value):
     fail(f"{key}={config[key]!r} is not valid: choose auto, True or False.")
 
 
-def runs_folder(config):
-    """runs/<model> (runs/demo_<model> for the demo): the parent of a model's run folders."""
-    return RUNS_ROOT / (f"demo_{config['model']}" if config["demo"] else config["model"])
-
-
-def prepare_out_dir(config):
-    """The run's folder, created and checked before any work: a new runs/<model>/<date-time> (and
-    the latest link) by default; on resume without out_dir the latest run; an explicit out_dir that
-    already holds a run only with resume or overwrite."""
-    if config["resume"] and not config["out_dir"]:
-        latest = runs_folder(config) / "latest"
-        if not latest.exists():
-            fail(f"--resume=True without --out_dir continues the latest run of {config['model']} "
-                 f"({latest}), but there is none. Give the run's folder with --out_dir=PATH.")
-        return str(latest.resolve())
-    if not config["out_dir"]:
-        return new_run_folder(runs_folder(config))
-    out_dir = Path(config["out_dir"])
-    holds_run = any((out_dir / name).exists() for name in ("last.pt", "best.pt"))
-    if holds_run and not (config["resume"] or config["overwrite"]):
-        fail(f"{out_dir} already holds a run (last.pt/best.pt). Continue it with --resume=True, replace "
-             f"it with --overwrite=True, or start a new run in another --out_dir (or none: each run then "
-             f"gets its own folder under {RUNS_ROOT}/).")
-    check_writable(out_dir)
-    return str(out_dir)
-
-
-def new_run_folder(parent):
-    """A fresh parent/<date-time> folder, and parent/latest pointing at it (where links are possible)."""
-    check_writable(parent)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for attempt in range(1, 100):
-        folder = parent / (stamp if attempt == 1 else f"{stamp}-{attempt}")
-        try:
-            folder.mkdir()
-            break
-        except FileExistsError:
-            continue
-    link = parent / f".latest.{os.getpid()}"
-    try:
-        link.unlink(missing_ok=True)
-        link.symlink_to(folder.name, target_is_directory=True)
-        os.replace(link, parent / "latest")  # atomic: latest always names a complete run folder
-    except OSError as error:
-        print(f"note: could not point {parent / 'latest'} at the new run ({error.strerror or error}); "
-              f"use the run's own folder {folder}.")
-    return str(folder)
-
-
 def pick_device(name):
     """The torch device for ``name``; "auto" prefers CUDA, then Apple MPS, then the CPU."""
     if name == "auto":
@@ -206,15 +156,6 @@ def pick_device(name):
     if device.type == "cpu":
         torch.set_num_threads(utils.available_cpus())  # the cores this process may use, not the host's
     return device
-
-
-def check_writable(out_dir):
-    """Create ``out_dir`` and prove a file can be written there, before any work is done."""
-    try:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out_dir).close()
-    except OSError as error:
-        fail(f"out_dir {out_dir} is not writable ({error.strerror or error}). Choose another with --out_dir=PATH.")
 
 
 def load_resume(config, overrides):
@@ -549,7 +490,7 @@ def main(argv=None):
     overrides, config_file = configurator.parse_command_line(argv, CONFIG, __file__)
     config = make_config(overrides)
     if not config["prepare_only"]:
-        config["out_dir"] = prepare_out_dir(config)
+        config["out_dir"] = configurator.prepare_out_dir(config, RUNS_ROOT)
     provenance = configurator.provenance(argv, config_file)
     try:
         return run(config, overrides, provenance)

@@ -205,15 +205,15 @@ def runs_root(tmp_path, monkeypatch):
 
 
 def test_each_run_gets_its_own_folder_and_latest_points_at_the_newest(runs_root):
-    first = Path(main.prepare_out_dir(main.make_config({"model": "cnn1d"})))
+    first = Path(configurator.prepare_out_dir(main.make_config({"model": "cnn1d"}), main.RUNS_ROOT))
     (first / "last.pt").write_bytes(b"run 1")
-    second = Path(main.prepare_out_dir(main.make_config({"model": "cnn1d"})))
+    second = Path(configurator.prepare_out_dir(main.make_config({"model": "cnn1d"}), main.RUNS_ROOT))
     assert first != second and first.parent == second.parent == runs_root / "cnn1d"
     assert (runs_root / "cnn1d" / "latest").resolve() == second.resolve()
     assert (first / "last.pt").read_bytes() == b"run 1"  # the earlier run is untouched
-    resumed = main.prepare_out_dir(main.make_config({"model": "cnn1d", "resume": True}))
+    resumed = configurator.prepare_out_dir(main.make_config({"model": "cnn1d", "resume": True}), main.RUNS_ROOT)
     assert Path(resumed) == second.resolve()  # --resume=True alone continues the latest run
-    demo = Path(main.prepare_out_dir(main.make_config({"model": "cnn1d", "demo": True})))
+    demo = Path(configurator.prepare_out_dir(main.make_config({"model": "cnn1d", "demo": True}), main.RUNS_ROOT))
     assert demo.parent == runs_root / "demo_cnn1d"
 
 
@@ -229,7 +229,7 @@ def test_an_out_dir_holding_a_run_is_not_overwritten_silently(tmp_path):
         assert option in message
     assert (tmp_path / "last.pt").read_bytes() == b"an earlier run"
     config = main.make_config({"out_dir": str(tmp_path), "overwrite": True})
-    assert main.prepare_out_dir(config) == str(tmp_path)
+    assert configurator.prepare_out_dir(config, main.RUNS_ROOT) == str(tmp_path)
 
 
 def test_provenance_records_commit_versions_hardware_and_command():
