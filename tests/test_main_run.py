@@ -203,7 +203,8 @@ def test_ctrl_c_saves_and_exits_cleanly_with_a_resume_hint(data_dir, tmp_path):
     log.seek(0)
     stderr = log.read()
     assert "Traceback" not in stderr
-    assert "interrupted:" in stderr and "--resume=True" in stderr and str(out_dir / "last.pt") in stderr
+    assert "interrupted (Ctrl-C):" in stderr and str(out_dir / "last.pt") in stderr
+    assert f"--out_dir={out_dir} --resume=True" in stderr  # the exact command that continues this run
     checkpoint = models_utils.load_checkpoint(out_dir / "last.pt")
     assert 1 <= checkpoint["training"]["epoch"] < 500
     assert len(read_history(out_dir)) == checkpoint["training"]["epoch"]
