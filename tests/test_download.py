@@ -190,11 +190,17 @@ def only_downloader(request, tmp_path):
     return path_without(tmp_path, {"curl": "wget", "wget": "curl"}[request.param])
 
 
-def test_resume_from_partial_download(tmp_path, server, checksums, archives, only_downloader):
+def half_downloaded(tmp_path, archives):
+    """A data folder holding the first half of fma_small.zip as an interrupted download; (folder, bytes)."""
     data = tmp_path / "data"
     data.mkdir()
     half = len(archives["fma_small.zip"]) // 2
     (data / "fma_small.zip.part").write_bytes(archives["fma_small.zip"][:half])
+    return data, half
+
+
+def test_resume_from_partial_download(tmp_path, server, checksums, archives, only_downloader):
+    data, half = half_downloaded(tmp_path, archives)
     result = run_script(data, server.url, checksums, path=only_downloader)
     assert result.returncode == 0, result.stderr
     assert "resuming" in result.stdout
@@ -234,10 +240,7 @@ def test_server_ignoring_range_gives_correct_archive(tmp_path, server, checksums
     """A server without range support answers a resume with the whole file (200, not 206): the
     partial download must be replaced by it, not extended with it."""
     server.httpd.ignore_range = True
-    data = tmp_path / "data"
-    data.mkdir()
-    half = len(archives["fma_small.zip"]) // 2
-    (data / "fma_small.zip.part").write_bytes(archives["fma_small.zip"][:half])
+    data, half = half_downloaded(tmp_path, archives)
     result = run_script(data, server.url, checksums, path=only_downloader)
     assert result.returncode == 0, result.stderr
     assert ("fma/fma_small.zip", f"bytes={half}-") in server.requests
