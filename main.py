@@ -28,7 +28,7 @@ import models_utils
 import utils
 from models import build_model
 from models_utils import CheckpointError
-from test import test  # the project's test.py (it comes first on sys.path), not the stdlib package
+from test import evaluate, test  # the project's test.py (it comes first on sys.path), not the stdlib package
 from train import NonFiniteLossError, train
 
 
@@ -421,11 +421,9 @@ def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, devi
 def evaluate_best(config, data, state, device, n_parameters):
     """best.pt on the test split -> metrics.json and PNGs; returns (metrics, test result, files written)."""
     best = models_utils.load_checkpoint(Path(config["out_dir"]) / "best.pt", device)
-    result = test(models_utils.model_from_checkpoint(best, device), data["loaders"]["test"], device,
-                  amp=config["amp"], desc="test")
-    scores = models_utils.classification_metrics(result["targets"], result["probabilities"], data["class_names"])
-    metrics = {"test_accuracy": scores.pop("accuracy"), "test_loss": result["loss"], **scores,
-               "test_examples": result["examples"], "best_epoch": best["epoch"],
+    scores, result = evaluate(models_utils.model_from_checkpoint(best, device), data["loaders"]["test"], device,
+                              data["class_names"], amp=config["amp"])
+    metrics = {**scores, "best_epoch": best["epoch"],
                "best_val_accuracy": best["best_val_accuracy"], "epochs": state["epoch"],
                "training_seconds": round(state["training_seconds"], 1), "parameters": n_parameters,
                **{k: config[k] for k in ("model", "faithful", "subset", "split")},

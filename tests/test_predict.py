@@ -18,6 +18,7 @@ import soundfile as sf
 import torch
 
 import models_utils
+import audio_windows
 import pre_trained_models as ptm
 import utils
 from models import CNN1D, CRNN
@@ -97,14 +98,14 @@ def direct_probabilities(model, mel, starts, width=1291, mean=-45.0, std=18.0):
 # ----------------------------------------------------------------------------- windows
 
 def test_window_starts():
-    assert ptm.window_starts(100, 1291, 645) == [0]          # shorter than a window: one (padded) window
-    assert ptm.window_starts(1291, 1291, 645) == [0]
-    assert ptm.window_starts(1292, 1291, 645) == [0]          # an FMA clip: the original's single crop
-    assert ptm.window_starts(7752, 1291, 645) == [645 * k for k in range(11)]  # 3 min
-    assert ptm.window_starts(7752, 1291, 645, max_windows=4) == [0, 1935, 4515, 6450]
-    assert ptm.window_starts(7752, 1291, 645, max_windows=1) == [0]
-    assert ptm.window_starts(7752, 1291, 645, max_windows=50) == [645 * k for k in range(11)]
-    assert ptm.window_starts(400, 128, 100) == [0, 100, 200]
+    assert audio_windows.window_starts(100, 1291, 645) == [0]          # shorter than a window: one (padded) window
+    assert audio_windows.window_starts(1291, 1291, 645) == [0]
+    assert audio_windows.window_starts(1292, 1291, 645) == [0]          # an FMA clip: the original's single crop
+    assert audio_windows.window_starts(7752, 1291, 645) == [645 * k for k in range(11)]  # 3 min
+    assert audio_windows.window_starts(7752, 1291, 645, max_windows=4) == [0, 1935, 4515, 6450]
+    assert audio_windows.window_starts(7752, 1291, 645, max_windows=1) == [0]
+    assert audio_windows.window_starts(7752, 1291, 645, max_windows=50) == [645 * k for k in range(11)]
+    assert audio_windows.window_starts(400, 128, 100) == [0, 100, 200]
 
 
 def test_window_average_equals_mean_of_direct_window_probabilities(music, wide_checkpoint):
