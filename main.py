@@ -1,15 +1,18 @@
 """Train and evaluate one FMA genre classifier end to end (SPEC section 5), nanoGPT style.
 
-Edit the constants below, or override any of them with --key=value:
+Edit the constants below, or override any of them with a config file and/or --key=value:
 
-    python main.py                                   # the original's best run: CRNN on FMA small
+    python main.py                                   # CRNN on FMA small with this project's recipe
+    python main.py configs/original_crnn.py          # a row of the original's results table, as it ran
     python main.py --model=cnn1d --epochs=50 --lr=0.0001 --data_augmentation=True --weight_decay=0.0001
     python main.py --demo=True                       # synthetic demo data, offline, minutes on a CPU
-    python main.py --resume=True                     # continue <out_dir>/last.pt after an interruption
+    python main.py --resume=True                     # continue the latest run of the model (runs/<model>/latest)
     python main.py --prepare_only=True               # only download and build the spectrogram cache
+    python main.py --help                            # every key with its default and comment
 
-Writes last.pt, best.pt, metrics.json, history.csv and PNG figures to out_dir (default runs/<model>)
-and logs the run to Weights & Biases (offline unless an API key is configured).
+Writes last.pt, best.pt, metrics.json, history.csv and PNG figures to out_dir (default
+runs/<model>/<date-time>, with runs/<model>/latest pointing at the newest run) and logs the run to
+Weights & Biases (offline unless an API key is configured).
 """
 import csv
 import io
@@ -17,19 +20,20 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+import configurator
 import models_utils
 import utils
-from models import build_model
+from configurator import fail
+from models import MODELS, build_model
 from models_utils import CheckpointError
 from test import evaluate, test  # the project's test.py (it comes first on sys.path), not the stdlib package
-from train import NonFiniteLossError, train
+from train import EPOCH_LOSSES, NonFiniteLossError, train
 
 
 # -----------------------------------------------------------------------------
@@ -41,17 +45,24 @@ cache_dir = ""               # spectrogram cache; "" = <data_dir>/cache
 split = "official"           # official: FMA's artist-filtered train/val/test | random: the original's (val == test)
 train_size = 0.8             # training fraction of the random split (the official split ignores it)
 n_frames = 1291              # frames per clip (1291 = the original's ~29.95 s); smaller only for quick tests
-num_workers = -1             # DataLoader worker processes; -1 = auto (see loader_workers); also caps the cache build
+cache_workers = -1           # processes decoding audio into the cache; -1 = every core this process may use
+num_workers = -1             # DataLoader worker processes; -1 = auto: 0 on a CPU (its cores train), up to 4 on CUDA
 # model
 model = "crnn"               # cnn1d | cnn2d | crnn (models.py)
-faithful = True              # the original's forward pass (raw dB, its quirks); False: corrected + standardised
+faithful = True              # the original's forward pass with its quirks (models.py); False: the corrected pass
+standardise = "auto"         # input dB standardised with train-split mean/std; auto = not faithful; True/False force it
 init = "kaiming"             # Linear/Conv weight init: kaiming (the original's) | xavier
 # optimisation (Adam + cross-entropy, ReduceLROnPlateau with PyTorch defaults on the validation loss)
 epochs = 30                  # training epochs
 batch_size = 50              # examples per batch
 lr = 1e-3                    # Adam's initial learning rate
 weight_decay = 0.0           # Adam weight decay (the original used 1e-4 where enabled)
-data_augmentation = False    # double the training set with SpecAugment copies (2 mel + 2 time masks, 0 dB)
+shuffle = True               # reshuffle the training clips every epoch; False: one fixed order (the original's)
+epoch_loss = "per_example"   # epoch loss (and what the scheduler sees): per_example | per_batch (the original's)
+data_augmentation = False    # add one SpecAugment copy of each training clip (2 mel + 2 time masks, 0 dB)
+augment_masks = "per_epoch"  # per_epoch: masks redrawn every epoch | fixed: drawn once (the original's copies)
+mask_draw = "inclusive"      # inclusive: any width 0..max and position | original: int(U(0, max)) as it drew them
+report_epoch = "best"        # test figures from: best (best.pt, by val accuracy) | last (the final epoch, the original's)
 seed = 0                     # seeds everything; each epoch reseeds from (seed, epoch) so resuming is exact
 log_interval = 25            # batches between train-loss logs to W&B (the original's 25)
 # system
@@ -59,11 +70,12 @@ device = "auto"              # auto: cuda, then mps, then cpu; or a torch device
 amp = False                  # bfloat16 autocast for speed (CUDA only, ignored elsewhere)
 compile = "auto"             # torch.compile: auto = on for crnn/cnn2d (+ channels_last), off for cnn1d; True/False force it
 # run
-out_dir = ""                 # checkpoints and reports; "" = runs/<model> (runs/demo_<model> with demo=True)
-resume = False               # continue from <out_dir>/last.pt: same result as an uninterrupted run
+out_dir = ""                 # checkpoints and reports; "" = a new runs/<model>/<date-time> (runs/demo_<model>/... with demo)
+overwrite = False            # allow a new run in an out_dir that already holds one (its files are replaced)
+resume = False               # continue <out_dir>/last.pt (out_dir "": the latest run of the model): exact
 demo = False                 # the synthetic demo dataset (data/demo) with the DEMO settings below
 prepare_only = False         # download and build the cache, print its summary, exit
-wandb_project = "MusicGenreClassification"  # the original's W&B project
+wandb_project = "MusicGenreClassificationDefinitive"  # the original's W&B project
 wandb_mode = None            # online | offline | disabled; None: $WANDB_MODE, else online iff an API key is set
 # -----------------------------------------------------------------------------
 CONFIG = {k: v for k, v in globals().items()
@@ -80,83 +92,56 @@ DEMO = {"data_dir": "data/demo", "epochs": 25, "batch_size": 8, "download": Fals
 # steps, hence off. The demo's few short epochs never repay the compile time.
 COMPILED_MODELS = ("crnn", "cnn2d")
 DEMO_TRACKS_PER_GENRE = 10
+RUNS_ROOT = Path("runs")  # runs/<model>/<date-time>/, runs/<model>/latest -> the newest
 # On resume the checkpoint's config wins; only these keys may be changed on the command line.
-RESUME_MAY_CHANGE = {"epochs", "log_interval", "lr", "weight_decay", "num_workers", "device", "amp", "compile",
-                     "data_dir", "cache_dir", "download", "out_dir", "resume", "wandb_mode", "wandb_project"}
-# Run state saved in every checkpoint besides the model, optimizer and scheduler.
+RESUME_MAY_CHANGE = {"epochs", "log_interval", "lr", "weight_decay", "num_workers", "cache_workers", "device", "amp",
+                     "compile", "data_dir", "cache_dir", "download", "out_dir", "resume", "overwrite", "wandb_mode",
+                     "wandb_project"}
+# Run state saved in every checkpoint's "training" entry besides the epoch, optimizer and scheduler.
 RUN_STATE = ("history", "best_val_accuracy", "best_val_loss", "best_epoch", "examples_seen", "training_seconds",
              "wandb_run_id")
-CHOICES = {"subset": ("small", "medium", "large"), "split": ("official", "random"),
-           "model": ("cnn1d", "cnn2d", "crnn"), "init": ("kaiming", "xavier"),
+# Valid values of the keys that take a name, from the registries that define them.
+CHOICES = {"subset": utils.SUBSETS, "split": utils.SPLIT_MODES, "model": tuple(MODELS),
+           "init": tuple(models_utils.INITIALISERS), "epoch_loss": tuple(EPOCH_LOSSES),
+           "augment_masks": utils.AUGMENT_MASKS, "mask_draw": utils.MASK_DRAWS, "report_epoch": ("best", "last"),
            "wandb_mode": (None, "online", "offline", "disabled")}
-
-
-def fail(message):
-    """Stop with a one-paragraph message and exit status 1, no traceback."""
-    raise SystemExit(f"error: {message}")
 
 
 # -----------------------------------------------------------------------------
 # configuration
 
-def convert(key, text, default):
-    """``text`` as the type of ``default``; bool takes True/False/true/false/1/0, None defaults take str."""
-    if isinstance(default, bool):
-        if text.lower() in ("true", "1"):
-            return True
-        if text.lower() in ("false", "0"):
-            return False
-    elif isinstance(default, (int, float)):
-        try:
-            return type(default)(text)
-        except ValueError:
-            pass
-    else:
-        return None if default is None and text.lower() == "none" else text
-    fail(f"--{key}={text}: expected a {type(default).__name__} like the default {default!r}.")
-
-
-def parse_overrides(argv, defaults=CONFIG):
-    """``--key=value`` arguments as a dict, type-checked against ``defaults``."""
-    overrides = {}
-    for arg in argv:
-        key, equals, text = arg.removeprefix("--").partition("=")
-        if not arg.startswith("--") or not equals:
-            fail(f"cannot read argument {arg!r}: write --key=value, e.g. --epochs=5.")
-        if key not in defaults:
-            fail(f"unknown config key {key!r}. Valid keys: {', '.join(defaults)}.")
-        overrides[key] = convert(key, text, defaults[key])
-    return overrides
-
-
 def make_config(overrides, defaults=CONFIG):
-    """Defaults, then the demo settings (with demo=True), then the overrides; out_dir resolved and checked."""
+    """Defaults, then the demo settings (with demo=True), then the overrides (config file and
+    command line); names, ranges and the auto keys resolved and checked."""
     config = dict(defaults)
     if overrides.get("demo", defaults["demo"]):
         config.update(DEMO)
     config.update(overrides)
-    if not config["out_dir"]:
-        config["out_dir"] = str(Path("runs") / (f"demo_{config['model']}" if config["demo"] else config["model"]))
-    config["compile"] = resolve_compile(config["compile"], config["model"])
+    config["compile"] = resolve_auto(config, "compile", config["model"] in COMPILED_MODELS)
+    config["standardise"] = resolve_auto(config, "standardise", not config["faithful"])
     for key, valid in CHOICES.items():
         if config[key] not in valid:
             fail(f"{key}={config[key]!r} is not valid: choose one of {', '.join(map(str, valid))}.")
     for key in ("epochs", "batch_size", "n_frames", "log_interval"):
         if config[key] < 1:
             fail(f"{key} must be at least 1, got {config[key]}.")
+    for key in ("num_workers", "cache_workers"):
+        if config[key] < -1 or config[key] == 0 and key == "cache_workers":
+            fail(f"{key}={config[key]} is not valid: -1 (auto) or a number of processes"
+                 f"{' (at least 1)' if key == 'cache_workers' else ''}.")
     if not (config["lr"] > 0 and 0 < config["train_size"] < 1 and config["weight_decay"] >= 0):
         fail("lr must be > 0, weight_decay >= 0 and train_size between 0 and 1.")
     return config
 
 
-def resolve_compile(value, model_name):
-    """compile as a bool: "auto" means on for COMPILED_MODELS; True/False (or 1/0) force it."""
-    text = str(value).lower()
+def resolve_auto(config, key, auto_value):
+    """A key taking auto/True/False as a bool: "auto" means ``auto_value``."""
+    text = str(config[key]).lower()
     if text == "auto":
-        return model_name in COMPILED_MODELS
+        return auto_value
     if text in ("true", "1", "false", "0"):
         return text in ("true", "1")
-    fail(f"compile={value!r} is not valid: choose auto, True or False.")
+    fail(f"{key}={config[key]!r} is not valid: choose auto, True or False.")
 
 
 def pick_device(name):
@@ -168,23 +153,17 @@ def pick_device(name):
         torch.empty(1, device=device)
     except (RuntimeError, AssertionError) as error:
         fail(f"device={name!r} cannot be used ({str(error).splitlines()[0]}). Use device=auto or cpu.")
-    if device.type == "cpu" and hasattr(os, "sched_getaffinity"):
-        torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use, not the host's
+    if device.type == "cpu":
+        torch.set_num_threads(utils.available_cpus())  # the cores this process may use, not the host's
     return device
-
-
-def check_writable(out_dir):
-    """Create ``out_dir`` and prove a file can be written there, before any work is done."""
-    try:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out_dir).close()
-    except OSError as error:
-        fail(f"out_dir {out_dir} is not writable ({error.strerror or error}). Choose another with --out_dir=PATH.")
 
 
 def load_resume(config, overrides):
     """The checkpoint <out_dir>/last.pt and the config to continue with (the checkpoint's own)."""
     checkpoint = models_utils.load_checkpoint(Path(config["out_dir"]) / "last.pt")
+    if not checkpoint.get("training"):
+        raise CheckpointError(f"{config['out_dir']}/last.pt holds no training state (an exported model?); "
+                              f"it can predict but not resume. Start a new run instead.")
     saved = {**config, **checkpoint["config"]}
     conflicts = [f"{k}={v!r} (checkpoint: {saved[k]!r})" for k, v in overrides.items()
                  if k not in RESUME_MAY_CHANGE and saved[k] != v]
@@ -240,7 +219,7 @@ def loader_workers(requested, device):
     and loads in the main process on a CPU, whose cores the model already uses."""
     if requested >= 0:
         return requested
-    return min(4, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
+    return min(4, max(1, utils.available_cpus() - 1)) if device.type == "cuda" else 0
 
 
 def build_data(config, device):
@@ -251,16 +230,20 @@ def build_data(config, device):
     preprocessing = {**utils.PREPROCESSING, "n_frames": config["n_frames"]}
     cache_root = config["cache_dir"] or Path(config["data_dir"]) / "cache"
     cache = utils.build_cache(tracks, cache_root, config["subset"], preprocessing,
-                              num_workers=config["num_workers"] if config["num_workers"] > 0 else None)
+                              num_workers=config["cache_workers"] if config["cache_workers"] > 0 else None)
     if config["prepare_only"]:  # build_cache has printed the cache's summary
         print("prepare_only=True: the data and the cache are ready; nothing was trained.")
         return None
     if config["split"] == "random":
         print("warning: split=random uses the same tracks for validation and test (the original's setup): "
-              "the test accuracy is not from held-out data, and artists leak between train and test.")
+              "the test accuracy is not from held-out data, and artists leak between train and test."
+              + (" best.pt is chosen on the test tracks themselves; report_epoch=last reports the final "
+                 "epoch instead, as the original did." if config["report_epoch"] == "best" else ""))
     loaders, normalisation = utils.make_loaders(
-        cache, splits, config["batch_size"], num_workers=loader_workers(config["num_workers"], device), faithful=config["faithful"],
-        augment=config["data_augmentation"], seed=config["seed"], device=device.type)
+        cache, splits, config["batch_size"], num_workers=loader_workers(config["num_workers"], device),
+        standardise=config["standardise"], augment=config["data_augmentation"], seed=config["seed"],
+        device=device.type, shuffle=config["shuffle"], augment_masks=config["augment_masks"],
+        mask_draw=config["mask_draw"])
     sizes = ", ".join(f"{name} {len(loader.dataset)}" for name, loader in loaders.items())
     print(f"data: {config['subset']} in {config['data_dir']}, {config['split']} split: {sizes} clips")
     return {"loaders": loaders, "class_names": class_names, "preprocessing": preprocessing,
@@ -284,15 +267,16 @@ def build_training(config, data, device, checkpoint=None, overrides=()):
     state = {"epoch": 0, "history": [], "best_val_accuracy": -1.0, "best_val_loss": float("inf"), "best_epoch": 0,
              "examples_seen": 0, "training_seconds": 0.0, "wandb_run_id": None, "model_args": model_args}
     if checkpoint is not None:
+        training = checkpoint["training"]
         try:
             model.load_state_dict(checkpoint["state_dict"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            scheduler.load_state_dict(checkpoint["scheduler"])
+            optimizer.load_state_dict(training["optimizer"])
+            scheduler.load_state_dict(training["scheduler"])
         except (RuntimeError, ValueError, KeyError) as error:
             reason = str(error).splitlines()[0][:200]
             raise CheckpointError(f"{config['out_dir']}/last.pt does not fit this run ({reason}); start a new "
                                   f"run in another --out_dir.") from None
-        state.update({k: checkpoint[k] for k in RUN_STATE}, epoch=checkpoint["epoch"])
+        state.update({k: training[k] for k in RUN_STATE}, epoch=training["epoch"])
         for group in optimizer.param_groups:  # an lr or weight_decay given on resume applies from now on
             group.update({k: config[k] for k in ("lr", "weight_decay") if k in overrides})
     state["saved_epoch"] = state["epoch"]
@@ -302,7 +286,7 @@ def build_training(config, data, device, checkpoint=None, overrides=()):
 # -----------------------------------------------------------------------------
 # Weights & Biases (only this file talks to it)
 
-def setup_wandb(config, state, n_parameters):
+def setup_wandb(config, state, n_parameters, provenance):
     """Start (on resume: continue) the W&B run; None when disabled or when W&B cannot start.
 
     Mode: wandb_mode, else $WANDB_MODE, else online iff an API key is configured (checked with
@@ -315,8 +299,9 @@ def setup_wandb(config, state, n_parameters):
     mode = mode or ("online" if wandb.login(prompt=False) else "offline")
     os.environ["WANDB_MODE"] = mode  # set before init, so an offline run never probes the network
     try:
-        run = wandb.init(project=config["wandb_project"], config=config, mode=mode, id=state["wandb_run_id"],
-                         resume="allow" if state["wandb_run_id"] else None, name=Path(config["out_dir"]).name)
+        run = wandb.init(project=config["wandb_project"], config={**config, "provenance": provenance}, mode=mode,
+                         id=state["wandb_run_id"], resume="allow" if state["wandb_run_id"] else None,
+                         name=f"{config['model']}-{Path(config['out_dir']).name}")
     except Exception as error:  # W&B is a convenience: the files in out_dir are the record
         print(f"warning: W&B could not start ({type(error).__name__}: {error}); continuing without it. "
               f"Use --wandb_mode=offline, or disabled.")
@@ -356,15 +341,14 @@ def finish_wandb(run, exit_code):
 def save_epoch(config, data, model, optimizer, scheduler, state):
     """best.pt (when this epoch is the best so far), last.pt and history.csv, each written atomically.
 
-    A checkpoint holds what rebuilds the model (CONTRACT.md format) and what resumes the run exactly.
+    A checkpoint (models_utils.make_checkpoint) holds what rebuilds the model and what resumes the run.
     """
     out_dir = Path(config["out_dir"])
-    checkpoint = {
-        "model": config["model"], "model_args": state["model_args"], "faithful": config["faithful"],
-        "state_dict": model.state_dict(), "class_names": data["class_names"], "preprocessing": data["preprocessing"],
-        "normalisation": data["normalisation"], "config": config, "epoch": state["epoch"],
-        "metrics": state["history"][-1], "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        **{k: state[k] for k in RUN_STATE}}
+    training = {"epoch": state["epoch"], "metrics": state["history"][-1], "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), **{k: state[k] for k in RUN_STATE}}
+    checkpoint = models_utils.make_checkpoint(
+        config["model"], state["model_args"], model.state_dict(), data["class_names"], data["preprocessing"],
+        data["normalisation"], config, state["provenance"], training)
     if state["best_epoch"] == state["epoch"]:
         models_utils.save_checkpoint(checkpoint, out_dir / "best.pt")
     models_utils.save_checkpoint(checkpoint, out_dir / "last.pt")
@@ -397,17 +381,18 @@ def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, devi
                                      f"saved; {kept}. Lower the learning rate (lr={config['lr']:g}) or try "
                                      f"--faithful=False (standardised input).") from None
         val = test(model, loaders["val"], device, amp=config["amp"], desc="validate")
-        scheduler.step(val["loss"])
+        loss = EPOCH_LOSSES[config["epoch_loss"]]  # per example, or the original's mean of batch losses
+        scheduler.step(val[loss])
         seconds = time.time() - start
-        row = {"epoch": epoch, "train_loss": trained["loss"], "train_accuracy": trained["accuracy"],
-               "val_loss": val["loss"], "val_accuracy": val["accuracy"], "lr": lr_now, "seconds": round(seconds, 2)}
+        row = {"epoch": epoch, "train_loss": trained[loss], "train_accuracy": trained["accuracy"],
+               "val_loss": val[loss], "val_accuracy": val["accuracy"], "lr": lr_now, "seconds": round(seconds, 2)}
         state["history"].append(row)
         state.update(epoch=epoch, examples_seen=seen + trained["examples"],
                      training_seconds=state["training_seconds"] + seconds)
         # best = the highest val accuracy; a tie goes to the lower val loss (small val sets tie often)
-        improved = (val["accuracy"], -val["loss"]) > (state["best_val_accuracy"], -state["best_val_loss"])
+        improved = (val["accuracy"], -val[loss]) > (state["best_val_accuracy"], -state["best_val_loss"])
         if improved:
-            state.update(best_val_accuracy=val["accuracy"], best_val_loss=val["loss"], best_epoch=epoch)
+            state.update(best_val_accuracy=val["accuracy"], best_val_loss=val[loss], best_epoch=epoch)
         save_epoch(config, data, raw_model, optimizer, scheduler, state)
         print(f"epoch {epoch:3d}/{config['epochs']} | train loss {row['train_loss']:.4f} acc "
               f"{row['train_accuracy']:.3f} | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} | "
@@ -419,15 +404,17 @@ def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, devi
 
 
 def evaluate_best(config, data, state, device, n_parameters):
-    """best.pt on the test split -> metrics.json and PNGs; returns (metrics, test result, files written)."""
-    best = models_utils.load_checkpoint(Path(config["out_dir"]) / "best.pt", device)
+    """The reported checkpoint (best.pt, or last.pt with report_epoch=last) on the test split ->
+    metrics.json and PNGs; returns (metrics, test result, files written)."""
+    best = models_utils.load_checkpoint(Path(config["out_dir"]) / f"{config['report_epoch']}.pt", device)
     scores, result = evaluate(models_utils.model_from_checkpoint(best, device), data["loaders"]["test"], device,
                               data["class_names"], amp=config["amp"])
-    metrics = {**scores, "best_epoch": best["epoch"],
-               "best_val_accuracy": best["best_val_accuracy"], "epochs": state["epoch"],
+    metrics = {**scores, "reported_epoch": best["training"]["epoch"],
+               "report_epoch": config["report_epoch"], "best_epoch": state["best_epoch"],
+               "best_val_accuracy": state["best_val_accuracy"], "epochs": state["epoch"],
                "training_seconds": round(state["training_seconds"], 1), "parameters": n_parameters,
                **{k: config[k] for k in ("model", "faithful", "subset", "split")},
-               "val_is_test": config["split"] == "random"}
+               "val_is_test": config["split"] == "random", "provenance": state["provenance"]}
     files = models_utils.save_report(config["out_dir"], metrics, result["targets"], result["probabilities"],
                                      data["class_names"], history=state["history"])
     return metrics, result, files
@@ -441,7 +428,8 @@ def print_summary(config, state, metrics):
     for row in state["history"]:
         print(f"{row['epoch']:5d} {row['train_loss']:10.4f} {row['train_accuracy']:9.3f} {row['val_loss']:9.4f} "
               f"{row['val_accuracy']:8.3f} {row['lr']:8.1e} {row['seconds']:7.1f}")
-    print(f"\nbest.pt = epoch {metrics['best_epoch']} (val accuracy {metrics['best_val_accuracy']:.3f}); test split: "
+    print(f"\n{metrics['report_epoch']}.pt = epoch {metrics['reported_epoch']} (best val accuracy "
+          f"{metrics['best_val_accuracy']:.3f} at epoch {metrics['best_epoch']}); test split: "
           f"loss {metrics['test_loss']:.4f}, accuracy {metrics['test_accuracy']:.3f}, macro F1 "
           f"{metrics['macro_f1']:.3f} ({metrics['test_examples']} clips)")
     print(models_utils.format_metrics(metrics))
@@ -450,18 +438,17 @@ def print_summary(config, state, metrics):
 
 # -----------------------------------------------------------------------------
 
-def run(config, overrides):
-    """The whole run; returns the exit status."""
+def run(config, overrides, provenance):
+    """The whole run (out_dir already prepared); returns the exit status."""
     checkpoint = None
-    if not config["prepare_only"]:
-        check_writable(config["out_dir"])
-        if config["resume"]:
-            checkpoint, config = load_resume(config, overrides)
+    if config["resume"]:
+        checkpoint, config = load_resume(config, overrides)
     device = pick_device(config["device"])
     data = build_data(config, device)
     if data is None:
         return 0
     raw_model, optimizer, scheduler, state = build_training(config, data, device, checkpoint, overrides)
+    state["provenance"] = provenance
     n_parameters = models_utils.count_parameters(raw_model)
     print(f"model: {config['model']} ({'faithful' if config['faithful'] else 'corrected'}), {n_parameters:,} "
           f"parameters, on {device}" + (f"; resuming after epoch {state['epoch']}" if checkpoint else ""))
@@ -470,7 +457,7 @@ def run(config, overrides):
         if config["model"] in COMPILED_MODELS:  # 4-D activations: channels_last speeds the convolutions
             raw_model.to(memory_format=torch.channels_last)
         model = models_utils.compile_model(raw_model)
-    wandb_run, exit_code = setup_wandb(config, state, n_parameters), 1
+    wandb_run, exit_code = setup_wandb(config, state, n_parameters, provenance), 1
     try:
         run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_run)
         metrics, result, files = evaluate_best(config, data, state, device, n_parameters)
@@ -488,17 +475,27 @@ def run(config, overrides):
     return 0
 
 
+def resume_command(argv, config_file, out_dir):
+    """The command that continues this run: the same config file and overrides, its own out_dir."""
+    kept = [a for a in argv[1 if config_file else 0:] if not a.startswith(("--resume=", "--out_dir=", "--overwrite="))]
+    return " ".join(["python main.py", *([config_file] if config_file else []), *kept, f"--out_dir={out_dir}",
+                     "--resume=True"])
+
+
 def main(argv=None):
     """Parse ``argv`` (default sys.argv[1:]), run, and turn every expected failure into a clear exit."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    overrides = parse_overrides(argv)
+    overrides, config_file = configurator.parse_command_line(argv, CONFIG, __file__)
     config = make_config(overrides)
+    if not config["prepare_only"]:
+        config["out_dir"] = configurator.prepare_out_dir(config, RUNS_ROOT)
+    provenance = configurator.provenance(argv, config_file)
     try:
-        return run(config, overrides)
+        return run(config, overrides, provenance)
     except KeyboardInterrupt:
         last = Path(config["out_dir"]) / "last.pt"
-        again = " ".join(["python main.py", *(a for a in argv if not a.startswith("--resume=")), "--resume=True"])
-        print(f"\ninterrupted: {last} holds the last completed epoch. Continue with: {again}" if last.is_file()
+        print(f"\ninterrupted: {last} holds the last completed epoch. Continue with: "
+              f"{resume_command(argv, config_file, config['out_dir'])}" if last.is_file()
               else "\ninterrupted before the first epoch finished: rerun the same command (a cache build resumes).",
               file=sys.stderr)
         return 130

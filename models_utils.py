@@ -22,8 +22,11 @@ from models import build_model
 from utils import atomic_write
 
 CHECKPOINT_FORMAT = "fma-genre-classifier"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 CHECKPOINT_KEYS = ("model", "model_args", "state_dict", "class_names", "preprocessing", "normalisation")
+# Format 1 kept these beside the model; format 2 groups them under "training".
+TRAINING_KEYS_V1 = ("epoch", "metrics", "optimizer", "scheduler", "history", "best_val_accuracy", "best_val_loss",
+                    "best_epoch", "examples_seen", "training_seconds", "wandb_run_id")
 
 
 class CheckpointError(Exception):
@@ -33,21 +36,23 @@ class CheckpointError(Exception):
 # -----------------------------------------------------------------------------
 # initialisation and size
 
+INITIALISERS = {
+    "kaiming": lambda w: nn.init.kaiming_uniform_(w, a=0, mode="fan_in", nonlinearity="leaky_relu"),
+    "xavier": nn.init.xavier_uniform_,
+}
+
+
 def init_weights(model, method="kaiming"):
     """Initialise Linear/Conv1d/Conv2d weights as the original did (SPEC section 4); biases to zero.
 
     "kaiming": Kaiming-uniform (a=0, fan_in, leaky_relu); "xavier": Xavier-uniform. LSTM and
     batch-norm layers keep PyTorch's defaults.
     """
-    initialisers = {
-        "kaiming": lambda w: nn.init.kaiming_uniform_(w, a=0, mode="fan_in", nonlinearity="leaky_relu"),
-        "xavier": nn.init.xavier_uniform_,
-    }
-    if method not in initialisers:
-        raise ValueError(f"Unknown init method {method!r}: choose one of {', '.join(initialisers)}.")
+    if method not in INITIALISERS:
+        raise ValueError(f"Unknown init method {method!r}: choose one of {', '.join(INITIALISERS)}.")
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            initialisers[method](module.weight)
+            INITIALISERS[method](module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
     return model
@@ -92,22 +97,50 @@ def deferred_interrupt():
             previous(*received[0])  # the default handler raises KeyboardInterrupt here
 
 
+def make_checkpoint(model, model_args, state_dict, class_names, preprocessing, normalisation, config=None,
+                    provenance=None, training=None):
+    """The one checkpoint layout (format 2), from which inference rebuilds everything.
+
+    model, model_args: ``build_model(model, **model_args)`` rebuilds the network (model_args holds
+    n_mels, n_frames, n_classes and faithful); class_names: output index -> genre; preprocessing:
+    audio -> dB parameters (utils.PREPROCESSING); normalisation: {"mean", "std"} of the input dB
+    (None: raw dB); config: the run's config; provenance: commit, versions, hardware, command line;
+    training: what resumes the run exactly (epoch, optimizer, scheduler, history, ...), or None.
+    """
+    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": model,
+            "model_args": dict(model_args), "state_dict": state_dict, "class_names": list(class_names),
+            "preprocessing": dict(preprocessing), "normalisation": dict(normalisation),
+            "config": dict(config or {}), "provenance": dict(provenance or {}), "training": training}
+
+
+def migrate_checkpoint(checkpoint):
+    """A checkpoint of an older format in today's layout (format 1: training state at the top level)."""
+    if checkpoint.get("version", 1) == 1:
+        training = {key: checkpoint.pop(key) for key in TRAINING_KEYS_V1 if key in checkpoint}
+        checkpoint.pop("faithful", None)  # format 1 repeated model_args["faithful"] at the top level
+        config = checkpoint.setdefault("config", {})
+        standardised = checkpoint.get("normalisation", {}).get("mean") is not None
+        config.setdefault("standardise", standardised)
+        checkpoint.update(version=CHECKPOINT_VERSION, provenance={}, training=training or None)
+    return checkpoint
+
+
 def save_checkpoint(checkpoint, path):
-    """Write ``checkpoint`` to ``path`` atomically: a crash leaves the previous file intact, and a
-    Ctrl-C during the write takes effect once the file is complete."""
+    """Write ``checkpoint`` (a ``make_checkpoint`` dict) to ``path`` atomically: a crash leaves the
+    previous file intact, and a Ctrl-C during the write takes effect once the file is complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **checkpoint}
     with deferred_interrupt():
-        atomic_write(path, lambda f: torch.save(payload, f))
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
 def load_checkpoint(path, device="cpu"):
-    """Read a checkpoint written by ``save_checkpoint``; CheckpointError says what is wrong and what to do."""
+    """Read a checkpoint of this project (any format version, migrated to today's layout);
+    CheckpointError says what is wrong and what to do."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist. Train a model first (python main.py, "
-                              f"which writes runs/<model>/best.pt) or give the path of an existing .pt file.")
+                              f"which writes runs/<model>/<run>/best.pt) or give the path of an existing .pt file.")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:
@@ -121,8 +154,9 @@ def load_checkpoint(path, device="cpu"):
     missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
     if missing or checkpoint.get("version", 0) > CHECKPOINT_VERSION:
         raise CheckpointError(f"Checkpoint {path} is incompatible (version {checkpoint.get('version')}, "
-                              f"missing {missing}); it was written by another version of this project.")
-    return checkpoint
+                              f"missing {missing}); it was written by a newer version of this project: "
+                              f"update the project (git pull) to read it.")
+    return migrate_checkpoint(checkpoint)
 
 
 def model_from_checkpoint(checkpoint, device="cpu"):

@@ -19,14 +19,15 @@ import models_utils
 
 
 def test(model, loader, device, amp=False, desc="eval"):
-    """Evaluate ``model`` on ``loader`` without gradients; loss is the mean cross-entropy per example.
+    """Evaluate ``model`` on ``loader`` without gradients; loss is the mean cross-entropy per example,
+    batch_loss the mean of the per-batch means (the original's epoch loss, train.EPOCH_LOSSES).
 
-    Returns {"loss", "accuracy", "examples", "targets" (N,), "predictions" (N,), "probabilities" (N, C)}
-    with NumPy arrays in loader order.
+    Returns {"loss", "batch_loss", "accuracy", "examples", "targets" (N,), "predictions" (N,),
+    "probabilities" (N, C)} with NumPy arrays in loader order.
     """
     model.eval()
     device = torch.device(device)
-    total_loss, targets_all, probabilities_all = 0.0, [], []
+    total_loss, batch_losses, targets_all, probabilities_all = 0.0, [], [], []
     with torch.inference_mode():
         for inputs, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
             inputs = inputs.to(device, non_blocking=True)
@@ -34,7 +35,9 @@ def test(model, loader, device, amp=False, desc="eval"):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
                 logits, _ = model(inputs)
             logits = logits.float()  # softmax and loss in float32 even under autocast
-            total_loss += F.cross_entropy(logits, targets, reduction="sum").item()
+            loss = F.cross_entropy(logits, targets, reduction="sum").item()
+            total_loss += loss
+            batch_losses.append(loss / len(targets))
             targets_all.append(targets.cpu())
             probabilities_all.append(F.softmax(logits, dim=1).cpu())
     if not targets_all:
@@ -42,7 +45,7 @@ def test(model, loader, device, amp=False, desc="eval"):
     targets = torch.cat(targets_all).numpy()
     probabilities = torch.cat(probabilities_all).numpy()
     predictions = probabilities.argmax(axis=1)
-    return {"loss": total_loss / len(targets), "accuracy": float(np.mean(predictions == targets)),
+    return {"loss": total_loss / len(targets), "batch_loss": float(np.mean(batch_losses)), "accuracy": float(np.mean(predictions == targets)),
             "examples": len(targets), "targets": targets, "predictions": predictions,
             "probabilities": probabilities}
 

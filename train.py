@@ -7,13 +7,19 @@ its W&B step is "examples seen in the run", as in the original) and ``loss`` is 
 the batches since the previous call.
 
     from train import train
-    stats = train(model, loaders["train"], optimizer, "cpu")   # {"loss", "accuracy", "examples"}
+    stats = train(model, loaders["train"], optimizer, "cpu")   # {"loss", "batch_loss", "accuracy", "examples"}
+
+"loss" is the mean per example; "batch_loss" the mean of the per-batch losses, as the original
+averaged its epochs (the last, smaller batch then weighs as much as a full one): EPOCH_LOSSES.
 """
 import math
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+
+
+EPOCH_LOSSES = {"per_example": "loss", "per_batch": "batch_loss"}  # config epoch_loss -> result key
 
 
 class NonFiniteLossError(ArithmeticError):
@@ -28,7 +34,7 @@ def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=Fa
     """
     model.train()
     device = torch.device(device)
-    total_loss, correct, examples = 0.0, 0, 0
+    total_loss, correct, examples, batch_losses = 0.0, 0, 0, 0.0
     interval_loss, interval_batches = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
     for batch, (inputs, targets) in enumerate(bar, start=1):
@@ -49,6 +55,7 @@ def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=Fa
         n = targets.size(0)
         examples += n
         total_loss += value * n
+        batch_losses += value
         correct += (logits.argmax(dim=1) == targets).sum().item()
         interval_loss += value
         interval_batches += 1
@@ -59,4 +66,5 @@ def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=Fa
     bar.close()
     if examples == 0:
         raise ValueError("the training loader yielded no batches: the training split is empty")
-    return {"loss": total_loss / examples, "accuracy": correct / examples, "examples": examples}
+    return {"loss": total_loss / examples, "batch_loss": batch_losses / batch, "accuracy": correct / examples,
+            "examples": examples}

@@ -28,7 +28,7 @@ import soxr
 import torch
 import torchaudio
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 from tqdm import tqdm
 
 PREPROCESSING = {"sample_rate": 22050, "n_fft": 2048, "hop_length": 512, "n_mels": 128,
@@ -44,6 +44,15 @@ MIN_CLIP_FRACTION = 0.9
 # Augmentation (SPEC section 5): two band masks of up to 25% of the bands, two time masks of up to
 # 15% of the frames, set to 0 dB.
 BAND_MASK_FRACTION, TIME_MASK_FRACTION, MASKS_PER_AXIS = 0.25, 0.15, 2
+# How a mask's width and start are drawn. inclusive: width uniform in 0..int(fraction * n) and start
+# in 0..n - width (every band and frame can be masked); original: int(U(0, fraction * n)) and
+# int(U(0, n - width)) as the original drew them (band widths 0..31 of 128; the start never reaches
+# n - width, so the last band or frame is never masked by a full-width mask).
+MASK_DRAWS = ("inclusive", "original")
+# When masks are drawn. per_epoch: fresh masks for every epoch; fixed: one masked copy of each clip,
+# drawn once, as the original made its augmented copies before training.
+AUGMENT_MASKS = ("per_epoch", "fixed")
+SPLIT_MODES = ("official", "random")
 # Cache build: rows per worker task, and how often the parent saves the status (rows or seconds).
 CHUNK_ROWS = 8
 SAVE_EVERY_ROWS, SAVE_EVERY_SECONDS = 50, 2.0
@@ -207,8 +216,9 @@ def split_tracks(tracks, mode="official", train_size=0.8, seed=0):
         except ValueError as e:
             raise DataError(f"Cannot split {len(tracks)} tracks at random with train_size={train_size} "
                             f"stratified by genre ({e}); use more tracks or the official split.") from e
-        return {"train": train.sort_index(), "val": held_out.sort_index(), "test": held_out.sort_index()}
-    raise ValueError(f"Unknown split mode '{mode}': choose 'official' or 'random'.")
+        # train keeps train_test_split's order: the original's fixed training order (shuffle=False)
+        return {"train": train, "val": held_out.sort_index(), "test": held_out.sort_index()}
+    raise ValueError(f"Unknown split mode '{mode}': choose one of {', '.join(SPLIT_MODES)}.")
 
 
 # ----------------------------------------------------------------------------- cache
@@ -432,15 +442,22 @@ def normalisation_stats(cache, track_ids):
     return float(mean), float(math.sqrt(max(total_sq / count - mean * mean, 0.0)))
 
 
-def spec_augment(mel, generator=None):
+def draw_mask(size, fraction, draw, generator=None):
+    """(start, width) of one mask over an axis of ``size`` (see MASK_DRAWS)."""
+    if draw == "original":
+        width = int(torch.rand(1, generator=generator).item() * (fraction * size))
+        return int(torch.rand(1, generator=generator).item() * (size - width)), width
+    width = int(torch.randint(0, int(fraction * size) + 1, (1,), generator=generator))
+    return int(torch.randint(0, size - width + 1, (1,), generator=generator)), width
+
+
+def spec_augment(mel, generator=None, draw="inclusive"):
     """A copy with two mel-band masks (each up to 25% of bands) and two time masks (each up to 15% of
-    frames) set to 0 dB; widths and positions drawn uniformly from generator (default: torch's global RNG)."""
+    frames) set to 0 dB, drawn (see MASK_DRAWS) from generator (default: torch's global RNG)."""
     mel = mel.clone()
     for axis, fraction in ((0, BAND_MASK_FRACTION), (1, TIME_MASK_FRACTION)):
-        size = mel.shape[axis]
         for _ in range(MASKS_PER_AXIS):
-            width = int(torch.randint(0, int(fraction * size) + 1, (1,), generator=generator))
-            start = int(torch.randint(0, size - width + 1, (1,), generator=generator))
+            start, width = draw_mask(mel.shape[axis], fraction, draw, generator)
             mel.narrow(axis, start, width).fill_(0.0)
     return mel
 
@@ -452,9 +469,9 @@ class MelDataset(Dataset):
     seed, so they are the same whatever the number of DataLoader workers.
     """
 
-    def __init__(self, cache, track_ids, labels, mean=None, std=None, augment=False):
+    def __init__(self, cache, track_ids, labels, mean=None, std=None, augment=False, mask_draw="inclusive"):
         self.cache, self.track_ids, self.labels = cache, [int(t) for t in track_ids], [int(l) for l in labels]
-        self.mean, self.std, self.augment = mean, std, augment
+        self.mean, self.std, self.augment, self.mask_draw = mean, std, augment, mask_draw
 
     def __len__(self):
         return len(self.track_ids) * (2 if self.augment else 1)
@@ -465,33 +482,51 @@ class MelDataset(Dataset):
         mel = torch.from_numpy(self.cache[self.track_ids[clip]].astype(np.float32))
         if index >= len(self.track_ids):
             generator = None if seed is None else torch.Generator().manual_seed(seed)
-            mel = spec_augment(mel, generator)
+            mel = spec_augment(mel, generator, self.mask_draw)
         if self.mean is not None:
             mel = (mel - self.mean) / self.std
         return mel, self.labels[clip]
 
 
 class AugmentedSampler(Sampler):
-    """A random permutation of a doubled epoch, each index paired with a fresh seed for its masks,
-    all drawn from one generator (reseed it to replay an epoch exactly)."""
+    """The indices of a doubled epoch (clean clips, then their masked copies), each paired with the
+    seed of its masks; order and seeds come from one generator (reseed it to replay an epoch).
 
-    def __init__(self, size, generator):
-        self.size, self.generator = size, generator
+    shuffle=False keeps the dataset's order. fixed_seeds (one per index, drawn once) gives every
+    epoch the same masked copies, as the original did; otherwise each epoch draws fresh masks.
+    """
+
+    def __init__(self, size, generator, shuffle=True, fixed_seeds=None):
+        self.size, self.generator, self.shuffle, self.fixed_seeds = size, generator, shuffle, fixed_seeds
 
     def __len__(self):
         return self.size
 
     def __iter__(self):
-        order = torch.randperm(self.size, generator=self.generator).tolist()
-        seeds = torch.randint(0, 2 ** 62, (self.size,), generator=self.generator).tolist()
-        return iter(zip(order, seeds))
+        order = torch.randperm(self.size, generator=self.generator) if self.shuffle else torch.arange(self.size)
+        seeds = self.fixed_seeds if self.fixed_seeds is not None else torch.randint(
+            0, 2 ** 62, (self.size,), generator=self.generator)
+        return iter(zip(order.tolist(), seeds[order].tolist()))
 
 
-def make_loaders(cache, splits, batch_size, num_workers=0, faithful=True, augment=False, seed=0,
-                 device="cpu"):
+def train_sampler(size, seed, shuffle, augment, augment_masks):
+    """The training split's sampler: its order (and masks) depend only on its generator, seeded here."""
+    generator = torch.Generator().manual_seed(seed)
+    if augment:
+        fixed = None
+        if augment_masks == "fixed":  # drawn once, from their own generator: the same copies every epoch
+            fixed = torch.randint(0, 2 ** 62, (size,), generator=torch.Generator().manual_seed(seed + 1))
+        return AugmentedSampler(size, generator, shuffle, fixed)
+    return RandomSampler(range(size), generator=generator) if shuffle else SequentialSampler(range(size))
+
+
+def make_loaders(cache, splits, batch_size, num_workers=0, standardise=False, augment=False, seed=0,
+                 device="cpu", shuffle=True, augment_masks="per_epoch", mask_draw="inclusive"):
     """({"train", "val", "test"} DataLoaders, {"mean", "std"}). Broken tracks (listed in the cache's
-    report) are left out; faithful feeds raw dB, otherwise dB standardised with train-split stats.
-    The train order (and masks) depend only on loaders["train"].sampler.generator, seeded from seed."""
+    report) are left out; standardise feeds dB standardised with train-split stats, else raw dB.
+    shuffle=False keeps the training split's order every epoch; augment appends a masked copy of every
+    training clip (augment_masks: redrawn per epoch or fixed; mask_draw: see MASK_DRAWS). The train
+    order (and masks) depend only on loaders["train"].sampler.generator, seeded from seed."""
     unknown = [t for frame in splits.values() for t in frame.index if t not in cache._rows]
     if unknown:
         raise DataError(f"{len(unknown)} tracks of the splits (e.g. {unknown[0]}) are not in the cache "
@@ -501,17 +536,15 @@ def make_loaders(cache, splits, batch_size, num_workers=0, faithful=True, augmen
         if frame.empty:
             raise DataError(f"The {name} split has no track with a usable spectrogram in {cache.path}; "
                             f"see its report.csv.")
-    mean, std = (None, None) if faithful else normalisation_stats(cache, usable["train"].index)
+    mean, std = normalisation_stats(cache, usable["train"].index) if standardise else (None, None)
     common = dict(batch_size=batch_size, num_workers=num_workers, drop_last=False,
                   pin_memory=str(device).startswith("cuda"), persistent_workers=num_workers > 0)
     loaders = {}
     for name, frame in usable.items():
         train = name == "train"
-        data = MelDataset(cache, frame.index, frame["label"], mean, std, augment=train and augment)
-        sampler = None
-        if train:  # order and masks come from the sampler's own generator: reseed it to replay an epoch
-            order = torch.Generator().manual_seed(seed)
-            sampler = AugmentedSampler(len(data), order) if augment else RandomSampler(data, generator=order)
+        data = MelDataset(cache, frame.index, frame["label"], mean, std, augment=train and augment,
+                          mask_draw=mask_draw)
+        sampler = train_sampler(len(data), seed, shuffle, augment, augment_masks) if train else None
         # The loader draws its worker seeds from a generator of its own, never from torch's global one.
         loaders[name] = DataLoader(data, sampler=sampler, generator=torch.Generator().manual_seed(seed),
                                    **common)

@@ -1,8 +1,10 @@
 """models_utils.py: initialisation, checkpoints and figures."""
 import io
+import json
 import os
 import pickle
 import signal
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 from models import CNN1D, CRNN, build_model
+import models_utils
 from models_utils import (CheckpointError, compile_model, init_weights, load_checkpoint,
                           model_from_checkpoint, plot_confusion_matrix, plot_roc_curves,
                           plot_training_curves, save_checkpoint)
@@ -50,10 +53,10 @@ def test_unknown_init_method_is_rejected():
 
 
 def make_checkpoint(model):
-    return {"model": "cnn1d", "model_args": {"n_mels": 128, "n_frames": 431, "n_classes": 4, "faithful": True},
-            "state_dict": model.state_dict(), "class_names": ["a", "b", "c", "d"],
-            "preprocessing": {"sample_rate": 22050, "n_frames": 431}, "normalisation": {"mean": None, "std": None},
-            "epoch": 3}
+    return models_utils.make_checkpoint(
+        "cnn1d", {"n_mels": 128, "n_frames": 431, "n_classes": 4, "faithful": True}, model.state_dict(),
+        ["a", "b", "c", "d"], {"sample_rate": 22050, "n_frames": 431}, {"mean": None, "std": None},
+        training={"epoch": 3})
 
 
 def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
@@ -63,7 +66,8 @@ def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
     save_checkpoint(make_checkpoint(model), path)
     assert [p.name for p in path.parent.iterdir()] == ["best.pt"]  # no temp file left behind
     checkpoint = load_checkpoint(path)
-    assert checkpoint["epoch"] == 3 and checkpoint["class_names"] == ["a", "b", "c", "d"]
+    assert checkpoint["training"]["epoch"] == 3 and checkpoint["class_names"] == ["a", "b", "c", "d"]
+    assert checkpoint["version"] == models_utils.CHECKPOINT_VERSION
     rebuilt = model_from_checkpoint(checkpoint)
     x = torch.randn(2, 128, 431)
     with torch.no_grad():
@@ -199,3 +203,29 @@ def test_ctrl_c_during_save_completes_the_file_then_interrupts(tmp_path):
     assert torch.load(path, weights_only=False)["marker"] == 7  # complete, renamed into place
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+
+
+V1 = Path(__file__).parent / "data" / "checkpoint_v1_cnn1d.pt"
+
+
+def test_a_format_1_checkpoint_still_loads_and_predicts_the_same():
+    """tests/data/checkpoint_v1_cnn1d.pt was written by the format-1 code (git 5ad4953) with its logits."""
+    expected = json.loads(V1.with_suffix(".json").read_text())
+    assert expected["version"] == 1 and "optimizer" in expected["keys"]  # the old layout, for real
+    checkpoint = load_checkpoint(V1)
+    assert checkpoint["version"] == models_utils.CHECKPOINT_VERSION and "faithful" not in checkpoint
+    assert checkpoint["training"]["epoch"] == 1 and "optimizer" in checkpoint["training"]
+    assert checkpoint["config"]["standardise"] is False and checkpoint["provenance"] == {}
+    x = torch.randn(2, 128, 96, generator=torch.Generator().manual_seed(0)) * 20 - 40
+    with torch.no_grad():
+        logits = model_from_checkpoint(checkpoint)(x)[0]
+    torch.testing.assert_close(logits, torch.tensor(expected["logits"]), rtol=0, atol=1e-5)
+    assert checkpoint["class_names"] == expected["class_names"]
+
+
+def test_a_checkpoint_from_a_newer_version_is_refused_with_the_fix(tmp_path):
+    checkpoint = make_checkpoint(CNN1D(n_frames=431, n_classes=4))
+    checkpoint["version"] = models_utils.CHECKPOINT_VERSION + 1
+    save_checkpoint(checkpoint, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match="newer version of this project"):
+        load_checkpoint(tmp_path / "new.pt")
