@@ -1,35 +1,43 @@
 """An audio file -> the dB mel-spectrogram windows a model sees, decoded in bounded memory.
 
-Used by pre_trained_models.py. Each window of n_frames frames is computed from its own stretch of
-audio (``segment_samples``: the samples its frames see) by training's clip path, utils.mel_spectrogram_db
-then utils.fix_width, and stored as float16 like the training cache. So the top_db floor of a window is
-relative to that window's loudest frame (a quiet intro of a loud track keeps its detail), and a track no
-longer than one window (an FMA clip) gives exactly the input training gave the model for it: bitwise the
-row of the spectrogram cache.
+Used by pre_trained_models.py, whose DataLoader workers run TrackWindows (files -> windows). Each window
+of n_frames frames is computed from its own stretch of audio (``segment_samples``: the samples its frames
+see) by training's clip path, utils.mel_spectrogram_db then utils.fix_width, and stored as float16 like
+the training cache. So the top_db floor of a window is relative to that window's loudest frame (a quiet
+intro of a loud track keeps its detail), and a track no longer than one window (an FMA clip) gives the
+input training gave the model for it, bit for bit: the row of the spectrogram cache.
 
     for window in track_windows("song.mp3", utils.PREPROCESSING, hop=645, max_windows=8):
         ...  # float16 (n_mels, n_frames)
 
 Decoding streams, whatever the track's length: soundfile blocks -> channel mean -> soxr.ResampleStream
-(quality HQ, which is load_audio's soxr_hq) -> windows as soon as their audio is complete, so a worker holds
-about one window of audio (~3 MB) instead of the whole track (a 2-hour MP3 decodes to 2.5 GB of 44.1 kHz
-stereo float32). Measured on a 200 s 44.1 kHz stereo MP3 written by libsndfile, streaming resampling is
-bitwise identical to load_audio's one-shot soxr.resample (max abs difference 0.0, blocks of 1,000 to
-77,777 frames, from 48, 44.1, 32 and 11.025 kHz). With max_windows, only the chosen windows are decoded:
-the file is sought to each one with SEEK_PRE_ROLL samples of resampler warm-up, which keeps the audio
-within 3e-7 of one-shot resampling (max abs difference on the same MP3; 0.06 without the warm-up).
+(quality HQ, which is load_audio's soxr_hq) -> windows as soon as their audio is complete, so a worker
+holds about one window of audio (~3 MB), not the whole track (a 2-hour MP3 decodes to 2.5 GB of 44.1 kHz
+stereo float32). Measured against load_audio's one-shot decoding and soxr.resample, on a 200 s 44.1 kHz
+stereo MP3 written by libsndfile: max abs difference 0.0 (blocks of 1,000 to 77,777 frames; the same
+from 48, 32 and 11.025 kHz). Only the MP3 decoder can differ: its output depends on the size of each
+read, by up to 9e-8 on mono MP3s and up to 0.15 on MPEG-2 (22.05 kHz) MP3s with bitstream errors, as
+libsndfile's own encoder writes them; hence a file up to WHOLE_FILE_SECONDS long is read in one call,
+like load_audio reads it. With max_windows, only the chosen windows are decoded: the file is sought to
+each, with SEEK_PRE_ROLL samples of resampler warm-up that keep the audio within 3e-7 of one-shot
+resampling (same MP3; 0.06 without warm-up), i.e. within one float16 step of the dB values.
 """
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
 
 import utils
 
 BLOCK_FRAMES = 65536     # frames decoded at a time (1.5 s at 44.1 kHz)
 WHOLE_FILE_SECONDS = 60  # a file up to this long is read in one call, exactly as utils.load_audio reads it
 SEEK_PRE_ROLL = 1024     # samples (at the model's rate) decoded before a sought window; 256 suffice
+WINDOWS_PER_ITEM = 8     # windows a DataLoader worker sends at a time (2.6 MB at 1,291 frames)
 TRUNCATED_FRACTION = 0.9  # decoding less than this fraction of the declared duration means truncated
 
 
@@ -58,12 +66,8 @@ def window_db(segment, preprocessing):
 
 
 class MonoStream:
-    """A SoundFile read block by block as mono float32 at `rate`: what utils.load_audio returns, in pieces.
-
-    A short file is one block: libsndfile's MP3 decoder gives results that depend on the size of the
-    read (by 1e-7 on mono files, more on MPEG-2 files with bitstream errors), so only load_audio's own
-    single read gives a training clip's cached spectrogram bit for bit.
-    """
+    """A SoundFile read block by block as mono float32 at `rate`: what utils.load_audio returns, in pieces
+    (a file up to WHOLE_FILE_SECONDS in one piece: see the module docstring)."""
 
     def __init__(self, path, sound_file, rate):
         self.path, self.file, self.rate, self.native = path, sound_file, rate, sound_file.samplerate
@@ -134,7 +138,7 @@ def track_windows(path, preprocessing, hop, max_windows=None):
     ones of the length the file declares, and decoding stops after the last one. A track shorter than one
     window gives one window, padded. AudioError for a file that is empty, not audio, truncated or corrupt.
     """
-    p = preprocessing
+    p, path = preprocessing, Path(path)
     span, hop_length, n_frames = segment_samples(p), p["hop_length"], p["n_frames"]
     with open_audio(path) as sound_file:
         stream = MonoStream(path, sound_file, p["sample_rate"])
@@ -152,7 +156,7 @@ def track_windows(path, preprocessing, hop, max_windows=None):
                 yield window_db(audio[first - start:first - start + span], p)
                 count += 1
                 continue
-            if first - SEEK_PRE_ROLL > start + len(audio) + BLOCK_FRAMES:  # far ahead: seek rather than decode
+            if first - SEEK_PRE_ROLL > start + len(audio) + BLOCK_FRAMES:  # over a block away: seek there
                 sought = stream.seek(first - SEEK_PRE_ROLL)
                 audio, start = (audio, start) if sought is None else (audio[:0], sought)
             samples, ended = stream.read()
@@ -170,3 +174,40 @@ def track_windows(path, preprocessing, hop, max_windows=None):
             if frame * hop_length >= length:  # a chosen window lies beyond the audio the file really has
                 raise truncated(path, stream.seconds(), declared)
             yield window_db(audio[frame * hop_length - start:frame * hop_length - start + span], p)
+
+
+def silence_decoder_notes(worker_id):
+    """DataLoader worker_init_fn: libmpg123 prints resync notes on stderr; failures get our own error line."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+
+
+class TrackWindows(IterableDataset):
+    """Items (file index, float16 windows or None, whether the file is done, error or None), a file's
+    windows in pieces of WINDOWS_PER_ITEM; each DataLoader worker takes every n-th file."""
+
+    def __init__(self, files, preprocessing, hop, max_windows):
+        self.files, self.preprocessing, self.hop, self.max_windows = files, preprocessing, hop, max_windows
+
+    def __iter__(self):
+        worker = get_worker_info()
+        for i in range(worker.id if worker else 0, len(self.files), worker.num_workers if worker else 1):
+            yield from self.file_items(i)
+
+    def file_items(self, i):
+        path, piece = self.files[i], []
+        if not path.is_file():
+            yield i, None, True, "file not found; check the path"
+            return
+        try:
+            for window in track_windows(path, self.preprocessing, self.hop, self.max_windows):
+                piece.append(window)
+                if len(piece) == WINDOWS_PER_ITEM:
+                    yield i, torch.from_numpy(np.stack(piece)), False, None
+                    piece = []
+        except utils.AudioError as error:  # its message starts with the path, which the error line shows
+            yield i, None, True, str(error).removeprefix(f"{path}: ")
+            return
+        except Exception as error:  # one undecodable file must not stop the others
+            yield i, None, True, f"could not decode it as audio ({type(error).__name__}: {error})".strip()
+            return
+        yield i, torch.from_numpy(np.stack(piece)) if piece else None, True, None

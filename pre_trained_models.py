@@ -1,9 +1,12 @@
 """Predict the genres of audio files with a trained model, or evaluate a checkpoint on FMA's test split.
 
-Each track is turned into a mel-spectrogram by the same function training used
-(utils.mel_spectrogram_db), cut into windows as wide as the model's input (hop: half a window by
-default), and the genre probabilities of its windows are averaged. A track shorter than one window
-is padded. Windows of many tracks are batched together; audio is decoded in background workers.
+Each track is cut into windows as wide as the model's input (hop: half a window by default), each
+window's own stretch of audio is turned into dB by training's clip function (utils.mel_spectrogram_db:
+top_db relative to that window), and the genre probabilities of its windows are averaged. A track no
+longer than one window (an FMA clip) gets exactly the input training gave it; a shorter one is padded.
+Audio is decoded as a stream in background workers (audio_windows.py), so memory does not grow with a
+track's length, and --max_windows decodes only the windows it keeps. Windows of many tracks are
+batched together. --evaluate scores the test split the checkpoint was trained with.
 
     python pre_trained_models.py --checkpoint=runs/crnn/best.pt song.mp3 album/
     python pre_trained_models.py --checkpoint=runs/crnn/best.pt --top_k=1 --json music/ > genres.jsonl
@@ -20,13 +23,12 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import audio_windows
@@ -38,7 +40,6 @@ from models_utils import CheckpointError
 from test import evaluate  # the project's test.py (python and pytest.ini put the project root first on sys.path)
 
 AUDIO_EXTENSIONS = {".mp3", ".wav", ".flac", ".ogg"}
-WINDOWS_PER_ITEM = 8  # windows a decoding worker sends at a time (2.6 MB at 1,291 frames)
 
 
 class UsageError(Exception):
@@ -139,43 +140,6 @@ def find_audio_files(inputs):
     return list(dict.fromkeys(files))
 
 
-def silence_decoder_notes(worker_id):
-    """DataLoader worker_init_fn: libmpg123 prints resync notes on stderr; failures get our own error line."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-
-
-class TrackWindows(IterableDataset):
-    """Items (file index, float16 windows or None, whether the file is done, error or None), a file's
-    windows in pieces of WINDOWS_PER_ITEM; each DataLoader worker takes every n-th file."""
-
-    def __init__(self, files, preprocessing, hop, max_windows):
-        self.files, self.preprocessing, self.hop, self.max_windows = files, preprocessing, hop, max_windows
-
-    def __iter__(self):
-        worker = get_worker_info()
-        for i in range(worker.id if worker else 0, len(self.files), worker.num_workers if worker else 1):
-            yield from self.file_items(i)
-
-    def file_items(self, i):
-        path, piece = self.files[i], []
-        if not path.is_file():
-            yield i, None, True, "file not found; check the path"
-            return
-        try:
-            for window in audio_windows.track_windows(path, self.preprocessing, self.hop, self.max_windows):
-                piece.append(window)
-                if len(piece) == WINDOWS_PER_ITEM:
-                    yield i, torch.from_numpy(np.stack(piece)), False, None
-                    piece = []
-        except utils.AudioError as error:  # its message starts with the path, which the error line shows
-            yield i, None, True, str(error).removeprefix(f"{path}: ")
-            return
-        except Exception as error:  # one undecodable file must not stop the others
-            yield i, None, True, f"could not decode it as audio ({type(error).__name__}: {error})".strip()
-            return
-        yield i, torch.from_numpy(np.stack(piece)) if piece else None, True, None
-
-
 # -----------------------------------------------------------------------------
 # prediction
 
@@ -187,9 +151,9 @@ def predict(model, checkpoint, files, hop=None, max_windows=None, batch_size=32,
     with the length of a track.
     """
     preprocessing = checkpoint["preprocessing"]
-    dataset = TrackWindows(files, preprocessing, hop or preprocessing["n_frames"] // 2, max_windows)
+    dataset = audio_windows.TrackWindows(files, preprocessing, hop or preprocessing["n_frames"] // 2, max_windows)
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=keep_item,
-                        worker_init_fn=silence_decoder_notes)
+                        worker_init_fn=audio_windows.silence_decoder_notes)
     tracks = [{"sum": 0.0, "windows": 0, "queued": 0, "done": False, "error": None} for _ in files]
     queue = []     # (file index, window) waiting for a batch
     emitted = 0
@@ -349,13 +313,13 @@ def run_evaluation(args):
                                      seed=settings["seed"])["test"]
     cache = utils.build_cache(test_tracks, args.cache_dir or Path(args.data_dir) / "cache", settings["subset"],
                               preprocessing=checkpoint["preprocessing"])
-    # make_loaders wants three splits; only "test" is used. faithful=True feeds raw dB (the model
-    # standardises itself when its checkpoint says so), so no statistics are computed.
+    # make_loaders wants three splits; only "test" is used. It feeds raw dB (the model standardises
+    # itself when its checkpoint says so), so no statistics are computed.
     loaders, _ = utils.make_loaders(cache, dict.fromkeys(("train", "val", "test"), test_tracks),
-                                    args.batch_size, faithful=True, device=device)
+                                    args.batch_size, device=device)
     scores, result = evaluate(model, loaders["test"], device, class_names)
     metrics = {**scores, "checkpoint": str(args.checkpoint), "model": checkpoint["model"],
-               "epoch": checkpoint.get("epoch"), **settings}
+               "epoch": (checkpoint.get("training") or {}).get("epoch"), **settings}
     out_dir = Path(args.out_dir or Path(args.checkpoint).parent / "evaluation")
     models_utils.save_report(out_dir, metrics, result["targets"], result["probabilities"], class_names)
     seeded = f", seed {settings['seed']}, train_size {settings['train_size']}" if settings["split"] == "random" else ""
@@ -405,7 +369,7 @@ def parse_args(argv=None):
     parser.add_argument("--data_dir", help="with --evaluate: folder with fma_metadata/ and fma_<subset>/")
     # The test split is the checkpoint's own (its training config); these are for the original's weights.
     parser.add_argument("--subset", choices=utils.SUBSETS, help="with --evaluate: FMA subset (default: the checkpoint's)")
-    parser.add_argument("--split", choices=("official", "random"), help="with --evaluate: (default: the checkpoint's)")
+    parser.add_argument("--split", choices=utils.SPLIT_MODES, help="with --evaluate: (default: the checkpoint's)")
     parser.add_argument("--seed", type=int, help="with --evaluate and a random split (default: the checkpoint's)")
     parser.add_argument("--train_size", type=float, help="with --evaluate and a random split (default: the checkpoint's)")
     parser.add_argument("--cache_dir", help="with --evaluate: spectrogram cache (default: <data_dir>/cache)")

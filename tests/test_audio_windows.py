@@ -17,8 +17,10 @@ import pytest
 import soundfile as sf
 
 import audio_windows
+import models_utils
 import utils
 from audio_windows import track_windows
+from models import CNN1D
 
 ROOT = Path(__file__).resolve().parents[1]
 P = utils.PREPROCESSING
@@ -123,14 +125,10 @@ MEMORY_PROBE = textwrap.dedent("""
 
 
 def test_predicting_a_long_file_needs_far_less_memory_than_its_decoded_audio(tmp_path):
-    from models import CNN1D
-    import models_utils
-
     checkpoint = tmp_path / "cnn1d.pt"
-    models_utils.save_checkpoint({
-        "model": "cnn1d", "model_args": {"n_mels": 128, "n_frames": 1291, "n_classes": 8, "faithful": True},
-        "state_dict": CNN1D().state_dict(), "class_names": utils.FMA_SMALL_GENRES, "preprocessing": P,
-        "normalisation": {"mean": None, "std": None}}, checkpoint)
+    models_utils.save_checkpoint(models_utils.make_checkpoint(
+        "cnn1d", {"n_mels": 128, "n_frames": 1291, "n_classes": 8, "faithful": True}, CNN1D().state_dict(),
+        utils.FMA_SMALL_GENRES, P, {"mean": None, "std": None}), checkpoint)
     minutes, rate = 20, 22050
     warm_up, long = tmp_path / "warm_up.wav", tmp_path / "long.wav"
     sf.write(warm_up, noisy_tone(240, rate), rate, subtype="PCM_16")
