@@ -32,6 +32,7 @@ import utils
 from configurator import fail
 from models import MODELS, build_model
 from models_utils import CheckpointError
+from preemption import Preempted, RunSignals
 from test import evaluate, test  # the project's test.py (it comes first on sys.path), not the stdlib package
 from train import EPOCH_LOSSES, NonFiniteLossError, train
 
@@ -73,6 +74,7 @@ compile = "auto"             # torch.compile: auto = on for crnn/cnn2d (+ channe
 out_dir = ""                 # checkpoints and reports; "" = a new runs/<model>/<date-time> (runs/demo_<model>/... with demo)
 overwrite = False            # allow a new run in an out_dir that already holds one (its files are replaced)
 resume = False               # continue <out_dir>/last.pt (out_dir "": the latest run of the model): exact
+save_interval = 0            # optimiser steps between mid-epoch saves of last.pt; 0 = at epoch ends only
 demo = False                 # the synthetic demo dataset (data/demo) with the DEMO settings below
 prepare_only = False         # download and build the cache, print its summary, exit
 wandb_project = "MusicGenreClassificationDefinitive"  # the original's W&B project
@@ -96,7 +98,7 @@ RUNS_ROOT = Path("runs")  # runs/<model>/<date-time>/, runs/<model>/latest -> th
 # On resume the checkpoint's config wins; only these keys may be changed on the command line.
 RESUME_MAY_CHANGE = {"epochs", "log_interval", "lr", "weight_decay", "num_workers", "cache_workers", "device", "amp",
                      "compile", "data_dir", "cache_dir", "download", "out_dir", "resume", "overwrite", "wandb_mode",
-                     "wandb_project"}
+                     "wandb_project", "save_interval"}
 # Run state saved in every checkpoint's "training" entry besides the epoch, optimizer and scheduler.
 RUN_STATE = ("history", "best_val_accuracy", "best_val_loss", "best_epoch", "examples_seen", "training_seconds",
              "wandb_run_id")
@@ -125,6 +127,8 @@ def make_config(overrides, defaults=CONFIG):
     for key in ("epochs", "batch_size", "n_frames", "log_interval"):
         if config[key] < 1:
             fail(f"{key} must be at least 1, got {config[key]}.")
+    if config["save_interval"] < 0:
+        fail(f"save_interval must be 0 (epoch ends only) or a number of steps, got {config['save_interval']}.")
     for key in ("num_workers", "cache_workers"):
         if config[key] < -1 or config[key] == 0 and key == "cache_workers":
             fail(f"{key}={config[key]} is not valid: -1 (auto) or a number of processes"
@@ -276,7 +280,7 @@ def build_training(config, data, device, checkpoint=None, overrides=()):
             reason = str(error).splitlines()[0][:200]
             raise CheckpointError(f"{config['out_dir']}/last.pt does not fit this run ({reason}); start a new "
                                   f"run in another --out_dir.") from None
-        state.update({k: training[k] for k in RUN_STATE}, epoch=training["epoch"])
+        state.update({k: training[k] for k in RUN_STATE}, epoch=training["epoch"], position=training.get("position"))
         for group in optimizer.param_groups:  # an lr or weight_decay given on resume applies from now on
             group.update({k: config[k] for k in ("lr", "weight_decay") if k in overrides})
     state["saved_epoch"] = state["epoch"]
@@ -338,20 +342,24 @@ def finish_wandb(run, exit_code):
 # -----------------------------------------------------------------------------
 # epochs, checkpoints, evaluation
 
-def save_epoch(config, data, model, optimizer, scheduler, state):
-    """best.pt (when this epoch is the best so far), last.pt and history.csv, each written atomically.
+def save_epoch(config, data, model, optimizer, scheduler, state, position=None):
+    """best.pt (when this epoch is the best so far), last.pt and history.csv, each written atomically;
+    with ``position`` (a mid-epoch save: where the next epoch stands, see step_position) last.pt only.
 
     A checkpoint (models_utils.make_checkpoint) holds what rebuilds the model and what resumes the run.
     """
     out_dir = Path(config["out_dir"])
-    training = {"epoch": state["epoch"], "metrics": state["history"][-1], "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), **{k: state[k] for k in RUN_STATE}}
+    training = {"epoch": state["epoch"], "metrics": state["history"][-1] if state["history"] else None,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "position": position,
+                **{k: state[k] for k in RUN_STATE}}
     checkpoint = models_utils.make_checkpoint(
         config["model"], state["model_args"], model.state_dict(), data["class_names"], data["preprocessing"],
         data["normalisation"], config, state["provenance"], training)
-    if state["best_epoch"] == state["epoch"]:
+    if position is None and state["best_epoch"] == state["epoch"]:
         models_utils.save_checkpoint(checkpoint, out_dir / "best.pt")
     models_utils.save_checkpoint(checkpoint, out_dir / "last.pt")
+    if position is not None:
+        return
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(state["history"][0]))
     writer.writeheader()
@@ -360,26 +368,63 @@ def save_epoch(config, data, model, optimizer, scheduler, state):
     state["saved_epoch"] = state["epoch"]
 
 
-def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_run):
-    """Train from state["epoch"] + 1 to config["epochs"], validating and saving after each epoch."""
+def step_position(epoch, progress, seconds):
+    """Where training stands inside ``epoch``: its running sums and the RNG state that dropout continues from."""
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"epoch": epoch, "progress": dict(progress), "rng": rng, "seconds": seconds}
+
+
+def continue_position(position, loader, batch_size):
+    """Set the loader (reseeded for the position's epoch) and the RNG to continue a mid-epoch checkpoint."""
+    loader.sampler.start = position["progress"]["batches"] * batch_size
+    torch.set_rng_state(position["rng"]["torch"])
+    if "cuda" in position["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(position["rng"]["cuda"])
+    return dict(position["progress"]), position["seconds"]
+
+
+def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_run, signals):
+    """Train from state["epoch"] + 1 (or a mid-epoch position) to config["epochs"], validating and
+    saving after each epoch, and mid-epoch every save_interval steps or when a signal asks."""
     loaders = data["loaders"]
     for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
         reseed(config["seed"], epoch, loaders["train"])  # same batches and dropout whether resumed or not
-        start, seen, lr_now = time.time(), state["examples_seen"], optimizer.param_groups[0]["lr"]
+        position, progress, done = state.pop("position", None), None, 0.0
+        if position is not None:
+            progress, done = continue_position(position, loaders["train"], config["batch_size"])
+        start, seen, lr_now = time.time() - done, state["examples_seen"], optimizer.param_groups[0]["lr"]
 
         def on_log(examples, loss):  # W&B step = examples seen in the run, as the original logged it
             if wandb_run is not None:
                 wandb_run.log({"train/loss": loss, "epoch": epoch}, step=seen + examples)
 
+        def on_step(progress):  # after every optimiser step: a mid-epoch save when due or asked for
+            due = config["save_interval"] and progress["batches"] % config["save_interval"] == 0
+            if due or signals.save or signals.stop:
+                save_epoch(config, data, raw_model, optimizer, scheduler, state,
+                           position=step_position(epoch, progress, time.time() - start))
+                if signals.save:
+                    print(f"\nSIGUSR1: saved {config['out_dir']}/last.pt at step {progress['batches']} of epoch "
+                          f"{epoch}; training goes on.", file=sys.stderr, flush=True)
+                signals.save = False
+            if signals.stop:
+                raise Preempted()
+
         try:
+            signals.in_steps = True
             trained = train(model, loaders["train"], optimizer, device, on_log=on_log, amp=config["amp"],
-                            log_interval=config["log_interval"], desc=f"epoch {epoch}/{config['epochs']}")
+                            log_interval=config["log_interval"], desc=f"epoch {epoch}/{config['epochs']}",
+                            progress=progress, on_step=on_step)
         except NonFiniteLossError as error:
             kept = (f"{config['out_dir']}/last.pt (epoch {state['epoch']}) is kept" if state["epoch"]
                     else "no checkpoint exists")
             raise NonFiniteLossError(f"training stopped in epoch {epoch}: {error}. Nothing of this epoch was "
                                      f"saved; {kept}. Lower the learning rate (lr={config['lr']:g}) or try "
                                      f"--faithful=False (standardised input).") from None
+        finally:
+            signals.in_steps = False
         val = test(model, loaders["val"], device, amp=config["amp"], desc="validate")
         loss = EPOCH_LOSSES[config["epoch_loss"]]  # per example, or the original's mean of batch losses
         scheduler.step(val[loss])
@@ -459,14 +504,15 @@ def run(config, overrides, provenance):
         model = models_utils.compile_model(raw_model)
     wandb_run, exit_code = setup_wandb(config, state, n_parameters, provenance), 1
     try:
-        run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_run)
+        with RunSignals().installed() as signals:
+            run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_run, signals)
         metrics, result, files = evaluate_best(config, data, state, device, n_parameters)
         if wandb_run is not None:
             log_final_wandb(wandb_run, config["out_dir"], metrics, result, data["class_names"], files)
         print_summary(config, state, metrics)
         exit_code = 0
-    except KeyboardInterrupt:
-        exit_code = 130
+    except KeyboardInterrupt as interrupt:
+        exit_code = getattr(interrupt, "exit_code", 130)
         if state["epoch"] > state["saved_epoch"]:  # the epoch had finished but was not saved yet
             save_epoch(config, data, raw_model, optimizer, scheduler, state)
         raise
@@ -492,13 +538,13 @@ def main(argv=None):
     provenance = configurator.provenance(argv, config_file)
     try:
         return run(config, overrides, provenance)
-    except KeyboardInterrupt:
-        last = Path(config["out_dir"]) / "last.pt"
-        print(f"\ninterrupted: {last} holds the last completed epoch. Continue with: "
+    except KeyboardInterrupt as interrupt:
+        last, cause = Path(config["out_dir"]) / "last.pt", "SIGTERM" if isinstance(interrupt, Preempted) else "Ctrl-C"
+        print(f"\ninterrupted ({cause}): {last} holds the last saved step. Continue with: "
               f"{resume_command(argv, config_file, config['out_dir'])}" if last.is_file()
-              else "\ninterrupted before the first epoch finished: rerun the same command (a cache build resumes).",
-              file=sys.stderr)
-        return 130
+              else f"\ninterrupted ({cause}) before anything was saved: rerun the same command (a cache build "
+                   f"resumes).", file=sys.stderr)
+        return getattr(interrupt, "exit_code", 130)
     except (NonFiniteLossError, CheckpointError, utils.DataError) as error:
         fail(str(error))
 

@@ -4,9 +4,6 @@ Checkpoints are self-describing dicts (model name and arguments, class names, pr
 normalisation, config, ...) written atomically and read with ``torch.load(weights_only=True)``, so
 a checkpoint can never run code. Figures are drawn headless (Agg) and returned as matplotlib Figures.
 """
-import contextlib
-import signal
-import threading
 import warnings
 from pathlib import Path
 
@@ -18,6 +15,7 @@ import torch
 import torch.nn as nn
 from sklearn.metrics import auc, roc_curve
 
+import preemption
 from models import build_model
 from utils import atomic_write
 
@@ -77,26 +75,6 @@ def compile_model(model, backend="inductor"):
 # -----------------------------------------------------------------------------
 # checkpoints
 
-@contextlib.contextmanager
-def deferred_interrupt():
-    """Hold Ctrl-C (SIGINT) until the block ends, then deliver it.
-
-    torch.save turns a KeyboardInterrupt raised mid-write into a RuntimeError from its zip writer, so
-    a Ctrl-C while a checkpoint is written would end the run with a traceback instead of cleanly.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signals only reach the main thread
-        return
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if received and callable(previous):
-            previous(*received[0])  # the default handler raises KeyboardInterrupt here
-
-
 def make_checkpoint(model, model_args, state_dict, class_names, preprocessing, normalisation, config=None,
                     provenance=None, training=None):
     """The one checkpoint layout (format 2), from which inference rebuilds everything.
@@ -127,10 +105,11 @@ def migrate_checkpoint(checkpoint):
 
 def save_checkpoint(checkpoint, path):
     """Write ``checkpoint`` (a ``make_checkpoint`` dict) to ``path`` atomically: a crash leaves the
-    previous file intact, and a Ctrl-C during the write takes effect once the file is complete."""
+    previous file intact, and a Ctrl-C or SIGTERM during the write takes effect once the file is complete
+    (preemption.held)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with deferred_interrupt():
+    with preemption.held():
         atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 

@@ -26,18 +26,28 @@ class NonFiniteLossError(ArithmeticError):
     """The training loss became NaN or infinite; raised before the optimizer step that would spread it."""
 
 
-def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=False, desc="train"):
+def new_progress():
+    """The running sums of an epoch: what a mid-epoch checkpoint stores to continue it exactly."""
+    return {"batches": 0, "examples": 0, "loss_sum": 0.0, "batch_loss_sum": 0.0, "correct": 0,
+            "interval_loss": 0.0, "interval_batches": 0}
+
+
+def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=False, desc="train",
+          progress=None, on_step=None):
     """Train ``model`` for one pass over ``loader``; returns mean loss, accuracy and example count.
 
     ``amp`` runs the forward pass under bfloat16 autocast (CUDA only; no loss scaling is needed
-    for bf16). Raises NonFiniteLossError naming the batch if the loss is not finite.
+    for bf16). ``progress`` continues an epoch that a mid-epoch checkpoint interrupted (the loader
+    then yields only its remaining batches); ``on_step(progress)`` is called after every optimiser
+    step (main.py saves mid-epoch checkpoints there). Raises NonFiniteLossError naming the batch if
+    the loss is not finite.
     """
     model.train()
     device = torch.device(device)
-    total_loss, correct, examples, batch_losses = 0.0, 0, 0, 0.0
-    interval_loss, interval_batches = 0.0, 0
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
-    for batch, (inputs, targets) in enumerate(bar, start=1):
+    p = progress if progress is not None else new_progress()
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, initial=p["batches"],
+               total=p["batches"] + len(loader))
+    for inputs, targets in bar:
         inputs = inputs.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
@@ -46,25 +56,28 @@ def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=Fa
         value = loss.item()
         if not math.isfinite(value):
             bar.close()
-            raise NonFiniteLossError(f"the training loss became {value} at batch {batch} "
-                                     f"(after {examples} examples of this epoch)")
+            raise NonFiniteLossError(f"the training loss became {value} at batch {p['batches'] + 1} "
+                                     f"(after {p['examples']} examples of this epoch)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
         n = targets.size(0)
-        examples += n
-        total_loss += value * n
-        batch_losses += value
-        correct += (logits.argmax(dim=1) == targets).sum().item()
-        interval_loss += value
-        interval_batches += 1
-        bar.set_postfix(loss=f"{total_loss / examples:.4f}")
-        if on_log is not None and batch % log_interval == 0:
-            on_log(examples, interval_loss / interval_batches)
-            interval_loss, interval_batches = 0.0, 0
+        p["batches"] += 1
+        p["examples"] += n
+        p["loss_sum"] += value * n
+        p["batch_loss_sum"] += value
+        p["correct"] += (logits.argmax(dim=1) == targets).sum().item()
+        p["interval_loss"] += value
+        p["interval_batches"] += 1
+        bar.set_postfix(loss=f"{p['loss_sum'] / p['examples']:.4f}")
+        if on_log is not None and p["batches"] % log_interval == 0:
+            on_log(p["examples"], p["interval_loss"] / p["interval_batches"])
+            p["interval_loss"], p["interval_batches"] = 0.0, 0
+        if on_step is not None:
+            on_step(p)
     bar.close()
-    if examples == 0:
+    if p["examples"] == 0:
         raise ValueError("the training loader yielded no batches: the training split is empty")
-    return {"loss": total_loss / examples, "batch_loss": batch_losses / batch, "accuracy": correct / examples,
-            "examples": examples}
+    return {"loss": p["loss_sum"] / p["examples"], "batch_loss": p["batch_loss_sum"] / p["batches"],
+            "accuracy": p["correct"] / p["examples"], "examples": p["examples"]}

@@ -9,6 +9,7 @@ data/cache/small-1a2b3c4d/: params.json, mels.npy (one memory-mapped float16 arr
 report.csv (every padded, broken or missing track with the reason).
 """
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -30,6 +31,8 @@ import torchaudio
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 from tqdm import tqdm
+
+import preemption
 
 PREPROCESSING = {"sample_rate": 22050, "n_fft": 2048, "hop_length": 512, "n_mels": 128,
                  "n_frames": 1291, "top_db": 80.0}
@@ -509,6 +512,25 @@ class AugmentedSampler(Sampler):
         return iter(zip(order.tolist(), seeds[order].tolist()))
 
 
+class ResumableSampler(Sampler):
+    """A sampler whose next pass may begin ``start`` indices in, with the order (and masks) of a full
+    pass: a mid-epoch checkpoint continues exactly where it stopped. ``generator`` is the base's."""
+
+    def __init__(self, base):
+        self.base, self.start = base, 0
+
+    @property
+    def generator(self):
+        return getattr(self.base, "generator", None)
+
+    def __len__(self):
+        return len(self.base) - self.start
+
+    def __iter__(self):
+        start, self.start = self.start, 0  # only the next pass is shortened
+        return itertools.islice(iter(self.base), start, None)
+
+
 def train_sampler(size, seed, shuffle, augment, augment_masks):
     """The training split's sampler: its order (and masks) depend only on its generator, seeded here."""
     generator = torch.Generator().manual_seed(seed)
@@ -516,8 +538,9 @@ def train_sampler(size, seed, shuffle, augment, augment_masks):
         fixed = None
         if augment_masks == "fixed":  # drawn once, from their own generator: the same copies every epoch
             fixed = torch.randint(0, 2 ** 62, (size,), generator=torch.Generator().manual_seed(seed + 1))
-        return AugmentedSampler(size, generator, shuffle, fixed)
-    return RandomSampler(range(size), generator=generator) if shuffle else SequentialSampler(range(size))
+        return ResumableSampler(AugmentedSampler(size, generator, shuffle, fixed))
+    return ResumableSampler(RandomSampler(range(size), generator=generator) if shuffle
+                            else SequentialSampler(range(size)))
 
 
 def make_loaders(cache, splits, batch_size, num_workers=0, standardise=False, augment=False, seed=0,
@@ -547,5 +570,5 @@ def make_loaders(cache, splits, batch_size, num_workers=0, standardise=False, au
         sampler = train_sampler(len(data), seed, shuffle, augment, augment_masks) if train else None
         # The loader draws its worker seeds from a generator of its own, never from torch's global one.
         loaders[name] = DataLoader(data, sampler=sampler, generator=torch.Generator().manual_seed(seed),
-                                   **common)
+                                   worker_init_fn=preemption.ignore_stop_signals, **common)
     return loaders, {"mean": mean, "std": std}

@@ -1,5 +1,7 @@
 """Shared fixtures: tiny datasets in FMA's own format (tracks.csv with its two header rows, genres.csv,
 real MP3 clips under fma_<subset>/<tid[:3]>/<tid>.mp3)."""
+import signal
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -69,3 +71,18 @@ def fma_small(tmp_path_factory):
              dict(track_id=90003, subset="large", split="training", genre=None, artist_id=903)]
     write_metadata(root, rows)
     return root
+
+
+def default_sigint():
+    """preexec_fn for a child process that must receive SIGINT. A parent that ignores SIGINT (nohup,
+    `cmd &` in a script, some job runners) passes that on to its children, and Python then installs no
+    KeyboardInterrupt handler: the child would rightly ignore Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def keyboard_interrupt_handler():
+    """Python's own SIGINT handler for the test's duration (pytest itself may run with SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

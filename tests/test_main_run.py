@@ -15,6 +15,7 @@ import torch
 
 import demo_data
 import main
+from conftest import default_sigint
 import models_utils
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,7 +189,7 @@ def test_ctrl_c_saves_and_exits_cleanly_with_a_resume_hint(data_dir, tmp_path):
     log = open(tmp_path / "stderr.txt", "w+")
     process = subprocess.Popen([sys.executable, "main.py", *args(data_dir, out_dir, "--epochs=500")], cwd=ROOT,
                                env=clean_env(tmp_path), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=log)
+                               stderr=log, preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 300
         while not (out_dir / "last.pt").exists():
@@ -202,7 +203,8 @@ def test_ctrl_c_saves_and_exits_cleanly_with_a_resume_hint(data_dir, tmp_path):
     log.seek(0)
     stderr = log.read()
     assert "Traceback" not in stderr
-    assert "interrupted:" in stderr and "--resume=True" in stderr and str(out_dir / "last.pt") in stderr
+    assert "interrupted (Ctrl-C):" in stderr and str(out_dir / "last.pt") in stderr
+    assert f"--out_dir={out_dir} --resume=True" in stderr  # the exact command that continues this run
     checkpoint = models_utils.load_checkpoint(out_dir / "last.pt")
     assert 1 <= checkpoint["training"]["epoch"] < 500
     assert len(read_history(out_dir)) == checkpoint["training"]["epoch"]

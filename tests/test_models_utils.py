@@ -215,7 +215,7 @@ class InterruptWhilePickled:
         return (int, (7,))
 
 
-def test_ctrl_c_during_save_completes_the_file_then_interrupts(tmp_path):
+def test_ctrl_c_during_save_completes_the_file_then_interrupts(tmp_path, keyboard_interrupt_handler):
     path = tmp_path / "last.pt"
     checkpoint = {**make_checkpoint(CNN1D(n_frames=431, n_classes=4)), "marker": InterruptWhilePickled()}
     with pytest.raises(KeyboardInterrupt):  # not torch's RuntimeError from a half-written zip
