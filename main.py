@@ -34,7 +34,7 @@ from models import MODELS, build_model
 from models_utils import CheckpointError
 from preemption import Preempted, RunSignals
 from test import evaluate, test  # the project's test.py (it comes first on sys.path), not the stdlib package
-from train import EPOCH_LOSSES, NonFiniteLossError, train
+from train import EPOCH_LOSSES, NonFiniteLossError, continue_epoch, epoch_position, train
 
 
 # -----------------------------------------------------------------------------
@@ -344,7 +344,7 @@ def finish_wandb(run, exit_code):
 
 def save_epoch(config, data, model, optimizer, scheduler, state, position=None):
     """best.pt (when this epoch is the best so far), last.pt and history.csv, each written atomically;
-    with ``position`` (a mid-epoch save: where the next epoch stands, see step_position) last.pt only.
+    with ``position`` (a mid-epoch save: where the next epoch stands, train.epoch_position) last.pt only.
 
     A checkpoint (models_utils.make_checkpoint) holds what rebuilds the model and what resumes the run.
     """
@@ -368,23 +368,6 @@ def save_epoch(config, data, model, optimizer, scheduler, state, position=None):
     state["saved_epoch"] = state["epoch"]
 
 
-def step_position(epoch, progress, seconds):
-    """Where training stands inside ``epoch``: its running sums and the RNG state that dropout continues from."""
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {"epoch": epoch, "progress": dict(progress), "rng": rng, "seconds": seconds}
-
-
-def continue_position(position, loader, batch_size):
-    """Set the loader (reseeded for the position's epoch) and the RNG to continue a mid-epoch checkpoint."""
-    loader.sampler.start = position["progress"]["batches"] * batch_size
-    torch.set_rng_state(position["rng"]["torch"])
-    if "cuda" in position["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(position["rng"]["cuda"])
-    return dict(position["progress"]), position["seconds"]
-
-
 def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_run, signals):
     """Train from state["epoch"] + 1 (or a mid-epoch position) to config["epochs"], validating and
     saving after each epoch, and mid-epoch every save_interval steps or when a signal asks."""
@@ -393,7 +376,7 @@ def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, devi
         reseed(config["seed"], epoch, loaders["train"])  # same batches and dropout whether resumed or not
         position, progress, done = state.pop("position", None), None, 0.0
         if position is not None:
-            progress, done = continue_position(position, loaders["train"], config["batch_size"])
+            progress, done = continue_epoch(position, loaders["train"], config["batch_size"])
         start, seen, lr_now = time.time() - done, state["examples_seen"], optimizer.param_groups[0]["lr"]
 
         def on_log(examples, loss):  # W&B step = examples seen in the run, as the original logged it
@@ -404,7 +387,7 @@ def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, devi
             due = config["save_interval"] and progress["batches"] % config["save_interval"] == 0
             if due or signals.save or signals.stop:
                 save_epoch(config, data, raw_model, optimizer, scheduler, state,
-                           position=step_position(epoch, progress, time.time() - start))
+                           position=epoch_position(epoch, progress, time.time() - start))
                 if signals.save:
                     print(f"\nSIGUSR1: saved {config['out_dir']}/last.pt at step {progress['batches']} of epoch "
                           f"{epoch}; training goes on.", file=sys.stderr, flush=True)
@@ -465,22 +448,6 @@ def evaluate_best(config, data, state, device, n_parameters):
     return metrics, result, files
 
 
-def print_summary(config, state, metrics):
-    """Per-epoch table, then the best checkpoint's test result per genre."""
-    print(f"\n=== {config['model']} ({'faithful' if config['faithful'] else 'corrected'}), {metrics['parameters']:,}"
-          f" parameters, FMA {config['subset']} ({config['split']} split) ===")
-    print(f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>9} {'val acc':>8} {'lr':>8} {'s':>7}")
-    for row in state["history"]:
-        print(f"{row['epoch']:5d} {row['train_loss']:10.4f} {row['train_accuracy']:9.3f} {row['val_loss']:9.4f} "
-              f"{row['val_accuracy']:8.3f} {row['lr']:8.1e} {row['seconds']:7.1f}")
-    print(f"\n{metrics['report_epoch']}.pt = epoch {metrics['reported_epoch']} (best val accuracy "
-          f"{metrics['best_val_accuracy']:.3f} at epoch {metrics['best_epoch']}); test split: "
-          f"loss {metrics['test_loss']:.4f}, accuracy {metrics['test_accuracy']:.3f}, macro F1 "
-          f"{metrics['macro_f1']:.3f} ({metrics['test_examples']} clips)")
-    print(models_utils.format_metrics(metrics))
-    print(f"training time {state['training_seconds']:.0f} s; outputs in {config['out_dir']}/")
-
-
 # -----------------------------------------------------------------------------
 
 def run(config, overrides, provenance):
@@ -509,7 +476,7 @@ def run(config, overrides, provenance):
         metrics, result, files = evaluate_best(config, data, state, device, n_parameters)
         if wandb_run is not None:
             log_final_wandb(wandb_run, config["out_dir"], metrics, result, data["class_names"], files)
-        print_summary(config, state, metrics)
+        print(models_utils.format_summary(config, state["history"], metrics))
         exit_code = 0
     except KeyboardInterrupt as interrupt:
         exit_code = getattr(interrupt, "exit_code", 130)

@@ -282,3 +282,19 @@ def format_metrics(metrics):
         lines.append(f"{name:<15} {row['precision']:9.3f} {row['recall']:7.3f} {row['f1']:6.3f} {row['support']:7d} "
                      f"{'-' if auc is None else f'{auc:.3f}':>7}")
     return "\n".join(lines)
+
+
+def format_summary(config, history, metrics):
+    """The run's closing text: the per-epoch table, then the reported checkpoint's test result per genre."""
+    lines = [f"\n=== {config['model']} ({'faithful' if config['faithful'] else 'corrected'}), "
+             f"{metrics['parameters']:,} parameters, FMA {config['subset']} ({config['split']} split) ===",
+             f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>9} {'val acc':>8} {'lr':>8} {'s':>7}"]
+    lines += [f"{row['epoch']:5d} {row['train_loss']:10.4f} {row['train_accuracy']:9.3f} {row['val_loss']:9.4f} "
+              f"{row['val_accuracy']:8.3f} {row['lr']:8.1e} {row['seconds']:7.1f}" for row in history]
+    lines += [f"\n{metrics['report_epoch']}.pt = epoch {metrics['reported_epoch']} (best val accuracy "
+              f"{metrics['best_val_accuracy']:.3f} at epoch {metrics['best_epoch']}); test split: loss "
+              f"{metrics['test_loss']:.4f}, accuracy {metrics['test_accuracy']:.3f}, macro F1 "
+              f"{metrics['macro_f1']:.3f} ({metrics['test_examples']} clips)",
+              format_metrics(metrics),
+              f"training time {metrics['training_seconds']:.0f} s; outputs in {config['out_dir']}/"]
+    return "\n".join(lines)

@@ -9,6 +9,10 @@ the batches since the previous call.
     from train import train
     stats = train(model, loaders["train"], optimizer, "cpu")   # {"loss", "batch_loss", "accuracy", "examples"}
 
+An epoch interrupted mid-way (a mid-epoch checkpoint) continues exactly: ``epoch_position`` records its
+running sums and RNG state after a step, ``continue_epoch`` restores them and shortens the loader's
+next pass (utils.ResumableSampler).
+
 "loss" is the mean per example; "batch_loss" the mean of the per-batch losses, as the original
 averaged its epochs (the last, smaller batch then weighs as much as a full one): EPOCH_LOSSES.
 """
@@ -30,6 +34,23 @@ def new_progress():
     """The running sums of an epoch: what a mid-epoch checkpoint stores to continue it exactly."""
     return {"batches": 0, "examples": 0, "loss_sum": 0.0, "batch_loss_sum": 0.0, "correct": 0,
             "interval_loss": 0.0, "interval_batches": 0}
+
+
+def epoch_position(epoch, progress, seconds):
+    """Where training stands inside ``epoch``: its running sums and the RNG state that dropout continues from."""
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"epoch": epoch, "progress": dict(progress), "rng": rng, "seconds": seconds}
+
+
+def continue_epoch(position, loader, batch_size):
+    """Set the loader (reseeded for the position's epoch) and the RNG to continue a mid-epoch checkpoint."""
+    loader.sampler.start = position["progress"]["batches"] * batch_size
+    torch.set_rng_state(position["rng"]["torch"])
+    if "cuda" in position["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(position["rng"]["cuda"])
+    return dict(position["progress"]), position["seconds"]
 
 
 def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=False, desc="train",
