@@ -33,7 +33,7 @@ from configurator import fail
 from models import MODELS, build_model
 from models_utils import CheckpointError
 from preemption import Preempted, RunSignals
-from test import test  # the project's test.py (it comes first on sys.path), not the stdlib package
+from test import evaluate, test  # the project's test.py (it comes first on sys.path), not the stdlib package
 from train import EPOCH_LOSSES, NonFiniteLossError, continue_epoch, epoch_position, train
 
 
@@ -435,11 +435,9 @@ def evaluate_best(config, data, state, device, n_parameters):
     """The reported checkpoint (best.pt, or last.pt with report_epoch=last) on the test split ->
     metrics.json and PNGs; returns (metrics, test result, files written)."""
     best = models_utils.load_checkpoint(Path(config["out_dir"]) / f"{config['report_epoch']}.pt", device)
-    result = test(models_utils.model_from_checkpoint(best, device), data["loaders"]["test"], device,
-                  amp=config["amp"], desc="test")
-    scores = models_utils.classification_metrics(result["targets"], result["probabilities"], data["class_names"])
-    metrics = {"test_accuracy": scores.pop("accuracy"), "test_loss": result["loss"], **scores,
-               "test_examples": result["examples"], "reported_epoch": best["training"]["epoch"],
+    scores, result = evaluate(models_utils.model_from_checkpoint(best, device), data["loaders"]["test"], device,
+                              data["class_names"], amp=config["amp"])
+    metrics = {**scores, "reported_epoch": best["training"]["epoch"],
                "report_epoch": config["report_epoch"], "best_epoch": state["best_epoch"],
                "best_val_accuracy": state["best_val_accuracy"], "epochs": state["epoch"],
                "training_seconds": round(state["training_seconds"], 1), "parameters": n_parameters,

@@ -4,6 +4,7 @@ Checkpoints are self-describing dicts (model name and arguments, class names, pr
 normalisation, config, ...) written atomically and read with ``torch.load(weights_only=True)``, so
 a checkpoint can never run code. Figures are drawn headless (Agg) and returned as matplotlib Figures.
 """
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -178,8 +179,8 @@ def plot_roc_curves(y_true, probs, class_names):
     fig, ax = plt.subplots(figsize=(7, 6), layout="constrained")
     for k, name in enumerate(class_names):
         positives = y_true == k
-        if positives.all() or not positives.any():
-            continue  # ROC is undefined without both positives and negatives
+        if positives.all() or not positives.any() or not np.isfinite(probs[:, k]).all():
+            continue  # ROC is undefined without both positives and negatives, or with NaN scores
         fpr, tpr, _ = roc_curve(positives, probs[:, k])
         ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.2f})")
     ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="chance")
@@ -214,19 +215,27 @@ def classification_metrics(targets, probabilities, class_names):
     """Accuracy, per-class precision/recall/F1/support, macro F1, confusion matrix and ROC AUC per class.
 
     ``targets``: (N,) integer labels; ``probabilities``: (N, n_classes). Predictions are the argmax.
-    Returns plain Python types (JSON-ready). A class absent from ``targets`` has ROC AUC None.
+    Returns plain Python types (JSON-ready). A class absent from ``targets`` has ROC AUC None, and so
+    does a class with a non-finite probability (a diverged model gives NaN; sklearn would raise):
+    "non_finite_rows" counts the examples with any NaN or infinite probability, with a warning.
     """
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
     targets, probabilities = np.asarray(targets), np.asarray(probabilities, dtype=np.float64)
     labels = list(range(len(class_names)))
     predictions = probabilities.argmax(axis=1)
+    finite = np.isfinite(probabilities)
+    non_finite_rows = int((~finite.all(axis=1)).sum())
+    if non_finite_rows:
+        warnings.warn(f"{non_finite_rows} of {len(targets)} examples have non-finite (NaN or infinite) "
+                      f"probabilities: their predictions are meaningless and ROC AUC is None for the "
+                      f"classes they touch.", RuntimeWarning, stacklevel=2)
     precision, recall, f1, support = precision_recall_fscore_support(
         targets, predictions, labels=labels, zero_division=0)
     roc_auc = {}
     for k, name in enumerate(class_names):
         positives = targets == k
-        defined = positives.any() and not positives.all()  # AUC needs positives and negatives
+        defined = positives.any() and not positives.all() and finite[:, k].all()  # AUC needs both, and finite scores
         roc_auc[name] = float(roc_auc_score(positives, probabilities[:, k])) if defined else None
     return {
         "accuracy": float((predictions == targets).mean()) if len(targets) else 0.0,
@@ -237,6 +246,7 @@ def classification_metrics(targets, probabilities, class_names):
         "roc_auc": roc_auc,
         "confusion_matrix": confusion_matrix(targets, predictions, labels=labels).tolist(),
         "class_names": list(class_names),
+        "non_finite_rows": non_finite_rows,
     }
 
 

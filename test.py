@@ -1,16 +1,21 @@
-"""One evaluation pass: ``test(model, loader, device)`` -> loss, accuracy, targets, predictions, probabilities.
+"""One evaluation pass: ``test(model, loader, device)`` -> loss, accuracy, targets, predictions, probabilities;
+``evaluate(...)`` adds the report's scores (per-class F1, ROC AUC, confusion matrix) under metrics.json's names.
 
-Used by main.py for the validation split every epoch and for the test split at the end (and by
-pre_trained_models.py --evaluate). Note this file shadows Python's standard-library package ``test``:
-it is found first when the project root leads ``sys.path`` (``python main.py``; pytest via pytest.ini).
+main.py runs test() on the validation split every epoch, and evaluate() on the test split at the end;
+pre_trained_models.py --evaluate runs the same evaluate(), so both reports hold the same numbers.
+Note this file shadows Python's standard-library package ``test``: it is found first when the
+project root leads ``sys.path`` (``python main.py``; pytest via pytest.ini).
 
-    from test import test
+    from test import evaluate, test
     result = test(model, loaders["val"], "cpu")
+    scores, result = evaluate(model, loaders["test"], "cpu", class_names)  # scores: metrics.json's keys
 """
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+
+import models_utils
 
 
 def test(model, loader, device, amp=False, desc="eval"):
@@ -43,6 +48,19 @@ def test(model, loader, device, amp=False, desc="eval"):
     return {"loss": total_loss / len(targets), "batch_loss": float(np.mean(batch_losses)), "accuracy": float(np.mean(predictions == targets)),
             "examples": len(targets), "targets": targets, "predictions": predictions,
             "probabilities": probabilities}
+
+
+def evaluate(model, loader, device, class_names, amp=False, split="test"):
+    """(scores, result): test()'s result and its scores as metrics.json names them.
+
+    scores: {"<split>_accuracy", "<split>_loss", then models_utils.classification_metrics' keys (macro_f1,
+    per_class, roc_auc, confusion_matrix, class_names, non_finite_rows), "<split>_examples"}; callers add
+    their own context (epoch, checkpoint, split settings) to it.
+    """
+    result = test(model, loader, device, amp=amp, desc=split)
+    scores = models_utils.classification_metrics(result["targets"], result["probabilities"], class_names)
+    return {f"{split}_accuracy": scores.pop("accuracy"), f"{split}_loss": result["loss"], **scores,
+            f"{split}_examples": result["examples"]}, result
 
 
 test.__test__ = False  # not a pytest test: keeps pytest from collecting it where a test module imports it

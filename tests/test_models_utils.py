@@ -161,6 +161,26 @@ def test_roc_figure_has_one_curve_per_class_with_auc(n_classes):
     assert len(png_bytes(fig)) > 1000
 
 
+def test_nan_probabilities_are_flagged_not_a_crash_of_the_report(tmp_path):
+    names = ["a", "b", "c"]
+    targets = np.arange(30) % 3
+    probabilities = np.full((30, 3), 0.1)
+    probabilities[np.arange(30), targets] = 0.8
+    probabilities[4, 1] = np.nan  # a diverged model: sklearn's roc_auc_score raises on NaN
+    probabilities[7] = np.inf
+    with pytest.warns(RuntimeWarning, match="2 of 30 examples have non-finite"):
+        metrics = models_utils.classification_metrics(targets, probabilities, names)
+    assert metrics["non_finite_rows"] == 2
+    assert metrics["roc_auc"] == {"a": None, "b": None, "c": None}  # row 7 touches every class
+    probabilities[7] = [0.1, 0.8, 0.1]  # row 7 is of class b
+    with pytest.warns(RuntimeWarning, match="1 of 30"):
+        metrics = models_utils.classification_metrics(targets, probabilities, names)
+    assert metrics["roc_auc"] == {"a": 1.0, "b": None, "c": 1.0} and metrics["non_finite_rows"] == 1
+    models_utils.save_report(tmp_path, metrics, targets, probabilities, names)  # as at the end of training
+    assert json.loads((tmp_path / "metrics.json").read_text())["roc_auc"]["b"] is None
+    assert (tmp_path / "roc_curves.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_training_curves_figure():
     history = [{"epoch": e, "train_loss": 2 - 0.1 * e, "val_loss": 2.1 - 0.1 * e, "train_accuracy": None,
                 "val_accuracy": 0.1 * e} for e in range(1, 6)]
