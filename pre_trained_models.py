@@ -109,9 +109,8 @@ def original_checkpoint(state_dict, model_name, path):
                               f"say which model it belongs to: add --model=cnn1d|crnn{hint}.")
     model_args = {"n_mels": utils.PREPROCESSING["n_mels"], "n_frames": utils.PREPROCESSING["n_frames"],
                   "n_classes": len(utils.FMA_SMALL_GENRES), "faithful": True}
-    return {"model": model_name, "model_args": model_args, "state_dict": state_dict,
-            "class_names": list(utils.FMA_SMALL_GENRES), "preprocessing": dict(utils.PREPROCESSING),
-            "normalisation": {"mean": None, "std": None}}
+    return models_utils.make_checkpoint(model_name, model_args, state_dict, utils.FMA_SMALL_GENRES,
+                                        utils.PREPROCESSING, {"mean": None, "std": None})
 
 
 def weights_fit(name, checkpoint):
