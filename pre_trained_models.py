@@ -8,13 +8,13 @@ Audio is decoded as a stream in background workers (audio_windows.py), so memory
 track's length, and --max_windows decodes only the windows it keeps. Windows of many tracks are
 batched together. --evaluate scores the test split the checkpoint was trained with.
 
-    python pre_trained_models.py --checkpoint=runs/crnn/best.pt song.mp3 album/
-    python pre_trained_models.py --checkpoint=runs/crnn/best.pt --top_k=1 --json music/ > genres.jsonl
-    python pre_trained_models.py --checkpoint=runs/crnn/best.pt --output=genres.csv --max_windows=8 music/
+    python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt song.mp3 album/
+    python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --top_k=1 --json music/ > genres.jsonl
+    python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --output=genres.csv --max_windows=8 music/
     # the original project's bare state_dicts need the model's name
     python pre_trained_models.py --checkpoint=../shared/reference/original_weights/CRNN.pt --model=crnn song.mp3
     # the original's use of this script: metrics.json and figures for the test split
-    python pre_trained_models.py --checkpoint=runs/crnn/best.pt --evaluate=True --data_dir=data --subset=small
+    python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --evaluate=True --data_dir=data --subset=small
 
 Exit status: 0 when every file was predicted, 1 when any failed (each failure has an error line on
 stderr), 2 for a usage error (bad checkpoint, no audio files, ...).
