@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+import cache as mel_cache
 import models_utils
 import utils
 from main import pick_device  # cuda, then mps, then cpu; a clear error for an unusable device
@@ -325,8 +326,8 @@ def run_evaluation(args):
                          f"{args.data_dir} (subset {args.subset}) has {class_names}: evaluate it on the "
                          f"subset it was trained on (--subset).")
     test_tracks = utils.split_tracks(tracks, mode=args.split)["test"]
-    cache = utils.build_cache(test_tracks, args.cache_dir or Path(args.data_dir) / "cache", args.subset,
-                              preprocessing=checkpoint["preprocessing"])
+    cache = mel_cache.build_cache(test_tracks, args.cache_dir or Path(args.data_dir) / "cache", args.subset,
+                                  preprocessing=checkpoint["preprocessing"])
     # make_loaders wants three splits; only "test" is used. faithful=True feeds raw dB (the model
     # standardises itself when its checkpoint says so), so no statistics are computed.
     loaders, _ = utils.make_loaders(cache, dict.fromkeys(("train", "val", "test"), test_tracks),

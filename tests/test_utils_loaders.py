@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils import (PREPROCESSING, DataError, MelDataset, build_cache, load_metadata, make_loaders,
+from cache import build_cache
+from utils import (PREPROCESSING, DataError, MelDataset, load_metadata, make_loaders,
                    normalisation_stats, spec_augment, split_tracks)
 
 SMALL = dict(PREPROCESSING, n_frames=100)
