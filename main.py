@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import cache as mel_cache
 import configurator
 import models_utils
 import utils
@@ -233,8 +234,8 @@ def build_data(config, device):
     splits = utils.split_tracks(tracks, mode=config["split"], train_size=config["train_size"], seed=config["seed"])
     preprocessing = {**utils.PREPROCESSING, "n_frames": config["n_frames"]}
     cache_root = config["cache_dir"] or Path(config["data_dir"]) / "cache"
-    cache = utils.build_cache(tracks, cache_root, config["subset"], preprocessing,
-                              num_workers=config["cache_workers"] if config["cache_workers"] > 0 else None)
+    cache = mel_cache.build_cache(tracks, cache_root, config["subset"], preprocessing,
+                                  workers=config["cache_workers"] if config["cache_workers"] > 0 else None)
     if config["prepare_only"]:  # build_cache has printed the cache's summary
         print("prepare_only=True: the data and the cache are ready; nothing was trained.")
         return None

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import audio_windows
+import cache as mel_cache
 import models_utils
 import utils
 from main import pick_device  # cuda, then mps, then cpu; a clear error for an unusable device
@@ -310,8 +311,8 @@ def run_evaluation(args):
                          f"subset it was trained on (--subset).")
     test_tracks = utils.split_tracks(tracks, mode=settings["split"], train_size=settings["train_size"],
                                      seed=settings["seed"])["test"]
-    cache = utils.build_cache(test_tracks, args.cache_dir or Path(args.data_dir) / "cache", settings["subset"],
-                              preprocessing=checkpoint["preprocessing"])
+    cache = mel_cache.build_cache(test_tracks, args.cache_dir or Path(args.data_dir) / "cache", settings["subset"],
+                                  preprocessing=checkpoint["preprocessing"])
     # make_loaders wants three splits; only "test" is used. It feeds raw dB (the model standardises
     # itself when its checkpoint says so), so no statistics are computed.
     loaders, _ = utils.make_loaders(cache, dict.fromkeys(("train", "val", "test"), test_tracks),

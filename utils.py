@@ -1,24 +1,13 @@
-"""Data pipeline: FMA metadata -> audio -> mel-spectrogram (dB) -> float16 cache -> DataLoaders.
+"""Data pipeline: FMA metadata -> audio -> mel-spectrogram (dB) -> DataLoaders over the cache.
 
-SPEC.md sections 2, 3 and 5 are the reference. A library for main.py and pre_trained_models.py;
-its tests: python -m pytest tests/test_utils*.py -q
-
-The cache is one folder per (subset, preprocessing, track list) under cache_root, e.g.
-data/cache/small-1a2b3c4d/: params.json, mels.npy (one memory-mapped float16 array of shape
-(tracks, n_mels, n_frames)), status.npy (per row: pending/ok/padded/broken/missing) and
-report.csv (every padded, broken or missing track with the reason).
+SPEC.md sections 2, 3 and 5 are the reference. A library for main.py, pre_trained_models.py and
+cache.py (the float16 spectrogram cache, built from clip_spectrogram below); its tests:
+python -m pytest tests/test_utils*.py -q
 """
-import hashlib
 import itertools
-import json
 import math
 import os
-import signal
 import tempfile
-import threading
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,7 +19,6 @@ import torch
 import torchaudio
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
-from tqdm import tqdm
 
 import preemption
 
@@ -56,11 +44,6 @@ MASK_DRAWS = ("inclusive", "original")
 # drawn once, as the original made its augmented copies before training.
 AUGMENT_MASKS = ("per_epoch", "fixed")
 SPLIT_MODES = ("official", "random")
-# Cache build: rows per worker task, and how often the parent saves the status (rows or seconds).
-CHUNK_ROWS = 8
-SAVE_EVERY_ROWS, SAVE_EVERY_SECONDS = 50, 2.0
-PENDING, OK, PADDED, BROKEN, MISSING = 0, 1, 2, 3, 4
-STATUS_NAMES = {PENDING: "pending", OK: "ok", PADDED: "padded", BROKEN: "broken", MISSING: "missing"}
 
 
 def available_cpus():
@@ -224,15 +207,7 @@ def split_tracks(tracks, mode="official", train_size=0.8, seed=0):
     raise ValueError(f"Unknown split mode '{mode}': choose one of {', '.join(SPLIT_MODES)}.")
 
 
-# ----------------------------------------------------------------------------- cache
-
-def _checked_preprocessing(preprocessing):
-    missing = set(PREPROCESSING) - set(preprocessing)
-    if missing:
-        raise ValueError(f"preprocessing lacks {sorted(missing)}; expected the keys of {PREPROCESSING}")
-    # Casting makes 80 and 80.0 (e.g. after a JSON round trip) hash to the same cache.
-    return {key: type(default)(preprocessing[key]) for key, default in PREPROCESSING.items()}
-
+# ----------------------------------------------------------------------------- files
 
 def atomic_write(path, write):
     """Call ``write(file)`` on a temp file beside ``path``, fsync it, then rename it over ``path``:
@@ -249,188 +224,6 @@ def atomic_write(path, write):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _save_progress(folder, ids, paths, status, reasons):
-    # The report goes first: if we die between the two writes, the extra report rows belong to rows
-    # still pending in the old status file, which are recomputed (and their reasons replaced).
-    rows = np.flatnonzero(~np.isin(status, (PENDING, OK)))
-    report = pd.DataFrame({"track_id": [ids[r] for r in rows], "path": [paths[r] for r in rows],
-                           "status": [STATUS_NAMES[status[r]] for r in rows],
-                           "reason": [reasons.get(r) or "" for r in rows]})
-    atomic_write(folder / "report.csv", lambda f: report.to_csv(f, index=False))
-    atomic_write(folder / "status.npy", lambda f: np.save(f, status))
-
-
-def _open_cache_folder(folder, params):
-    """Status array of an existing matching cache folder, or of a freshly created one (all pending)."""
-    shape = (len(params["track_ids"]), params["preprocessing"]["n_mels"], params["preprocessing"]["n_frames"])
-    try:
-        same = json.loads((folder / "params.json").read_text()) == params
-        mels = np.load(folder / "mels.npy", mmap_mode="r")
-        status = np.load(folder / "status.npy")
-        if same and mels.shape == shape and mels.dtype == np.float16 and status.shape == shape[:1]:
-            return status
-    except (OSError, ValueError):
-        pass  # missing or unreadable pieces: (re)create the folder below
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"mels.npy.{os.getpid()}.tmp"
-    # A sparse file: created instantly, disk blocks are allocated as rows are written.
-    np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape).flush()
-    os.replace(tmp, folder / "mels.npy")
-    atomic_write(folder / "params.json", lambda f: f.write(json.dumps(params, indent=1).encode()))
-    status = np.zeros(shape[0], dtype=np.int8)
-    atomic_write(folder / "status.npy", lambda f: np.save(f, status))
-    return status
-
-
-def _init_worker():
-    # Ctrl-C is the parent's to handle; torch threads would fight the other workers for the cores;
-    # libmpg123 writes resync notes straight to stderr (the report has every problem instead).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    parent = os.getppid()
-
-    def exit_when_orphaned():  # a killed parent leaves no worker behind
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-    threading.Thread(target=exit_when_orphaned, daemon=True).start()
-
-
-def _cache_rows(mels_path, rows, paths, preprocessing):
-    """Worker task: compute and write rows, flush them to disk, then return (row, status, reason)."""
-    mels = np.load(mels_path, mmap_mode="r+")
-    results = []
-    for row, path in zip(rows, paths):
-        if not Path(path).is_file():
-            results.append((row, MISSING, "audio file not found"))
-            continue
-        try:
-            mel, padded = clip_spectrogram(path, preprocessing)
-        except Exception as e:  # any failure is this track's, never the build's: report it
-            reason = str(e) if isinstance(e, AudioError) else f"{type(e).__name__}: {e}"
-            results.append((row, BROKEN, reason.replace(f"{path}: ", "")))
-            continue
-        mels[row] = mel
-        note = (f"{preprocessing['n_frames'] - padded} of {preprocessing['n_frames']} frames decoded; "
-                f"padded {padded} frames with the clip's minimum ({mel.min():.1f} dB)")
-        results.append((row, PADDED, note) if padded else (row, OK, None))
-    mels.flush()
-    return results
-
-
-def _read_reasons(folder, ids):
-    try:
-        report = pd.read_csv(folder / "report.csv", dtype={"reason": str}, keep_default_na=False)
-    except (OSError, ValueError, pd.errors.EmptyDataError):
-        return {}
-    row_of = {tid: row for row, tid in enumerate(ids)}
-    return {row_of[t]: r for t, r in zip(report["track_id"], report["reason"]) if t in row_of}
-
-
-def build_cache(tracks, cache_root, subset, preprocessing=PREPROCESSING, num_workers=None, progress=True):
-    """Build, resume or reuse the mel cache of these tracks; print its summary; return the MelCache.
-
-    Only pending rows (and missing files that have appeared since) are computed, by num_workers
-    processes (default: all cores). The parent marks rows done in status.npy only after the worker
-    has written and flushed them, so an interrupt at any moment loses at most unsaved progress.
-    """
-    p = _checked_preprocessing(preprocessing)
-    ids = sorted(int(t) for t in tracks.index)
-    if not ids:
-        raise DataError(f"No tracks to cache for subset '{subset}'.")
-    params = {"subset": subset, "preprocessing": p, "track_ids": ids}
-    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
-    folder = Path(cache_root) / f"{subset}-{digest}"
-    status = _open_cache_folder(folder, params)
-    paths = tracks.loc[ids, "path"].astype(str).tolist()
-    reasons = _read_reasons(folder, ids)
-    todo = [r for r in range(len(ids))
-            if status[r] == PENDING or (status[r] == MISSING and Path(paths[r]).is_file())]
-    if todo and not any(Path(paths[r]).is_file() for r in todo):
-        raise DataError(f"None of the {len(todo)} audio files to cache exists (e.g. {paths[todo[0]]}). "
-                        f"Download the audio with `bash download_data.sh {subset}`, check --data_dir, or "
-                        f"use the demo dataset (--demo=True).")
-    if todo:
-        _compute_rows(folder, todo, ids, paths, p, status, reasons, num_workers, progress)
-    cache = MelCache(folder)
-    cache.computed = len(todo)
-    print(f"{cache.summary()} [{len(todo)} computed now, {len(ids) - len(todo)} reused]", flush=True)
-    if not cache.track_ids:
-        raise DataError(f"No usable spectrogram in {folder}: every track is broken or missing; "
-                        f"see {folder / 'report.csv'}.")
-    return cache
-
-
-def _compute_rows(folder, todo, ids, paths, p, status, reasons, num_workers, progress):
-    workers = max(1, min(num_workers or os.cpu_count() or 1, len(todo)))
-    size = max(1, min(CHUNK_ROWS, len(todo) // (4 * workers)))  # small builds: keep all workers busy
-    chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
-    bar = tqdm(total=len(ids), initial=len(ids) - len(todo), unit="track", disable=not progress,
-               desc=f"mel cache {folder.name} ({workers} workers)")
-    pool = ProcessPoolExecutor(workers, initializer=_init_worker)
-    unsaved, saved_at = 0, time.monotonic()
-    try:
-        futures = {pool.submit(_cache_rows, folder / "mels.npy", chunk, [paths[r] for r in chunk], p): chunk
-                   for chunk in chunks}
-        for future in as_completed(futures):
-            try:
-                results = future.result()
-            except BrokenProcessPool as e:
-                raise DataError(f"A cache worker died while decoding one of "
-                                f"{[paths[r] for r in futures[future]]}. Progress is saved: rerun to "
-                                f"resume; if it dies again, move those files away.") from e
-            for row, code, reason in results:
-                status[row] = code
-                reasons[row] = reason
-            bar.update(len(results))
-            unsaved += len(results)
-            if unsaved >= SAVE_EVERY_ROWS or time.monotonic() - saved_at >= SAVE_EVERY_SECONDS:
-                _save_progress(folder, ids, paths, status, reasons)
-                unsaved, saved_at = 0, time.monotonic()
-        pool.shutdown()
-    finally:
-        # On an interrupt, running tasks finish in the background; their rows stay pending.
-        pool.shutdown(wait=False, cancel_futures=True)
-        _save_progress(folder, ids, paths, status, reasons)
-        bar.close()
-
-
-class MelCache:
-    """Read side of a cache folder. The memmap opens on first access, so it pickles cheaply to workers."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-        params = json.loads((self.path / "params.json").read_text())
-        self.subset, self.preprocessing = params["subset"], params["preprocessing"]
-        self.status = np.load(self.path / "status.npy")
-        self._rows = {tid: row for row, tid in enumerate(params["track_ids"])}
-        self.track_ids = [t for t, row in self._rows.items() if self.status[row] in (OK, PADDED)]
-        self.computed = 0  # rows computed by the build_cache call that returned this object
-        self._mels = None
-
-    def __getstate__(self):
-        return {**self.__dict__, "_mels": None}
-
-    def __contains__(self, track_id):
-        row = self._rows.get(track_id)
-        return row is not None and self.status[row] in (OK, PADDED)
-
-    def __getitem__(self, track_id):
-        if track_id not in self:
-            raise KeyError(f"track {track_id} has no usable spectrogram in {self.path} (see report.csv)")
-        if self._mels is None:
-            self._mels = np.load(self.path / "mels.npy", mmap_mode="r")
-        return np.array(self._mels[self._rows[track_id]])
-
-    def summary(self):
-        counts = {name: int(np.sum(self.status == code)) for code, name in STATUS_NAMES.items()}
-        extra = "".join(f", {counts[k]} {k}" for k in ("missing", "pending") if counts[k])
-        return (f"Mel cache {self.path}: {counts['ok']} ok, {counts['padded']} padded, "
-                f"{counts['broken']} broken{extra} (report: {self.path / 'report.csv'})")
 
 
 # ----------------------------------------------------------------------------- datasets and loaders

@@ -6,7 +6,7 @@
 
 Parts (issue 6):
   cache     tracks/s building the mel cache from generated 30 s 44.1 kHz stereo MP3s:
-            utils.build_cache with 1 worker and with all cores against the original's sequential
+            cache.build_cache with 1 worker and with all cores against the original's sequential
             librosa.load + melspectrogram + power_to_db + np.save per track.
   loading   time to the first training batch and peak resident memory, each in a fresh process
             (benchmarks/open_data.py), for caches of 200 and 2,000 tracks filled with synthetic dB
@@ -42,6 +42,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import cache as mel_cache  # noqa: E402
 import pre_trained_models  # noqa: E402
 import utils  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
@@ -118,7 +119,7 @@ def original_cache(paths, out_dir):
 
 def build(tracks, cache_root, preprocessing, workers):
     with contextlib.redirect_stdout(io.StringIO()):  # its summary line would break up the table
-        return utils.build_cache(tracks, cache_root, "small", preprocessing, num_workers=workers, progress=False)
+        return mel_cache.build_cache(tracks, cache_root, "small", preprocessing, workers=workers, progress=False)
 
 
 def generated_tracks(size, work, rate=44100):
@@ -158,8 +159,8 @@ def bench_cache(size, tracks, work, rows):
     base = n / seconds["original"]
     report(rows, ("a cache", f"original: librosa + np.save per track, 1 process ({n} tracks)",
                  f"{base:.2f} tracks/s", "1.00x", ""))
-    for name, label, target in (("1 worker", "build_cache, num_workers=1", "cache_1"),
-                                ("all cores", f"build_cache, num_workers={CORES} (all cores)", "cache_all")):
+    for name, label, target in (("1 worker", "build_cache, workers=1", "cache_1"),
+                                ("all cores", f"build_cache, workers={CORES} (all cores)", "cache_all")):
         ratio = seconds["original"] / seconds[name]
         report(rows, ("a cache", label, f"{n / seconds[name]:.2f} tracks/s", f"{ratio:.2f}x",
                      verdict(ratio >= TARGETS[target], f">= {TARGETS[target]:.1f}x")))
@@ -200,7 +201,7 @@ def synthetic_cache(folder, n_tracks, n_frames, seed=0):
         mels[row] = mel
         np.save(folder / "original" / f"{track_id:06d}.npy", mel)
     mels.flush()
-    np.save(folder / "status.npy", np.full(n_tracks, utils.OK, dtype=np.int8))
+    np.save(folder / "status.npy", np.full(n_tracks, mel_cache.OK, dtype=np.int8))
     done.write_text("{}")
     return folder
 

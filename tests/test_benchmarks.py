@@ -10,8 +10,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED_ROWS = [
     "a cache | original: librosa + np.save per track",
-    "a cache | build_cache, num_workers=1",
-    "a cache | build_cache, num_workers=",  # all cores
+    "a cache | build_cache, workers=1",
+    "a cache | build_cache, workers=",  # all cores
     "a cache | same spectrograms",
     *[f"b loading | {n} tracks, {what}" for n in (100, 200) for what in
       ("original: every spectrogram in memory", "memmap cache + make_loaders (faithful)",

@@ -8,7 +8,8 @@ import torch
 
 from sklearn.model_selection import train_test_split
 
-from utils import (PREPROCESSING, DataError, MelDataset, build_cache, draw_mask, load_metadata, make_loaders,
+from cache import build_cache
+from utils import (PREPROCESSING, DataError, MelDataset, draw_mask, load_metadata, make_loaders,
                    normalisation_stats, spec_augment, split_tracks)
 
 SMALL = dict(PREPROCESSING, n_frames=100)
