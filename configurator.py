@@ -224,14 +224,15 @@ def hardware():
     return {"cpu": cpu, "cpu_cores": available_cpus(), "gpus": gpus, "platform": platform.platform()}
 
 
-def provenance(argv, config_file=None, script="main.py"):
-    """What produced a run: the exact command, config file, git commit, library versions, hardware."""
+def provenance(argv, config_file=None, script="main.py", launcher=("python",)):
+    """What produced a run: the exact command (``launcher``: python, or torchrun and its options), config
+    file, git commit, library versions, hardware."""
     versions = {"python": platform.python_version()}
     for name in ("torch", "torchaudio", "librosa", "numpy"):
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
-    return {"command": shlex.join(["python", script, *argv]), "config_file": config_file,
+    return {"command": shlex.join([*launcher, script, *argv]), "config_file": config_file,
             "git_commit": git_commit(), "versions": versions, "hardware": hardware(), "argv": list(argv),
             "executable": sys.executable}

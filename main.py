@@ -28,11 +28,13 @@ import torch
 
 import cache as mel_cache
 import configurator
+import distributed
 import models_utils
 import utils
 from configurator import fail
 from models import MODELS, build_model
 from models_utils import CheckpointError
+import preemption
 from preemption import Preempted, RunSignals
 from test import evaluate, test  # the project's test.py (it comes first on sys.path), not the stdlib package
 from train import EPOCH_LOSSES, NonFiniteLossError, continue_epoch, epoch_position, train
@@ -60,6 +62,8 @@ batch_size = 50              # examples per batch
 lr = 1e-3                    # Adam's initial learning rate
 weight_decay = 0.0           # Adam weight decay (the original used 1e-4 where enabled)
 shuffle = True               # reshuffle the training clips every epoch; False: one fixed order (the original's)
+class_weights = False        # weigh the cross-entropy by inverse class frequency of the training split (unbalanced subsets)
+balanced_sampler = False     # draw each epoch's training clips class-balanced, with replacement (unbalanced subsets)
 epoch_loss = "per_example"   # epoch loss (and what the scheduler sees): per_example | per_batch (the original's)
 data_augmentation = False    # add one SpecAugment copy of each training clip (2 mel + 2 time masks, 0 dB)
 augment_masks = "per_epoch"  # per_epoch: masks redrawn every epoch | fixed: drawn once (the original's copies)
@@ -71,6 +75,7 @@ log_interval = 25            # batches between train-loss logs to W&B (the origi
 device = "auto"              # auto: cuda, then mps, then cpu; or a torch device string ("cuda:1")
 amp = False                  # bfloat16 autocast for speed (CUDA only, ignored elsewhere)
 compile = "auto"             # torch.compile: auto = on for crnn/cnn2d (+ channels_last), off for cnn1d; True/False force it
+sync_batchnorm = False       # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA); False: per process
 # run
 out_dir = ""                 # checkpoints and reports; "" = a new runs/<model>/<date-time> (runs/demo_<model>/... with demo)
 overwrite = False            # allow a new run in an out_dir that already holds one (its files are replaced)
@@ -128,6 +133,9 @@ def make_config(overrides, defaults=CONFIG):
     for key in ("epochs", "batch_size", "n_frames", "log_interval"):
         if config[key] < 1:
             fail(f"{key} must be at least 1, got {config[key]}.")
+    if config["balanced_sampler"] and not config["shuffle"]:
+        fail("balanced_sampler=True draws a new class-balanced sample every epoch; it cannot keep shuffle=False's "
+             "fixed order. Drop one of them.")
     if config["save_interval"] < 0:
         fail(f"save_interval must be 0 (epoch ends only) or a number of steps, got {config['save_interval']}.")
     for key in ("num_workers", "cache_workers"):
@@ -158,14 +166,14 @@ def pick_device(name):
         torch.empty(1, device=device)
     except (RuntimeError, AssertionError) as error:
         fail(f"device={name!r} cannot be used ({str(error).splitlines()[0]}). Use device=auto or cpu.")
-    if device.type == "cpu":
-        torch.set_num_threads(utils.available_cpus())  # the cores this process may use, not the host's
+    if device.type == "cpu":  # the cores this process may use, not the host's, shared with torchrun's other processes
+        torch.set_num_threads(max(1, utils.available_cpus() // distributed.local_world_size()))
     return device
 
 
 def load_resume(config, overrides):
     """The checkpoint <out_dir>/last.pt and the config to continue with (the checkpoint's own)."""
-    checkpoint = models_utils.load_checkpoint(Path(config["out_dir"]) / "last.pt")
+    checkpoint = distributed.from_main(models_utils.load_checkpoint, Path(config["out_dir"]) / "last.pt")
     if not checkpoint.get("training"):
         raise CheckpointError(f"{config['out_dir']}/last.pt holds no training state (an exported model?); "
                               f"it can predict but not resume. Start a new run instead.")
@@ -200,18 +208,18 @@ def ensure_data(config):
 
     data_dir, subset_name = Path(config["data_dir"]), config["subset"]
     if config["demo"]:
-        try:
-            demo_data.make_demo_dataset(data_dir, tracks_per_genre=DEMO_TRACKS_PER_GENRE)  # fixed data seed
+        try:  # fixed data seed; under torchrun written once per machine
+            distributed.first_on_each_machine(demo_data.make_demo_dataset, data_dir, DEMO_TRACKS_PER_GENRE)
         except FileExistsError as error:
             fail(str(error))
         return
     if (data_dir / "fma_metadata" / "tracks.csv").is_file() and (data_dir / f"fma_{subset_name}").is_dir():
         return
-    if not config["download"]:
+    if not config["download"] or distributed.launched():
         fail(f"no FMA data in {data_dir} (expected {data_dir}/fma_metadata/tracks.csv and "
              f"{data_dir}/fma_{subset_name}/). Download it with --download=True or "
              f"`bash download_data.sh {subset_name} {data_dir}`, point --data_dir at an existing copy, "
-             f"or try the synthetic demo with --demo=True.")
+             f"or try the synthetic demo with --demo=True. Under torchrun, get the data before the launch.")
     script = Path(__file__).resolve().with_name("download_data.sh")
     print(f"data: {data_dir} has no fma_{subset_name}; running bash {script.name} {subset_name} {data_dir}")
     if subprocess.run(["bash", str(script), subset_name, str(data_dir)]).returncode != 0:
@@ -248,11 +256,13 @@ def build_data(config, device):
         cache, splits, config["batch_size"], num_workers=loader_workers(config["num_workers"], device),
         standardise=config["standardise"], augment=config["data_augmentation"], seed=config["seed"],
         device=device.type, shuffle=config["shuffle"], augment_masks=config["augment_masks"],
-        mask_draw=config["mask_draw"])
+        mask_draw=config["mask_draw"], balanced=config["balanced_sampler"],
+        shard=(distributed.rank(), distributed.world_size()))
     sizes = ", ".join(f"{name} {len(loader.dataset)}" for name, loader in loaders.items())
     print(f"data: {config['subset']} in {config['data_dir']}, {config['split']} split: {sizes} clips")
+    weights = utils.inverse_class_frequency(loaders["train"].dataset.labels, len(class_names)).to(device)
     return {"loaders": loaders, "class_names": class_names, "preprocessing": preprocessing,
-            "normalisation": normalisation}
+            "normalisation": normalisation, "class_weights": weights if config["class_weights"] else None}
 
 
 # -----------------------------------------------------------------------------
@@ -348,7 +358,10 @@ def save_epoch(config, data, model, optimizer, scheduler, state, position=None):
     with ``position`` (a mid-epoch save: where the next epoch stands, train.epoch_position) last.pt only.
 
     A checkpoint (models_utils.make_checkpoint) holds what rebuilds the model and what resumes the run.
+    Under torchrun only rank 0 writes.
     """
+    if not distributed.is_main():
+        return
     out_dir = Path(config["out_dir"])
     training = {"epoch": state["epoch"], "metrics": state["history"][-1] if state["history"] else None,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "position": position,
@@ -386,30 +399,34 @@ def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, devi
 
         def on_step(progress):  # after every optimiser step: a mid-epoch save when due or asked for
             due = config["save_interval"] and progress["batches"] % config["save_interval"] == 0
-            if due or signals.save or signals.stop:
+            stop, save = distributed.agree(signals.stop, signals.save)  # every process decides alike
+            if due or save or stop:
                 save_epoch(config, data, raw_model, optimizer, scheduler, state,
                            position=epoch_position(epoch, progress, time.time() - start))
-                if signals.save:
+                if save and distributed.is_main():
                     print(f"\nSIGUSR1: saved {config['out_dir']}/last.pt at step {progress['batches']} of epoch "
                           f"{epoch}; training goes on.", file=sys.stderr, flush=True)
                 signals.save = False
-            if signals.stop:
-                raise Preempted()
+            if stop:
+                raise preemption.stopped(stop)
 
         try:
             signals.in_steps = True
             trained = train(model, loaders["train"], optimizer, device, on_log=on_log, amp=config["amp"],
                             log_interval=config["log_interval"], desc=f"epoch {epoch}/{config['epochs']}",
-                            progress=progress, on_step=on_step)
+                            progress=progress, on_step=on_step, class_weights=data["class_weights"],
+                            sync=distributed.sync_step if distributed.active() else None)
         except NonFiniteLossError as error:
             kept = (f"{config['out_dir']}/last.pt (epoch {state['epoch']}) is kept" if state["epoch"]
                     else "no checkpoint exists")
             raise NonFiniteLossError(f"training stopped in epoch {epoch}: {error}. Nothing of this epoch was "
                                      f"saved; {kept}. Lower the learning rate (lr={config['lr']:g}) or try "
                                      f"--faithful=False (standardised input).") from None
-        finally:
-            signals.in_steps = False
-        val = test(model, loaders["val"], device, amp=config["amp"], desc="validate")
+        finally:  # under torchrun a stop waits for the epoch's end, where every process takes it at once
+            signals.in_steps = distributed.active()
+        distributed.broadcast_buffers(raw_model)  # every process validates rank 0's weights, those saved
+        val = test(distributed.unwrap(model), loaders["val"], device, amp=config["amp"], desc="validate",
+                   gather=distributed.gather)
         loss = EPOCH_LOSSES[config["epoch_loss"]]  # per example, or the original's mean of batch losses
         scheduler.step(val[loss])
         seconds = time.time() - start
@@ -430,14 +447,17 @@ def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, devi
             wandb_run.log({"epoch": epoch, "train/epoch_loss": row["train_loss"],
                            "train/accuracy": row["train_accuracy"], "val/loss": row["val_loss"],
                            "val/accuracy": row["val_accuracy"], "lr": lr_now}, step=state["examples_seen"])
+        stop, = distributed.agree(signals.stop)
+        if stop:
+            raise preemption.stopped(stop)
 
 
 def evaluate_best(config, data, state, device, n_parameters):
     """The reported checkpoint (best.pt, or last.pt with report_epoch=last) on the test split ->
     metrics.json and PNGs; returns (metrics, test result, files written)."""
-    best = models_utils.load_checkpoint(Path(config["out_dir"]) / f"{config['report_epoch']}.pt", device)
+    best = distributed.from_main(models_utils.load_checkpoint, Path(config["out_dir"]) / f"{config['report_epoch']}.pt")
     scores, result = evaluate(models_utils.model_from_checkpoint(best, device), data["loaders"]["test"], device,
-                              data["class_names"], amp=config["amp"])
+                              data["class_names"], amp=config["amp"], gather=distributed.gather)
     metrics = {**scores, "reported_epoch": best["training"]["epoch"],
                "report_epoch": config["report_epoch"], "best_epoch": state["best_epoch"],
                "best_val_accuracy": state["best_val_accuracy"], "epochs": state["epoch"],
@@ -445,7 +465,7 @@ def evaluate_best(config, data, state, device, n_parameters):
                **{k: config[k] for k in ("model", "faithful", "subset", "split")},
                "val_is_test": config["split"] == "random", "provenance": state["provenance"]}
     files = models_utils.save_report(config["out_dir"], metrics, result["targets"], result["probabilities"],
-                                     data["class_names"], history=state["history"])
+                                     data["class_names"], history=state["history"]) if distributed.is_main() else []
     return metrics, result, files
 
 
@@ -456,7 +476,7 @@ def run(config, overrides, provenance):
     checkpoint = None
     if config["resume"]:
         checkpoint, config = load_resume(config, overrides)
-    device = pick_device(config["device"])
+    device = pick_device(distributed.local_device(config["device"]))
     data = build_data(config, device)
     if data is None:
         return 0
@@ -465,14 +485,20 @@ def run(config, overrides, provenance):
     n_parameters = models_utils.count_parameters(raw_model)
     print(f"model: {config['model']} ({'faithful' if config['faithful'] else 'corrected'}), {n_parameters:,} "
           f"parameters, on {device}" + (f"; resuming after epoch {state['epoch']}" if checkpoint else ""))
+    config["world_size"] = distributed.world_size()  # recorded in the checkpoints, not a key
+    for line in (distributed.describe(config), checkpoint and distributed.resume_note(checkpoint["config"])):
+        if line:
+            print(line)
     model = raw_model
     if config["compile"]:  # the first steps pay the compile time; see COMPILED_MODELS
         if config["model"] in COMPILED_MODELS:  # 4-D activations: channels_last speeds the convolutions
             raw_model.to(memory_format=torch.channels_last)
         model = models_utils.compile_model(raw_model)
-    wandb_run, exit_code = setup_wandb(config, state, n_parameters, provenance), 1
+    model = distributed.wrap(model, raw_model, device, config["sync_batchnorm"])
+    wandb_run = setup_wandb(config, state, n_parameters, provenance) if distributed.is_main() else None
+    exit_code = 1
     try:
-        with RunSignals().installed() as signals:
+        with RunSignals(defer_sigint=distributed.active()).installed() as signals:
             run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_run, signals)
         metrics, result, files = evaluate_best(config, data, state, device, n_parameters)
         if wandb_run is not None:
@@ -490,10 +516,11 @@ def run(config, overrides, provenance):
 
 
 def resume_command(argv, config_file, out_dir):
-    """The command that continues this run: the same config file and overrides, its own out_dir."""
+    """The command that continues this run: the same launch (python, or torchrun and its options),
+    config file and overrides, its own out_dir."""
     kept = [a for a in argv[1 if config_file else 0:] if not a.startswith(("--resume=", "--out_dir=", "--overwrite="))]
-    return " ".join(["python main.py", *([config_file] if config_file else []), *kept, f"--out_dir={out_dir}",
-                     "--resume=True"])
+    return " ".join([*distributed.launcher(), "main.py", *([config_file] if config_file else []), *kept,
+                     f"--out_dir={out_dir}", "--resume=True"])
 
 
 def main(argv=None):
@@ -501,20 +528,30 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     overrides, config_file = configurator.parse_command_line(argv, CONFIG, __file__)
     config = make_config(overrides)
-    if not config["prepare_only"]:
-        config["out_dir"] = configurator.prepare_out_dir(config, RUNS_ROOT)
-    provenance = configurator.provenance(argv, config_file)
-    try:
-        return run(config, overrides, provenance)
-    except KeyboardInterrupt as interrupt:
-        last, cause = Path(config["out_dir"]) / "last.pt", "SIGTERM" if isinstance(interrupt, Preempted) else "Ctrl-C"
-        print(f"\ninterrupted ({cause}): {last} holds the last saved step. Continue with: "
-              f"{resume_command(argv, config_file, config['out_dir'])}" if last.is_file()
-              else f"\ninterrupted ({cause}) before anything was saved: rerun the same command (a cache build "
-                   f"resumes).", file=sys.stderr)
-        return getattr(interrupt, "exit_code", 130)
-    except (NonFiniteLossError, CheckpointError, utils.DataError) as error:
-        fail(str(error))
+    with distributed.joined(config):  # under torchrun: this process joins the job; a plain run: nothing
+        if not config["prepare_only"]:
+            config["out_dir"] = distributed.from_main(configurator.prepare_out_dir, config, RUNS_ROOT)
+        provenance = configurator.provenance(argv, config_file, launcher=distributed.launcher())
+        try:
+            return run(config, overrides, provenance)
+        except KeyboardInterrupt as interrupt:
+            last, cause = Path(config["out_dir"]) / "last.pt", "SIGTERM" if isinstance(interrupt, Preempted) else "Ctrl-C"
+            if distributed.is_main():
+                print(f"\ninterrupted ({cause}): {last} holds the last saved step. Continue with: "
+                      f"{resume_command(argv, config_file, config['out_dir'])}" if last.is_file()
+                      else f"\ninterrupted ({cause}) before anything was saved: rerun the same command (a cache "
+                           f"build resumes).", file=sys.stderr)
+            return getattr(interrupt, "exit_code", 130)
+        except NonFiniteLossError as error:  # every process stopped at the same step: rank 0 says why
+            if distributed.is_main():
+                fail(str(error))
+            sys.exit(1)
+        except (CheckpointError, utils.DataError) as error:
+            fail(distributed.named(str(error)))
+        except RuntimeError as error:
+            if not distributed.peer_lost(error):
+                raise
+            fail(distributed.lost_peer_message(error))
 
 
 if __name__ == "__main__":

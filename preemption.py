@@ -6,8 +6,11 @@
              Kubernetes, torchrun)   once, like Ctrl-C, from the last saved step
     SIGUSR1 (SLURM --signal=USR1@90) save last.pt after the current step and keep training
 
-A parent that ignores SIGINT (nohup, `cmd &` in a script) is obeyed: SIGINT stays ignored. Signals are
-held while a checkpoint is written (``held``), so a file is never left half-written.
+Under torchrun (main.py passes defer_sigint) every process of the job gets the signal (torchrun passes
+it on): the processes agree after each step (distributed.agree) and all stop at the same step, where
+rank 0 saves; Ctrl-C then stops like SIGTERM, with exit 130, and a signal during validation waits for
+the epoch's end. A parent that ignores SIGINT (nohup, `cmd &` in a script) is obeyed: SIGINT stays
+ignored. Signals are held while a checkpoint is written (``held``), so a file is never left half-written.
 """
 import contextlib
 import signal
@@ -20,16 +23,22 @@ class Preempted(KeyboardInterrupt):
     exit_code = 128 + signal.SIGTERM
 
 
+def stopped(signum):
+    """The exception that ends a run stopped by ``signum``: Preempted (exit 143) or KeyboardInterrupt (130)."""
+    return Preempted() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
 class RunSignals:
-    """Flags the training loop polls after every step: ``stop`` (SIGTERM) and ``save`` (SIGUSR1)."""
+    """Flags the training loop polls after every step: ``stop`` (0, or the number of the signal that
+    asks to stop: SIGTERM, and SIGINT with defer_sigint) and ``save`` (SIGUSR1)."""
 
-    def __init__(self):
-        self.stop = self.save = self.in_steps = False
+    def __init__(self, defer_sigint=False):
+        self.stop, self.save, self.in_steps, self.defer_sigint = 0, False, False, defer_sigint
 
-    def _on_term(self, signum, frame):
-        self.stop = True
+    def _on_stop(self, signum, frame):
+        self.stop = max(self.stop, signum)
         if not self.in_steps:  # nothing to finish: stop now, from the last saved step
-            raise Preempted()
+            raise stopped(signum)
 
     def _on_usr1(self, signum, frame):
         self.save = True
@@ -40,7 +49,9 @@ class RunSignals:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        handlers = {signal.SIGTERM: self._on_term}
+        handlers = {signal.SIGTERM: self._on_stop}
+        if self.defer_sigint and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            handlers[signal.SIGINT] = self._on_stop
         if hasattr(signal, "SIGUSR1"):  # not on Windows
             handlers[signal.SIGUSR1] = self._on_usr1
         previous = {number: signal.signal(number, handler) for number, handler in handlers.items()}

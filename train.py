@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import distributed
+
 
 EPOCH_LOSSES = {"per_example": "loss", "per_batch": "batch_loss"}  # config epoch_loss -> result key
 
@@ -54,27 +56,36 @@ def continue_epoch(position, loader, batch_size):
 
 
 def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=False, desc="train",
-          progress=None, on_step=None):
+          progress=None, on_step=None, class_weights=None, sync=None):
     """Train ``model`` for one pass over ``loader``; returns mean loss, accuracy and example count.
 
     ``amp`` runs the forward pass under bfloat16 autocast (CUDA only; no loss scaling is needed
     for bf16). ``progress`` continues an epoch that a mid-epoch checkpoint interrupted (the loader
     then yields only its remaining batches); ``on_step(progress)`` is called after every optimiser
-    step (main.py saves mid-epoch checkpoints there). Raises NonFiniteLossError naming the batch if
-    the loss is not finite.
+    step (main.py saves mid-epoch checkpoints there). ``class_weights`` (one per class) weigh the
+    cross-entropy. ``sync`` (distributed.sync_step, under torchrun) turns this process's part of a
+    batch into the global batch's figures before the backward pass, so the loss, the NaN check and
+    the gradient are the global batch's in every process. Raises NonFiniteLossError naming the batch
+    if the loss is not finite.
     """
     model.train()
     device = torch.device(device)
     p = progress if progress is not None else new_progress()
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, initial=p["batches"],
-               total=p["batches"] + len(loader))
+               total=p["batches"] + len(loader), disable=not distributed.is_main())
     for inputs, targets in bar:
         inputs = inputs.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
             logits, _ = model(inputs)
-            loss = F.cross_entropy(logits.float(), targets)
-        value = loss.item()
+            loss = F.cross_entropy(logits.float(), targets, weight=class_weights)
+        n, correct = targets.size(0), (logits.argmax(dim=1) == targets).sum()
+        if sync is None:
+            value, correct = loss.item(), correct.item()
+        else:  # the weight a weighted mean divides by: the batch's class weights
+            weight = n if class_weights is None else class_weights[targets].sum()
+            value, n, correct, scale = sync(loss, weight, n, correct)
+            loss = loss * scale
         if not math.isfinite(value):
             bar.close()
             raise NonFiniteLossError(f"the training loss became {value} at batch {p['batches'] + 1} "
@@ -83,12 +94,11 @@ def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=Fa
         loss.backward()
         optimizer.step()
 
-        n = targets.size(0)
         p["batches"] += 1
         p["examples"] += n
         p["loss_sum"] += value * n
         p["batch_loss_sum"] += value
-        p["correct"] += (logits.argmax(dim=1) == targets).sum().item()
+        p["correct"] += correct
         p["interval_loss"] += value
         p["interval_batches"] += 1
         bar.set_postfix(loss=f"{p['loss_sum'] / p['examples']:.4f}")

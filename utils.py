@@ -18,8 +18,9 @@ import soxr
 import torch
 import torchaudio
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, WeightedRandomSampler
 
+import distributed
 import preemption
 
 PREPROCESSING = {"sample_rate": 22050, "n_fft": 2048, "hop_length": 512, "n_mels": 128,
@@ -290,16 +291,21 @@ class AugmentedSampler(Sampler):
 
     shuffle=False keeps the dataset's order. fixed_seeds (one per index, drawn once) gives every
     epoch the same masked copies, as the original did; otherwise each epoch draws fresh masks.
+    weights (one per index): draw the epoch's indices with replacement in proportion to them instead.
     """
 
-    def __init__(self, size, generator, shuffle=True, fixed_seeds=None):
+    def __init__(self, size, generator, shuffle=True, fixed_seeds=None, weights=None):
         self.size, self.generator, self.shuffle, self.fixed_seeds = size, generator, shuffle, fixed_seeds
+        self.weights = weights
 
     def __len__(self):
         return self.size
 
     def __iter__(self):
-        order = torch.randperm(self.size, generator=self.generator) if self.shuffle else torch.arange(self.size)
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.size, replacement=True, generator=self.generator)
+        else:
+            order = torch.randperm(self.size, generator=self.generator) if self.shuffle else torch.arange(self.size)
         seeds = self.fixed_seeds if self.fixed_seeds is not None else torch.randint(
             0, 2 ** 62, (self.size,), generator=self.generator)
         return iter(zip(order.tolist(), seeds[order].tolist()))
@@ -324,25 +330,47 @@ class ResumableSampler(Sampler):
         return itertools.islice(iter(self.base), start, None)
 
 
-def train_sampler(size, seed, shuffle, augment, augment_masks):
-    """The training split's sampler: its order (and masks) depend only on its generator, seeded here."""
+def class_balanced_weights(labels):
+    """Per example, 1 / the number of examples of its class: drawn in proportion to these, every class
+    comes up equally often (balanced_sampler)."""
+    labels = torch.as_tensor(labels)
+    return 1.0 / torch.bincount(labels)[labels].double()
+
+
+def inverse_class_frequency(labels, n_classes):
+    """Per class, N / (classes present x its count): the cross-entropy weights of class_weights=True
+    (the mean weight per example is 1; a class absent from ``labels`` gets 0)."""
+    counts = torch.bincount(torch.as_tensor(labels), minlength=n_classes).double()
+    return torch.where(counts > 0, counts.sum() / ((counts > 0).sum() * counts), 0.0).float()
+
+
+def train_sampler(size, seed, shuffle, augment, augment_masks, labels=None):
+    """The training split's sampler: its order (and masks) depend only on its generator, seeded here.
+    labels (one per index): every epoch draws ``size`` indices with replacement, each class equally often."""
     generator = torch.Generator().manual_seed(seed)
+    weights = None if labels is None else class_balanced_weights(labels)
     if augment:
         fixed = None
         if augment_masks == "fixed":  # drawn once, from their own generator: the same copies every epoch
             fixed = torch.randint(0, 2 ** 62, (size,), generator=torch.Generator().manual_seed(seed + 1))
-        return ResumableSampler(AugmentedSampler(size, generator, shuffle, fixed))
+        return ResumableSampler(AugmentedSampler(size, generator, shuffle, fixed, weights))
+    if weights is not None:
+        return ResumableSampler(WeightedRandomSampler(weights, size, replacement=True, generator=generator))
     return ResumableSampler(RandomSampler(range(size), generator=generator) if shuffle
                             else SequentialSampler(range(size)))
 
 
 def make_loaders(cache, splits, batch_size, num_workers=0, standardise=False, augment=False, seed=0,
-                 device="cpu", shuffle=True, augment_masks="per_epoch", mask_draw="inclusive"):
+                 device="cpu", shuffle=True, augment_masks="per_epoch", mask_draw="inclusive", balanced=False,
+                 shard=(0, 1)):
     """({"train", "val", "test"} DataLoaders, {"mean", "std"}). Broken tracks (listed in the cache's
     report) are left out; standardise feeds dB standardised with train-split stats, else raw dB.
     shuffle=False keeps the training split's order every epoch; augment appends a masked copy of every
-    training clip (augment_masks: redrawn per epoch or fixed; mask_draw: see MASK_DRAWS). The train
-    order (and masks) depend only on loaders["train"].sampler.generator, seeded from seed."""
+    training clip (augment_masks: redrawn per epoch or fixed; mask_draw: see MASK_DRAWS); balanced
+    draws the training clips class-balanced. The train order (and masks) depend only on
+    loaders["train"].sampler.generator, seeded from seed. shard=(rank, processes) under torchrun: this
+    process's part of every global batch of batch_size, and its block of the evaluation splits
+    (distributed.ShardSampler, EvalShard)."""
     unknown = [t for frame in splits.values() for t in frame.index if t not in cache._rows]
     if unknown:
         raise DataError(f"{len(unknown)} tracks of the splits (e.g. {unknown[0]}) are not in the cache "
@@ -353,15 +381,23 @@ def make_loaders(cache, splits, batch_size, num_workers=0, standardise=False, au
             raise DataError(f"The {name} split has no track with a usable spectrogram in {cache.path}; "
                             f"see its report.csv.")
     mean, std = normalisation_stats(cache, usable["train"].index) if standardise else (None, None)
-    common = dict(batch_size=batch_size, num_workers=num_workers, drop_last=False,
-                  pin_memory=str(device).startswith("cuda"), persistent_workers=num_workers > 0)
+    common = dict(num_workers=num_workers, drop_last=False, pin_memory=str(device).startswith("cuda"),
+                  persistent_workers=num_workers > 0)
+    rank, processes = shard
     loaders = {}
     for name, frame in usable.items():
         train = name == "train"
         data = MelDataset(cache, frame.index, frame["label"], mean, std, augment=train and augment,
                           mask_draw=mask_draw)
-        sampler = train_sampler(len(data), seed, shuffle, augment, augment_masks) if train else None
+        if train:
+            labels = [data.labels[i % len(data.labels)] for i in range(len(data))] if balanced else None
+            sampler = train_sampler(len(data), seed, shuffle, augment, augment_masks, labels)
+            if processes > 1:
+                sampler = distributed.ShardSampler(sampler, batch_size, rank, processes)
+        else:
+            sampler = distributed.EvalShard(len(data), batch_size, rank, processes) if processes > 1 else None
         # The loader draws its worker seeds from a generator of its own, never from torch's global one.
         loaders[name] = DataLoader(data, sampler=sampler, generator=torch.Generator().manual_seed(seed),
+                                   batch_size=batch_size // processes if train else batch_size,
                                    worker_init_fn=preemption.ignore_stop_signals, **common)
     return loaders, {"mean": mean, "std": std}
