@@ -329,9 +329,10 @@ def setup_wandb(config, state, n_parameters, provenance):
 def log_final_wandb(run, out_dir, metrics, result, class_names, files):
     """Test metrics, confusion matrix, ROC curves, the PNGs and best.pt (as an artifact)."""
     import wandb
-    run.summary.update({f"test/{k}": metrics[k] for k in ("test_accuracy", "test_loss", "macro_f1", "best_epoch")})
+    run.summary.update({f"test/{k}": metrics[k] for k in ("test_accuracy", "test_loss", "balanced_accuracy",
+                                                             "macro_f1", "best_epoch")})
     run.log({"test/accuracy": metrics["test_accuracy"], "test/loss": metrics["test_loss"],
-             "test/macro_f1": metrics["macro_f1"],
+             "test/macro_f1": metrics["macro_f1"], "test/balanced_accuracy": metrics["balanced_accuracy"],
              "test/confusion_matrix": wandb.plot.confusion_matrix(
                  y_true=result["targets"].tolist(), preds=result["predictions"].tolist(), class_names=class_names),
              "test/roc": wandb.plot.roc_curve(result["targets"], result["probabilities"], labels=class_names),

@@ -212,7 +212,8 @@ def plot_training_curves(history):
 # metrics
 
 def classification_metrics(targets, probabilities, class_names):
-    """Accuracy, per-class precision/recall/F1/support, macro F1, confusion matrix and ROC AUC per class.
+    """Accuracy, balanced accuracy (the mean recall of the classes present: what an unbalanced subset
+    needs), per-class precision/recall/F1/support, macro F1, confusion matrix and ROC AUC per class.
 
     ``targets``: (N,) integer labels; ``probabilities``: (N, n_classes). Predictions are the argmax.
     Returns plain Python types (JSON-ready). A class absent from ``targets`` has ROC AUC None, and so
@@ -239,6 +240,7 @@ def classification_metrics(targets, probabilities, class_names):
         roc_auc[name] = float(roc_auc_score(positives, probabilities[:, k])) if defined else None
     return {
         "accuracy": float((predictions == targets).mean()) if len(targets) else 0.0,
+        "balanced_accuracy": float(recall[support > 0].mean()) if (support > 0).any() else 0.0,
         "macro_f1": float(f1.mean()),
         "per_class": {name: {"precision": float(precision[k]), "recall": float(recall[k]),
                              "f1": float(f1[k]), "support": int(support[k])}
@@ -293,8 +295,8 @@ def format_summary(config, history, metrics):
               f"{row['val_accuracy']:8.3f} {row['lr']:8.1e} {row['seconds']:7.1f}" for row in history]
     lines += [f"\n{metrics['report_epoch']}.pt = epoch {metrics['reported_epoch']} (best val accuracy "
               f"{metrics['best_val_accuracy']:.3f} at epoch {metrics['best_epoch']}); test split: loss "
-              f"{metrics['test_loss']:.4f}, accuracy {metrics['test_accuracy']:.3f}, macro F1 "
-              f"{metrics['macro_f1']:.3f} ({metrics['test_examples']} clips)",
+              f"{metrics['test_loss']:.4f}, accuracy {metrics['test_accuracy']:.3f}, balanced accuracy "
+              f"{metrics['balanced_accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f} ({metrics['test_examples']} clips)",
               format_metrics(metrics),
               f"training time {metrics['training_seconds']:.0f} s; outputs in {config['out_dir']}/"]
     return "\n".join(lines)

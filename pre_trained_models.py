@@ -324,8 +324,8 @@ def run_evaluation(args):
     models_utils.save_report(out_dir, metrics, result["targets"], result["probabilities"], class_names)
     seeded = f", seed {settings['seed']}, train_size {settings['train_size']}" if settings["split"] == "random" else ""
     print(f"test split of FMA {settings['subset']} ({settings['split']}{seeded}): loss {metrics['test_loss']:.4f}, "
-          f"accuracy {metrics['test_accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f} on {metrics['test_examples']} "
-          f"clips; metrics.json and figures in {out_dir}")
+          f"accuracy {metrics['test_accuracy']:.3f}, balanced accuracy {metrics['balanced_accuracy']:.3f}, macro F1 "
+          f"{metrics['macro_f1']:.3f} on {metrics['test_examples']} clips; metrics.json and figures in {out_dir}")
     return 0
 
 
