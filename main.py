@@ -16,7 +16,6 @@ Weights & Biases (offline unless an API key is configured).
 """
 import csv
 import io
-import os
 import random
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import configurator
 import distributed
 import models_utils
 import utils
+import wandb_logging
 from configurator import fail
 from models import MODELS, build_model
 from models_utils import CheckpointError
@@ -85,6 +85,11 @@ demo = False                 # the synthetic demo dataset (data/demo) with the D
 prepare_only = False         # download and build the cache, print its summary, exit
 wandb_project = "MusicGenreClassificationDefinitive"  # the original's W&B project
 wandb_mode = None            # online | offline | disabled; None: $WANDB_MODE, else online iff an API key is set
+wandb_group = ""             # W&B group of the runs of one experiment (seeds, a search, a distributed run); "" = none
+watch = False                # W&B gradient and parameter histograms every 10 batches (the original's wandb.watch)
+hardest_clips = 24           # W&B table of the N most confidently wrong test clips (spectrogram, audio); 0 = none
+upload_audio = "auto"        # the hardest clips' audio on W&B: auto = only Creative Commons FMA (and demo) clips
+upload_checkpoints = True    # the reported checkpoint (best.pt, or last.pt) as a W&B model artifact
 # -----------------------------------------------------------------------------
 CONFIG = {k: v for k, v in globals().items()
           if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}
@@ -104,7 +109,8 @@ RUNS_ROOT = Path("runs")  # runs/<model>/<date-time>/, runs/<model>/latest -> th
 # On resume the checkpoint's config wins; only these keys may be changed on the command line.
 RESUME_MAY_CHANGE = {"epochs", "log_interval", "lr", "weight_decay", "num_workers", "cache_workers", "device", "amp",
                      "compile", "data_dir", "cache_dir", "download", "out_dir", "resume", "overwrite", "wandb_mode",
-                     "wandb_project", "save_interval"}
+                     "wandb_project", "save_interval", "wandb_group", "watch", "hardest_clips", "upload_audio",
+                     "upload_checkpoints"}
 # Run state saved in every checkpoint's "training" entry besides the epoch, optimizer and scheduler.
 RUN_STATE = ("history", "best_val_accuracy", "best_val_loss", "best_epoch", "examples_seen", "training_seconds",
              "wandb_run_id")
@@ -125,8 +131,10 @@ def make_config(overrides, defaults=CONFIG):
     if overrides.get("demo", defaults["demo"]):
         config.update(DEMO)
     config.update(overrides)
-    config["compile"] = resolve_auto(config, "compile", config["model"] in COMPILED_MODELS)
+    # W&B's watch hooks would make torch.compile recompile at every step, hence no auto compile with watch
+    config["compile"] = resolve_auto(config, "compile", config["model"] in COMPILED_MODELS and not config["watch"])
     config["standardise"] = resolve_auto(config, "standardise", not config["faithful"])
+    config["upload_audio"] = resolve_auto(config, "upload_audio", wandb_logging.audio_shareable(config))
     for key, valid in CHOICES.items():
         if config[key] not in valid:
             fail(f"{key}={config[key]!r} is not valid: choose one of {', '.join(map(str, valid))}.")
@@ -136,8 +144,9 @@ def make_config(overrides, defaults=CONFIG):
     if config["balanced_sampler"] and not config["shuffle"]:
         fail("balanced_sampler=True draws a new class-balanced sample every epoch; it cannot keep shuffle=False's "
              "fixed order. Drop one of them.")
-    if config["save_interval"] < 0:
-        fail(f"save_interval must be 0 (epoch ends only) or a number of steps, got {config['save_interval']}.")
+    for key, zero in (("save_interval", "epoch ends only"), ("hardest_clips", "no table")):
+        if config[key] < 0:
+            fail(f"{key} must be 0 ({zero}) or more, got {config[key]}.")
     for key in ("num_workers", "cache_workers"):
         if config[key] < -1 or config[key] == 0 and key == "cache_workers":
             fail(f"{key}={config[key]} is not valid: -1 (auto) or a number of processes"
@@ -262,7 +271,8 @@ def build_data(config, device):
     print(f"data: {config['subset']} in {config['data_dir']}, {config['split']} split: {sizes} clips")
     weights = utils.inverse_class_frequency(loaders["train"].dataset.labels, len(class_names)).to(device)
     return {"loaders": loaders, "class_names": class_names, "preprocessing": preprocessing,
-            "normalisation": normalisation, "class_weights": weights if config["class_weights"] else None}
+            "normalisation": normalisation, "tracks": tracks,
+            "class_weights": weights if config["class_weights"] else None}
 
 
 # -----------------------------------------------------------------------------
@@ -299,59 +309,6 @@ def build_training(config, data, device, checkpoint=None, overrides=()):
 
 
 # -----------------------------------------------------------------------------
-# Weights & Biases (only this file talks to it)
-
-def setup_wandb(config, state, n_parameters, provenance):
-    """Start (on resume: continue) the W&B run; None when disabled or when W&B cannot start.
-
-    Mode: wandb_mode, else $WANDB_MODE, else online iff an API key is configured (checked with
-    prompt=False, so it never waits for input), else offline.
-    """
-    mode = config["wandb_mode"] or os.environ.get("WANDB_MODE")
-    if mode == "disabled":
-        return None
-    import wandb
-    mode = mode or ("online" if wandb.login(prompt=False) else "offline")
-    os.environ["WANDB_MODE"] = mode  # set before init, so an offline run never probes the network
-    try:
-        run = wandb.init(project=config["wandb_project"], config={**config, "provenance": provenance}, mode=mode,
-                         id=state["wandb_run_id"], resume="allow" if state["wandb_run_id"] else None,
-                         name=f"{config['model']}-{Path(config['out_dir']).name}")
-    except Exception as error:  # W&B is a convenience: the files in out_dir are the record
-        print(f"warning: W&B could not start ({type(error).__name__}: {error}); continuing without it. "
-              f"Use --wandb_mode=offline, or disabled.")
-        return None
-    run.summary["parameters"] = n_parameters
-    state["wandb_run_id"] = run.id
-    return run
-
-
-def log_final_wandb(run, out_dir, metrics, result, class_names, files):
-    """Test metrics, confusion matrix, ROC curves, the PNGs and best.pt (as an artifact)."""
-    import wandb
-    run.summary.update({f"test/{k}": metrics[k] for k in ("test_accuracy", "test_loss", "balanced_accuracy",
-                                                             "macro_f1", "best_epoch")})
-    run.log({"test/accuracy": metrics["test_accuracy"], "test/loss": metrics["test_loss"],
-             "test/macro_f1": metrics["macro_f1"], "test/balanced_accuracy": metrics["balanced_accuracy"],
-             "test/confusion_matrix": wandb.plot.confusion_matrix(
-                 y_true=result["targets"].tolist(), preds=result["predictions"].tolist(), class_names=class_names),
-             "test/roc": wandb.plot.roc_curve(result["targets"], result["probabilities"], labels=class_names),
-             **{f"figures/{p.stem}": wandb.Image(str(p)) for p in files if p.suffix == ".png"}})
-    artifact = wandb.Artifact(f"{metrics['model']}-best", type="model", metadata=metrics)
-    artifact.add_file(str(Path(out_dir) / "best.pt"))
-    run.log_artifact(artifact)
-
-
-def finish_wandb(run, exit_code):
-    """Close the run; for an offline run, say how to upload it."""
-    if run is not None:
-        offline, run_dir = run.settings.mode == "offline", Path(run.dir).parent
-        run.finish(exit_code=exit_code)
-        if offline:
-            print(f"W&B: the run is saved offline in {run_dir}; upload it with: wandb sync {run_dir}")
-
-
-# -----------------------------------------------------------------------------
 # epochs, checkpoints, evaluation
 
 def save_epoch(config, data, model, optimizer, scheduler, state, position=None):
@@ -383,7 +340,7 @@ def save_epoch(config, data, model, optimizer, scheduler, state, position=None):
     state["saved_epoch"] = state["epoch"]
 
 
-def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_run, signals):
+def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_log, signals):
     """Train from state["epoch"] + 1 (or a mid-epoch position) to config["epochs"], validating and
     saving after each epoch, and mid-epoch every save_interval steps or when a signal asks."""
     loaders = data["loaders"]
@@ -393,10 +350,6 @@ def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, devi
         if position is not None:
             progress, done = continue_epoch(position, loaders["train"], config["batch_size"])
         start, seen, lr_now = time.time() - done, state["examples_seen"], optimizer.param_groups[0]["lr"]
-
-        def on_log(examples, loss):  # W&B step = examples seen in the run, as the original logged it
-            if wandb_run is not None:
-                wandb_run.log({"train/loss": loss, "epoch": epoch}, step=seen + examples)
 
         def on_step(progress):  # after every optimiser step: a mid-epoch save when due or asked for
             due = config["save_interval"] and progress["batches"] % config["save_interval"] == 0
@@ -413,7 +366,8 @@ def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, devi
 
         try:
             signals.in_steps = True
-            trained = train(model, loaders["train"], optimizer, device, on_log=on_log, amp=config["amp"],
+            trained = train(model, loaders["train"], optimizer, device, amp=config["amp"],  # step: run's examples
+                            on_log=lambda examples, loss: wandb_log.train_loss(loss, epoch, step=seen + examples),
                             log_interval=config["log_interval"], desc=f"epoch {epoch}/{config['epochs']}",
                             progress=progress, on_step=on_step, class_weights=data["class_weights"],
                             sync=distributed.sync_step if distributed.active() else None)
@@ -444,10 +398,7 @@ def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, devi
         print(f"epoch {epoch:3d}/{config['epochs']} | train loss {row['train_loss']:.4f} acc "
               f"{row['train_accuracy']:.3f} | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} | "
               f"lr {lr_now:.1e} | {seconds:.1f} s{' | best.pt' if improved else ''}", flush=True)
-        if wandb_run is not None:
-            wandb_run.log({"epoch": epoch, "train/epoch_loss": row["train_loss"],
-                           "train/accuracy": row["train_accuracy"], "val/loss": row["val_loss"],
-                           "val/accuracy": row["val_accuracy"], "lr": lr_now}, step=state["examples_seen"])
+        wandb_log.epoch(row, step=state["examples_seen"])
         stop, = distributed.agree(signals.stop)
         if stop:
             raise preemption.stopped(stop)
@@ -496,14 +447,15 @@ def run(config, overrides, provenance):
             raw_model.to(memory_format=torch.channels_last)
         model = models_utils.compile_model(raw_model)
     model = distributed.wrap(model, raw_model, device, config["sync_batchnorm"])
-    wandb_run = setup_wandb(config, state, n_parameters, provenance) if distributed.is_main() else None
+    defaults = make_config({"demo": config["demo"], "model": config["model"]})  # W&B names runs by what differs
+    wandb_log = (wandb_logging.start(config, state, raw_model, n_parameters, defaults) if distributed.is_main()
+                 else wandb_logging.WandbLog(None))
     exit_code = 1
     try:
         with RunSignals(defer_sigint=distributed.active()).installed() as signals:
-            run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_run, signals)
+            run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_log, signals)
         metrics, result, files = evaluate_best(config, data, state, device, n_parameters)
-        if wandb_run is not None:
-            log_final_wandb(wandb_run, config["out_dir"], metrics, result, data["class_names"], files)
+        wandb_log.final(config, data, metrics, result, files)
         print(models_utils.format_summary(config, state["history"], metrics))
         exit_code = 0
     except KeyboardInterrupt as interrupt:
@@ -512,7 +464,7 @@ def run(config, overrides, provenance):
             save_epoch(config, data, raw_model, optimizer, scheduler, state)
         raise
     finally:
-        finish_wandb(wandb_run, exit_code)
+        wandb_log.finish(exit_code)
     return 0
 
 

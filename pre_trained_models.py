@@ -1,4 +1,6 @@
-"""Predict the genres of audio files with a trained model, or evaluate a checkpoint on FMA's test split.
+"""Predict the genres of audio files with a trained model, write their embeddings, export the model to
+ONNX, or evaluate a checkpoint on FMA's test split. The command line only: the work is in inference.py
+(windows, batching, embeddings) and export.py (ONNX).
 
 Each track is cut into windows as wide as the model's input (hop: half a window by default), each
 window's own stretch of audio is turned into dB by training's clip function (utils.mel_spectrogram_db:
@@ -15,9 +17,13 @@ batched together. --evaluate scores the test split the checkpoint was trained wi
     python pre_trained_models.py --checkpoint=../shared/reference/original_weights/CRNN.pt --model=crnn song.mp3
     # the original's use of this script: metrics.json and figures for the test split
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --evaluate=True --data_dir=data --subset=small
+    # per track, the input of the model's last Linear layer averaged over windows (inference.py lists the sizes)
+    python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --embeddings=music.npz music/
+    # raw mel dB in, probabilities out; checked with onnxruntime against PyTorch before it is written
+    python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --export=crnn.onnx
 
-Exit status: 0 when every file was predicted, 1 when any failed (each failure has an error line on
-stderr), 2 for a usage error (bad checkpoint, no audio files, ...).
+Exit status: 0 when every file was predicted (or embedded, or the export verified), 1 when any failed
+(each failure has an error line on stderr), 2 for a usage error (bad checkpoint, no audio files, ...).
 """
 import argparse
 import csv
@@ -28,19 +34,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-import audio_windows
 import cache as mel_cache
+import export
+import inference
 import models_utils
 import utils
 from main import pick_device  # cuda, then mps, then cpu; a clear error for an unusable device
 from models import MODELS
 from models_utils import CheckpointError
 from test import evaluate  # the project's test.py (python and pytest.ini put the project root first on sys.path)
-
-AUDIO_EXTENSIONS = {".mp3", ".wav", ".flac", ".ogg"}
 
 
 class UsageError(Exception):
@@ -124,80 +128,6 @@ def weights_fit(name, checkpoint):
 
 
 # -----------------------------------------------------------------------------
-# audio files and windows
-
-def find_audio_files(inputs):
-    """Files given by name (any extension) plus audio files found recursively in folders; each file once."""
-    files = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
-            if not found:
-                print(f"warning: no {'/'.join(sorted(AUDIO_EXTENSIONS))} files in folder {item}", file=sys.stderr)
-            files.extend(found)
-        else:
-            files.append(item)  # a missing file is reported by the worker with the others
-    return list(dict.fromkeys(files))
-
-
-# -----------------------------------------------------------------------------
-# prediction
-
-def predict(model, checkpoint, files, hop=None, max_windows=None, batch_size=32, device="cpu", num_workers=0):
-    """Yield (path, probabilities or None, number of windows, error or None) for each file, in order.
-
-    Windows from consecutive tracks share batches; a track's probabilities are the mean of its windows'.
-    Windows flow from the decoding workers to the model as they are computed, so memory does not grow
-    with the length of a track.
-    """
-    preprocessing = checkpoint["preprocessing"]
-    dataset = audio_windows.TrackWindows(files, preprocessing, hop or preprocessing["n_frames"] // 2, max_windows)
-    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=keep_item,
-                        worker_init_fn=audio_windows.silence_decoder_notes)
-    tracks = [{"sum": 0.0, "windows": 0, "queued": 0, "done": False, "error": None} for _ in files]
-    queue = []     # (file index, window) waiting for a batch
-    emitted = 0
-    for i, windows, done, error in loader:
-        track = tracks[i]
-        track.update(done=done, error=error)
-        if windows is not None:
-            track["windows"] += len(windows)
-            track["queued"] += len(windows)
-            queue.extend((i, w) for w in windows)
-        while len(queue) >= batch_size:
-            run_batch(model, queue[:batch_size], tracks, device)
-            queue = queue[batch_size:]
-        emitted = yield from finished_tracks(files, tracks, emitted)
-    if queue:
-        run_batch(model, queue, tracks, device)
-    yield from finished_tracks(files, tracks, emitted)
-
-
-def keep_item(item):
-    """DataLoader collate_fn: items are already whole tracks (a module function so workers can pickle it)."""
-    return item
-
-
-@torch.no_grad()
-def run_batch(model, queue, tracks, device):
-    indices, windows = zip(*queue)
-    _, probabilities = model(torch.stack(windows).to(device).float())  # float16 windows, as the cache holds
-    for i, p in zip(indices, probabilities.double().cpu().numpy()):
-        tracks[i]["sum"] = tracks[i]["sum"] + p
-        tracks[i]["queued"] -= 1
-
-
-def finished_tracks(files, tracks, emitted):
-    """Yield the tracks, from index `emitted` on, that are decoded and whose windows have all been through the model."""
-    while emitted < len(tracks) and tracks[emitted]["done"] and tracks[emitted]["queued"] == 0:
-        track = tracks[emitted]
-        probabilities = None if track["error"] else track["sum"] / track["windows"]
-        yield files[emitted], probabilities, track["windows"], track["error"]
-        emitted += 1
-    return emitted
-
-
-# -----------------------------------------------------------------------------
 # output
 
 def top_k(probabilities, class_names, k):
@@ -229,26 +159,44 @@ def choose_device(name):
         raise UsageError(str(refusal.code).removeprefix("error: ")) from None
 
 
+def audio_files(inputs, task):
+    files = inference.find_audio_files(inputs)
+    if not files:
+        raise UsageError(f"No audio files to {task} in {' '.join(inputs)}: give audio files or folders "
+                         f"containing {', '.join(sorted(inference.AUDIO_EXTENSIONS))} files.")
+    return files
+
+
+def each_track(args, model, checkpoint, files, device, outputs=inference.probabilities):
+    """inference.predict's results, with a progress bar on many files and an error line for each failure."""
+    results = inference.predict(model, checkpoint, files, args.hop, args.max_windows, args.batch_size, device,
+                                min(args.num_workers, len(files)), outputs)
+    for track, vector, n_windows, error in tqdm(results, total=len(files), unit="track",
+                                                disable=len(files) < 10 or None, file=sys.stderr):
+        if error:
+            tqdm.write(f"error: {track}: {error}", file=sys.stderr)
+        yield track, vector, n_windows, error
+
+
+def exit_status(failed, total, what):
+    if failed:
+        print(f"{failed} of {total} files could not be {what} (see the error lines above).", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def run_prediction(args):
     """Predict every file named on the command line; returns the exit status."""
     device = choose_device(args.device)
     model, checkpoint = load_predictor(args.checkpoint, args.model, device)
-    files = find_audio_files(args.inputs)
-    if not files:
-        raise UsageError(f"No audio files to predict in {' '.join(args.inputs)}: give audio files or folders "
-                         f"containing {', '.join(sorted(AUDIO_EXTENSIONS))} files.")
+    files = audio_files(args.inputs, "predict")
     class_names = checkpoint["class_names"]
-    workers = min(args.num_workers, len(files))
     path_width, genre_width = max(len(str(f)) for f in files), max(map(len, class_names))
-    rows, failed = [], 0
-    results = predict(model, checkpoint, files, args.hop, args.max_windows, args.batch_size, device, workers)
-    for track, probabilities, n_windows, error in tqdm(results, total=len(files), unit="track",
-                                                       disable=len(files) < 10 or None, file=sys.stderr):
+    rows = []
+    for track, probabilities, n_windows, error in each_track(args, model, checkpoint, files, device):
         rows.append((track, probabilities, n_windows, error))
         if error:
-            failed += 1
-            tqdm.write(f"error: {track}: {error}", file=sys.stderr)
-        elif args.json:
+            continue
+        if args.json:
             predictions = [{"genre": genre, "probability": round(p, 6)}
                            for genre, p in top_k(probabilities, class_names, args.top_k)]
             tqdm.write(json.dumps({"path": str(track), "predictions": predictions}), file=sys.stdout)
@@ -257,9 +205,35 @@ def run_prediction(args):
             tqdm.write(line, file=sys.stdout)
     if args.output:
         write_csv(args.output, rows, class_names)
-    if failed:
-        print(f"{failed} of {len(files)} files could not be predicted (see the error lines above).", file=sys.stderr)
-    return 1 if failed else 0
+    return exit_status(sum(row[3] is not None for row in rows), len(files), "predicted")
+
+
+def run_embeddings(args):
+    """Write the embedding of every file named on the command line to args.embeddings; returns the exit status."""
+    device = choose_device(args.device)
+    model, checkpoint = load_predictor(args.checkpoint, args.model, device)
+    files = audio_files(args.inputs, "embed")
+    rows = [(track, vector, n_windows) for track, vector, n_windows, error
+            in each_track(args, model, checkpoint, files, device, inference.embeddings) if error is None]
+    if rows:
+        inference.save_embeddings(args.embeddings, rows, checkpoint)
+        print(f"{args.embeddings}: {len(rows)} embeddings of size {rows[0][1].size} (the input of "
+              f"{checkpoint['model']}'s last Linear layer, averaged over windows)", file=sys.stderr)
+    return exit_status(len(files) - len(rows), len(files), "embedded")
+
+
+def run_export(args):
+    """Write the checkpoint's model as ONNX to args.export, checked against PyTorch; returns the exit status."""
+    model, checkpoint = load_predictor(args.checkpoint, args.model)
+    try:
+        difference = export.export_onnx(model, checkpoint, args.export)
+    except export.ExportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    forward = "faithful" if checkpoint["model_args"].get("faithful", True) else "corrected"
+    print(f"{args.export}: {checkpoint['model']} ({forward} forward pass); onnxruntime vs PyTorch: max abs "
+          f"probability difference {difference:.1e} (limit {export.MAX_DIFFERENCE:.0e})")
+    return 0
 
 
 # -----------------------------------------------------------------------------
@@ -364,6 +338,8 @@ def parse_args(argv=None):
     parser.add_argument("--num_workers", type=int, default=max(1, min(8, utils.available_cpus() - 1)),
                         help="audio decoding processes (default: one core left for the model)")
     parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--embeddings", metavar="FILE.npz", help="write each file's embedding instead of its genres")
+    parser.add_argument("--export", metavar="FILE.onnx", help="write the model as ONNX (no audio files needed)")
     parser.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=False,
                         help="evaluate on the test split of --data_dir instead of predicting files")
     parser.add_argument("--data_dir", help="with --evaluate: folder with fma_metadata/ and fma_<subset>/")
@@ -381,15 +357,22 @@ def parse_args(argv=None):
     for name in ("hop", "max_windows"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
-    if not args.evaluate and not args.inputs:
+    modes = [f"--{mode}" for mode in ("evaluate", "embeddings", "export") if getattr(args, mode)]
+    if len(modes) > 1:
+        parser.error(f"{' and '.join(modes)} are separate tasks: give one of them per command")
+    if args.export and args.inputs:
+        parser.error("--export needs no audio files: drop them")
+    if not (args.evaluate or args.export or args.inputs):
         parser.error("give at least one audio file or folder to predict (or --evaluate=True --data_dir=...)")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    run = (run_evaluation if args.evaluate else run_export if args.export
+           else run_embeddings if args.embeddings else run_prediction)
     try:
-        return run_evaluation(args) if args.evaluate else run_prediction(args)
+        return run(args)
     except (UsageError, CheckpointError, utils.DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

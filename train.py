@@ -1,10 +1,11 @@
 """One training epoch: ``train(model, loader, optimizer, device)``.
 
 Called by main.py once per epoch; it knows nothing about W&B or the config. Per-batch losses reach
-the caller through ``on_log(examples, loss)`` every ``log_interval`` batches, where ``examples`` is
-the number of examples seen so far in this epoch (main.py adds the examples of earlier epochs, so
-its W&B step is "examples seen in the run", as in the original) and ``loss`` is the mean loss of
-the batches since the previous call.
+the caller through ``on_log(examples, loss)`` every ``log_interval`` batches of an epoch and once at
+its end for the batches since the last call (so an epoch shorter than log_interval still logs once),
+where ``examples`` is the number of examples seen so far in this epoch (main.py adds the examples of
+earlier epochs, so its W&B step is "examples seen in the run", as in the original) and ``loss`` is the
+mean loss of the batches since the previous call.
 
     from train import train
     stats = train(model, loaders["train"], optimizer, "cpu")   # {"loss", "batch_loss", "accuracy", "examples"}
@@ -55,6 +56,13 @@ def continue_epoch(position, loader, batch_size):
     return dict(position["progress"]), position["seconds"]
 
 
+def flush_interval(progress, on_log):
+    """Report the mean loss of the batches since the last report and start a new interval."""
+    if on_log is not None:
+        on_log(progress["examples"], progress["interval_loss"] / progress["interval_batches"])
+    progress["interval_loss"], progress["interval_batches"] = 0.0, 0
+
+
 def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=False, desc="train",
           progress=None, on_step=None, class_weights=None, sync=None):
     """Train ``model`` for one pass over ``loader``; returns mean loss, accuracy and example count.
@@ -102,13 +110,14 @@ def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=Fa
         p["interval_loss"] += value
         p["interval_batches"] += 1
         bar.set_postfix(loss=f"{p['loss_sum'] / p['examples']:.4f}")
-        if on_log is not None and p["batches"] % log_interval == 0:
-            on_log(p["examples"], p["interval_loss"] / p["interval_batches"])
-            p["interval_loss"], p["interval_batches"] = 0.0, 0
+        if p["batches"] % log_interval == 0:
+            flush_interval(p, on_log)
         if on_step is not None:
             on_step(p)
     bar.close()
     if p["examples"] == 0:
         raise ValueError("the training loader yielded no batches: the training split is empty")
+    if p["interval_batches"]:  # the epoch's last, partial interval
+        flush_interval(p, on_log)
     return {"loss": p["loss_sum"] / p["examples"], "batch_loss": p["batch_loss_sum"] / p["batches"],
             "accuracy": p["correct"] / p["examples"], "examples": p["examples"]}

@@ -47,6 +47,10 @@ AUGMENT_MASKS = ("per_epoch", "fixed")
 SPLIT_MODES = ("official", "random")
 
 
+UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it) and put back
+os.umask(UMASK)
+
+
 def available_cpus():
     """The cores this process may run on: its CPU affinity (taskset, SLURM, containers), not the host's."""
     if hasattr(os, "sched_getaffinity"):
@@ -217,6 +221,8 @@ def atomic_write(path, write):
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # POSIX: mkstemp's 0600 would hide checkpoints and reports from a group
+            os.fchmod(fd, 0o666 & ~UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

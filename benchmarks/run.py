@@ -15,7 +15,7 @@ Parts (issue 6):
   training  samples/s of train.train, batch 50, full 128 x 1291 input, per model: eager against
             torch.compile (what main.py's compile=True does), plus the compile time, the steps it takes
             to pay it back, and the eval-mode logit difference; on CUDA also amp and channels_last.
-  predict   tracks/s of pre_trained_models.predict on the 30 s clips: one track per forward pass in
+  predict   tracks/s of inference.predict on the 30 s clips: one track per forward pass in
             one process against batches of 32 decoded by one worker per core.
 
 Contenders alternate (A/B/C, then C/B/A, ...) so a busy machine slows all of them alike; each row is
@@ -43,7 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import cache as mel_cache  # noqa: E402
-import pre_trained_models  # noqa: E402
+import inference  # noqa: E402
 import utils  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 from models_utils import compile_model  # noqa: E402
@@ -355,8 +355,8 @@ def bench_predict(size, tracks, work, rows):
     files = [Path(p) for p in tracks["path"]]
 
     def run(batch_size, workers):
-        results = list(pre_trained_models.predict(model, checkpoint, files, batch_size=batch_size,
-                                                  num_workers=workers))
+        results = list(inference.predict(model, checkpoint, files, batch_size=batch_size,
+                                         num_workers=workers))
         failed = [(path, error) for path, _, _, error in results if error]
         if failed or len(results) != len(files):
             raise RuntimeError(f"prediction failed: {failed[:3]}")

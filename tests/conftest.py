@@ -1,5 +1,6 @@
 """Shared fixtures: tiny datasets in FMA's own format (tracks.csv with its two header rows, genres.csv,
 real MP3 clips under fma_<subset>/<tid[:3]>/<tid>.mp3)."""
+import os
 import signal
 
 import numpy as np
@@ -72,6 +73,16 @@ def fma_small(tmp_path_factory):
              dict(track_id=90003, subset="large", split="training", genre=None, artist_id=903)]
     write_metadata(root, rows)
     return root
+
+
+def clean_env(tmp_path):
+    """For a child process: no W&B key, mode or network settings inherited from the machine, W&B files
+    under tmp_path (HOME too, so no ~/.netrc key is found)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path / "home"), WANDB_DIR=str(tmp_path / "wandb_dir"), PYTHONUNBUFFERED="1")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "wandb_dir").mkdir()
+    return env
 
 
 def default_sigint():

@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 
 import audio_windows
+import cache as mel_cache
 import models_utils
 import utils
 from audio_windows import track_windows
@@ -49,7 +50,7 @@ def test_a_clip_gives_bitwise_the_row_of_the_training_cache(tmp_path):
         paths.append(tmp_path / name)
         sf.write(paths[-1], noisy_tone(seconds, rate, channels, seed), rate, format=paths[-1].suffix[1:].upper())
     tracks = pd.DataFrame({"path": [str(p) for p in paths]}, index=pd.Index(range(1, len(paths) + 1), name="track_id"))
-    cache = utils.build_cache(tracks, tmp_path / "cache", "small", P, num_workers=1, progress=False)
+    cache = mel_cache.build_cache(tracks, tmp_path / "cache", "small", P, workers=1, progress=False)
     for track_id, path in zip(tracks.index, paths):
         windows = list(track_windows(path, P, hop=P["n_frames"] // 2))
         assert len(windows) == 1 and windows[0].dtype == np.float16

@@ -1,8 +1,7 @@
 """main.py end to end on a tiny generated FMA-format dataset (48 clips of 3 s, CNN1D, 96 frames):
-a real run and its artefacts, exact resume, the NaN stop, --prepare_only, W&B offline and Ctrl-C."""
+a real run and its artefacts, exact resume, the NaN stop, --prepare_only and Ctrl-C (W&B: tests/test_wandb.py)."""
 import csv
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import torch
 
 import demo_data
 import main
-from conftest import default_sigint
+from conftest import clean_env, default_sigint
 import models_utils
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,34 +153,6 @@ def test_prepare_only_builds_the_cache_and_stops(data_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Mel cache" in out and "48 ok" in out and "nothing was trained" in out
     assert not (tmp_path / "run").exists()
-
-
-def clean_env(tmp_path):
-    """No W&B key, mode or network settings inherited from the machine; W&B files under tmp_path."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(HOME=str(tmp_path / "home"), WANDB_DIR=str(tmp_path / "wandb_dir"), PYTHONUNBUFFERED="1")
-    (tmp_path / "home").mkdir()
-    (tmp_path / "wandb_dir").mkdir()
-    return env
-
-
-def test_wandb_runs_offline_without_key_prompt_or_network(data_dir, tmp_path):
-    argv = [a for a in args(data_dir, tmp_path / "run", "--epochs=2", "--log_interval=2")
-            if not a.startswith("--wandb_mode")]  # mode chosen by main.py: offline, as no API key exists
-    result = subprocess.run([sys.executable, "main.py", *argv], cwd=ROOT, env=clean_env(tmp_path),
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = list((tmp_path / "wandb_dir" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1, result.stdout[-2000:]
-    assert f"wandb sync {runs[0]}" in result.stdout
-    assert "W&B: the run is saved offline" in result.stdout
-    (record,) = runs[0].glob("run-*.wandb")  # W&B's offline log: config, metrics, files, artifact
-    logged = record.read_bytes()
-    for name in (b"MusicGenreClassification", b"n_frames", b"parameters", b"train/loss", b"val/loss",
-                 b"val/accuracy", b"lr", b"test/accuracy", b"test/confusion_matrix", b"test/roc", b"best.pt"):
-        assert name in logged, name
-    images = {p.name.rsplit("_", 2)[0] for p in (runs[0] / "files" / "media" / "images").rglob("*.png")}
-    assert {"confusion_matrix", "roc_curves", "curves"} <= images, images
 
 
 def test_ctrl_c_saves_and_exits_cleanly_with_a_resume_hint(data_dir, tmp_path):

@@ -19,6 +19,7 @@ import torch
 
 import models_utils
 import audio_windows
+import inference
 import pre_trained_models as ptm
 import utils
 from models import CNN1D, CRNN
@@ -112,8 +113,8 @@ def test_window_average_equals_mean_of_direct_window_probabilities(music, wide_c
     files = [music / "short_mono_22k.wav", music / "nested/LONG_STEREO_48K.WAV", music / "clip_mono_22k.wav"]
     # batch_size 4: the long track's 11 windows share batches with the other tracks' windows; two
     # workers (files 0 and 2 in one, file 1 in the other) send their windows interleaved
-    results = list(ptm.predict(model, checkpoint, files, batch_size=4, num_workers=2))
-    bounded = list(ptm.predict(model, checkpoint, files[1:2], max_windows=4, batch_size=3))
+    results = list(inference.predict(model, checkpoint, files, batch_size=4, num_workers=2))
+    bounded = list(inference.predict(model, checkpoint, files[1:2], max_windows=4, batch_size=3))
     assert [(r[0], r[2], r[3]) for r in results] == [(files[0], 1, None), (files[1], 11, None), (files[2], 1, None)]
     raw = CNN1D(faithful=False)
     raw.load_state_dict(checkpoint["state_dict"])

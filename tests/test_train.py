@@ -36,8 +36,9 @@ def test_train_returns_epoch_statistics_and_logs_every_interval():
                   log_interval=5)
     assert stats["examples"] == 64
     assert 0.0 <= stats["accuracy"] <= 1.0 and math.isfinite(stats["loss"])
-    # batches 5, 10, 15: step = examples seen so far in the epoch; loss = mean over the interval
-    assert [examples for examples, _ in calls] == [20, 40, 60]
+    # batches 5, 10, 15, then the epoch's last partial interval (batch 16): examples seen so far in the
+    # epoch, and the mean loss over the interval
+    assert [examples for examples, _ in calls] == [20, 40, 60, 64]
     assert all(math.isfinite(loss) and loss > 0 for _, loss in calls)
 
 
