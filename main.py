@@ -49,7 +49,7 @@ cache_dir = ""               # spectrogram cache; "" = <data_dir>/cache
 split = "official"           # official: FMA's artist-filtered train/val/test | random: the original's (val == test)
 train_size = 0.8             # training fraction of the random split (the official split ignores it)
 n_frames = 1291              # frames per clip (1291 = the original's ~29.95 s); smaller only for quick tests
-cache_workers = -1           # processes decoding audio into the cache; -1 = every core this process may use
+cache_workers = -1           # processes decoding audio into the cache; -1 = every core this process may use (its share under torchrun)
 num_workers = -1             # DataLoader worker processes; -1 = auto: 0 on a CPU (its cores train), up to 4 on CUDA
 # model
 model = "crnn"               # cnn1d | cnn2d | crnn (models.py)
@@ -175,8 +175,8 @@ def pick_device(name):
         torch.empty(1, device=device)
     except (RuntimeError, AssertionError) as error:
         fail(f"device={name!r} cannot be used ({str(error).splitlines()[0]}). Use device=auto or cpu.")
-    if device.type == "cpu":  # the cores this process may use, not the host's, shared with torchrun's other processes
-        torch.set_num_threads(max(1, utils.available_cpus() // distributed.local_world_size()))
+    if device.type == "cpu":  # the cores this process may use, not the host's (its share under torchrun)
+        torch.set_num_threads(utils.cpu_share())
     return device
 
 
@@ -251,8 +251,11 @@ def build_data(config, device):
     splits = utils.split_tracks(tracks, mode=config["split"], train_size=config["train_size"], seed=config["seed"])
     preprocessing = {**utils.PREPROCESSING, "n_frames": config["n_frames"]}
     cache_root = config["cache_dir"] or Path(config["data_dir"]) / "cache"
+    # Under torchrun each process of a machine decodes its share of the chunks, then waits for the rest.
     cache = mel_cache.build_cache(tracks, cache_root, config["subset"], preprocessing,
-                                  workers=config["cache_workers"] if config["cache_workers"] > 0 else None)
+                                  workers=config["cache_workers"] if config["cache_workers"] > 0 else utils.cpu_share(),
+                                  progress=distributed.is_main(),
+                                  shard=(distributed.local_rank(), distributed.local_world_size()))
     if config["prepare_only"]:  # build_cache has printed the cache's summary
         print("prepare_only=True: the data and the cache are ready; nothing was trained.")
         return None

@@ -58,6 +58,12 @@ def available_cpus():
     return os.cpu_count() or 1
 
 
+def cpu_share():
+    """The cores this process should keep busy: available_cpus(), split evenly among the processes that
+    torchrun started on this machine (all of them for a plain run)."""
+    return max(1, available_cpus() // distributed.local_world_size())
+
+
 class DataError(Exception):
     """A problem with the user's data; str() is a one-paragraph message naming the file and the fix."""
 

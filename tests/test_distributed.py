@@ -184,6 +184,20 @@ def test_a_rank_that_dies_ends_the_job_with_a_message_naming_the_ranks(data_dir,
     assert "rank      : 1 (local_rank: 1)" in output and "Signal 9 (SIGKILL)" in output  # torchrun's report
 
 
+def test_two_ranks_build_the_cache_one_process_would_and_any_number_reuses_it(data_dir, tmp_path, capsys):
+    code, output = finished(torchrun(data_dir, "", "--prepare_only=True", f"--cache_dir={tmp_path / 'two'}"))
+    assert code == 0, output[-3000:]
+    assert "[24 computed now" in output and "nothing was trained" in output  # rank 0's half; rank 1 did the rest
+    assert main.main(args(data_dir, "", "--prepare_only=True", f"--cache_dir={tmp_path / 'one'}")) == 0
+    assert "[48 computed now" in capsys.readouterr().out
+    (two,), (one,) = ((tmp_path / name).iterdir() for name in ("two", "one"))
+    assert two.name == one.name  # the same tracks and preprocessing
+    for name in ("mels.npy", "status.npy", "params.json", "report.csv"):
+        assert (two / name).read_bytes() == (one / name).read_bytes(), name
+    assert main.main(args(data_dir, "", "--prepare_only=True", f"--cache_dir={tmp_path / 'two'}")) == 0
+    assert "[0 computed now" in capsys.readouterr().out
+
+
 def test_shards_split_every_global_batch_and_evaluation_blocks_keep_the_order():
     base = utils.train_sampler(10, seed=0, shuffle=True, augment=True, augment_masks="per_epoch")
     order = list(base)
