@@ -13,9 +13,12 @@ function here acts for the one process. What the processes share:
   splits whole batches into one block per process (EvalShard) and gather() puts them back in order,
   so every figure equals a single-process evaluation.
 - decisions: sync_step() sums each step's loss, examples and correct answers (a NaN anywhere stops
-  every process at the same step); agree() ORs the stop/save requests of the signals; from_main()
-  hands rank 0's result (the run folder, a checkpoint) or its failure to every process.
+  every process at the same step); agree() takes the strongest stop/save request of the signals
+  over the processes; from_main() hands rank 0's result (the run folder, a checkpoint) or its
+  failure to every process.
 - output: rank 0 alone prints to stdout, shows progress bars, logs to W&B and writes files.
+
+Tests (real torchrun, gloo): python -m pytest tests/test_distributed.py -q
 """
 import contextlib
 import datetime
@@ -107,9 +110,9 @@ def describe(config):
     if not active():
         return None
     world, backend = world_size(), dist.get_backend()
-    return (f"torchrun: {world} process{'es' if world > 1 else ''} ({backend}{'' if backend == 'nccl' else ' on CPU'}), global batch "
-            f"{config['batch_size']} = {world} x {config['batch_size'] // world} per process; lr not scaled; "
-            f"BatchNorm statistics {'synchronised (SyncBatchNorm)' if config['sync_batchnorm'] else 'per process'}")
+    return (f"torchrun: {world} process{'es' if world > 1 else ''} ({backend}{'' if backend == 'nccl' else ' on CPU'}), "
+            f"global batch {config['batch_size']} = {world} x {config['batch_size'] // world} per process; lr not "
+            f"scaled; BatchNorm statistics {'synchronised (SyncBatchNorm)' if config['sync_batchnorm'] else 'per process'}")
 
 
 def resume_note(saved_config):

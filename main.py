@@ -29,12 +29,12 @@ import cache as mel_cache
 import configurator
 import distributed
 import models_utils
+import preemption
 import utils
 import wandb_logging
 from configurator import fail
 from models import MODELS, build_model
 from models_utils import CheckpointError
-import preemption
 from preemption import Preempted, RunSignals
 from test import evaluate, test  # the project's test.py (it comes first on sys.path), not the stdlib package
 from train import EPOCH_LOSSES, NonFiniteLossError, continue_epoch, epoch_position, train
@@ -228,7 +228,8 @@ def ensure_data(config):
         fail(f"no FMA data in {data_dir} (expected {data_dir}/fma_metadata/tracks.csv and "
              f"{data_dir}/fma_{subset_name}/). Download it with --download=True or "
              f"`bash download_data.sh {subset_name} {data_dir}`, point --data_dir at an existing copy, "
-             f"or try the synthetic demo with --demo=True. Under torchrun, get the data before the launch.")
+             f"or try the synthetic demo with --demo=True."
+             + (" torchrun never downloads: get the data before the launch." if distributed.launched() else ""))
     script = Path(__file__).resolve().with_name("download_data.sh")
     print(f"data: {data_dir} has no fma_{subset_name}; running bash {script.name} {subset_name} {data_dir}")
     if subprocess.run(["bash", str(script), subset_name, str(data_dir)]).returncode != 0:

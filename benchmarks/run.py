@@ -1,7 +1,7 @@
 """Benchmarks: this project against the original's approach, measured side by side in one run.
 
     python benchmarks/run.py                          # full size; writes benchmarks/results.md
-    python benchmarks/run.py --only=cache,loading     # some parts: cache, loading, training, predict
+    python benchmarks/run.py --only=cache,loading     # some parts: cache, loading, training, predict, ddp
     python benchmarks/run.py --size=tiny              # smoke test in seconds: every row, numbers meaningless
 
 Parts (issue 6):
@@ -17,6 +17,10 @@ Parts (issue 6):
             to pay it back, and the eval-mode logit difference; on CUDA also amp and channels_last.
   predict   tracks/s of inference.predict on the 30 s clips: one track per forward pass in
             one process against batches of 32 decoded by one worker per core.
+  ddp       samples/s of CNN1D training steps (global batch 50, 128 x 1291) under torchrun
+            (benchmarks/ddp_steps.py, main.py's own DDP path): 1 process on all cores, 1 process on
+            one core, 2 gloo processes on one core each; on a 2-core CPU this shows DDP's overhead,
+            not a speed-up. The same script runs on N GPUs.
 
 Contenders alternate (A/B/C, then C/B/A, ...) so a busy machine slows all of them alike; each row is
 the median over rounds. Generated data lives under data/benchmarks/ (git-ignored) and is reused.
@@ -49,17 +53,17 @@ from models import MODELS, build_model  # noqa: E402
 from models_utils import compile_model  # noqa: E402
 from train import train  # noqa: E402
 
-PARTS = ("cache", "loading", "training", "predict")
+PARTS = ("cache", "loading", "training", "predict", "ddp")
 SIZES = {
     "full": dict(n_tracks=40, duration=30.0, n_frames=1291, cache_rounds=2, loading_tracks=(200, 2000),
                  loading_rounds=3, batch_size=50, train_steps={"cnn1d": 8, "cnn2d": 3, "crnn": 3},
-                 compile_backend="inductor", predict_rounds=2, threads=None),
+                 compile_backend="inductor", predict_rounds=2, threads=None, ddp_steps=8, ddp_rounds=2),
     # Short clips and frames so the whole run takes seconds; the "eager" backend runs torch.compile's
     # graph capture without inductor's C++ code generation (minutes on 2 cores); one torch thread,
     # because 2-thread ops crawl when a test run shares the 2 cores. Plumbing, not speed.
     "tiny": dict(n_tracks=8, duration=4.0, n_frames=150, cache_rounds=1, loading_tracks=(100, 200),
                  loading_rounds=1, batch_size=4, train_steps={"cnn1d": 1, "cnn2d": 1, "crnn": 1},
-                 compile_backend="eager", predict_rounds=1, threads=1),
+                 compile_backend="eager", predict_rounds=1, threads=1, ddp_steps=2, ddp_rounds=1),
 }
 CORES = os.cpu_count() or 1
 BUSY_NOTE = (" **The machine was busy** (load above its core count): PyTorch's multi-threaded ops slow "
@@ -370,6 +374,41 @@ def bench_predict(size, tracks, work, rows):
                  f"{seconds['one'] / seconds['batched']:.2f}x", ""))
 
 
+# ----------------------------------------------------------------------------- e. DDP
+
+def ddp_steps(size, processes, threads):
+    """benchmarks/ddp_steps.py under torchrun: seconds per training step (rank 0's figure)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               str(ROOT / "benchmarks" / "ddp_steps.py"), "cnn1d", str(size["batch_size"]), str(size["n_frames"]),
+               str(size["ddp_steps"]), str(threads)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    if result.returncode != 0:
+        raise RuntimeError(f"torchrun failed: {result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])["seconds_per_step"]
+
+
+def bench_ddp(size, rows):
+    """One process on every core, one on one core, and 2 gloo processes on one core each: DDP's cost is
+    how far the last falls short of twice the second."""
+    setups = {"all": (1, CORES), "one": (1, 1), "ddp": (2, max(1, CORES // 2))}
+    seconds = {name: [] for name in setups}
+    for r in range(size["ddp_rounds"]):
+        for name in (list(setups) if r % 2 == 0 else list(setups)[::-1]):
+            seconds[name].append(ddp_steps(size, *setups[name]))
+    s = {name: statistics.median(values) for name, values in seconds.items()}
+    rate = {name: size["batch_size"] / value for name, value in s.items()}
+    report(rows, ("e ddp", f"cnn1d, 1 process, {CORES} threads", f"{rate['all']:.1f} samples/s ({s['all']:.2f} s/step)",
+                 "1.00x", "batch 50 through main.py's DDP code under torchrun"))
+    report(rows, ("e ddp", "cnn1d, 1 process, 1 thread", f"{rate['one']:.1f} samples/s ({s['one']:.2f} s/step)",
+                 f"{s['all'] / s['one']:.2f}x", ""))
+    report(rows, ("e ddp", f"cnn1d, 2 gloo processes, {setups['ddp'][1]} thread(s) and {size['batch_size'] // 2} "
+                 f"examples each", f"{rate['ddp']:.1f} samples/s ({s['ddp']:.2f} s/step)", f"{s['all'] / s['ddp']:.2f}x",
+                 f"{rate['ddp'] / (2 * rate['one']):.0%} of 2 independent 1-thread processes (the rest: DDP's "
+                 f"gradient all-reduce and sync, and the machine's other load); on N GPUs: torchrun --standalone --nproc_per_node=N "
+                 f"benchmarks/ddp_steps.py crnn 50 1291 20"))
+
+
 # ----------------------------------------------------------------------------- report
 
 def table(rows):
@@ -422,7 +461,7 @@ def main(argv=None):
     print(machine(), flush=True)
     tracks = generated_tracks(size, args.work_dir) if {"cache", "predict"} & set(args.only) else None
     # Training last: the longest part, and the one most sensitive to a busy machine.
-    for part in [p for p in ("loading", "cache", "predict", "training") if p in args.only]:
+    for part in [p for p in ("loading", "cache", "predict", "training", "ddp") if p in args.only]:
         loads[part] = os.getloadavg()[0]
         print(f"--- {part} (load average {loads[part]:.2f})", flush=True)
         if part == "cache":
@@ -432,10 +471,12 @@ def main(argv=None):
         elif part == "training":
             with cold_compile_cache(args.work_dir):
                 bench_training(size, rows, device)
+        elif part == "ddp":
+            bench_ddp(size, rows)
         else:
             bench_predict(size, tracks, args.work_dir, rows)
     loads["end"] = os.getloadavg()[0]
-    rows.sort(key=lambda row: row[0])  # parts a, b, c, d
+    rows.sort(key=lambda row: row[0])  # parts a, b, c, d, e
     write_results(args.out, args, rows, loads, time.perf_counter() - start)
     print(f"\n{table(rows)}\n\nwritten to {args.out}", flush=True)
 

@@ -24,6 +24,9 @@ EXPECTED_ROWS = [
     "c training | amp (bf16 autocast)",
     "d predict | crnn, one track per forward pass",
     "d predict | crnn, batches of 32",
+    "e ddp | cnn1d, 1 process, ",
+    "e ddp | cnn1d, 1 process, 1 thread",
+    "e ddp | cnn1d, 2 gloo processes",
 ]
 
 
@@ -50,4 +53,4 @@ def test_unknown_part_is_a_clear_usage_error():
     result = subprocess.run([sys.executable, "benchmarks/run.py", "--only=cache,speed"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert "--only takes parts from cache,loading,training,predict; got speed" in result.stderr
+    assert "--only takes parts from cache,loading,training,predict,ddp; got speed" in result.stderr
