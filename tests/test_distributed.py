@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -59,6 +60,18 @@ def wait_for(path, process, seconds=300):
         assert process.poll() is None, "torchrun ended before writing " + str(path)
         assert time.monotonic() < deadline, f"no {path} after {seconds} s"
         time.sleep(0.05)
+
+
+def worker_of_rank(parent, rank):
+    """The pid of torchrun's worker with RANK=rank (a child of ``parent``)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == parent and f"\0RANK={rank}\0" in "\0" + (proc / "environ").read_text():
+                return int(proc.name)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
 
 
 def weights(path):
@@ -135,6 +148,20 @@ def test_sigterm_stops_every_rank_at_one_step_and_rank_0_saves_it(preempted):
     assert not list(out_dir.glob("*.tmp"))
 
 
+def test_a_sigterm_to_one_rank_stops_them_all_at_one_step(data_dir, tmp_path):
+    """Rank 0 never gets the signal, yet saves the step where rank 1 stops, and both exit with 143."""
+    process = torchrun(data_dir, tmp_path / "run", "--epochs=50", "--save_interval=3")
+    try:
+        wait_for(tmp_path / "run" / "last.pt", process)
+        os.kill(worker_of_rank(process.pid, 1), signal.SIGTERM)
+        code, output = finished(process, timeout=120)
+    finally:
+        process.kill()
+    assert code != 0 and output.count("exitcode  : 143") == 2, output[-3000:]  # torchrun's report of both ranks
+    assert "interrupted (SIGTERM)" in output and "lost the other processes" not in output
+    assert models_utils.load_checkpoint(tmp_path / "run" / "last.pt")["training"]["position"] is not None
+
+
 def test_resuming_under_torchrun_gives_the_uninterrupted_weights(preempted, straight, data_dir, tmp_path):
     out_dir = tmp_path / "run"
     shutil.copytree(preempted[0], out_dir)
@@ -157,16 +184,20 @@ def test_a_two_process_checkpoint_continues_on_one_process_and_says_so(preempted
     assert last["training"]["examples_seen"] == 2 * 64  # the epoch went on from its step, on the same batches
 
 
-def worker_of_rank(parent, rank):
-    """The pid of torchrun's worker with RANK=rank (a child of ``parent``)."""
-    for proc in Path("/proc").iterdir():
-        try:
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == parent and f"\0RANK={rank}\0" in "\0" + (proc / "environ").read_text():
-                return int(proc.name)
-        except (OSError, ValueError, IndexError):
-            continue
-    return None
+def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(straight, data_dir, tmp_path):
+    """A training clip's cached spectrogram turned to inf (bit rot): only the rank whose part of a batch
+    holds it computes a NaN loss, yet the summed step loss stops both before the backward pass."""
+    (folder,) = (data_dir / "cache").iterdir()  # built by the straight run
+    shutil.copytree(folder, tmp_path / "cache" / folder.name, ignore=shutil.ignore_patterns("locks"))
+    tracks, _ = utils.load_metadata(data_dir, "small")
+    row = json.loads((folder / "params.json").read_text())["track_ids"].index(
+        int(tracks.index[tracks["split"] == "training"][0]))
+    mels = np.load(tmp_path / "cache" / folder.name / "mels.npy", mmap_mode="r+")
+    mels[row] = np.inf
+    mels.flush()
+    code, output = finished(torchrun(data_dir, tmp_path / "run", "--epochs=1", f"--cache_dir={tmp_path / 'cache'}"))
+    assert code != 0 and output.count("error: training stopped in epoch 1: the training loss became") == 1, output[-3000:]
+    assert "lost the other processes" not in output and "no checkpoint exists" in output
 
 
 @pytest.mark.slow
