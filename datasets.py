@@ -1,7 +1,7 @@
 """Where clips and labels come from: FMA, a folder per genre, a CSV; and their train/validation/test splits.
 
     data = datasets.load(config)   # {"tracks", "class_names", "splits", "identity", "cache_root"}
-    datasets.write_splits(data["splits"], "runs/x/splits.csv")
+    datasets.write_splits(data["splits"], "runs/x/splits.csv", resume=False)
 
 main.py calls load() for every dataset (the key ``dataset`` picks one of DATASETS); everything after it
 (cache, training, reports, --evaluate) is shared. ``tracks`` is indexed by integer track ids (columns
@@ -233,16 +233,27 @@ def assign_splits(frame, val_size, test_size, seed, source):
     return groups.map(choice)
 
 
-def write_splits(splits, path):
+def write_splits(splits, path, resume=False):
     """The split a run used, one row per track and split (track_id, absolute path, genre, artist, split),
-    written atomically: it is itself a CSV dataset (dataset=csv) that repeats the split."""
+    written atomically: it is itself a CSV dataset (dataset=csv) that repeats the split. A resumed run
+    must have the split it started with (a folder's files may have changed since)."""
+    path = Path(path)
+    if resume and path.is_file():
+        before = pd.read_csv(path, usecols=["track_id", "split"])
+        now = {(int(t), SPLITS[key]) for key, frame in splits.items() for t in frame.index}
+        changed = now ^ set(zip(before["track_id"], before["split"]))
+        if changed:
+            raise DataError(f"The data's split is not the one this run started with ({len(changed)} tracks moved, "
+                            f"added or removed since {path} was written): resuming would train on other clips. "
+                            f"Restore the data, or start a new run (with --dataset=csv --data_dir={path} to keep the "
+                            f"split).")
     frames = []
     for key, frame in splits.items():
         artist = frame["artist"] if "artist" in frame else frame["artist_id"].astype(str)
         frames.append(pd.DataFrame({"track_id": frame.index, "path": frame["path"].map(os.path.abspath).to_numpy(),
                                     "genre": frame["genre"].to_numpy(), "artist": artist.to_numpy(), "split": SPLITS[key]}))
     text = pd.concat(frames).to_csv(index=False)
-    utils.atomic_write(Path(path), lambda f: f.write(text.encode()))
+    utils.atomic_write(path, lambda f: f.write(text.encode()))
 
 
 DATASETS = {"fma": load_fma, "folder": load_folder, "csv": load_csv}

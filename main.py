@@ -261,7 +261,7 @@ def build_data(config, device):
     if config["prepare_only"]:  # build_cache has printed the cache's summary
         print("prepare_only=True: the data and the cache are ready; nothing was trained.")
         return None
-    datasets.write_splits(splits, Path(config["out_dir"]) / "splits.csv")
+    datasets.write_splits(splits, Path(config["out_dir"]) / "splits.csv", resume=config["resume"])
     loaders, normalisation = utils.make_loaders(
         cache, splits, config["batch_size"], num_workers=loader_workers(config["num_workers"], device),
         standardise=config["standardise"], augment=config["data_augmentation"], seed=config["seed"],

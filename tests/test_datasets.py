@@ -160,6 +160,10 @@ def test_main_trains_on_a_folder_dataset_and_evaluate_reads_its_split(folder, tm
     splits = pd.read_csv(out_dir / "splits.csv")
     assert len(splits) == 30 and splits["split"].value_counts().to_dict() == {"training": 24, "validation": 3, "test": 3}
     assert [p.name.split("-")[0] for p in cache_dir.iterdir()] == [datasets.load(config(folder))["identity"]]
+    write_tone(folder / "rock" / "late.wav", 999.0, 777)  # the data changes: resuming would train on other clips
+    with pytest.raises(SystemExit, match="not the one this run started with"):
+        main.main([f"--data_dir={folder}", f"--out_dir={out_dir}", "--resume=True", "--epochs=2"])
+    (folder / "rock" / "late.wav").unlink()
     assert pre_trained_models.main([f"--checkpoint={out_dir}/best.pt", "--evaluate=True", f"--data_dir={folder}",
                                     f"--cache_dir={cache_dir}", f"--out_dir={tmp_path / 'eval'}"]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
