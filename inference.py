@@ -26,7 +26,6 @@ from torch.utils.data import DataLoader
 import audio_windows
 import utils
 
-AUDIO_EXTENSIONS = {".mp3", ".wav", ".flac", ".ogg"}
 
 
 def find_audio_files(inputs):
@@ -34,9 +33,9 @@ def find_audio_files(inputs):
     files = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in utils.AUDIO_EXTENSIONS)
             if not found:
-                print(f"warning: no {'/'.join(sorted(AUDIO_EXTENSIONS))} files in folder {item}", file=sys.stderr)
+                print(f"warning: no {'/'.join(sorted(utils.AUDIO_EXTENSIONS))} files in folder {item}", file=sys.stderr)
             files.extend(found)
         else:
             files.append(item)  # a missing file is reported by the worker with the others

@@ -27,7 +27,9 @@ import torch
 
 import cache as mel_cache
 import configurator
+import datasets
 import distributed
+import finetune
 import models_utils
 import preemption
 import utils
@@ -42,12 +44,16 @@ from train import EPOCH_LOSSES, NonFiniteLossError, continue_epoch, epoch_positi
 
 # -----------------------------------------------------------------------------
 # data
-data_dir = "data"            # holds fma_metadata/ and fma_<subset>/ (the layout download_data.sh writes)
+dataset = "fma"              # fma | folder: data_dir/<genre>/**/<audio> | csv: data_dir is a CSV (README: Your own music)
+data_dir = "data"            # FMA: holds fma_metadata/ and fma_<subset>/ (download_data.sh's layout); the folder or CSV
 subset = "small"             # FMA subset: small (8 balanced genres) | medium (16, unbalanced) | large
 download = True              # run download_data.sh when the data is missing (fma_small: 7.2 GiB)
-cache_dir = ""               # spectrogram cache; "" = <data_dir>/cache
+cache_dir = ""               # spectrogram cache; "" = <data_dir>/cache for FMA, data/cache for folder and csv
 split = "official"           # official: FMA's artist-filtered train/val/test | random: the original's (val == test)
-train_size = 0.8             # training fraction of the random split (the official split ignores it)
+train_size = 0.8             # training fraction of FMA's random split (the official split ignores it)
+val_size = 0.1               # validation fraction of a folder or csv dataset split here (no split column)
+test_size = 0.1              # test fraction of a folder or csv dataset split here (no split column)
+split_seed = -1              # seed of the random splits (folder, csv, FMA's random); -1 = the training seed
 n_frames = 1291              # frames per clip (1291 = the original's ~29.95 s); smaller only for quick tests
 cache_workers = -1           # processes decoding audio into the cache; -1 = every core this process may use (its share under torchrun)
 num_workers = -1             # DataLoader worker processes; -1 = auto: 0 on a CPU (its cores train), up to 4 on CUDA
@@ -56,6 +62,8 @@ model = "crnn"               # cnn1d | cnn2d | crnn (models.py)
 faithful = True              # the original's forward pass with its quirks (models.py); False: the corrected pass
 standardise = "auto"         # input dB standardised with train-split mean/std; auto = not faithful; True/False force it
 init = "kaiming"             # Linear/Conv weight init: kaiming (the original's) | xavier
+init_from = ""               # fine-tune from this checkpoint (or an original bare state_dict of --model); "" = none
+freeze = "none"              # with init_from: none | features: train only the classifier (BatchNorm statistics frozen)
 # optimisation (Adam + cross-entropy, ReduceLROnPlateau with PyTorch defaults on the validation loss)
 epochs = 30                  # training epochs
 batch_size = 50              # examples per batch
@@ -115,8 +123,8 @@ RESUME_MAY_CHANGE = {"epochs", "log_interval", "lr", "weight_decay", "num_worker
 RUN_STATE = ("history", "best_val_accuracy", "best_val_loss", "best_epoch", "examples_seen", "training_seconds",
              "wandb_run_id")
 # Valid values of the keys that take a name, from the registries that define them.
-CHOICES = {"subset": utils.SUBSETS, "split": utils.SPLIT_MODES, "model": tuple(MODELS),
-           "init": tuple(models_utils.INITIALISERS), "epoch_loss": tuple(EPOCH_LOSSES),
+CHOICES = {"dataset": tuple(datasets.DATASETS), "subset": utils.SUBSETS, "split": utils.SPLIT_MODES, "model": tuple(MODELS),
+           "freeze": finetune.FREEZE, "init": tuple(models_utils.INITIALISERS), "epoch_loss": tuple(EPOCH_LOSSES),
            "augment_masks": utils.AUGMENT_MASKS, "mask_draw": utils.MASK_DRAWS, "report_epoch": ("best", "last"),
            "wandb_mode": (None, "online", "offline", "disabled")}
 
@@ -153,6 +161,11 @@ def make_config(overrides, defaults=CONFIG):
                  f"{' (at least 1)' if key == 'cache_workers' else ''}.")
     if not (config["lr"] > 0 and 0 < config["train_size"] < 1 and config["weight_decay"] >= 0):
         fail("lr must be > 0, weight_decay >= 0 and train_size between 0 and 1.")
+    if not (config["val_size"] > 0 and config["test_size"] > 0 and config["val_size"] + config["test_size"] < 1):
+        fail(f"val_size and test_size must be > 0 and leave tracks for training (sum < 1), got "
+             f"{config['val_size']} and {config['test_size']}.")
+    if config["freeze"] != "none" and not config["init_from"]:
+        fail(f"freeze={config['freeze']} needs init_from=<a trained checkpoint>: frozen random layers learn nothing.")
     return config
 
 
@@ -246,25 +259,21 @@ def loader_workers(requested, device):
 
 
 def build_data(config, device):
-    """Metadata -> splits -> spectrogram cache -> loaders; None when prepare_only."""
-    ensure_data(config)
-    tracks, class_names = utils.load_metadata(config["data_dir"], config["subset"])
-    splits = utils.split_tracks(tracks, mode=config["split"], train_size=config["train_size"], seed=config["seed"])
-    preprocessing = {**utils.PREPROCESSING, "n_frames": config["n_frames"]}
-    cache_root = config["cache_dir"] or Path(config["data_dir"]) / "cache"
+    """Tracks and splits (datasets.py) -> spectrogram cache -> loaders; None when prepare_only."""
+    if config["dataset"] == "fma":
+        ensure_data(config)
+    dataset = datasets.load(config)
+    tracks, class_names, splits = dataset["tracks"], dataset["class_names"], dataset["splits"]
+    preprocessing = finetune.checked_preprocessing(config, {**utils.PREPROCESSING, "n_frames": config["n_frames"]})
     # Under torchrun each process of a machine decodes its share of the chunks, then waits for the rest.
-    cache = mel_cache.build_cache(tracks, cache_root, config["subset"], preprocessing,
+    cache = mel_cache.build_cache(tracks, dataset["cache_root"], dataset["identity"], preprocessing,
                                   workers=config["cache_workers"] if config["cache_workers"] > 0 else utils.cpu_share(),
                                   progress=distributed.is_main(),
                                   shard=(distributed.local_rank(), distributed.local_world_size()))
     if config["prepare_only"]:  # build_cache has printed the cache's summary
         print("prepare_only=True: the data and the cache are ready; nothing was trained.")
         return None
-    if config["split"] == "random":
-        print("warning: split=random uses the same tracks for validation and test (the original's setup): "
-              "the test accuracy is not from held-out data, and artists leak between train and test."
-              + (" best.pt is chosen on the test tracks themselves; report_epoch=last reports the final "
-                 "epoch instead, as the original did." if config["report_epoch"] == "best" else ""))
+    distributed.from_main(datasets.write_splits, splits, Path(config["out_dir"]) / "splits.csv", config["resume"])
     loaders, normalisation = utils.make_loaders(
         cache, splits, config["batch_size"], num_workers=loader_workers(config["num_workers"], device),
         standardise=config["standardise"], augment=config["data_augmentation"], seed=config["seed"],
@@ -272,7 +281,7 @@ def build_data(config, device):
         mask_draw=config["mask_draw"], balanced=config["balanced_sampler"],
         shard=(distributed.rank(), distributed.world_size()))
     sizes = ", ".join(f"{name} {len(loader.dataset)}" for name, loader in loaders.items())
-    print(f"data: {config['subset']} in {config['data_dir']}, {config['split']} split: {sizes} clips")
+    print(f"data: {dataset['identity']} in {config['data_dir']}: {sizes} clips (the split: splits.csv)")
     weights = utils.inverse_class_frequency(loaders["train"].dataset.labels, len(class_names)).to(device)
     return {"loaders": loaders, "class_names": class_names, "preprocessing": preprocessing,
             "normalisation": normalisation, "tracks": tracks,
@@ -288,10 +297,14 @@ def build_training(config, data, device, checkpoint=None, overrides=()):
                   "n_classes": len(data["class_names"]), "faithful": config["faithful"]}
     reseed(config["seed"])
     try:
-        model = models_utils.init_weights(build_model(config["model"], **model_args), config["init"]).to(device)
+        model = models_utils.init_weights(build_model(config["model"], **model_args), config["init"])
     except ValueError as error:
         fail(str(error))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    if config["init_from"] and checkpoint is None:  # a resumed run has its own weights
+        finetune.load_features(model, config["init_from"], config["model"], data["class_names"])
+    model = finetune.freeze(model, config["freeze"]).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=config["lr"], weight_decay=config["weight_decay"])
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
     state = {"epoch": 0, "history": [], "best_val_accuracy": -1.0, "best_val_loss": float("inf"), "best_epoch": 0,
              "examples_seen": 0, "training_seconds": 0.0, "wandb_run_id": None, "model_args": model_args}

@@ -288,8 +288,10 @@ def format_metrics(metrics):
 
 def format_summary(config, history, metrics):
     """The run's closing text: the per-epoch table, then the reported checkpoint's test result per genre."""
+    data = (f"FMA {config['subset']} ({config['split']} split)" if config.get("dataset", "fma") == "fma"
+            else f"{config['dataset']} {config['data_dir']}")
     lines = [f"\n=== {config['model']} ({'faithful' if config['faithful'] else 'corrected'}), "
-             f"{metrics['parameters']:,} parameters, FMA {config['subset']} ({config['split']} split) ===",
+             f"{metrics['parameters']:,} parameters, {data} ===",
              f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>9} {'val acc':>8} {'lr':>8} {'s':>7}"]
     lines += [f"{row['epoch']:5d} {row['train_loss']:10.4f} {row['train_accuracy']:9.3f} {row['val_loss']:9.4f} "
               f"{row['val_accuracy']:8.3f} {row['lr']:8.1e} {row['seconds']:7.1f}" for row in history]

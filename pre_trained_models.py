@@ -37,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 import cache as mel_cache
+import datasets
 import export
 import inference
 import models_utils
@@ -163,7 +164,7 @@ def audio_files(inputs, task):
     files = inference.find_audio_files(inputs)
     if not files:
         raise UsageError(f"No audio files to {task} in {' '.join(inputs)}: give audio files or folders "
-                         f"containing {', '.join(sorted(inference.AUDIO_EXTENSIONS))} files.")
+                         f"containing {', '.join(sorted(utils.AUDIO_EXTENSIONS))} files.")
     return files
 
 
@@ -239,7 +240,8 @@ def run_export(args):
 # -----------------------------------------------------------------------------
 # evaluation on FMA's test split
 
-SPLIT_SETTINGS = {"subset": "small", "split": "official", "seed": 0, "train_size": 0.8}  # main.py's defaults
+SPLIT_SETTINGS = {"dataset": "fma", "subset": "small", "split": "official", "seed": 0, "train_size": 0.8,
+                  "split_seed": -1, "val_size": 0.1, "test_size": 0.1}  # main.py's defaults
 
 
 def split_settings(args, checkpoint):
@@ -250,9 +252,10 @@ def split_settings(args, checkpoint):
     values (or main.py's defaults) are used, with a warning.
     """
     trained = checkpoint.get("config") or {}
-    given = {key: getattr(args, key) for key in SPLIT_SETTINGS if getattr(args, key) is not None}
+    given = {key: getattr(args, key, None) for key in SPLIT_SETTINGS if getattr(args, key, None) is not None}
     settings = {**SPLIT_SETTINGS, **given, **{key: trained[key] for key in SPLIT_SETTINGS if key in trained}}
-    relevant = SPLIT_SETTINGS if settings["split"] == "random" else ("subset", "split")  # seeds shape random splits only
+    random = settings["split"] == "random" or settings["dataset"] != "fma"
+    relevant = SPLIT_SETTINGS if random else ("subset", "split")  # seeds shape random splits only
     conflicts = [f"--{key}={value} (trained with {trained[key]})" for key, value in given.items()
                  if key in relevant and key in trained and trained[key] != value]
     if conflicts:
@@ -278,14 +281,13 @@ def run_evaluation(args):
     device = choose_device(args.device)
     model, checkpoint = load_predictor(args.checkpoint, args.model, device)
     settings = split_settings(args, checkpoint)
-    tracks, class_names = utils.load_metadata(args.data_dir, settings["subset"])
+    data = datasets.load({**settings, "data_dir": args.data_dir, "cache_dir": args.cache_dir or ""})
+    class_names, test_tracks = data["class_names"], data["splits"]["test"]
     if list(class_names) != list(checkpoint["class_names"]):
         raise UsageError(f"The checkpoint was trained on the genres {checkpoint['class_names']} but "
-                         f"{args.data_dir} (subset {settings['subset']}) has {class_names}: evaluate it on the "
-                         f"subset it was trained on (--subset).")
-    test_tracks = utils.split_tracks(tracks, mode=settings["split"], train_size=settings["train_size"],
-                                     seed=settings["seed"])["test"]
-    cache = mel_cache.build_cache(test_tracks, args.cache_dir or Path(args.data_dir) / "cache", settings["subset"],
+                         f"{args.data_dir} ({settings['dataset']} {settings['subset']}) has {class_names}: "
+                         f"evaluate it on the data it was trained on (--data_dir, --subset).")
+    cache = mel_cache.build_cache(test_tracks, data["cache_root"], data["identity"],
                                   preprocessing=checkpoint["preprocessing"])
     # make_loaders wants three splits; only "test" is used. It feeds raw dB (the model standardises
     # itself when its checkpoint says so), so no statistics are computed.
@@ -296,8 +298,10 @@ def run_evaluation(args):
                "epoch": (checkpoint.get("training") or {}).get("epoch"), **settings}
     out_dir = Path(args.out_dir or Path(args.checkpoint).parent / "evaluation")
     models_utils.save_report(out_dir, metrics, result["targets"], result["probabilities"], class_names)
-    seeded = f", seed {settings['seed']}, train_size {settings['train_size']}" if settings["split"] == "random" else ""
-    print(f"test split of FMA {settings['subset']} ({settings['split']}{seeded}): loss {metrics['test_loss']:.4f}, "
+    seeded = f", seed {datasets.split_seed(settings)}, train_size {settings['train_size']}"
+    split = (f"FMA {settings['subset']} ({settings['split']}{seeded if settings['split'] == 'random' else ''})"
+             if settings["dataset"] == "fma" else f"{args.data_dir} (split_seed {datasets.split_seed(settings)})")
+    print(f"test split of {split}: loss {metrics['test_loss']:.4f}, "
           f"accuracy {metrics['test_accuracy']:.3f}, balanced accuracy {metrics['balanced_accuracy']:.3f}, macro F1 "
           f"{metrics['macro_f1']:.3f} on {metrics['test_examples']} clips; metrics.json and figures in {out_dir}")
     return 0
@@ -342,7 +346,8 @@ def parse_args(argv=None):
     parser.add_argument("--export", metavar="FILE.onnx", help="write the model as ONNX (no audio files needed)")
     parser.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=False,
                         help="evaluate on the test split of --data_dir instead of predicting files")
-    parser.add_argument("--data_dir", help="with --evaluate: folder with fma_metadata/ and fma_<subset>/")
+    parser.add_argument("--data_dir", help="with --evaluate: folder with fma_metadata/ and fma_<subset>/, or the "
+                                           "genre folder or CSV of a folder or csv dataset")
     # The test split is the checkpoint's own (its training config); these are for the original's weights.
     parser.add_argument("--subset", choices=utils.SUBSETS, help="with --evaluate: FMA subset (default: the checkpoint's)")
     parser.add_argument("--split", choices=utils.SPLIT_MODES, help="with --evaluate: (default: the checkpoint's)")

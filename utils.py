@@ -74,6 +74,10 @@ class AudioError(DataError):
 
 # ----------------------------------------------------------------------------- audio
 
+# File types the audio loader (libsndfile) decodes: what prediction and the folder/CSV datasets accept.
+AUDIO_EXTENSIONS = {".mp3", ".wav", ".au", ".snd", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff"}
+
+
 def load_audio(path, sample_rate=22050):
     """Mono float32 at sample_rate, exactly as librosa.load (soundfile, channel mean, soxr_hq)."""
     path = Path(path)

@@ -33,8 +33,8 @@ EPOCH_KEYS = {"epoch": "train/epoch", "train_loss": "train/epoch_loss", "train_a
 
 
 def dataset_name(config):
-    """The dataset tag: demo (the synthetic demo) or fma (every other run until a dataset key exists)."""
-    return "demo" if config["demo"] else "fma"
+    """The dataset tag: demo (the synthetic demo), else the dataset key (fma, folder, csv)."""
+    return "demo" if config["demo"] else config.get("dataset", "fma")
 
 
 def audio_shareable(config):

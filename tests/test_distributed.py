@@ -112,10 +112,10 @@ def test_rank_0_alone_prints_and_writes_one_set_of_artefacts(straight):
     out_dir, output = straight
     assert sorted(p.name for p in out_dir.parent.iterdir()) == ["run"]
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(
-        ["last.pt", "best.pt", "metrics.json", "history.csv", "curves.png", "roc_curves.png", "confusion_matrix.png",
+        ["last.pt", "best.pt", "metrics.json", "history.csv", "splits.csv", "curves.png", "roc_curves.png", "confusion_matrix.png",
          "confusion_matrix_normalized.png"])
     assert "torchrun: 2 processes (gloo on CPU), global batch 4 = 2 x 2 per process" in output
-    for line in ("epoch   1/2 |", "epoch   2/2 |", "=== cnn1d", "data: small in"):
+    for line in ("epoch   1/2 |", "epoch   2/2 |", "=== cnn1d", "clips (the split: splits.csv)"):
         assert output.count(line) == 1, line
     last = models_utils.load_checkpoint(out_dir / "last.pt")
     assert last["config"]["world_size"] == 2 and last["training"]["examples_seen"] == 2 * 64  # none twice, none lost
