@@ -11,6 +11,10 @@ Edit the constants below, or override any of them with --key=value:
 Writes last.pt, best.pt, metrics.json, history.csv and PNG figures to out_dir (default runs/<model>)
 and logs the run to Weights & Biases (offline unless an API key is configured).
 """
+import allocator
+
+allocator.keep_large_allocations()  # before numpy and torch allocate: glibc keeps freed tensors (allocator.py)
+
 import csv
 import io
 import os

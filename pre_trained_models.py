@@ -16,6 +16,10 @@ is padded. Windows of many tracks are batched together; audio is decoded in back
 Exit status: 0 when every file was predicted, 1 when any failed (each failure has an error line on
 stderr), 2 for a usage error (bad checkpoint, no audio files, ...).
 """
+import allocator
+
+allocator.keep_large_allocations()  # before torch allocates: evaluation keeps freed tensors (allocator.py)
+
 import argparse
 import csv
 import io
