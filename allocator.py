@@ -5,12 +5,12 @@
 
 Why: glibc's malloc serves every block above its mmap threshold (128 KiB, growing by itself to at most
 32 MiB) with a fresh mmap and gives it back with munmap when it is freed. A CPU training step allocates
-and frees hundreds of MB of activations and gradients (one CRNN activation at batch 50 is
-50 x 16 x 128 x 1291 floats = 529 MB), so every step faults all of that memory in again, page by
-zeroed page: the kernel spent more time than the model. With the mmap threshold above the largest
-tensor and the trim threshold above a step's memory, free() keeps those blocks in the heap and the
-next step reuses them. The price: memory freed stays in the process, so the peak resident memory
-grows (benchmarks/results_allocator.md has step time against peak memory for each threshold).
+and frees far more than it holds (the CRNN at batch 50: 18.8 GB a step, 31 blocks of 50 x 16 x 128 x
+1291 floats = 504 MiB among them, at most 3.5 GiB alive), so every step faulted all of it in again,
+page by zeroed page: half of the CPU time went to the kernel. With the mmap threshold above the
+largest block and trimming off, free() keeps the blocks in the heap and the next step reuses them:
+2.7x faster. The price: freed memory stays in the process and the peak resident memory grows (CRNN,
+batch 50, eager: 5.0 -> 12.4 GiB); benchmarks/results_allocator.md has the sweep behind the choice.
 
 main.py (and so the DataLoader workers it forks, and every script that imports main) and
 pre_trained_models.py call it at start-up. It is a no-op where the C library is not glibc (macOS,
@@ -26,7 +26,7 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 
 # Chosen from a sweep on 2 cores, CRNN training step at batch 50 (benchmarks/results_allocator.md):
-# a threshold below the largest activation (529 MB) leaves most of the churn in place; 1 GiB keeps
+# a threshold below the largest activation (504 MiB) leaves most of the churn in place; 1 GiB keeps
 # every tensor of the three models at batch 50 in the heap. Trimming is off (-1, mallopt(3)): with
 # the largest threshold mallopt's int takes (2 GiB - 1), the free top of the heap at the end of a
 # step still exceeded it now and then and was faulted in again by the next step.
@@ -74,7 +74,7 @@ def keep_large_allocations(mmap_threshold=MMAP_THRESHOLD, trim_threshold=TRIM_TH
     else:
         mallopt = ctypes.CDLL(None).mallopt
         mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-        # older glibc refused mmap thresholds above 32 MiB; then the default (churning) allocator stays
+        # a glibc that caps the threshold at HEAP_MAX_SIZE / 2 (32 MiB) refuses it: the defaults then stay
         if mallopt(M_MMAP_THRESHOLD, mmap_threshold) != 1 or mallopt(M_TRIM_THRESHOLD, trim_threshold) != 1:
             status = f"left alone: glibc {version} refused an mmap threshold of {mmap_threshold >> 20} MiB"
         else:

@@ -9,9 +9,9 @@ setting (and per round):
     python benchmarks/train_step.py crnn project --compile   # compiled in channels_last, as compile=auto
 
 Options: --batch_size=50 --n_frames=1291 --steps=3 --threads=N --compile. Prints {"step_s": median
-seconds of the timed steps (after WARM_UP_STEPS), "system_share": kernel
-time / (user + kernel time) over the timed steps, "faults_per_step": minor page faults per timed step
-(memory faulted in afresh; independent of the machine's load), "peak_rss_mib": the process's peak resident memory,
+seconds of the timed steps (after WARM_UP_STEPS), "system_share": kernel time / (user + kernel time)
+over the timed steps, "faults_per_step": minor page faults per timed step (memory faulted in afresh;
+the machine's load does not change it), "peak_rss_mib": the process's peak resident memory,
 "allocator": what allocator.py did}.
 """
 import argparse
