@@ -60,11 +60,13 @@ expected_sha1() {
     fi
     [ -f "$FMA_CHECKSUMS" ] || die "FMA_CHECKSUMS names $FMA_CHECKSUMS, which does not exist. Point it \
 at a sha1sum-format file (lines '<sha1>  <archive>') or unset it to use the official checksums."
-    # sha1sum lines are '<sha1>  <name>' or '<sha1> *<name>'; the name may carry a directory.
-    while read -r sum name; do
+    # sha1sum lines are '<sha1>  <name>' or '<sha1> *<name>'; the name may carry a directory. Files
+    # written on Windows may end lines in CRLF, lack the final newline or spell the SHA1 in capitals.
+    while read -r sum name || [ -n "$sum" ]; do
+        name="${name%$'\r'}"
         name="${name#\*}"
         if [ "${name##*/}" = "$archive" ]; then
-            echo "$sum"
+            echo "$sum" | tr 'A-F' 'a-f'
             return
         fi
     done < "$FMA_CHECKSUMS"
@@ -72,12 +74,27 @@ at a sha1sum-format file (lines '<sha1>  <archive>') or unset it to use the offi
 unset FMA_CHECKSUMS to use the official checksums."
 }
 
+# SHA1 of DATA_DIR/$1, read from stdin: given a path with a backslash in it, sha1sum would mark
+# its output line with a leading backslash.
 sha1_of() {
+    echo "$1: verifying SHA1 (a minute or more for the large archives) ..." >&2
     if command -v sha1sum > /dev/null; then
-        sha1sum "$1" | cut -d ' ' -f 1
+        sha1sum < "$DATA_DIR/$1" | cut -d ' ' -f 1
     else  # macOS ships shasum instead of coreutils' sha1sum
-        shasum -a 1 "$1" | cut -d ' ' -f 1
+        shasum -a 1 < "$DATA_DIR/$1" | cut -d ' ' -f 1
     fi
+}
+
+# Without curl and wget, say so (and how to get one) rather than let bash's "command not found"
+# pass for a network failure.
+require_downloader() {
+    local url="$1"
+    command -v curl > /dev/null || command -v wget > /dev/null || die "neither curl nor wget is \
+installed, and one of them is needed to download $url. Install either, e.g. curl: sudo apt-get \
+install curl (Debian, Ubuntu), sudo dnf install curl (Fedora), brew install curl (macOS) or conda \
+install -c conda-forge curl (a conda environment); then rerun this script. Or download $url \
+yourself (browser, another machine), put it in $DATA_DIR/ and rerun: it is verified and unpacked \
+from there."
 }
 
 # Download $url into $part, continuing whatever $part already holds.
@@ -89,7 +106,7 @@ fetch() {
         local status
         status="$(curl -fL "${progress[@]}" --connect-timeout 30 --retry 3 -C - -o "$part" \
             -w '%{http_code}' "$url")" || rc=$?
-        # 416 to a resume request: $part already holds the whole file (verify() judges it).
+        # 416 to a resume request: $part already holds the whole file (get_verified() judges it).
         if [ "$rc" -eq 22 ] && [ "$status" = 416 ]; then
             echo "The server has nothing past the end of $part: it is complete." >&2
             rc=0
@@ -106,6 +123,9 @@ fetch() {
     else
         local progress=(-nv)
         [ -t 2 ] && progress=(--progress=bar:force:noscroll)
+        # A server that ignores Range answers with the whole file (200): wget -c then skips the
+        # bytes $part already holds (GNU wget 1.21, wget2 1.99), so $part stays correct. Whatever
+        # else a resume gets wrong, get_verified() catches by the checksum.
         wget -c "${progress[@]}" --connect-timeout=30 --tries=3 -O "$part" "$url" || rc=$?
         [ "$rc" -eq 3 ] && return 3  # wget's file I/O error
     fi
@@ -119,6 +139,7 @@ download() {
         echo "$archive: found $dest, not downloading it again."
         return
     fi
+    require_downloader "$url"
     if [ -s "$dest.part" ]; then
         echo "$archive: resuming the download from $url into $dest.part"
     else
@@ -141,11 +162,22 @@ dataset: python main.py --demo=True"
     mv -f "$dest.part" "$dest"
 }
 
-verify() {
-    local archive="$1" dest="$DATA_DIR/$1" expected actual
-    expected="$(expected_sha1 "$archive")"
-    echo "$archive: verifying SHA1 (a minute or more for the large archives) ..."
-    actual="$(sha1_of "$dest")"
+# Make sure DATA_DIR/$archive is present and matches its SHA1, or end the run. A resumed download
+# that fails the check was most likely spoiled by the resume (a server or proxy that mishandles
+# Range requests, a .part left from another file): it is fetched once more from the start.
+get_verified() {
+    local archive="$1" dest="$DATA_DIR/$1" expected actual resumed=0
+    expected="$(expected_sha1 "$archive")"  # first: a bad FMA_CHECKSUMS fails before the download
+    [ ! -f "$dest" ] && [ -s "$dest.part" ] && resumed=1
+    download "$archive"
+    actual="$(sha1_of "$archive")"
+    if [ "$actual" != "$expected" ] && [ "$resumed" -eq 1 ]; then
+        echo "$archive does not match its SHA1 after resuming (the server may mishandle resumed \
+downloads); deleting it and downloading it again from the start." >&2
+        rm -f "$dest"
+        download "$archive"
+        actual="$(sha1_of "$archive")"
+    fi
     if [ "$actual" != "$expected" ]; then
         mv -f "$dest" "$dest.bad"
         die "checksum mismatch for $archive: its SHA1 is $actual but should be $expected \
@@ -212,8 +244,7 @@ for folder in "${FOLDERS[@]}"; do
         echo "$folder: already in place in $DATA_DIR/$folder/"
         continue
     fi
-    download "$folder.zip"
-    verify "$folder.zip"
+    get_verified "$folder.zip"
     extract "$folder.zip" "$folder"
     done_any=1
 done

@@ -1,15 +1,18 @@
 """Train and evaluate one FMA genre classifier end to end (SPEC section 5), nanoGPT style.
 
-Edit the constants below, or override any of them with --key=value:
+Edit the constants below, or override any of them with a config file and/or --key=value:
 
-    python main.py                                   # the original's best run: CRNN on FMA small
+    python main.py                                   # CRNN on FMA small with this project's recipe
+    python main.py configs/original_crnn.py          # a row of the original's results table, as it ran
     python main.py --model=cnn1d --epochs=50 --lr=0.0001 --data_augmentation=True --weight_decay=0.0001
     python main.py --demo=True                       # synthetic demo data, offline, minutes on a CPU
-    python main.py --resume=True                     # continue <out_dir>/last.pt after an interruption
+    python main.py --resume=True                     # continue the latest run of the model (runs/<model>/latest)
     python main.py --prepare_only=True               # only download and build the spectrogram cache
+    python main.py --help                            # every key with its default and comment
 
-Writes last.pt, best.pt, metrics.json, history.csv and PNG figures to out_dir (default runs/<model>)
-and logs the run to Weights & Biases (offline unless an API key is configured).
+Writes last.pt, best.pt, metrics.json, history.csv and PNG figures to out_dir (default
+runs/<model>/<date-time>, with runs/<model>/latest pointing at the newest run) and logs the run to
+Weights & Biases (offline unless an API key is configured).
 """
 import allocator
 
@@ -17,58 +20,88 @@ allocator.keep_large_allocations()  # before numpy and torch allocate: glibc kee
 
 import csv
 import io
-import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+import cache as mel_cache
+import configurator
+import datasets
+import distributed
+import finetune
 import models_utils
+import preemption
 import utils
-from models import build_model
+import wandb_logging
+from configurator import fail
+from models import MODELS, build_model
 from models_utils import CheckpointError
-from test import test  # the project's test.py (it comes first on sys.path), not the stdlib package
-from train import NonFiniteLossError, train
+from preemption import Preempted, RunSignals
+from test import evaluate, test  # the project's test.py (it comes first on sys.path), not the stdlib package
+from train import EPOCH_LOSSES, NonFiniteLossError, continue_epoch, epoch_position, train
 
 
 # -----------------------------------------------------------------------------
 # data
-data_dir = "data"            # holds fma_metadata/ and fma_<subset>/ (the layout download_data.sh writes)
+dataset = "fma"              # fma | folder: data_dir/<genre>/**/<audio> | csv: data_dir is a CSV (README: Your own music)
+data_dir = "data"            # FMA: holds fma_metadata/ and fma_<subset>/ (download_data.sh's layout); the folder or CSV
 subset = "small"             # FMA subset: small (8 balanced genres) | medium (16, unbalanced) | large
 download = True              # run download_data.sh when the data is missing (fma_small: 7.2 GiB)
-cache_dir = ""               # spectrogram cache; "" = <data_dir>/cache
+cache_dir = ""               # spectrogram cache; "" = <data_dir>/cache for FMA, data/cache for folder and csv
 split = "official"           # official: FMA's artist-filtered train/val/test | random: the original's (val == test)
-train_size = 0.8             # training fraction of the random split (the official split ignores it)
+train_size = 0.8             # training fraction of FMA's random split (the official split ignores it)
+val_size = 0.1               # validation fraction of a folder or csv dataset split here (no split column)
+test_size = 0.1              # test fraction of a folder or csv dataset split here (no split column)
+split_seed = -1              # seed of the random splits (folder, csv, FMA's random); -1 = the training seed
 n_frames = 1291              # frames per clip (1291 = the original's ~29.95 s); smaller only for quick tests
-num_workers = -1             # DataLoader worker processes; -1 = auto (see loader_workers); also caps the cache build
+cache_workers = -1           # processes decoding audio into the cache; -1 = every core this process may use (its share under torchrun)
+num_workers = -1             # DataLoader worker processes; -1 = auto: 0 on a CPU (its cores train), up to 4 on CUDA
 # model
 model = "crnn"               # cnn1d | cnn2d | crnn (models.py)
-faithful = True              # the original's forward pass (raw dB, its quirks); False: corrected + standardised
+faithful = True              # the original's forward pass with its quirks (models.py); False: the corrected pass
+standardise = "auto"         # input dB standardised with train-split mean/std; auto = not faithful; True/False force it
 init = "kaiming"             # Linear/Conv weight init: kaiming (the original's) | xavier
+init_from = ""               # fine-tune from this checkpoint (or an original bare state_dict of --model); "" = none
+freeze = "none"              # with init_from: none | features: train only the classifier (BatchNorm statistics frozen)
 # optimisation (Adam + cross-entropy, ReduceLROnPlateau with PyTorch defaults on the validation loss)
 epochs = 30                  # training epochs
 batch_size = 50              # examples per batch
 lr = 1e-3                    # Adam's initial learning rate
 weight_decay = 0.0           # Adam weight decay (the original used 1e-4 where enabled)
-data_augmentation = False    # double the training set with SpecAugment copies (2 mel + 2 time masks, 0 dB)
+shuffle = True               # reshuffle the training clips every epoch; False: one fixed order (the original's)
+class_weights = False        # weigh the cross-entropy by inverse class frequency of the training split (unbalanced subsets)
+balanced_sampler = False     # draw each epoch's training clips class-balanced, with replacement (unbalanced subsets)
+epoch_loss = "per_example"   # epoch loss (and what the scheduler sees): per_example | per_batch (the original's)
+data_augmentation = False    # add one SpecAugment copy of each training clip (2 mel + 2 time masks, 0 dB)
+augment_masks = "per_epoch"  # per_epoch: masks redrawn every epoch | fixed: drawn once (the original's copies)
+mask_draw = "inclusive"      # inclusive: any width 0..max and position | original: int(U(0, max)) as it drew them
+report_epoch = "best"        # test figures from: best (best.pt, by val accuracy) | last (the final epoch, the original's)
 seed = 0                     # seeds everything; each epoch reseeds from (seed, epoch) so resuming is exact
 log_interval = 25            # batches between train-loss logs to W&B (the original's 25)
 # system
 device = "auto"              # auto: cuda, then mps, then cpu; or a torch device string ("cuda:1")
 amp = False                  # bfloat16 autocast for speed (CUDA only, ignored elsewhere)
 compile = "auto"             # torch.compile: auto = on for crnn/cnn2d (+ channels_last), off for cnn1d; True/False force it
+sync_batchnorm = False       # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA); False: per process
 # run
-out_dir = ""                 # checkpoints and reports; "" = runs/<model> (runs/demo_<model> with demo=True)
-resume = False               # continue from <out_dir>/last.pt: same result as an uninterrupted run
+out_dir = ""                 # checkpoints and reports; "" = a new runs/<model>/<date-time> (runs/demo_<model>/... with demo)
+overwrite = False            # allow a new run in an out_dir that already holds one (its files are replaced)
+resume = False               # continue <out_dir>/last.pt (out_dir "": the latest run of the model): exact
+save_interval = 0            # optimiser steps between mid-epoch saves of last.pt; 0 = at epoch ends only
 demo = False                 # the synthetic demo dataset (data/demo) with the DEMO settings below
 prepare_only = False         # download and build the cache, print its summary, exit
-wandb_project = "MusicGenreClassification"  # the original's W&B project
+wandb_project = "MusicGenreClassificationDefinitive"  # the original's W&B project
 wandb_mode = None            # online | offline | disabled; None: $WANDB_MODE, else online iff an API key is set
+wandb_group = ""             # W&B group of the runs of one experiment (seeds, a search, a distributed run); "" = none
+watch = False                # W&B gradient and parameter histograms every 10 batches (the original's wandb.watch)
+hardest_clips = 24           # W&B table of the N most confidently wrong test clips (spectrogram, audio); 0 = none
+upload_audio = "auto"        # the hardest clips' audio on W&B: auto = only Creative Commons FMA (and demo) clips
+upload_checkpoints = True    # the reported checkpoint (best.pt, or last.pt) as a W&B model artifact
 # -----------------------------------------------------------------------------
 CONFIG = {k: v for k, v in globals().items()
           if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}
@@ -85,83 +118,70 @@ DEMO = {"data_dir": "data/demo", "epochs": 25, "batch_size": 8, "download": Fals
 # epochs never repay the compile time.
 COMPILED_MODELS = ("crnn", "cnn2d")
 DEMO_TRACKS_PER_GENRE = 10
+RUNS_ROOT = Path("runs")  # runs/<model>/<date-time>/, runs/<model>/latest -> the newest
 # On resume the checkpoint's config wins; only these keys may be changed on the command line.
-RESUME_MAY_CHANGE = {"epochs", "log_interval", "lr", "weight_decay", "num_workers", "device", "amp", "compile",
-                     "data_dir", "cache_dir", "download", "out_dir", "resume", "wandb_mode", "wandb_project"}
-# Run state saved in every checkpoint besides the model, optimizer and scheduler.
+RESUME_MAY_CHANGE = {"epochs", "log_interval", "lr", "weight_decay", "num_workers", "cache_workers", "device", "amp",
+                     "compile", "data_dir", "cache_dir", "download", "out_dir", "resume", "overwrite", "wandb_mode",
+                     "wandb_project", "save_interval", "wandb_group", "watch", "hardest_clips", "upload_audio",
+                     "upload_checkpoints"}
+# Run state saved in every checkpoint's "training" entry besides the epoch, optimizer and scheduler.
 RUN_STATE = ("history", "best_val_accuracy", "best_val_loss", "best_epoch", "examples_seen", "training_seconds",
              "wandb_run_id")
-CHOICES = {"subset": ("small", "medium", "large"), "split": ("official", "random"),
-           "model": ("cnn1d", "cnn2d", "crnn"), "init": ("kaiming", "xavier"),
+# Valid values of the keys that take a name, from the registries that define them.
+CHOICES = {"dataset": tuple(datasets.DATASETS), "subset": utils.SUBSETS, "split": utils.SPLIT_MODES, "model": tuple(MODELS),
+           "freeze": finetune.FREEZE, "init": tuple(models_utils.INITIALISERS), "epoch_loss": tuple(EPOCH_LOSSES),
+           "augment_masks": utils.AUGMENT_MASKS, "mask_draw": utils.MASK_DRAWS, "report_epoch": ("best", "last"),
            "wandb_mode": (None, "online", "offline", "disabled")}
-
-
-def fail(message):
-    """Stop with a one-paragraph message and exit status 1, no traceback."""
-    raise SystemExit(f"error: {message}")
 
 
 # -----------------------------------------------------------------------------
 # configuration
 
-def convert(key, text, default):
-    """``text`` as the type of ``default``; bool takes True/False/true/false/1/0, None defaults take str."""
-    if isinstance(default, bool):
-        if text.lower() in ("true", "1"):
-            return True
-        if text.lower() in ("false", "0"):
-            return False
-    elif isinstance(default, (int, float)):
-        try:
-            return type(default)(text)
-        except ValueError:
-            pass
-    else:
-        return None if default is None and text.lower() == "none" else text
-    fail(f"--{key}={text}: expected a {type(default).__name__} like the default {default!r}.")
-
-
-def parse_overrides(argv, defaults=CONFIG):
-    """``--key=value`` arguments as a dict, type-checked against ``defaults``."""
-    overrides = {}
-    for arg in argv:
-        key, equals, text = arg.removeprefix("--").partition("=")
-        if not arg.startswith("--") or not equals:
-            fail(f"cannot read argument {arg!r}: write --key=value, e.g. --epochs=5.")
-        if key not in defaults:
-            fail(f"unknown config key {key!r}. Valid keys: {', '.join(defaults)}.")
-        overrides[key] = convert(key, text, defaults[key])
-    return overrides
-
-
 def make_config(overrides, defaults=CONFIG):
-    """Defaults, then the demo settings (with demo=True), then the overrides; out_dir resolved and checked."""
+    """Defaults, then the demo settings (with demo=True), then the overrides (config file and
+    command line); names, ranges and the auto keys resolved and checked."""
     config = dict(defaults)
     if overrides.get("demo", defaults["demo"]):
         config.update(DEMO)
     config.update(overrides)
-    if not config["out_dir"]:
-        config["out_dir"] = str(Path("runs") / (f"demo_{config['model']}" if config["demo"] else config["model"]))
-    config["compile"] = resolve_compile(config["compile"], config["model"])
+    # W&B's watch hooks would make torch.compile recompile at every step, hence no auto compile with watch
+    config["compile"] = resolve_auto(config, "compile", config["model"] in COMPILED_MODELS and not config["watch"])
+    config["standardise"] = resolve_auto(config, "standardise", not config["faithful"])
+    config["upload_audio"] = resolve_auto(config, "upload_audio", wandb_logging.audio_shareable(config))
     for key, valid in CHOICES.items():
         if config[key] not in valid:
             fail(f"{key}={config[key]!r} is not valid: choose one of {', '.join(map(str, valid))}.")
     for key in ("epochs", "batch_size", "n_frames", "log_interval"):
         if config[key] < 1:
             fail(f"{key} must be at least 1, got {config[key]}.")
+    if config["balanced_sampler"] and not config["shuffle"]:
+        fail("balanced_sampler=True draws a new class-balanced sample every epoch; it cannot keep shuffle=False's "
+             "fixed order. Drop one of them.")
+    for key, zero in (("save_interval", "epoch ends only"), ("hardest_clips", "no table")):
+        if config[key] < 0:
+            fail(f"{key} must be 0 ({zero}) or more, got {config[key]}.")
+    for key in ("num_workers", "cache_workers"):
+        if config[key] < -1 or config[key] == 0 and key == "cache_workers":
+            fail(f"{key}={config[key]} is not valid: -1 (auto) or a number of processes"
+                 f"{' (at least 1)' if key == 'cache_workers' else ''}.")
     if not (config["lr"] > 0 and 0 < config["train_size"] < 1 and config["weight_decay"] >= 0):
         fail("lr must be > 0, weight_decay >= 0 and train_size between 0 and 1.")
+    if not (config["val_size"] > 0 and config["test_size"] > 0 and config["val_size"] + config["test_size"] < 1):
+        fail(f"val_size and test_size must be > 0 and leave tracks for training (sum < 1), got "
+             f"{config['val_size']} and {config['test_size']}.")
+    if config["freeze"] != "none" and not config["init_from"]:
+        fail(f"freeze={config['freeze']} needs init_from=<a trained checkpoint>: frozen random layers learn nothing.")
     return config
 
 
-def resolve_compile(value, model_name):
-    """compile as a bool: "auto" means on for COMPILED_MODELS; True/False (or 1/0) force it."""
-    text = str(value).lower()
+def resolve_auto(config, key, auto_value):
+    """A key taking auto/True/False as a bool: "auto" means ``auto_value``."""
+    text = str(config[key]).lower()
     if text == "auto":
-        return model_name in COMPILED_MODELS
+        return auto_value
     if text in ("true", "1", "false", "0"):
         return text in ("true", "1")
-    fail(f"compile={value!r} is not valid: choose auto, True or False.")
+    fail(f"{key}={config[key]!r} is not valid: choose auto, True or False.")
 
 
 def pick_device(name):
@@ -173,23 +193,17 @@ def pick_device(name):
         torch.empty(1, device=device)
     except (RuntimeError, AssertionError) as error:
         fail(f"device={name!r} cannot be used ({str(error).splitlines()[0]}). Use device=auto or cpu.")
-    if device.type == "cpu" and hasattr(os, "sched_getaffinity"):
-        torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use, not the host's
+    if device.type == "cpu":  # the cores this process may use, not the host's (its share under torchrun)
+        torch.set_num_threads(utils.cpu_share())
     return device
-
-
-def check_writable(out_dir):
-    """Create ``out_dir`` and prove a file can be written there, before any work is done."""
-    try:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out_dir).close()
-    except OSError as error:
-        fail(f"out_dir {out_dir} is not writable ({error.strerror or error}). Choose another with --out_dir=PATH.")
 
 
 def load_resume(config, overrides):
     """The checkpoint <out_dir>/last.pt and the config to continue with (the checkpoint's own)."""
-    checkpoint = models_utils.load_checkpoint(Path(config["out_dir"]) / "last.pt")
+    checkpoint = distributed.from_main(models_utils.load_checkpoint, Path(config["out_dir"]) / "last.pt")
+    if not checkpoint.get("training"):
+        raise CheckpointError(f"{config['out_dir']}/last.pt holds no training state (an exported model?); "
+                              f"it can predict but not resume. Start a new run instead.")
     saved = {**config, **checkpoint["config"]}
     conflicts = [f"{k}={v!r} (checkpoint: {saved[k]!r})" for k, v in overrides.items()
                  if k not in RESUME_MAY_CHANGE and saved[k] != v]
@@ -221,18 +235,19 @@ def ensure_data(config):
 
     data_dir, subset_name = Path(config["data_dir"]), config["subset"]
     if config["demo"]:
-        try:
-            demo_data.make_demo_dataset(data_dir, tracks_per_genre=DEMO_TRACKS_PER_GENRE)  # fixed data seed
+        try:  # fixed data seed; under torchrun written once per machine
+            distributed.first_on_each_machine(demo_data.make_demo_dataset, data_dir, DEMO_TRACKS_PER_GENRE)
         except FileExistsError as error:
             fail(str(error))
         return
     if (data_dir / "fma_metadata" / "tracks.csv").is_file() and (data_dir / f"fma_{subset_name}").is_dir():
         return
-    if not config["download"]:
+    if not config["download"] or distributed.launched():
         fail(f"no FMA data in {data_dir} (expected {data_dir}/fma_metadata/tracks.csv and "
              f"{data_dir}/fma_{subset_name}/). Download it with --download=True or "
              f"`bash download_data.sh {subset_name} {data_dir}`, point --data_dir at an existing copy, "
-             f"or try the synthetic demo with --demo=True.")
+             f"or try the synthetic demo with --demo=True."
+             + (" torchrun never downloads: get the data before the launch." if distributed.launched() else ""))
     script = Path(__file__).resolve().with_name("download_data.sh")
     print(f"data: {data_dir} has no fma_{subset_name}; running bash {script.name} {subset_name} {data_dir}")
     if subprocess.run(["bash", str(script), subset_name, str(data_dir)]).returncode != 0:
@@ -245,31 +260,37 @@ def loader_workers(requested, device):
     and loads in the main process on a CPU, whose cores the model already uses."""
     if requested >= 0:
         return requested
-    return min(4, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
+    return min(4, max(1, utils.available_cpus() - 1)) if device.type == "cuda" else 0
 
 
 def build_data(config, device):
-    """Metadata -> splits -> spectrogram cache -> loaders; None when prepare_only."""
-    ensure_data(config)
-    tracks, class_names = utils.load_metadata(config["data_dir"], config["subset"])
-    splits = utils.split_tracks(tracks, mode=config["split"], train_size=config["train_size"], seed=config["seed"])
-    preprocessing = {**utils.PREPROCESSING, "n_frames": config["n_frames"]}
-    cache_root = config["cache_dir"] or Path(config["data_dir"]) / "cache"
-    cache = utils.build_cache(tracks, cache_root, config["subset"], preprocessing,
-                              num_workers=config["num_workers"] if config["num_workers"] > 0 else None)
+    """Tracks and splits (datasets.py) -> spectrogram cache -> loaders; None when prepare_only."""
+    if config["dataset"] == "fma":
+        ensure_data(config)
+    dataset = datasets.load(config)
+    tracks, class_names, splits = dataset["tracks"], dataset["class_names"], dataset["splits"]
+    preprocessing = finetune.checked_preprocessing(config, {**utils.PREPROCESSING, "n_frames": config["n_frames"]})
+    # Under torchrun each process of a machine decodes its share of the chunks, then waits for the rest.
+    cache = mel_cache.build_cache(tracks, dataset["cache_root"], dataset["identity"], preprocessing,
+                                  workers=config["cache_workers"] if config["cache_workers"] > 0 else utils.cpu_share(),
+                                  progress=distributed.is_main(),
+                                  shard=(distributed.local_rank(), distributed.local_world_size()))
     if config["prepare_only"]:  # build_cache has printed the cache's summary
         print("prepare_only=True: the data and the cache are ready; nothing was trained.")
         return None
-    if config["split"] == "random":
-        print("warning: split=random uses the same tracks for validation and test (the original's setup): "
-              "the test accuracy is not from held-out data, and artists leak between train and test.")
+    distributed.from_main(datasets.write_splits, splits, Path(config["out_dir"]) / "splits.csv", config["resume"])
     loaders, normalisation = utils.make_loaders(
-        cache, splits, config["batch_size"], num_workers=loader_workers(config["num_workers"], device), faithful=config["faithful"],
-        augment=config["data_augmentation"], seed=config["seed"], device=device.type)
+        cache, splits, config["batch_size"], num_workers=loader_workers(config["num_workers"], device),
+        standardise=config["standardise"], augment=config["data_augmentation"], seed=config["seed"],
+        device=device.type, shuffle=config["shuffle"], augment_masks=config["augment_masks"],
+        mask_draw=config["mask_draw"], balanced=config["balanced_sampler"],
+        shard=(distributed.rank(), distributed.world_size()))
     sizes = ", ".join(f"{name} {len(loader.dataset)}" for name, loader in loaders.items())
-    print(f"data: {config['subset']} in {config['data_dir']}, {config['split']} split: {sizes} clips")
+    print(f"data: {dataset['identity']} in {config['data_dir']}: {sizes} clips (the split: splits.csv)")
+    weights = utils.inverse_class_frequency(loaders["train"].dataset.labels, len(class_names)).to(device)
     return {"loaders": loaders, "class_names": class_names, "preprocessing": preprocessing,
-            "normalisation": normalisation}
+            "normalisation": normalisation, "tracks": tracks,
+            "class_weights": weights if config["class_weights"] else None}
 
 
 # -----------------------------------------------------------------------------
@@ -281,23 +302,28 @@ def build_training(config, data, device, checkpoint=None, overrides=()):
                   "n_classes": len(data["class_names"]), "faithful": config["faithful"]}
     reseed(config["seed"])
     try:
-        model = models_utils.init_weights(build_model(config["model"], **model_args), config["init"]).to(device)
+        model = models_utils.init_weights(build_model(config["model"], **model_args), config["init"])
     except ValueError as error:
         fail(str(error))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    if config["init_from"] and checkpoint is None:  # a resumed run has its own weights
+        finetune.load_features(model, config["init_from"], config["model"], data["class_names"])
+    model = finetune.freeze(model, config["freeze"]).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=config["lr"], weight_decay=config["weight_decay"])
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
     state = {"epoch": 0, "history": [], "best_val_accuracy": -1.0, "best_val_loss": float("inf"), "best_epoch": 0,
              "examples_seen": 0, "training_seconds": 0.0, "wandb_run_id": None, "model_args": model_args}
     if checkpoint is not None:
+        training = checkpoint["training"]
         try:
             model.load_state_dict(checkpoint["state_dict"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            scheduler.load_state_dict(checkpoint["scheduler"])
+            optimizer.load_state_dict(training["optimizer"])
+            scheduler.load_state_dict(training["scheduler"])
         except (RuntimeError, ValueError, KeyError) as error:
             reason = str(error).splitlines()[0][:200]
             raise CheckpointError(f"{config['out_dir']}/last.pt does not fit this run ({reason}); start a new "
                                   f"run in another --out_dir.") from None
-        state.update({k: checkpoint[k] for k in RUN_STATE}, epoch=checkpoint["epoch"])
+        state.update({k: training[k] for k in RUN_STATE}, epoch=training["epoch"], position=training.get("position"))
         for group in optimizer.param_groups:  # an lr or weight_decay given on resume applies from now on
             group.update({k: config[k] for k in ("lr", "weight_decay") if k in overrides})
     state["saved_epoch"] = state["epoch"]
@@ -305,74 +331,29 @@ def build_training(config, data, device, checkpoint=None, overrides=()):
 
 
 # -----------------------------------------------------------------------------
-# Weights & Biases (only this file talks to it)
-
-def setup_wandb(config, state, n_parameters):
-    """Start (on resume: continue) the W&B run; None when disabled or when W&B cannot start.
-
-    Mode: wandb_mode, else $WANDB_MODE, else online iff an API key is configured (checked with
-    prompt=False, so it never waits for input), else offline.
-    """
-    mode = config["wandb_mode"] or os.environ.get("WANDB_MODE")
-    if mode == "disabled":
-        return None
-    import wandb
-    mode = mode or ("online" if wandb.login(prompt=False) else "offline")
-    os.environ["WANDB_MODE"] = mode  # set before init, so an offline run never probes the network
-    try:
-        run = wandb.init(project=config["wandb_project"], config=config, mode=mode, id=state["wandb_run_id"],
-                         resume="allow" if state["wandb_run_id"] else None, name=Path(config["out_dir"]).name)
-    except Exception as error:  # W&B is a convenience: the files in out_dir are the record
-        print(f"warning: W&B could not start ({type(error).__name__}: {error}); continuing without it. "
-              f"Use --wandb_mode=offline, or disabled.")
-        return None
-    run.summary["parameters"] = n_parameters
-    state["wandb_run_id"] = run.id
-    return run
-
-
-def log_final_wandb(run, out_dir, metrics, result, class_names, files):
-    """Test metrics, confusion matrix, ROC curves, the PNGs and best.pt (as an artifact)."""
-    import wandb
-    run.summary.update({f"test/{k}": metrics[k] for k in ("test_accuracy", "test_loss", "macro_f1", "best_epoch")})
-    run.log({"test/accuracy": metrics["test_accuracy"], "test/loss": metrics["test_loss"],
-             "test/macro_f1": metrics["macro_f1"],
-             "test/confusion_matrix": wandb.plot.confusion_matrix(
-                 y_true=result["targets"].tolist(), preds=result["predictions"].tolist(), class_names=class_names),
-             "test/roc": wandb.plot.roc_curve(result["targets"], result["probabilities"], labels=class_names),
-             **{f"figures/{p.stem}": wandb.Image(str(p)) for p in files if p.suffix == ".png"}})
-    artifact = wandb.Artifact(f"{metrics['model']}-best", type="model", metadata=metrics)
-    artifact.add_file(str(Path(out_dir) / "best.pt"))
-    run.log_artifact(artifact)
-
-
-def finish_wandb(run, exit_code):
-    """Close the run; for an offline run, say how to upload it."""
-    if run is not None:
-        offline, run_dir = run.settings.mode == "offline", Path(run.dir).parent
-        run.finish(exit_code=exit_code)
-        if offline:
-            print(f"W&B: the run is saved offline in {run_dir}; upload it with: wandb sync {run_dir}")
-
-
-# -----------------------------------------------------------------------------
 # epochs, checkpoints, evaluation
 
-def save_epoch(config, data, model, optimizer, scheduler, state):
-    """best.pt (when this epoch is the best so far), last.pt and history.csv, each written atomically.
+def save_epoch(config, data, model, optimizer, scheduler, state, position=None):
+    """best.pt (when this epoch is the best so far), last.pt and history.csv, each written atomically;
+    with ``position`` (a mid-epoch save: where the next epoch stands, train.epoch_position) last.pt only.
 
-    A checkpoint holds what rebuilds the model (CONTRACT.md format) and what resumes the run exactly.
+    A checkpoint (models_utils.make_checkpoint) holds what rebuilds the model and what resumes the run.
+    Under torchrun only rank 0 writes.
     """
+    if not distributed.is_main():
+        return
     out_dir = Path(config["out_dir"])
-    checkpoint = {
-        "model": config["model"], "model_args": state["model_args"], "faithful": config["faithful"],
-        "state_dict": model.state_dict(), "class_names": data["class_names"], "preprocessing": data["preprocessing"],
-        "normalisation": data["normalisation"], "config": config, "epoch": state["epoch"],
-        "metrics": state["history"][-1], "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        **{k: state[k] for k in RUN_STATE}}
-    if state["best_epoch"] == state["epoch"]:
+    training = {"epoch": state["epoch"], "metrics": state["history"][-1] if state["history"] else None,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "position": position,
+                **{k: state[k] for k in RUN_STATE}}
+    checkpoint = models_utils.make_checkpoint(
+        config["model"], state["model_args"], model.state_dict(), data["class_names"], data["preprocessing"],
+        data["normalisation"], config, state["provenance"], training)
+    if position is None and state["best_epoch"] == state["epoch"]:
         models_utils.save_checkpoint(checkpoint, out_dir / "best.pt")
     models_utils.save_checkpoint(checkpoint, out_dir / "last.pt")
+    if position is not None:
+        return
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(state["history"][0]))
     writer.writeheader()
@@ -381,136 +362,171 @@ def save_epoch(config, data, model, optimizer, scheduler, state):
     state["saved_epoch"] = state["epoch"]
 
 
-def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_run):
-    """Train from state["epoch"] + 1 to config["epochs"], validating and saving after each epoch."""
+def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_log, signals):
+    """Train from state["epoch"] + 1 (or a mid-epoch position) to config["epochs"], validating and
+    saving after each epoch, and mid-epoch every save_interval steps or when a signal asks."""
     loaders = data["loaders"]
     for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
         reseed(config["seed"], epoch, loaders["train"])  # same batches and dropout whether resumed or not
-        start, seen, lr_now = time.time(), state["examples_seen"], optimizer.param_groups[0]["lr"]
+        position, progress, done = state.pop("position", None), None, 0.0
+        if position is not None:
+            progress, done = continue_epoch(position, loaders["train"], config["batch_size"])
+        start, seen, lr_now = time.time() - done, state["examples_seen"], optimizer.param_groups[0]["lr"]
 
-        def on_log(examples, loss):  # W&B step = examples seen in the run, as the original logged it
-            if wandb_run is not None:
-                wandb_run.log({"train/loss": loss, "epoch": epoch}, step=seen + examples)
+        def on_step(progress):  # after every optimiser step: a mid-epoch save when due or asked for
+            due = config["save_interval"] and progress["batches"] % config["save_interval"] == 0
+            stop, save = distributed.agree(signals.stop, signals.save)  # every process decides alike
+            if due or save or stop:
+                save_epoch(config, data, raw_model, optimizer, scheduler, state,
+                           position=epoch_position(epoch, progress, time.time() - start))
+                if save and distributed.is_main():
+                    print(f"\nSIGUSR1: saved {config['out_dir']}/last.pt at step {progress['batches']} of epoch "
+                          f"{epoch}; training goes on.", file=sys.stderr, flush=True)
+                signals.save = False
+            if stop:
+                raise preemption.stopped(stop)
 
         try:
-            trained = train(model, loaders["train"], optimizer, device, on_log=on_log, amp=config["amp"],
-                            log_interval=config["log_interval"], desc=f"epoch {epoch}/{config['epochs']}")
+            signals.in_steps = True
+            trained = train(model, loaders["train"], optimizer, device, amp=config["amp"],  # step: run's examples
+                            on_log=lambda examples, loss: wandb_log.train_loss(loss, epoch, step=seen + examples),
+                            log_interval=config["log_interval"], desc=f"epoch {epoch}/{config['epochs']}",
+                            progress=progress, on_step=on_step, class_weights=data["class_weights"],
+                            sync=distributed.sync_step if distributed.active() else None)
         except NonFiniteLossError as error:
             kept = (f"{config['out_dir']}/last.pt (epoch {state['epoch']}) is kept" if state["epoch"]
                     else "no checkpoint exists")
             raise NonFiniteLossError(f"training stopped in epoch {epoch}: {error}. Nothing of this epoch was "
                                      f"saved; {kept}. Lower the learning rate (lr={config['lr']:g}) or try "
                                      f"--faithful=False (standardised input).") from None
-        val = test(model, loaders["val"], device, amp=config["amp"], desc="validate")
-        scheduler.step(val["loss"])
+        finally:  # under torchrun a stop waits for the epoch's end, where every process takes it at once
+            signals.in_steps = distributed.active()
+        distributed.broadcast_buffers(raw_model)  # every process validates rank 0's weights, those saved
+        val = test(distributed.unwrap(model), loaders["val"], device, amp=config["amp"], desc="validate",
+                   gather=distributed.gather)
+        loss = EPOCH_LOSSES[config["epoch_loss"]]  # per example, or the original's mean of batch losses
+        scheduler.step(val[loss])
         seconds = time.time() - start
-        row = {"epoch": epoch, "train_loss": trained["loss"], "train_accuracy": trained["accuracy"],
-               "val_loss": val["loss"], "val_accuracy": val["accuracy"], "lr": lr_now, "seconds": round(seconds, 2)}
+        row = {"epoch": epoch, "train_loss": trained[loss], "train_accuracy": trained["accuracy"],
+               "val_loss": val[loss], "val_accuracy": val["accuracy"], "lr": lr_now, "seconds": round(seconds, 2)}
         state["history"].append(row)
         state.update(epoch=epoch, examples_seen=seen + trained["examples"],
                      training_seconds=state["training_seconds"] + seconds)
         # best = the highest val accuracy; a tie goes to the lower val loss (small val sets tie often)
-        improved = (val["accuracy"], -val["loss"]) > (state["best_val_accuracy"], -state["best_val_loss"])
+        improved = (val["accuracy"], -val[loss]) > (state["best_val_accuracy"], -state["best_val_loss"])
         if improved:
-            state.update(best_val_accuracy=val["accuracy"], best_val_loss=val["loss"], best_epoch=epoch)
+            state.update(best_val_accuracy=val["accuracy"], best_val_loss=val[loss], best_epoch=epoch)
         save_epoch(config, data, raw_model, optimizer, scheduler, state)
         print(f"epoch {epoch:3d}/{config['epochs']} | train loss {row['train_loss']:.4f} acc "
               f"{row['train_accuracy']:.3f} | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} | "
               f"lr {lr_now:.1e} | {seconds:.1f} s{' | best.pt' if improved else ''}", flush=True)
-        if wandb_run is not None:
-            wandb_run.log({"epoch": epoch, "train/epoch_loss": row["train_loss"],
-                           "train/accuracy": row["train_accuracy"], "val/loss": row["val_loss"],
-                           "val/accuracy": row["val_accuracy"], "lr": lr_now}, step=state["examples_seen"])
+        wandb_log.epoch(row, step=state["examples_seen"])
+        stop, = distributed.agree(signals.stop)
+        if stop:
+            raise preemption.stopped(stop)
 
 
 def evaluate_best(config, data, state, device, n_parameters):
-    """best.pt on the test split -> metrics.json and PNGs; returns (metrics, test result, files written)."""
-    best = models_utils.load_checkpoint(Path(config["out_dir"]) / "best.pt", device)
-    result = test(models_utils.model_from_checkpoint(best, device), data["loaders"]["test"], device,
-                  amp=config["amp"], desc="test")
-    scores = models_utils.classification_metrics(result["targets"], result["probabilities"], data["class_names"])
-    metrics = {"test_accuracy": scores.pop("accuracy"), "test_loss": result["loss"], **scores,
-               "test_examples": result["examples"], "best_epoch": best["epoch"],
-               "best_val_accuracy": best["best_val_accuracy"], "epochs": state["epoch"],
+    """The reported checkpoint (best.pt, or last.pt with report_epoch=last) on the test split ->
+    metrics.json and PNGs; returns (metrics, test result, files written)."""
+    best = distributed.from_main(models_utils.load_checkpoint, Path(config["out_dir"]) / f"{config['report_epoch']}.pt")
+    scores, result = evaluate(models_utils.model_from_checkpoint(best, device), data["loaders"]["test"], device,
+                              data["class_names"], amp=config["amp"], gather=distributed.gather)
+    metrics = {**scores, "reported_epoch": best["training"]["epoch"],
+               "report_epoch": config["report_epoch"], "best_epoch": state["best_epoch"],
+               "best_val_accuracy": state["best_val_accuracy"], "epochs": state["epoch"],
                "training_seconds": round(state["training_seconds"], 1), "parameters": n_parameters,
                **{k: config[k] for k in ("model", "faithful", "subset", "split")},
-               "val_is_test": config["split"] == "random"}
+               "val_is_test": config["split"] == "random", "provenance": state["provenance"]}
     files = models_utils.save_report(config["out_dir"], metrics, result["targets"], result["probabilities"],
-                                     data["class_names"], history=state["history"])
+                                     data["class_names"], history=state["history"]) if distributed.is_main() else []
     return metrics, result, files
-
-
-def print_summary(config, state, metrics):
-    """Per-epoch table, then the best checkpoint's test result per genre."""
-    print(f"\n=== {config['model']} ({'faithful' if config['faithful'] else 'corrected'}), {metrics['parameters']:,}"
-          f" parameters, FMA {config['subset']} ({config['split']} split) ===")
-    print(f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>9} {'val acc':>8} {'lr':>8} {'s':>7}")
-    for row in state["history"]:
-        print(f"{row['epoch']:5d} {row['train_loss']:10.4f} {row['train_accuracy']:9.3f} {row['val_loss']:9.4f} "
-              f"{row['val_accuracy']:8.3f} {row['lr']:8.1e} {row['seconds']:7.1f}")
-    print(f"\nbest.pt = epoch {metrics['best_epoch']} (val accuracy {metrics['best_val_accuracy']:.3f}); test split: "
-          f"loss {metrics['test_loss']:.4f}, accuracy {metrics['test_accuracy']:.3f}, macro F1 "
-          f"{metrics['macro_f1']:.3f} ({metrics['test_examples']} clips)")
-    print(models_utils.format_metrics(metrics))
-    print(f"training time {state['training_seconds']:.0f} s; outputs in {config['out_dir']}/")
 
 
 # -----------------------------------------------------------------------------
 
-def run(config, overrides):
-    """The whole run; returns the exit status."""
+def run(config, overrides, provenance):
+    """The whole run (out_dir already prepared); returns the exit status."""
     checkpoint = None
-    if not config["prepare_only"]:
-        check_writable(config["out_dir"])
-        if config["resume"]:
-            checkpoint, config = load_resume(config, overrides)
-    device = pick_device(config["device"])
+    if config["resume"]:
+        checkpoint, config = load_resume(config, overrides)
+    device = pick_device(distributed.local_device(config["device"]))
     data = build_data(config, device)
     if data is None:
         return 0
     raw_model, optimizer, scheduler, state = build_training(config, data, device, checkpoint, overrides)
+    state["provenance"] = provenance
     n_parameters = models_utils.count_parameters(raw_model)
     print(f"model: {config['model']} ({'faithful' if config['faithful'] else 'corrected'}), {n_parameters:,} "
           f"parameters, on {device}" + (f"; resuming after epoch {state['epoch']}" if checkpoint else ""))
+    config["world_size"] = distributed.world_size()  # recorded in the checkpoints, not a key
+    for line in (distributed.describe(config), checkpoint and distributed.resume_note(checkpoint["config"])):
+        if line:
+            print(line)
     model = raw_model
     if config["compile"]:  # the first steps pay the compile time; see COMPILED_MODELS
         if config["model"] in COMPILED_MODELS:  # 4-D activations: channels_last speeds the convolutions
             raw_model.to(memory_format=torch.channels_last)
         model = models_utils.compile_model(raw_model)
-    wandb_run, exit_code = setup_wandb(config, state, n_parameters), 1
+    model = distributed.wrap(model, raw_model, device, config["sync_batchnorm"])
+    defaults = make_config({"demo": config["demo"], "model": config["model"]})  # W&B names runs by what differs
+    wandb_log = (wandb_logging.start(config, state, raw_model, n_parameters, defaults) if distributed.is_main()
+                 else wandb_logging.WandbLog(None))
+    exit_code = 1
     try:
-        run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_run)
+        with RunSignals(defer_sigint=distributed.active()).installed() as signals:
+            run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_log, signals)
         metrics, result, files = evaluate_best(config, data, state, device, n_parameters)
-        if wandb_run is not None:
-            log_final_wandb(wandb_run, config["out_dir"], metrics, result, data["class_names"], files)
-        print_summary(config, state, metrics)
+        wandb_log.final(config, data, metrics, result, files)
+        print(models_utils.format_summary(config, state["history"], metrics))
         exit_code = 0
-    except KeyboardInterrupt:
-        exit_code = 130
+    except KeyboardInterrupt as interrupt:
+        exit_code = getattr(interrupt, "exit_code", 130)
         if state["epoch"] > state["saved_epoch"]:  # the epoch had finished but was not saved yet
             save_epoch(config, data, raw_model, optimizer, scheduler, state)
         raise
     finally:
-        finish_wandb(wandb_run, exit_code)
+        wandb_log.finish(exit_code)
     return 0
+
+
+def resume_command(argv, config_file, out_dir):
+    """The command that continues this run: the same launch (python, or torchrun and its options),
+    config file and overrides, its own out_dir."""
+    kept = [a for a in argv[1 if config_file else 0:] if not a.startswith(("--resume=", "--out_dir=", "--overwrite="))]
+    return " ".join([*distributed.launcher(), "main.py", *([config_file] if config_file else []), *kept,
+                     f"--out_dir={out_dir}", "--resume=True"])
 
 
 def main(argv=None):
     """Parse ``argv`` (default sys.argv[1:]), run, and turn every expected failure into a clear exit."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    overrides = parse_overrides(argv)
+    overrides, config_file = configurator.parse_command_line(argv, CONFIG, __file__)
     config = make_config(overrides)
-    try:
-        return run(config, overrides)
-    except KeyboardInterrupt:
-        last = Path(config["out_dir"]) / "last.pt"
-        again = " ".join(["python main.py", *(a for a in argv if not a.startswith("--resume=")), "--resume=True"])
-        print(f"\ninterrupted: {last} holds the last completed epoch. Continue with: {again}" if last.is_file()
-              else "\ninterrupted before the first epoch finished: rerun the same command (a cache build resumes).",
-              file=sys.stderr)
-        return 130
-    except (NonFiniteLossError, CheckpointError, utils.DataError) as error:
-        fail(str(error))
+    with distributed.joined(config):  # under torchrun: this process joins the job; a plain run: nothing
+        if not config["prepare_only"]:
+            config["out_dir"] = distributed.from_main(configurator.prepare_out_dir, config, RUNS_ROOT)
+        provenance = configurator.provenance(argv, config_file, launcher=distributed.launcher())
+        try:
+            return run(config, overrides, provenance)
+        except KeyboardInterrupt as interrupt:
+            last, cause = Path(config["out_dir"]) / "last.pt", "SIGTERM" if isinstance(interrupt, Preempted) else "Ctrl-C"
+            if distributed.is_main():
+                print(f"\ninterrupted ({cause}): {last} holds the last saved step. Continue with: "
+                      f"{resume_command(argv, config_file, config['out_dir'])}" if last.is_file()
+                      else f"\ninterrupted ({cause}) before anything was saved: rerun the same command (a cache "
+                           f"build resumes).", file=sys.stderr)
+            return getattr(interrupt, "exit_code", 130)
+        except NonFiniteLossError as error:  # every process stopped at the same step: rank 0 says why
+            if distributed.is_main():
+                fail(str(error))
+            sys.exit(1)
+        except (CheckpointError, utils.DataError) as error:
+            fail(distributed.named(str(error)))
+        except RuntimeError as error:
+            if not distributed.peer_lost(error):
+                raise
+            fail(distributed.lost_peer_message(error))
 
 
 if __name__ == "__main__":

@@ -4,9 +4,7 @@ Checkpoints are self-describing dicts (model name and arguments, class names, pr
 normalisation, config, ...) written atomically and read with ``torch.load(weights_only=True)``, so
 a checkpoint can never run code. Figures are drawn headless (Agg) and returned as matplotlib Figures.
 """
-import contextlib
-import signal
-import threading
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -17,12 +15,16 @@ import torch
 import torch.nn as nn
 from sklearn.metrics import auc, roc_curve
 
+import preemption
 from models import build_model
 from utils import atomic_write
 
 CHECKPOINT_FORMAT = "fma-genre-classifier"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 CHECKPOINT_KEYS = ("model", "model_args", "state_dict", "class_names", "preprocessing", "normalisation")
+# Format 1 kept these beside the model; format 2 groups them under "training".
+TRAINING_KEYS_V1 = ("epoch", "metrics", "optimizer", "scheduler", "history", "best_val_accuracy", "best_val_loss",
+                    "best_epoch", "examples_seen", "training_seconds", "wandb_run_id")
 
 
 class CheckpointError(Exception):
@@ -32,21 +34,23 @@ class CheckpointError(Exception):
 # -----------------------------------------------------------------------------
 # initialisation and size
 
+INITIALISERS = {
+    "kaiming": lambda w: nn.init.kaiming_uniform_(w, a=0, mode="fan_in", nonlinearity="leaky_relu"),
+    "xavier": nn.init.xavier_uniform_,
+}
+
+
 def init_weights(model, method="kaiming"):
     """Initialise Linear/Conv1d/Conv2d weights as the original did (SPEC section 4); biases to zero.
 
     "kaiming": Kaiming-uniform (a=0, fan_in, leaky_relu); "xavier": Xavier-uniform. LSTM and
     batch-norm layers keep PyTorch's defaults.
     """
-    initialisers = {
-        "kaiming": lambda w: nn.init.kaiming_uniform_(w, a=0, mode="fan_in", nonlinearity="leaky_relu"),
-        "xavier": nn.init.xavier_uniform_,
-    }
-    if method not in initialisers:
-        raise ValueError(f"Unknown init method {method!r}: choose one of {', '.join(initialisers)}.")
+    if method not in INITIALISERS:
+        raise ValueError(f"Unknown init method {method!r}: choose one of {', '.join(INITIALISERS)}.")
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            initialisers[method](module.weight)
+            INITIALISERS[method](module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
     return model
@@ -71,42 +75,51 @@ def compile_model(model, backend="inductor"):
 # -----------------------------------------------------------------------------
 # checkpoints
 
-@contextlib.contextmanager
-def deferred_interrupt():
-    """Hold Ctrl-C (SIGINT) until the block ends, then deliver it.
+def make_checkpoint(model, model_args, state_dict, class_names, preprocessing, normalisation, config=None,
+                    provenance=None, training=None):
+    """The one checkpoint layout (format 2), from which inference rebuilds everything.
 
-    torch.save turns a KeyboardInterrupt raised mid-write into a RuntimeError from its zip writer, so
-    a Ctrl-C while a checkpoint is written would end the run with a traceback instead of cleanly.
+    model, model_args: ``build_model(model, **model_args)`` rebuilds the network (model_args holds
+    n_mels, n_frames, n_classes and faithful); class_names: output index -> genre; preprocessing:
+    audio -> dB parameters (utils.PREPROCESSING); normalisation: {"mean", "std"} of the input dB
+    (None: raw dB); config: the run's config; provenance: commit, versions, hardware, command line;
+    training: what resumes the run exactly (epoch, optimizer, scheduler, history, ...), or None.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signals only reach the main thread
-        return
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if received and callable(previous):
-            previous(*received[0])  # the default handler raises KeyboardInterrupt here
+    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": model,
+            "model_args": dict(model_args), "state_dict": state_dict, "class_names": list(class_names),
+            "preprocessing": dict(preprocessing), "normalisation": dict(normalisation),
+            "config": dict(config or {}), "provenance": dict(provenance or {}), "training": training}
+
+
+def migrate_checkpoint(checkpoint):
+    """A checkpoint of an older format in today's layout (format 1: training state at the top level)."""
+    if checkpoint.get("version", 1) == 1:
+        training = {key: checkpoint.pop(key) for key in TRAINING_KEYS_V1 if key in checkpoint}
+        checkpoint.pop("faithful", None)  # format 1 repeated model_args["faithful"] at the top level
+        config = checkpoint.setdefault("config", {})
+        standardised = checkpoint.get("normalisation", {}).get("mean") is not None
+        config.setdefault("standardise", standardised)
+        checkpoint.update(version=CHECKPOINT_VERSION, provenance={}, training=training or None)
+    return checkpoint
 
 
 def save_checkpoint(checkpoint, path):
-    """Write ``checkpoint`` to ``path`` atomically: a crash leaves the previous file intact, and a
-    Ctrl-C during the write takes effect once the file is complete."""
+    """Write ``checkpoint`` (a ``make_checkpoint`` dict) to ``path`` atomically: a crash leaves the
+    previous file intact, and a Ctrl-C or SIGTERM during the write takes effect once the file is complete
+    (preemption.held)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **checkpoint}
-    with deferred_interrupt():
-        atomic_write(path, lambda f: torch.save(payload, f))
+    with preemption.held():
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
 def load_checkpoint(path, device="cpu"):
-    """Read a checkpoint written by ``save_checkpoint``; CheckpointError says what is wrong and what to do."""
+    """Read a checkpoint of this project (any format version, migrated to today's layout);
+    CheckpointError says what is wrong and what to do."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist. Train a model first (python main.py, "
-                              f"which writes runs/<model>/best.pt) or give the path of an existing .pt file.")
+                              f"which writes runs/<model>/<run>/best.pt) or give the path of an existing .pt file.")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:
@@ -120,8 +133,9 @@ def load_checkpoint(path, device="cpu"):
     missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
     if missing or checkpoint.get("version", 0) > CHECKPOINT_VERSION:
         raise CheckpointError(f"Checkpoint {path} is incompatible (version {checkpoint.get('version')}, "
-                              f"missing {missing}); it was written by another version of this project.")
-    return checkpoint
+                              f"missing {missing}); it was written by a newer version of this project: "
+                              f"update the project (git pull) to read it.")
+    return migrate_checkpoint(checkpoint)
 
 
 def model_from_checkpoint(checkpoint, device="cpu"):
@@ -165,8 +179,8 @@ def plot_roc_curves(y_true, probs, class_names):
     fig, ax = plt.subplots(figsize=(7, 6), layout="constrained")
     for k, name in enumerate(class_names):
         positives = y_true == k
-        if positives.all() or not positives.any():
-            continue  # ROC is undefined without both positives and negatives
+        if positives.all() or not positives.any() or not np.isfinite(probs[:, k]).all():
+            continue  # ROC is undefined without both positives and negatives, or with NaN scores
         fpr, tpr, _ = roc_curve(positives, probs[:, k])
         ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.2f})")
     ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="chance")
@@ -198,25 +212,35 @@ def plot_training_curves(history):
 # metrics
 
 def classification_metrics(targets, probabilities, class_names):
-    """Accuracy, per-class precision/recall/F1/support, macro F1, confusion matrix and ROC AUC per class.
+    """Accuracy, balanced accuracy (the mean recall of the classes present: what an unbalanced subset
+    needs), per-class precision/recall/F1/support, macro F1, confusion matrix and ROC AUC per class.
 
     ``targets``: (N,) integer labels; ``probabilities``: (N, n_classes). Predictions are the argmax.
-    Returns plain Python types (JSON-ready). A class absent from ``targets`` has ROC AUC None.
+    Returns plain Python types (JSON-ready). A class absent from ``targets`` has ROC AUC None, and so
+    does a class with a non-finite probability (a diverged model gives NaN; sklearn would raise):
+    "non_finite_rows" counts the examples with any NaN or infinite probability, with a warning.
     """
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
     targets, probabilities = np.asarray(targets), np.asarray(probabilities, dtype=np.float64)
     labels = list(range(len(class_names)))
     predictions = probabilities.argmax(axis=1)
+    finite = np.isfinite(probabilities)
+    non_finite_rows = int((~finite.all(axis=1)).sum())
+    if non_finite_rows:
+        warnings.warn(f"{non_finite_rows} of {len(targets)} examples have non-finite (NaN or infinite) "
+                      f"probabilities: their predictions are meaningless and ROC AUC is None for the "
+                      f"classes they touch.", RuntimeWarning, stacklevel=2)
     precision, recall, f1, support = precision_recall_fscore_support(
         targets, predictions, labels=labels, zero_division=0)
     roc_auc = {}
     for k, name in enumerate(class_names):
         positives = targets == k
-        defined = positives.any() and not positives.all()  # AUC needs positives and negatives
+        defined = positives.any() and not positives.all() and finite[:, k].all()  # AUC needs both, and finite scores
         roc_auc[name] = float(roc_auc_score(positives, probabilities[:, k])) if defined else None
     return {
         "accuracy": float((predictions == targets).mean()) if len(targets) else 0.0,
+        "balanced_accuracy": float(recall[support > 0].mean()) if (support > 0).any() else 0.0,
         "macro_f1": float(f1.mean()),
         "per_class": {name: {"precision": float(precision[k]), "recall": float(recall[k]),
                              "f1": float(f1[k]), "support": int(support[k])}
@@ -224,6 +248,7 @@ def classification_metrics(targets, probabilities, class_names):
         "roc_auc": roc_auc,
         "confusion_matrix": confusion_matrix(targets, predictions, labels=labels).tolist(),
         "class_names": list(class_names),
+        "non_finite_rows": non_finite_rows,
     }
 
 
@@ -258,4 +283,22 @@ def format_metrics(metrics):
         auc = metrics["roc_auc"][name]
         lines.append(f"{name:<15} {row['precision']:9.3f} {row['recall']:7.3f} {row['f1']:6.3f} {row['support']:7d} "
                      f"{'-' if auc is None else f'{auc:.3f}':>7}")
+    return "\n".join(lines)
+
+
+def format_summary(config, history, metrics):
+    """The run's closing text: the per-epoch table, then the reported checkpoint's test result per genre."""
+    data = (f"FMA {config['subset']} ({config['split']} split)" if config.get("dataset", "fma") == "fma"
+            else f"{config['dataset']} {config['data_dir']}")
+    lines = [f"\n=== {config['model']} ({'faithful' if config['faithful'] else 'corrected'}), "
+             f"{metrics['parameters']:,} parameters, {data} ===",
+             f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>9} {'val acc':>8} {'lr':>8} {'s':>7}"]
+    lines += [f"{row['epoch']:5d} {row['train_loss']:10.4f} {row['train_accuracy']:9.3f} {row['val_loss']:9.4f} "
+              f"{row['val_accuracy']:8.3f} {row['lr']:8.1e} {row['seconds']:7.1f}" for row in history]
+    lines += [f"\n{metrics['report_epoch']}.pt = epoch {metrics['reported_epoch']} (best val accuracy "
+              f"{metrics['best_val_accuracy']:.3f} at epoch {metrics['best_epoch']}); test split: loss "
+              f"{metrics['test_loss']:.4f}, accuracy {metrics['test_accuracy']:.3f}, balanced accuracy "
+              f"{metrics['balanced_accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f} ({metrics['test_examples']} clips)",
+              format_metrics(metrics),
+              f"training time {metrics['training_seconds']:.0f} s; outputs in {config['out_dir']}/"]
     return "\n".join(lines)

@@ -1,20 +1,29 @@
-"""Predict the genres of audio files with a trained model, or evaluate a checkpoint on FMA's test split.
+"""Predict the genres of audio files with a trained model, write their embeddings, export the model to
+ONNX, or evaluate a checkpoint on FMA's test split. The command line only: the work is in inference.py
+(windows, batching, embeddings) and export.py (ONNX).
 
-Each track is turned into a mel-spectrogram by the same function training used
-(utils.mel_spectrogram_db), cut into windows as wide as the model's input (hop: half a window by
-default), and the genre probabilities of its windows are averaged. A track shorter than one window
-is padded. Windows of many tracks are batched together; audio is decoded in background workers.
+Each track is cut into windows as wide as the model's input (hop: half a window by default), each
+window's own stretch of audio is turned into dB by training's clip function (utils.mel_spectrogram_db:
+top_db relative to that window), and the genre probabilities of its windows are averaged. A track no
+longer than one window (an FMA clip) gets exactly the input training gave it; a shorter one is padded.
+Audio is decoded as a stream in background workers (audio_windows.py), so memory does not grow with a
+track's length, and --max_windows decodes only the windows it keeps. Windows of many tracks are
+batched together. --evaluate scores the test split the checkpoint was trained with.
 
-    python pre_trained_models.py --checkpoint=runs/crnn/best.pt song.mp3 album/
-    python pre_trained_models.py --checkpoint=runs/crnn/best.pt --top_k=1 --json music/ > genres.jsonl
-    python pre_trained_models.py --checkpoint=runs/crnn/best.pt --output=genres.csv --max_windows=8 music/
+    python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt song.mp3 album/
+    python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --top_k=1 --json music/ > genres.jsonl
+    python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --output=genres.csv --max_windows=8 music/
     # the original project's bare state_dicts need the model's name
     python pre_trained_models.py --checkpoint=../shared/reference/original_weights/CRNN.pt --model=crnn song.mp3
     # the original's use of this script: metrics.json and figures for the test split
-    python pre_trained_models.py --checkpoint=runs/crnn/best.pt --evaluate=True --data_dir=data --subset=small
+    python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --evaluate=True --data_dir=data --subset=small
+    # per track, the input of the model's last Linear layer averaged over windows (inference.py lists the sizes)
+    python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --embeddings=music.npz music/
+    # raw mel dB in, probabilities out; checked with onnxruntime against PyTorch before it is written
+    python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --export=crnn.onnx
 
-Exit status: 0 when every file was predicted, 1 when any failed (each failure has an error line on
-stderr), 2 for a usage error (bad checkpoint, no audio files, ...).
+Exit status: 0 when every file was predicted (or embedded, or the export verified), 1 when any failed
+(each failure has an error line on stderr), 2 for a usage error (bad checkpoint, no audio files, ...).
 """
 import allocator
 
@@ -24,24 +33,23 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+import cache as mel_cache
+import datasets
+import export
+import inference
 import models_utils
 import utils
 from main import pick_device  # cuda, then mps, then cpu; a clear error for an unusable device
 from models import MODELS
 from models_utils import CheckpointError
-
-AUDIO_EXTENSIONS = {".mp3", ".wav", ".flac", ".ogg"}
-TRUNCATED_FRACTION = 0.9  # decoding less than this fraction of the declared duration means truncated
+from test import evaluate  # the project's test.py (python and pytest.ini put the project root first on sys.path)
 
 
 class UsageError(Exception):
@@ -111,9 +119,8 @@ def original_checkpoint(state_dict, model_name, path):
                               f"say which model it belongs to: add --model=cnn1d|crnn{hint}.")
     model_args = {"n_mels": utils.PREPROCESSING["n_mels"], "n_frames": utils.PREPROCESSING["n_frames"],
                   "n_classes": len(utils.FMA_SMALL_GENRES), "faithful": True}
-    return {"model": model_name, "model_args": model_args, "state_dict": state_dict,
-            "class_names": list(utils.FMA_SMALL_GENRES), "preprocessing": dict(utils.PREPROCESSING),
-            "normalisation": {"mean": None, "std": None}}
+    return models_utils.make_checkpoint(model_name, model_args, state_dict, utils.FMA_SMALL_GENRES,
+                                        utils.PREPROCESSING, {"mean": None, "std": None})
 
 
 def weights_fit(name, checkpoint):
@@ -123,131 +130,6 @@ def weights_fit(name, checkpoint):
         return True
     except (RuntimeError, TypeError, ValueError):
         return False
-
-
-# -----------------------------------------------------------------------------
-# audio files and windows
-
-def find_audio_files(inputs):
-    """Files given by name (any extension) plus audio files found recursively in folders; each file once."""
-    files = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
-            if not found:
-                print(f"warning: no {'/'.join(sorted(AUDIO_EXTENSIONS))} files in folder {item}", file=sys.stderr)
-            files.extend(found)
-        else:
-            files.append(item)  # a missing file is reported by the worker with the others
-    return list(dict.fromkeys(files))
-
-
-def window_starts(total_frames, n_frames, hop, max_windows=None):
-    """First frame of each window; at most max_windows of them, evenly spaced over the track.
-
-    Windows start every `hop` frames while they fit entirely, so a tail shorter than `hop` is left out;
-    an FMA clip (about 1,292 frames) gives exactly the one window the original used.
-    """
-    starts = list(range(0, max(total_frames - n_frames, 0) + 1, hop))
-    if max_windows and len(starts) > max_windows:
-        starts = [starts[i] for i in np.linspace(0, len(starts) - 1, max_windows).round().astype(int)]
-    return starts
-
-
-def track_windows(mel, n_frames, hop, max_windows=None):
-    """(windows, n_mels, n_frames) float32 array of a whole-track mel-spectrogram; a short track is padded."""
-    if mel.shape[1] < n_frames:
-        return utils.fix_width(mel, n_frames)[0][None]
-    return np.stack([mel[:, s:s + n_frames] for s in window_starts(mel.shape[1], n_frames, hop, max_windows)])
-
-
-def check_complete(path, seconds):
-    """AudioError when a file decodes to far less audio than its header declares: a truncated download
-    decodes "successfully" to a short signal (SPEC section 2), which must not pass for a short track."""
-    declared = sf.info(path).duration
-    if seconds < TRUNCATED_FRACTION * declared:
-        raise utils.AudioError(f"{path}: decodes to {seconds:.2f} s of audio but its header declares "
-                               f"{declared:.2f} s: the file is truncated or corrupt. Download or copy it again.")
-
-
-def silence_decoder_notes(worker_id):
-    """DataLoader worker_init_fn: libmpg123 prints resync notes on stderr; failures get our own error line."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-
-
-class TrackWindows(Dataset):
-    """Item i: (i, normalised windows of file i, None) or (i, None, reason it failed). Runs in DataLoader workers."""
-
-    def __init__(self, files, preprocessing, hop, max_windows):
-        self.files, self.preprocessing, self.hop, self.max_windows = files, preprocessing, hop, max_windows
-
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, i):
-        path = self.files[i]
-        if not path.is_file():
-            return i, None, "file not found; check the path"
-        try:
-            audio = utils.load_audio(path, self.preprocessing["sample_rate"])
-            check_complete(path, len(audio) / self.preprocessing["sample_rate"])
-            mel = utils.mel_spectrogram_db(audio, self.preprocessing)
-        except utils.AudioError as error:  # its message starts with the path, which the error line shows
-            return i, None, str(error).removeprefix(f"{path}: ")
-        except Exception as error:  # one undecodable file must not stop the others
-            return i, None, f"could not decode it as audio ({type(error).__name__}: {error})".strip()
-        windows = track_windows(mel, self.preprocessing["n_frames"], self.hop, self.max_windows)
-        return i, torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)), None
-
-
-# -----------------------------------------------------------------------------
-# prediction
-
-def predict(model, checkpoint, files, hop=None, max_windows=None, batch_size=32, device="cpu", num_workers=0):
-    """Yield (path, probabilities or None, number of windows, error or None) for each file, in order.
-
-    Windows from consecutive tracks share batches; a track's probabilities are the mean of its windows'.
-    """
-    preprocessing = checkpoint["preprocessing"]
-    dataset = TrackWindows(files, preprocessing, hop or preprocessing["n_frames"] // 2, max_windows)
-    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=keep_item,
-                        worker_init_fn=silence_decoder_notes)
-    tracks = []    # per file: [probability sum, windows still queued, windows, error]
-    queue = []     # (file index, window) waiting for a batch
-    emitted = 0
-    for i, windows, error in loader:
-        tracks.append([0.0, 0, 0, error] if windows is None else [0.0, len(windows), len(windows), None])
-        queue.extend((i, w) for w in ([] if windows is None else windows))
-        while len(queue) >= batch_size:
-            run_batch(model, queue[:batch_size], tracks, device)
-            queue = queue[batch_size:]
-        emitted = yield from finished_tracks(files, tracks, emitted)
-    if queue:
-        run_batch(model, queue, tracks, device)
-    yield from finished_tracks(files, tracks, emitted)
-
-
-def keep_item(item):
-    """DataLoader collate_fn: items are already whole tracks (a module function so workers can pickle it)."""
-    return item
-
-
-@torch.no_grad()
-def run_batch(model, queue, tracks, device):
-    indices, windows = zip(*queue)
-    _, probabilities = model(torch.stack(windows).to(device))
-    for i, p in zip(indices, probabilities.double().cpu().numpy()):
-        tracks[i][0] = tracks[i][0] + p
-        tracks[i][1] -= 1
-
-
-def finished_tracks(files, tracks, emitted):
-    """Yield the tracks, from index `emitted` on, whose windows have all been through the model."""
-    while emitted < len(tracks) and tracks[emitted][1] == 0:
-        total, _, n_windows, error = tracks[emitted]
-        yield files[emitted], (None if error else total / n_windows), n_windows, error
-        emitted += 1
-    return emitted
 
 
 # -----------------------------------------------------------------------------
@@ -274,26 +156,52 @@ def write_csv(path, rows, class_names):
     utils.atomic_write(Path(path), lambda f: f.write(text.getvalue().encode()))
 
 
+def choose_device(name):
+    """main.pick_device, its refusal of an unusable device being a usage error here (exit status 2)."""
+    try:
+        return pick_device(name)
+    except SystemExit as refusal:
+        raise UsageError(str(refusal.code).removeprefix("error: ")) from None
+
+
+def audio_files(inputs, task):
+    files = inference.find_audio_files(inputs)
+    if not files:
+        raise UsageError(f"No audio files to {task} in {' '.join(inputs)}: give audio files or folders "
+                         f"containing {', '.join(sorted(utils.AUDIO_EXTENSIONS))} files.")
+    return files
+
+
+def each_track(args, model, checkpoint, files, device, outputs=inference.probabilities):
+    """inference.predict's results, with a progress bar on many files and an error line for each failure."""
+    results = inference.predict(model, checkpoint, files, args.hop, args.max_windows, args.batch_size, device,
+                                min(args.num_workers, len(files)), outputs)
+    for track, vector, n_windows, error in tqdm(results, total=len(files), unit="track",
+                                                disable=len(files) < 10 or None, file=sys.stderr):
+        if error:
+            tqdm.write(f"error: {track}: {error}", file=sys.stderr)
+        yield track, vector, n_windows, error
+
+
+def exit_status(failed, total, what):
+    if failed:
+        print(f"{failed} of {total} files could not be {what} (see the error lines above).", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def run_prediction(args):
     """Predict every file named on the command line; returns the exit status."""
-    device = pick_device(args.device)
+    device = choose_device(args.device)
     model, checkpoint = load_predictor(args.checkpoint, args.model, device)
-    files = find_audio_files(args.inputs)
-    if not files:
-        raise UsageError(f"No audio files to predict in {' '.join(args.inputs)}: give audio files or folders "
-                         f"containing {', '.join(sorted(AUDIO_EXTENSIONS))} files.")
+    files = audio_files(args.inputs, "predict")
     class_names = checkpoint["class_names"]
-    workers = min(args.num_workers, len(files))
     path_width, genre_width = max(len(str(f)) for f in files), max(map(len, class_names))
-    rows, failed = [], 0
-    results = predict(model, checkpoint, files, args.hop, args.max_windows, args.batch_size, device, workers)
-    for track, probabilities, n_windows, error in tqdm(results, total=len(files), unit="track",
-                                                       disable=len(files) < 10 or None, file=sys.stderr):
+    rows = []
+    for track, probabilities, n_windows, error in each_track(args, model, checkpoint, files, device):
         rows.append((track, probabilities, n_windows, error))
         if error:
-            failed += 1
-            tqdm.write(f"error: {track}: {error}", file=sys.stderr)
-        elif args.json:
+            continue
+        if args.json:
             predictions = [{"genre": genre, "probability": round(p, 6)}
                            for genre, p in top_k(probabilities, class_names, args.top_k)]
             tqdm.write(json.dumps({"path": str(track), "predictions": predictions}), file=sys.stdout)
@@ -302,50 +210,104 @@ def run_prediction(args):
             tqdm.write(line, file=sys.stdout)
     if args.output:
         write_csv(args.output, rows, class_names)
-    if failed:
-        print(f"{failed} of {len(files)} files could not be predicted (see the error lines above).", file=sys.stderr)
-    return 1 if failed else 0
+    return exit_status(sum(row[3] is not None for row in rows), len(files), "predicted")
+
+
+def run_embeddings(args):
+    """Write the embedding of every file named on the command line to args.embeddings; returns the exit status."""
+    device = choose_device(args.device)
+    model, checkpoint = load_predictor(args.checkpoint, args.model, device)
+    files = audio_files(args.inputs, "embed")
+    rows = [(track, vector, n_windows) for track, vector, n_windows, error
+            in each_track(args, model, checkpoint, files, device, inference.embeddings) if error is None]
+    if rows:
+        inference.save_embeddings(args.embeddings, rows, checkpoint)
+        print(f"{args.embeddings}: {len(rows)} embeddings of size {rows[0][1].size} (the input of "
+              f"{checkpoint['model']}'s last Linear layer, averaged over windows)", file=sys.stderr)
+    return exit_status(len(files) - len(rows), len(files), "embedded")
+
+
+def run_export(args):
+    """Write the checkpoint's model as ONNX to args.export, checked against PyTorch; returns the exit status."""
+    model, checkpoint = load_predictor(args.checkpoint, args.model)
+    try:
+        difference = export.export_onnx(model, checkpoint, args.export)
+    except export.ExportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    forward = "faithful" if checkpoint["model_args"].get("faithful", True) else "corrected"
+    print(f"{args.export}: {checkpoint['model']} ({forward} forward pass); onnxruntime vs PyTorch: max abs "
+          f"probability difference {difference:.1e} (limit {export.MAX_DIFFERENCE:.0e})")
+    return 0
 
 
 # -----------------------------------------------------------------------------
 # evaluation on FMA's test split
 
+SPLIT_SETTINGS = {"dataset": "fma", "subset": "small", "split": "official", "seed": 0, "train_size": 0.8,
+                  "split_seed": -1, "val_size": 0.1, "test_size": 0.1}  # main.py's defaults
+
+
+def split_settings(args, checkpoint):
+    """subset, split, seed and train_size of the test split: those the checkpoint was trained with.
+
+    A command-line value that contradicts them is refused (evaluating on another split would score the
+    model on clips it was trained on). The original's bare state_dicts record none: the command line's
+    values (or main.py's defaults) are used, with a warning.
+    """
+    trained = checkpoint.get("config") or {}
+    given = {key: getattr(args, key, None) for key in SPLIT_SETTINGS if getattr(args, key, None) is not None}
+    settings = {**SPLIT_SETTINGS, **given, **{key: trained[key] for key in SPLIT_SETTINGS if key in trained}}
+    random = settings["split"] == "random" or settings["dataset"] != "fma"
+    relevant = SPLIT_SETTINGS if random else ("subset", "split")  # seeds shape random splits only
+    conflicts = [f"--{key}={value} (trained with {trained[key]})" for key, value in given.items()
+                 if key in relevant and key in trained and trained[key] != value]
+    if conflicts:
+        raise UsageError(f"{args.checkpoint} was trained with other split settings than {', '.join(conflicts)}: "
+                         f"its test split is the one of its training run, or the evaluation would score clips "
+                         f"it was trained on. Drop these options.")
+    if not trained:
+        print(f"warning: {args.checkpoint} does not record the split it was trained on (the original project "
+              f"trained on a random split with an unrecorded seed): its test clips may include training clips.",
+              file=sys.stderr)
+    return settings
+
+
 def run_evaluation(args):
-    """Evaluate the checkpoint on the test split; write metrics.json and figures like training does.
+    """Evaluate the checkpoint on the test split it was trained with; write metrics.json and figures like training does.
 
     The test clips go through the training pipeline (cache, first n_frames, broken clips reported),
     so the numbers compare with main.py's test results, not with the windowed prediction above.
     """
-    import test  # the project's test.py (python and pytest.ini put the project root first on sys.path)
-
     if not args.data_dir:
         raise UsageError("--evaluate=True needs --data_dir: the folder holding fma_metadata/ and "
                          "fma_<subset>/ (the layout download_data.sh writes).")
-    device = pick_device(args.device)
+    device = choose_device(args.device)
     model, checkpoint = load_predictor(args.checkpoint, args.model, device)
-    tracks, class_names = utils.load_metadata(args.data_dir, args.subset)
+    settings = split_settings(args, checkpoint)
+    data = datasets.load({**settings, "data_dir": args.data_dir, "cache_dir": args.cache_dir or ""})
+    class_names, test_tracks = data["class_names"], data["splits"]["test"]
     if list(class_names) != list(checkpoint["class_names"]):
         raise UsageError(f"The checkpoint was trained on the genres {checkpoint['class_names']} but "
-                         f"{args.data_dir} (subset {args.subset}) has {class_names}: evaluate it on the "
-                         f"subset it was trained on (--subset).")
-    test_tracks = utils.split_tracks(tracks, mode=args.split)["test"]
-    cache = utils.build_cache(test_tracks, args.cache_dir or Path(args.data_dir) / "cache", args.subset,
-                              preprocessing=checkpoint["preprocessing"])
-    # make_loaders wants three splits; only "test" is used. faithful=True feeds raw dB (the model
-    # standardises itself when its checkpoint says so), so no statistics are computed.
+                         f"{args.data_dir} ({settings['dataset']} {settings['subset']}) has {class_names}: "
+                         f"evaluate it on the data it was trained on (--data_dir, --subset).")
+    cache = mel_cache.build_cache(test_tracks, data["cache_root"], data["identity"],
+                                  preprocessing=checkpoint["preprocessing"])
+    # make_loaders wants three splits; only "test" is used. It feeds raw dB (the model standardises
+    # itself when its checkpoint says so), so no statistics are computed.
     loaders, _ = utils.make_loaders(cache, dict.fromkeys(("train", "val", "test"), test_tracks),
-                                    args.batch_size, faithful=True, device=device)
-    result = test.test(model, loaders["test"], device)
-    scores = models_utils.classification_metrics(result["targets"], result["probabilities"], class_names)
-    metrics = {"test_accuracy": scores.pop("accuracy"), "test_loss": result["loss"], **scores,
-               "test_examples": result["examples"], "checkpoint": str(args.checkpoint),
-               "model": checkpoint["model"], "epoch": checkpoint.get("epoch"), "split": args.split,
-               "subset": args.subset}
+                                    args.batch_size, device=device)
+    scores, result = evaluate(model, loaders["test"], device, class_names)
+    metrics = {**scores, "checkpoint": str(args.checkpoint), "model": checkpoint["model"],
+               "epoch": (checkpoint.get("training") or {}).get("epoch"), **settings}
     out_dir = Path(args.out_dir or Path(args.checkpoint).parent / "evaluation")
     models_utils.save_report(out_dir, metrics, result["targets"], result["probabilities"], class_names)
-    print(f"test split of FMA {args.subset} ({args.split}): loss {result['loss']:.4f}, accuracy "
-          f"{metrics['test_accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f} on {result['examples']} clips; "
-          f"metrics.json and figures in {out_dir}")
+    seeded = f", seed {datasets.split_seed(settings)}, train_size {settings['train_size']}"
+    split = (f"FMA {settings['subset']} ({settings['split']}{seeded if settings['split'] == 'random' else ''})"
+             if settings["dataset"] == "fma" else f"{args.data_dir} (split_seed {datasets.split_seed(settings)})")
+    print(f"test split of {split}: loss {metrics['test_loss']:.4f}, "
+          f"accuracy {metrics['test_accuracy']:.3f}, balanced accuracy {metrics['balanced_accuracy']:.3f}, macro F1 "
+          f"{metrics['macro_f1']:.3f} on {metrics['test_examples']} clips; metrics.json and figures in {out_dir}")
     return 0
 
 
@@ -381,14 +343,20 @@ def parse_args(argv=None):
                         help="one JSON object per line (also --json=True)")
     parser.add_argument("--output", help="CSV file for all genre probabilities per track")
     parser.add_argument("--batch_size", type=int, default=32, help="windows per forward pass")
-    parser.add_argument("--num_workers", type=int, default=max(1, min(8, (os.cpu_count() or 2) - 1)),
+    parser.add_argument("--num_workers", type=int, default=max(1, min(8, utils.available_cpus() - 1)),
                         help="audio decoding processes (default: one core left for the model)")
     parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--embeddings", metavar="FILE.npz", help="write each file's embedding instead of its genres")
+    parser.add_argument("--export", metavar="FILE.onnx", help="write the model as ONNX (no audio files needed)")
     parser.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=False,
                         help="evaluate on the test split of --data_dir instead of predicting files")
-    parser.add_argument("--data_dir", help="with --evaluate: folder with fma_metadata/ and fma_<subset>/")
-    parser.add_argument("--subset", default="small", help="with --evaluate: small, medium, large or full")
-    parser.add_argument("--split", default="official", choices=["official", "random"], help="with --evaluate")
+    parser.add_argument("--data_dir", help="with --evaluate: folder with fma_metadata/ and fma_<subset>/, or the "
+                                           "genre folder or CSV of a folder or csv dataset")
+    # The test split is the checkpoint's own (its training config); these are for the original's weights.
+    parser.add_argument("--subset", choices=utils.SUBSETS, help="with --evaluate: FMA subset (default: the checkpoint's)")
+    parser.add_argument("--split", choices=utils.SPLIT_MODES, help="with --evaluate: (default: the checkpoint's)")
+    parser.add_argument("--seed", type=int, help="with --evaluate and a random split (default: the checkpoint's)")
+    parser.add_argument("--train_size", type=float, help="with --evaluate and a random split (default: the checkpoint's)")
     parser.add_argument("--cache_dir", help="with --evaluate: spectrogram cache (default: <data_dir>/cache)")
     parser.add_argument("--out_dir", help="with --evaluate: report folder (default: <checkpoint folder>/evaluation)")
     args = parser.parse_args(expand_boolean_flags(sys.argv[1:] if argv is None else argv, parser))
@@ -398,15 +366,22 @@ def parse_args(argv=None):
     for name in ("hop", "max_windows"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
-    if not args.evaluate and not args.inputs:
+    modes = [f"--{mode}" for mode in ("evaluate", "embeddings", "export") if getattr(args, mode)]
+    if len(modes) > 1:
+        parser.error(f"{' and '.join(modes)} are separate tasks: give one of them per command")
+    if args.export and args.inputs:
+        parser.error("--export needs no audio files: drop them")
+    if not (args.evaluate or args.export or args.inputs):
         parser.error("give at least one audio file or folder to predict (or --evaluate=True --data_dir=...)")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    run = (run_evaluation if args.evaluate else run_export if args.export
+           else run_embeddings if args.embeddings else run_prediction)
     try:
-        return run_evaluation(args) if args.evaluate else run_prediction(args)
+        return run(args)
     except (UsageError, CheckpointError, utils.DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

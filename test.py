@@ -1,45 +1,70 @@
-"""One evaluation pass: ``test(model, loader, device)`` -> loss, accuracy, targets, predictions, probabilities.
+"""One evaluation pass: ``test(model, loader, device)`` -> loss, accuracy, targets, predictions, probabilities;
+``evaluate(...)`` adds the report's scores (per-class F1, ROC AUC, confusion matrix) under metrics.json's names.
 
-Used by main.py for the validation split every epoch and for the test split at the end (and by
-pre_trained_models.py --evaluate). Note this file shadows Python's standard-library package ``test``:
-it is found first when the project root leads ``sys.path`` (``python main.py``; pytest via pytest.ini).
+main.py runs test() on the validation split every epoch, and evaluate() on the test split at the end;
+pre_trained_models.py --evaluate runs the same evaluate(), so both reports hold the same numbers.
+Note this file shadows Python's standard-library package ``test``: it is found first when the
+project root leads ``sys.path`` (``python main.py``; pytest via pytest.ini).
 
-    from test import test
+    from test import evaluate, test
     result = test(model, loaders["val"], "cpu")
+    scores, result = evaluate(model, loaders["test"], "cpu", class_names)  # scores: metrics.json's keys
 """
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import distributed
+import models_utils
 
-def test(model, loader, device, amp=False, desc="eval"):
-    """Evaluate ``model`` on ``loader`` without gradients; loss is the mean cross-entropy per example.
 
-    Returns {"loss", "accuracy", "examples", "targets" (N,), "predictions" (N,), "probabilities" (N, C)}
-    with NumPy arrays in loader order.
+def test(model, loader, device, amp=False, desc="eval", gather=None):
+    """Evaluate ``model`` on ``loader`` without gradients; loss is the mean cross-entropy per example,
+    batch_loss the mean of the per-batch means (the original's epoch loss, train.EPOCH_LOSSES).
+
+    Returns {"loss", "batch_loss", "accuracy", "examples", "targets" (N,), "predictions" (N,),
+    "probabilities" (N, C)} with NumPy arrays in loader order. Under torchrun each process evaluates
+    its block of whole batches (distributed.EvalShard) and ``gather`` (distributed.gather) puts every
+    process's batches back in order: the result is then the whole split's, in every process.
     """
     model.eval()
     device = torch.device(device)
-    total_loss, targets_all, probabilities_all = 0.0, [], []
+    batches = []  # (summed loss, targets, probabilities) per batch
     with torch.inference_mode():
-        for inputs, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        for inputs, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
+                                    disable=not distributed.is_main()):
             inputs = inputs.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
                 logits, _ = model(inputs)
             logits = logits.float()  # softmax and loss in float32 even under autocast
-            total_loss += F.cross_entropy(logits, targets, reduction="sum").item()
-            targets_all.append(targets.cpu())
-            probabilities_all.append(F.softmax(logits, dim=1).cpu())
-    if not targets_all:
+            batches.append((F.cross_entropy(logits, targets, reduction="sum").item(), targets.cpu(),
+                            F.softmax(logits, dim=1).cpu()))
+    if gather is not None:
+        batches = gather(batches)
+    if not batches:
         raise ValueError("the evaluation loader yielded no batches: the split is empty")
-    targets = torch.cat(targets_all).numpy()
-    probabilities = torch.cat(probabilities_all).numpy()
+    targets = torch.cat([batch[1] for batch in batches]).numpy()
+    probabilities = torch.cat([batch[2] for batch in batches]).numpy()
     predictions = probabilities.argmax(axis=1)
-    return {"loss": total_loss / len(targets), "accuracy": float(np.mean(predictions == targets)),
-            "examples": len(targets), "targets": targets, "predictions": predictions,
-            "probabilities": probabilities}
+    return {"loss": sum(loss for loss, _, _ in batches) / len(targets),
+            "batch_loss": float(np.mean([loss / len(batch) for loss, batch, _ in batches])),
+            "accuracy": float(np.mean(predictions == targets)), "examples": len(targets), "targets": targets,
+            "predictions": predictions, "probabilities": probabilities}
+
+
+def evaluate(model, loader, device, class_names, amp=False, split="test", gather=None):
+    """(scores, result): test()'s result and its scores as metrics.json names them.
+
+    scores: {"<split>_accuracy", "<split>_loss", then models_utils.classification_metrics' keys (macro_f1,
+    per_class, roc_auc, confusion_matrix, class_names, non_finite_rows), "<split>_examples"}; callers add
+    their own context (epoch, checkpoint, split settings) to it.
+    """
+    result = test(model, loader, device, amp=amp, desc=split, gather=gather)
+    scores = models_utils.classification_metrics(result["targets"], result["probabilities"], class_names)
+    return {f"{split}_accuracy": scores.pop("accuracy"), f"{split}_loss": result["loss"], **scores,
+            f"{split}_examples": result["examples"]}, result
 
 
 test.__test__ = False  # not a pytest test: keeps pytest from collecting it where a test module imports it

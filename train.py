@@ -1,13 +1,21 @@
 """One training epoch: ``train(model, loader, optimizer, device)``.
 
 Called by main.py once per epoch; it knows nothing about W&B or the config. Per-batch losses reach
-the caller through ``on_log(examples, loss)`` every ``log_interval`` batches, where ``examples`` is
-the number of examples seen so far in this epoch (main.py adds the examples of earlier epochs, so
-its W&B step is "examples seen in the run", as in the original) and ``loss`` is the mean loss of
-the batches since the previous call.
+the caller through ``on_log(examples, loss)`` every ``log_interval`` batches of an epoch and once at
+its end for the batches since the last call (so an epoch shorter than log_interval still logs once),
+where ``examples`` is the number of examples seen so far in this epoch (main.py adds the examples of
+earlier epochs, so its W&B step is "examples seen in the run", as in the original) and ``loss`` is the
+mean loss of the batches since the previous call.
 
     from train import train
-    stats = train(model, loaders["train"], optimizer, "cpu")   # {"loss", "accuracy", "examples"}
+    stats = train(model, loaders["train"], optimizer, "cpu")   # {"loss", "batch_loss", "accuracy", "examples"}
+
+An epoch interrupted mid-way (a mid-epoch checkpoint) continues exactly: ``epoch_position`` records its
+running sums and RNG state after a step, ``continue_epoch`` restores them and shortens the loader's
+next pass (utils.ResumableSampler).
+
+"loss" is the mean per example; "batch_loss" the mean of the per-batch losses, as the original
+averaged its epochs (the last, smaller batch then weighs as much as a full one): EPOCH_LOSSES.
 """
 import math
 
@@ -15,48 +23,101 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import distributed
+
+
+EPOCH_LOSSES = {"per_example": "loss", "per_batch": "batch_loss"}  # config epoch_loss -> result key
+
 
 class NonFiniteLossError(ArithmeticError):
     """The training loss became NaN or infinite; raised before the optimizer step that would spread it."""
 
 
-def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=False, desc="train"):
+def new_progress():
+    """The running sums of an epoch: what a mid-epoch checkpoint stores to continue it exactly."""
+    return {"batches": 0, "examples": 0, "loss_sum": 0.0, "batch_loss_sum": 0.0, "correct": 0,
+            "interval_loss": 0.0, "interval_batches": 0}
+
+
+def epoch_position(epoch, progress, seconds):
+    """Where training stands inside ``epoch``: its running sums and the RNG state that dropout continues from."""
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"epoch": epoch, "progress": dict(progress), "rng": rng, "seconds": seconds}
+
+
+def continue_epoch(position, loader, batch_size):
+    """Set the loader (reseeded for the position's epoch) and the RNG to continue a mid-epoch checkpoint."""
+    loader.sampler.start = position["progress"]["batches"] * batch_size
+    torch.set_rng_state(position["rng"]["torch"])
+    if "cuda" in position["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(position["rng"]["cuda"])
+    return dict(position["progress"]), position["seconds"]
+
+
+def flush_interval(progress, on_log):
+    """Report the mean loss of the batches since the last report and start a new interval."""
+    if on_log is not None:
+        on_log(progress["examples"], progress["interval_loss"] / progress["interval_batches"])
+    progress["interval_loss"], progress["interval_batches"] = 0.0, 0
+
+
+def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=False, desc="train",
+          progress=None, on_step=None, class_weights=None, sync=None):
     """Train ``model`` for one pass over ``loader``; returns mean loss, accuracy and example count.
 
     ``amp`` runs the forward pass under bfloat16 autocast (CUDA only; no loss scaling is needed
-    for bf16). Raises NonFiniteLossError naming the batch if the loss is not finite.
+    for bf16). ``progress`` continues an epoch that a mid-epoch checkpoint interrupted (the loader
+    then yields only its remaining batches); ``on_step(progress)`` is called after every optimiser
+    step (main.py saves mid-epoch checkpoints there). ``class_weights`` (one per class) weigh the
+    cross-entropy. ``sync`` (distributed.sync_step, under torchrun) turns this process's part of a
+    batch into the global batch's figures before the backward pass, so the loss, the NaN check and
+    the gradient are the global batch's in every process. Raises NonFiniteLossError naming the batch
+    if the loss is not finite.
     """
     model.train()
     device = torch.device(device)
-    total_loss, correct, examples = 0.0, 0, 0
-    interval_loss, interval_batches = 0.0, 0
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
-    for batch, (inputs, targets) in enumerate(bar, start=1):
+    p = progress if progress is not None else new_progress()
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, initial=p["batches"],
+               total=p["batches"] + len(loader), disable=not distributed.is_main())
+    for inputs, targets in bar:
         inputs = inputs.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
             logits, _ = model(inputs)
-            loss = F.cross_entropy(logits.float(), targets)
-        value = loss.item()
+            loss = F.cross_entropy(logits.float(), targets, weight=class_weights)
+        n, correct = targets.size(0), (logits.argmax(dim=1) == targets).sum()
+        if sync is None:
+            value, correct = loss.item(), correct.item()
+        else:  # the weight a weighted mean divides by: the batch's class weights
+            weight = n if class_weights is None else class_weights[targets].sum()
+            value, n, correct, scale = sync(loss, weight, n, correct)
+            loss = loss * scale
         if not math.isfinite(value):
             bar.close()
-            raise NonFiniteLossError(f"the training loss became {value} at batch {batch} "
-                                     f"(after {examples} examples of this epoch)")
+            raise NonFiniteLossError(f"the training loss became {value} at batch {p['batches'] + 1} "
+                                     f"(after {p['examples']} examples of this epoch)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-        n = targets.size(0)
-        examples += n
-        total_loss += value * n
-        correct += (logits.argmax(dim=1) == targets).sum().item()
-        interval_loss += value
-        interval_batches += 1
-        bar.set_postfix(loss=f"{total_loss / examples:.4f}")
-        if on_log is not None and batch % log_interval == 0:
-            on_log(examples, interval_loss / interval_batches)
-            interval_loss, interval_batches = 0.0, 0
+        p["batches"] += 1
+        p["examples"] += n
+        p["loss_sum"] += value * n
+        p["batch_loss_sum"] += value
+        p["correct"] += correct
+        p["interval_loss"] += value
+        p["interval_batches"] += 1
+        bar.set_postfix(loss=f"{p['loss_sum'] / p['examples']:.4f}")
+        if p["batches"] % log_interval == 0:
+            flush_interval(p, on_log)
+        if on_step is not None:
+            on_step(p)
     bar.close()
-    if examples == 0:
+    if p["examples"] == 0:
         raise ValueError("the training loader yielded no batches: the training split is empty")
-    return {"loss": total_loss / examples, "accuracy": correct / examples, "examples": examples}
+    if p["interval_batches"]:  # the epoch's last, partial interval
+        flush_interval(p, on_log)
+    return {"loss": p["loss_sum"] / p["examples"], "batch_loss": p["batch_loss_sum"] / p["batches"],
+            "accuracy": p["correct"] / p["examples"], "examples": p["examples"]}

@@ -1,23 +1,13 @@
-"""Data pipeline: FMA metadata -> audio -> mel-spectrogram (dB) -> float16 cache -> DataLoaders.
+"""Data pipeline: FMA metadata -> audio -> mel-spectrogram (dB) -> DataLoaders over the cache.
 
-SPEC.md sections 2, 3 and 5 are the reference. A library for main.py and pre_trained_models.py;
-its tests: python -m pytest tests/test_utils*.py -q
-
-The cache is one folder per (subset, preprocessing, track list) under cache_root, e.g.
-data/cache/small-1a2b3c4d/: params.json, mels.npy (one memory-mapped float16 array of shape
-(tracks, n_mels, n_frames)), status.npy (per row: pending/ok/padded/broken/missing) and
-report.csv (every padded, broken or missing track with the reason).
+SPEC.md sections 2, 3 and 5 are the reference. A library for main.py, pre_trained_models.py and
+cache.py (the float16 spectrogram cache, built from clip_spectrogram below); its tests:
+python -m pytest tests/test_utils*.py -q
 """
-import hashlib
-import json
+import itertools
 import math
 import os
-import signal
 import tempfile
-import threading
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,8 +18,10 @@ import soxr
 import torch
 import torchaudio
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
-from tqdm import tqdm
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, WeightedRandomSampler
+
+import distributed
+import preemption
 
 PREPROCESSING = {"sample_rate": 22050, "n_fft": 2048, "hop_length": 512, "n_mels": 128,
                  "n_frames": 1291, "top_db": 80.0}
@@ -44,11 +36,19 @@ MIN_CLIP_FRACTION = 0.9
 # Augmentation (SPEC section 5): two band masks of up to 25% of the bands, two time masks of up to
 # 15% of the frames, set to 0 dB.
 BAND_MASK_FRACTION, TIME_MASK_FRACTION, MASKS_PER_AXIS = 0.25, 0.15, 2
-# Cache build: rows per worker task, and how often the parent saves the status (rows or seconds).
-CHUNK_ROWS = 8
-SAVE_EVERY_ROWS, SAVE_EVERY_SECONDS = 50, 2.0
-PENDING, OK, PADDED, BROKEN, MISSING = 0, 1, 2, 3, 4
-STATUS_NAMES = {PENDING: "pending", OK: "ok", PADDED: "padded", BROKEN: "broken", MISSING: "missing"}
+# How a mask's width and start are drawn. inclusive: width uniform in 0..int(fraction * n) and start
+# in 0..n - width (every band and frame can be masked); original: int(U(0, fraction * n)) and
+# int(U(0, n - width)) as the original drew them (band widths 0..31 of 128; the start never reaches
+# n - width, so the last band or frame is never masked by a full-width mask).
+MASK_DRAWS = ("inclusive", "original")
+# When masks are drawn. per_epoch: fresh masks for every epoch; fixed: one masked copy of each clip,
+# drawn once, as the original made its augmented copies before training.
+AUGMENT_MASKS = ("per_epoch", "fixed")
+SPLIT_MODES = ("official", "random")
+
+
+UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it) and put back
+os.umask(UMASK)
 
 
 def available_cpus():
@@ -56,6 +56,12 @@ def available_cpus():
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
+
+
+def cpu_share():
+    """The cores this process should keep busy: available_cpus(), split evenly among the processes that
+    torchrun started on this machine (all of them for a plain run)."""
+    return max(1, available_cpus() // distributed.local_world_size())
 
 
 class DataError(Exception):
@@ -67,6 +73,10 @@ class AudioError(DataError):
 
 
 # ----------------------------------------------------------------------------- audio
+
+# File types the audio loader (libsndfile) decodes: what prediction and the folder/CSV datasets accept.
+AUDIO_EXTENSIONS = {".mp3", ".wav", ".au", ".snd", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff"}
+
 
 def load_audio(path, sample_rate=22050):
     """Mono float32 at sample_rate, exactly as librosa.load (soundfile, channel mean, soxr_hq)."""
@@ -207,19 +217,12 @@ def split_tracks(tracks, mode="official", train_size=0.8, seed=0):
         except ValueError as e:
             raise DataError(f"Cannot split {len(tracks)} tracks at random with train_size={train_size} "
                             f"stratified by genre ({e}); use more tracks or the official split.") from e
-        return {"train": train.sort_index(), "val": held_out.sort_index(), "test": held_out.sort_index()}
-    raise ValueError(f"Unknown split mode '{mode}': choose 'official' or 'random'.")
+        # train keeps train_test_split's order: the original's fixed training order (shuffle=False)
+        return {"train": train, "val": held_out.sort_index(), "test": held_out.sort_index()}
+    raise ValueError(f"Unknown split mode '{mode}': choose one of {', '.join(SPLIT_MODES)}.")
 
 
-# ----------------------------------------------------------------------------- cache
-
-def _checked_preprocessing(preprocessing):
-    missing = set(PREPROCESSING) - set(preprocessing)
-    if missing:
-        raise ValueError(f"preprocessing lacks {sorted(missing)}; expected the keys of {PREPROCESSING}")
-    # Casting makes 80 and 80.0 (e.g. after a JSON round trip) hash to the same cache.
-    return {key: type(default)(preprocessing[key]) for key, default in PREPROCESSING.items()}
-
+# ----------------------------------------------------------------------------- files
 
 def atomic_write(path, write):
     """Call ``write(file)`` on a temp file beside ``path``, fsync it, then rename it over ``path``:
@@ -228,6 +231,8 @@ def atomic_write(path, write):
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # POSIX: mkstemp's 0600 would hide checkpoints and reports from a group
+            os.fchmod(fd, 0o666 & ~UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -236,188 +241,6 @@ def atomic_write(path, write):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _save_progress(folder, ids, paths, status, reasons):
-    # The report goes first: if we die between the two writes, the extra report rows belong to rows
-    # still pending in the old status file, which are recomputed (and their reasons replaced).
-    rows = np.flatnonzero(~np.isin(status, (PENDING, OK)))
-    report = pd.DataFrame({"track_id": [ids[r] for r in rows], "path": [paths[r] for r in rows],
-                           "status": [STATUS_NAMES[status[r]] for r in rows],
-                           "reason": [reasons.get(r) or "" for r in rows]})
-    atomic_write(folder / "report.csv", lambda f: report.to_csv(f, index=False))
-    atomic_write(folder / "status.npy", lambda f: np.save(f, status))
-
-
-def _open_cache_folder(folder, params):
-    """Status array of an existing matching cache folder, or of a freshly created one (all pending)."""
-    shape = (len(params["track_ids"]), params["preprocessing"]["n_mels"], params["preprocessing"]["n_frames"])
-    try:
-        same = json.loads((folder / "params.json").read_text()) == params
-        mels = np.load(folder / "mels.npy", mmap_mode="r")
-        status = np.load(folder / "status.npy")
-        if same and mels.shape == shape and mels.dtype == np.float16 and status.shape == shape[:1]:
-            return status
-    except (OSError, ValueError):
-        pass  # missing or unreadable pieces: (re)create the folder below
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"mels.npy.{os.getpid()}.tmp"
-    # A sparse file: created instantly, disk blocks are allocated as rows are written.
-    np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape).flush()
-    os.replace(tmp, folder / "mels.npy")
-    atomic_write(folder / "params.json", lambda f: f.write(json.dumps(params, indent=1).encode()))
-    status = np.zeros(shape[0], dtype=np.int8)
-    atomic_write(folder / "status.npy", lambda f: np.save(f, status))
-    return status
-
-
-def _init_worker():
-    # Ctrl-C is the parent's to handle; torch threads would fight the other workers for the cores;
-    # libmpg123 writes resync notes straight to stderr (the report has every problem instead).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    parent = os.getppid()
-
-    def exit_when_orphaned():  # a killed parent leaves no worker behind
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-    threading.Thread(target=exit_when_orphaned, daemon=True).start()
-
-
-def _cache_rows(mels_path, rows, paths, preprocessing):
-    """Worker task: compute and write rows, flush them to disk, then return (row, status, reason)."""
-    mels = np.load(mels_path, mmap_mode="r+")
-    results = []
-    for row, path in zip(rows, paths):
-        if not Path(path).is_file():
-            results.append((row, MISSING, "audio file not found"))
-            continue
-        try:
-            mel, padded = clip_spectrogram(path, preprocessing)
-        except Exception as e:  # any failure is this track's, never the build's: report it
-            reason = str(e) if isinstance(e, AudioError) else f"{type(e).__name__}: {e}"
-            results.append((row, BROKEN, reason.replace(f"{path}: ", "")))
-            continue
-        mels[row] = mel
-        note = (f"{preprocessing['n_frames'] - padded} of {preprocessing['n_frames']} frames decoded; "
-                f"padded {padded} frames with the clip's minimum ({mel.min():.1f} dB)")
-        results.append((row, PADDED, note) if padded else (row, OK, None))
-    mels.flush()
-    return results
-
-
-def _read_reasons(folder, ids):
-    try:
-        report = pd.read_csv(folder / "report.csv", dtype={"reason": str}, keep_default_na=False)
-    except (OSError, ValueError, pd.errors.EmptyDataError):
-        return {}
-    row_of = {tid: row for row, tid in enumerate(ids)}
-    return {row_of[t]: r for t, r in zip(report["track_id"], report["reason"]) if t in row_of}
-
-
-def build_cache(tracks, cache_root, subset, preprocessing=PREPROCESSING, num_workers=None, progress=True):
-    """Build, resume or reuse the mel cache of these tracks; print its summary; return the MelCache.
-
-    Only pending rows (and missing files that have appeared since) are computed, by num_workers
-    processes (default: all cores). The parent marks rows done in status.npy only after the worker
-    has written and flushed them, so an interrupt at any moment loses at most unsaved progress.
-    """
-    p = _checked_preprocessing(preprocessing)
-    ids = sorted(int(t) for t in tracks.index)
-    if not ids:
-        raise DataError(f"No tracks to cache for subset '{subset}'.")
-    params = {"subset": subset, "preprocessing": p, "track_ids": ids}
-    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
-    folder = Path(cache_root) / f"{subset}-{digest}"
-    status = _open_cache_folder(folder, params)
-    paths = tracks.loc[ids, "path"].astype(str).tolist()
-    reasons = _read_reasons(folder, ids)
-    todo = [r for r in range(len(ids))
-            if status[r] == PENDING or (status[r] == MISSING and Path(paths[r]).is_file())]
-    if todo and not any(Path(paths[r]).is_file() for r in todo):
-        raise DataError(f"None of the {len(todo)} audio files to cache exists (e.g. {paths[todo[0]]}). "
-                        f"Download the audio with `bash download_data.sh {subset}`, check --data_dir, or "
-                        f"use the demo dataset (--demo=True).")
-    if todo:
-        _compute_rows(folder, todo, ids, paths, p, status, reasons, num_workers, progress)
-    cache = MelCache(folder)
-    cache.computed = len(todo)
-    print(f"{cache.summary()} [{len(todo)} computed now, {len(ids) - len(todo)} reused]", flush=True)
-    if not cache.track_ids:
-        raise DataError(f"No usable spectrogram in {folder}: every track is broken or missing; "
-                        f"see {folder / 'report.csv'}.")
-    return cache
-
-
-def _compute_rows(folder, todo, ids, paths, p, status, reasons, num_workers, progress):
-    workers = max(1, min(num_workers or os.cpu_count() or 1, len(todo)))
-    size = max(1, min(CHUNK_ROWS, len(todo) // (4 * workers)))  # small builds: keep all workers busy
-    chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
-    bar = tqdm(total=len(ids), initial=len(ids) - len(todo), unit="track", disable=not progress,
-               desc=f"mel cache {folder.name} ({workers} workers)")
-    pool = ProcessPoolExecutor(workers, initializer=_init_worker)
-    unsaved, saved_at = 0, time.monotonic()
-    try:
-        futures = {pool.submit(_cache_rows, folder / "mels.npy", chunk, [paths[r] for r in chunk], p): chunk
-                   for chunk in chunks}
-        for future in as_completed(futures):
-            try:
-                results = future.result()
-            except BrokenProcessPool as e:
-                raise DataError(f"A cache worker died while decoding one of "
-                                f"{[paths[r] for r in futures[future]]}. Progress is saved: rerun to "
-                                f"resume; if it dies again, move those files away.") from e
-            for row, code, reason in results:
-                status[row] = code
-                reasons[row] = reason
-            bar.update(len(results))
-            unsaved += len(results)
-            if unsaved >= SAVE_EVERY_ROWS or time.monotonic() - saved_at >= SAVE_EVERY_SECONDS:
-                _save_progress(folder, ids, paths, status, reasons)
-                unsaved, saved_at = 0, time.monotonic()
-        pool.shutdown()
-    finally:
-        # On an interrupt, running tasks finish in the background; their rows stay pending.
-        pool.shutdown(wait=False, cancel_futures=True)
-        _save_progress(folder, ids, paths, status, reasons)
-        bar.close()
-
-
-class MelCache:
-    """Read side of a cache folder. The memmap opens on first access, so it pickles cheaply to workers."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-        params = json.loads((self.path / "params.json").read_text())
-        self.subset, self.preprocessing = params["subset"], params["preprocessing"]
-        self.status = np.load(self.path / "status.npy")
-        self._rows = {tid: row for row, tid in enumerate(params["track_ids"])}
-        self.track_ids = [t for t, row in self._rows.items() if self.status[row] in (OK, PADDED)]
-        self.computed = 0  # rows computed by the build_cache call that returned this object
-        self._mels = None
-
-    def __getstate__(self):
-        return {**self.__dict__, "_mels": None}
-
-    def __contains__(self, track_id):
-        row = self._rows.get(track_id)
-        return row is not None and self.status[row] in (OK, PADDED)
-
-    def __getitem__(self, track_id):
-        if track_id not in self:
-            raise KeyError(f"track {track_id} has no usable spectrogram in {self.path} (see report.csv)")
-        if self._mels is None:
-            self._mels = np.load(self.path / "mels.npy", mmap_mode="r")
-        return np.array(self._mels[self._rows[track_id]])
-
-    def summary(self):
-        counts = {name: int(np.sum(self.status == code)) for code, name in STATUS_NAMES.items()}
-        extra = "".join(f", {counts[k]} {k}" for k in ("missing", "pending") if counts[k])
-        return (f"Mel cache {self.path}: {counts['ok']} ok, {counts['padded']} padded, "
-                f"{counts['broken']} broken{extra} (report: {self.path / 'report.csv'})")
 
 
 # ----------------------------------------------------------------------------- datasets and loaders
@@ -432,15 +255,22 @@ def normalisation_stats(cache, track_ids):
     return float(mean), float(math.sqrt(max(total_sq / count - mean * mean, 0.0)))
 
 
-def spec_augment(mel, generator=None):
+def draw_mask(size, fraction, draw, generator=None):
+    """(start, width) of one mask over an axis of ``size`` (see MASK_DRAWS)."""
+    if draw == "original":
+        width = int(torch.rand(1, generator=generator).item() * (fraction * size))
+        return int(torch.rand(1, generator=generator).item() * (size - width)), width
+    width = int(torch.randint(0, int(fraction * size) + 1, (1,), generator=generator))
+    return int(torch.randint(0, size - width + 1, (1,), generator=generator)), width
+
+
+def spec_augment(mel, generator=None, draw="inclusive"):
     """A copy with two mel-band masks (each up to 25% of bands) and two time masks (each up to 15% of
-    frames) set to 0 dB; widths and positions drawn uniformly from generator (default: torch's global RNG)."""
+    frames) set to 0 dB, drawn (see MASK_DRAWS) from generator (default: torch's global RNG)."""
     mel = mel.clone()
     for axis, fraction in ((0, BAND_MASK_FRACTION), (1, TIME_MASK_FRACTION)):
-        size = mel.shape[axis]
         for _ in range(MASKS_PER_AXIS):
-            width = int(torch.randint(0, int(fraction * size) + 1, (1,), generator=generator))
-            start = int(torch.randint(0, size - width + 1, (1,), generator=generator))
+            start, width = draw_mask(mel.shape[axis], fraction, draw, generator)
             mel.narrow(axis, start, width).fill_(0.0)
     return mel
 
@@ -452,9 +282,9 @@ class MelDataset(Dataset):
     seed, so they are the same whatever the number of DataLoader workers.
     """
 
-    def __init__(self, cache, track_ids, labels, mean=None, std=None, augment=False):
+    def __init__(self, cache, track_ids, labels, mean=None, std=None, augment=False, mask_draw="inclusive"):
         self.cache, self.track_ids, self.labels = cache, [int(t) for t in track_ids], [int(l) for l in labels]
-        self.mean, self.std, self.augment = mean, std, augment
+        self.mean, self.std, self.augment, self.mask_draw = mean, std, augment, mask_draw
 
     def __len__(self):
         return len(self.track_ids) * (2 if self.augment else 1)
@@ -465,33 +295,98 @@ class MelDataset(Dataset):
         mel = torch.from_numpy(self.cache[self.track_ids[clip]].astype(np.float32))
         if index >= len(self.track_ids):
             generator = None if seed is None else torch.Generator().manual_seed(seed)
-            mel = spec_augment(mel, generator)
+            mel = spec_augment(mel, generator, self.mask_draw)
         if self.mean is not None:
             mel = (mel - self.mean) / self.std
         return mel, self.labels[clip]
 
 
 class AugmentedSampler(Sampler):
-    """A random permutation of a doubled epoch, each index paired with a fresh seed for its masks,
-    all drawn from one generator (reseed it to replay an epoch exactly)."""
+    """The indices of a doubled epoch (clean clips, then their masked copies), each paired with the
+    seed of its masks; order and seeds come from one generator (reseed it to replay an epoch).
 
-    def __init__(self, size, generator):
-        self.size, self.generator = size, generator
+    shuffle=False keeps the dataset's order. fixed_seeds (one per index, drawn once) gives every
+    epoch the same masked copies, as the original did; otherwise each epoch draws fresh masks.
+    weights (one per index): draw the epoch's indices with replacement in proportion to them instead.
+    """
+
+    def __init__(self, size, generator, shuffle=True, fixed_seeds=None, weights=None):
+        self.size, self.generator, self.shuffle, self.fixed_seeds = size, generator, shuffle, fixed_seeds
+        self.weights = weights
 
     def __len__(self):
         return self.size
 
     def __iter__(self):
-        order = torch.randperm(self.size, generator=self.generator).tolist()
-        seeds = torch.randint(0, 2 ** 62, (self.size,), generator=self.generator).tolist()
-        return iter(zip(order, seeds))
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.size, replacement=True, generator=self.generator)
+        else:
+            order = torch.randperm(self.size, generator=self.generator) if self.shuffle else torch.arange(self.size)
+        seeds = self.fixed_seeds if self.fixed_seeds is not None else torch.randint(
+            0, 2 ** 62, (self.size,), generator=self.generator)
+        return iter(zip(order.tolist(), seeds[order].tolist()))
 
 
-def make_loaders(cache, splits, batch_size, num_workers=0, faithful=True, augment=False, seed=0,
-                 device="cpu"):
+class ResumableSampler(Sampler):
+    """A sampler whose next pass may begin ``start`` indices in, with the order (and masks) of a full
+    pass: a mid-epoch checkpoint continues exactly where it stopped. ``generator`` is the base's."""
+
+    def __init__(self, base):
+        self.base, self.start = base, 0
+
+    @property
+    def generator(self):
+        return getattr(self.base, "generator", None)
+
+    def __len__(self):
+        return len(self.base) - self.start
+
+    def __iter__(self):
+        start, self.start = self.start, 0  # only the next pass is shortened
+        return itertools.islice(iter(self.base), start, None)
+
+
+def class_balanced_weights(labels):
+    """Per example, 1 / the number of examples of its class: drawn in proportion to these, every class
+    comes up equally often (balanced_sampler)."""
+    labels = torch.as_tensor(labels)
+    return 1.0 / torch.bincount(labels)[labels].double()
+
+
+def inverse_class_frequency(labels, n_classes):
+    """Per class, N / (classes present x its count): the cross-entropy weights of class_weights=True
+    (the mean weight per example is 1; a class absent from ``labels`` gets 0)."""
+    counts = torch.bincount(torch.as_tensor(labels), minlength=n_classes).double()
+    return torch.where(counts > 0, counts.sum() / ((counts > 0).sum() * counts), 0.0).float()
+
+
+def train_sampler(size, seed, shuffle, augment, augment_masks, labels=None):
+    """The training split's sampler: its order (and masks) depend only on its generator, seeded here.
+    labels (one per index): every epoch draws ``size`` indices with replacement, each class equally often."""
+    generator = torch.Generator().manual_seed(seed)
+    weights = None if labels is None else class_balanced_weights(labels)
+    if augment:
+        fixed = None
+        if augment_masks == "fixed":  # drawn once, from their own generator: the same copies every epoch
+            fixed = torch.randint(0, 2 ** 62, (size,), generator=torch.Generator().manual_seed(seed + 1))
+        return ResumableSampler(AugmentedSampler(size, generator, shuffle, fixed, weights))
+    if weights is not None:
+        return ResumableSampler(WeightedRandomSampler(weights, size, replacement=True, generator=generator))
+    return ResumableSampler(RandomSampler(range(size), generator=generator) if shuffle
+                            else SequentialSampler(range(size)))
+
+
+def make_loaders(cache, splits, batch_size, num_workers=0, standardise=False, augment=False, seed=0,
+                 device="cpu", shuffle=True, augment_masks="per_epoch", mask_draw="inclusive", balanced=False,
+                 shard=(0, 1)):
     """({"train", "val", "test"} DataLoaders, {"mean", "std"}). Broken tracks (listed in the cache's
-    report) are left out; faithful feeds raw dB, otherwise dB standardised with train-split stats.
-    The train order (and masks) depend only on loaders["train"].sampler.generator, seeded from seed."""
+    report) are left out; standardise feeds dB standardised with train-split stats, else raw dB.
+    shuffle=False keeps the training split's order every epoch; augment appends a masked copy of every
+    training clip (augment_masks: redrawn per epoch or fixed; mask_draw: see MASK_DRAWS); balanced
+    draws the training clips class-balanced. The train order (and masks) depend only on
+    loaders["train"].sampler.generator, seeded from seed. shard=(rank, processes) under torchrun: this
+    process's part of every global batch of batch_size, and its block of the evaluation splits
+    (distributed.ShardSampler, EvalShard)."""
     unknown = [t for frame in splits.values() for t in frame.index if t not in cache._rows]
     if unknown:
         raise DataError(f"{len(unknown)} tracks of the splits (e.g. {unknown[0]}) are not in the cache "
@@ -501,18 +396,24 @@ def make_loaders(cache, splits, batch_size, num_workers=0, faithful=True, augmen
         if frame.empty:
             raise DataError(f"The {name} split has no track with a usable spectrogram in {cache.path}; "
                             f"see its report.csv.")
-    mean, std = (None, None) if faithful else normalisation_stats(cache, usable["train"].index)
-    common = dict(batch_size=batch_size, num_workers=num_workers, drop_last=False,
-                  pin_memory=str(device).startswith("cuda"), persistent_workers=num_workers > 0)
+    mean, std = normalisation_stats(cache, usable["train"].index) if standardise else (None, None)
+    common = dict(num_workers=num_workers, drop_last=False, pin_memory=str(device).startswith("cuda"),
+                  persistent_workers=num_workers > 0)
+    rank, processes = shard
     loaders = {}
     for name, frame in usable.items():
         train = name == "train"
-        data = MelDataset(cache, frame.index, frame["label"], mean, std, augment=train and augment)
-        sampler = None
-        if train:  # order and masks come from the sampler's own generator: reseed it to replay an epoch
-            order = torch.Generator().manual_seed(seed)
-            sampler = AugmentedSampler(len(data), order) if augment else RandomSampler(data, generator=order)
+        data = MelDataset(cache, frame.index, frame["label"], mean, std, augment=train and augment,
+                          mask_draw=mask_draw)
+        if train:
+            labels = [data.labels[i % len(data.labels)] for i in range(len(data))] if balanced else None
+            sampler = train_sampler(len(data), seed, shuffle, augment, augment_masks, labels)
+            if processes > 1:
+                sampler = distributed.ShardSampler(sampler, batch_size, rank, processes)
+        else:
+            sampler = distributed.EvalShard(len(data), batch_size, rank, processes) if processes > 1 else None
         # The loader draws its worker seeds from a generator of its own, never from torch's global one.
         loaders[name] = DataLoader(data, sampler=sampler, generator=torch.Generator().manual_seed(seed),
-                                   **common)
+                                   batch_size=batch_size // processes if train else batch_size,
+                                   worker_init_fn=preemption.ignore_stop_signals, **common)
     return loaders, {"mean": mean, "std": std}

@@ -3,7 +3,7 @@
 run.py starts it in a fresh process per measurement, so peak resident memory belongs to this
 measurement alone. Two ways to open the data:
 
-    python benchmarks/open_data.py cache FOLDER [--faithful=False]   # this project: utils.MelCache + make_loaders
+    python benchmarks/open_data.py cache FOLDER [--faithful=False]   # this project: cache.MelCache + make_loaders
     python benchmarks/open_data.py in_memory FOLDER                  # the original: every .npy into memory
 
 Prints {"seconds": time from opening to the first batch, "peak_rss_mib": peak resident memory,
@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import cache as mel_cache  # noqa: E402
 import utils  # noqa: E402
 
 BATCH_SIZE = 50
@@ -46,8 +47,9 @@ def official_splits(track_ids):
 
 def loader_from_cache(folder, faithful):
     """This project: the memory-mapped cache and main.py's loaders (num_workers=0, its default)."""
-    cache = utils.MelCache(folder)
-    loaders, _ = utils.make_loaders(cache, official_splits(cache.track_ids), BATCH_SIZE, faithful=faithful)
+    cache = mel_cache.MelCache(folder)
+    # faithful=False standardises its input (main.py's standardise=auto), which reads the normalisation stats
+    loaders, _ = utils.make_loaders(cache, official_splits(cache.track_ids), BATCH_SIZE, standardise=not faithful)
     return loaders["train"]
 
 

@@ -1,12 +1,12 @@
 """Benchmarks: this project against the original's approach, measured side by side in one run.
 
     python benchmarks/run.py                          # full size; writes benchmarks/results.md
-    python benchmarks/run.py --only=cache,loading     # some parts: cache, loading, training, predict, allocator
+    python benchmarks/run.py --only=cache,loading     # some parts: cache, loading, training, predict, ddp, allocator
     python benchmarks/run.py --size=tiny              # smoke test in seconds: every row, numbers meaningless
 
 Parts (issue 6):
   cache     tracks/s building the mel cache from generated 30 s 44.1 kHz stereo MP3s:
-            utils.build_cache with 1 worker and with all cores against the original's sequential
+            cache.build_cache with 1 worker and with all cores against the original's sequential
             librosa.load + melspectrogram + power_to_db + np.save per track.
   loading   time to the first training batch and peak resident memory, each in a fresh process
             (benchmarks/open_data.py), for caches of 200 and 2,000 tracks filled with synthetic dB
@@ -16,8 +16,12 @@ Parts (issue 6):
             torch.compile (what main.py's compile=True does), plus the compile time, the steps it takes
             to pay it back, and the eval-mode logit difference; on CUDA also amp. Measured under the
             project's allocator setting (allocator.py), as main.py trains.
-  predict   tracks/s of pre_trained_models.predict on the 30 s clips: one track per forward pass in
+  predict   tracks/s of inference.predict on the 30 s clips: one track per forward pass in
             one process against batches of 32 decoded by one worker per core.
+  ddp       samples/s of CNN1D training steps (global batch 50, 128 x 1291) under torchrun
+            (benchmarks/ddp_steps.py, main.py's own DDP path): 1 process on all cores, 1 process on
+            one core, 2 gloo processes on one core each; on a 2-core CPU this shows DDP's overhead,
+            not a speed-up. The same script runs on N GPUs.
   allocator CRNN and CNN2D training steps (batch 50, eager) with glibc's default malloc against
             allocator.keep_large_allocations(), each in a fresh process (benchmarks/train_step.py:
             malloc settings apply from process start): step time, kernel share of the CPU time, page
@@ -51,23 +55,26 @@ import pandas as pd  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
-import pre_trained_models  # noqa: E402
+import cache as mel_cache  # noqa: E402
+import inference  # noqa: E402
 import utils  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 from models_utils import compile_model  # noqa: E402
 from train import train  # noqa: E402
 
-PARTS = ("cache", "loading", "training", "predict", "allocator")
+PARTS = ("cache", "loading", "training", "predict", "ddp", "allocator")
 SIZES = {
     "full": dict(n_tracks=40, duration=30.0, n_frames=1291, cache_rounds=2, loading_tracks=(200, 2000),
                  loading_rounds=3, batch_size=50, train_steps={"cnn1d": 8, "cnn2d": 3, "crnn": 3},
-                 compile_backend="inductor", predict_rounds=2, allocator_rounds=2, allocator_steps=3, threads=None),
+                 compile_backend="inductor", predict_rounds=2, threads=None, ddp_steps=8, ddp_rounds=2,
+                 allocator_rounds=2, allocator_steps=3),
     # Short clips and frames so the whole run takes seconds; the "eager" backend runs torch.compile's
     # graph capture without inductor's C++ code generation (minutes on 2 cores); one torch thread,
     # because 2-thread ops crawl when a test run shares the 2 cores. Plumbing, not speed.
     "tiny": dict(n_tracks=8, duration=4.0, n_frames=150, cache_rounds=1, loading_tracks=(100, 200),
                  loading_rounds=1, batch_size=4, train_steps={"cnn1d": 1, "cnn2d": 1, "crnn": 1},
-                 compile_backend="eager", predict_rounds=1, allocator_rounds=1, allocator_steps=1, threads=1),
+                 compile_backend="eager", predict_rounds=1, threads=1, ddp_steps=2, ddp_rounds=1,
+                 allocator_rounds=1, allocator_steps=1),
 }
 CORES = os.cpu_count() or 1
 BUSY_NOTE = (" **The machine was busy** (load above its core count): PyTorch's multi-threaded ops slow "
@@ -133,7 +140,7 @@ def original_cache(paths, out_dir):
 
 def build(tracks, cache_root, preprocessing, workers):
     with contextlib.redirect_stdout(io.StringIO()):  # its summary line would break up the table
-        return utils.build_cache(tracks, cache_root, "small", preprocessing, num_workers=workers, progress=False)
+        return mel_cache.build_cache(tracks, cache_root, "small", preprocessing, workers=workers, progress=False)
 
 
 def generated_tracks(size, work, rate=44100):
@@ -173,8 +180,8 @@ def bench_cache(size, tracks, work, rows):
     base = n / seconds["original"]
     report(rows, ("a cache", f"original: librosa + np.save per track, 1 process ({n} tracks)",
                  f"{base:.2f} tracks/s", "1.00x", ""))
-    for name, label, target in (("1 worker", "build_cache, num_workers=1", "cache_1"),
-                                ("all cores", f"build_cache, num_workers={CORES} (all cores)", "cache_all")):
+    for name, label, target in (("1 worker", "build_cache, workers=1", "cache_1"),
+                                ("all cores", f"build_cache, workers={CORES} (all cores)", "cache_all")):
         ratio = seconds["original"] / seconds[name]
         report(rows, ("a cache", label, f"{n / seconds[name]:.2f} tracks/s", f"{ratio:.2f}x",
                      verdict(ratio, (">=", TARGETS[target]), "x")))
@@ -215,7 +222,7 @@ def synthetic_cache(folder, n_tracks, n_frames, seed=0):
         mels[row] = mel
         np.save(folder / "original" / f"{track_id:06d}.npy", mel)
     mels.flush()
-    np.save(folder / "status.npy", np.full(n_tracks, utils.OK, dtype=np.int8))
+    np.save(folder / "status.npy", np.full(n_tracks, mel_cache.OK, dtype=np.int8))
     done.write_text("{}")
     return folder
 
@@ -372,8 +379,8 @@ def bench_predict(size, tracks, work, rows):
     files = [Path(p) for p in tracks["path"]]
 
     def run(batch_size, workers):
-        results = list(pre_trained_models.predict(model, checkpoint, files, batch_size=batch_size,
-                                                  num_workers=workers))
+        results = list(inference.predict(model, checkpoint, files, batch_size=batch_size,
+                                         num_workers=workers))
         failed = [(path, error) for path, _, _, error in results if error]
         if failed or len(results) != len(files):
             raise RuntimeError(f"prediction failed: {failed[:3]}")
@@ -387,7 +394,42 @@ def bench_predict(size, tracks, work, rows):
                  f"{seconds['one'] / seconds['batched']:.2f}x", ""))
 
 
-# ----------------------------------------------------------------------------- e. allocator
+# ----------------------------------------------------------------------------- e. DDP
+
+def ddp_steps(size, processes, threads):
+    """benchmarks/ddp_steps.py under torchrun: seconds per training step (rank 0's figure)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               str(ROOT / "benchmarks" / "ddp_steps.py"), "cnn1d", str(size["batch_size"]), str(size["n_frames"]),
+               str(size["ddp_steps"]), str(threads)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    if result.returncode != 0:
+        raise RuntimeError(f"torchrun failed: {result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])["seconds_per_step"]
+
+
+def bench_ddp(size, rows):
+    """One process on every core, one on one core, and 2 gloo processes on one core each: DDP's cost is
+    how far the last falls short of twice the second."""
+    setups = {"all": (1, CORES), "one": (1, 1), "ddp": (2, max(1, CORES // 2))}
+    seconds = {name: [] for name in setups}
+    for r in range(size["ddp_rounds"]):
+        for name in (list(setups) if r % 2 == 0 else list(setups)[::-1]):
+            seconds[name].append(ddp_steps(size, *setups[name]))
+    s = {name: statistics.median(values) for name, values in seconds.items()}
+    rate = {name: size["batch_size"] / value for name, value in s.items()}
+    report(rows, ("e ddp", f"cnn1d, 1 process, {CORES} threads", f"{rate['all']:.1f} samples/s ({s['all']:.2f} s/step)",
+                 "1.00x", "batch 50 through main.py's DDP code under torchrun"))
+    report(rows, ("e ddp", "cnn1d, 1 process, 1 thread", f"{rate['one']:.1f} samples/s ({s['one']:.2f} s/step)",
+                 f"{s['all'] / s['one']:.2f}x", ""))
+    report(rows, ("e ddp", f"cnn1d, 2 gloo processes, {setups['ddp'][1]} thread(s) and {size['batch_size'] // 2} "
+                 f"examples each", f"{rate['ddp']:.1f} samples/s ({s['ddp']:.2f} s/step)", f"{s['all'] / s['ddp']:.2f}x",
+                 f"{rate['ddp'] / (2 * rate['one']):.0%} of 2 independent 1-thread processes (the rest: DDP's "
+                 f"gradient all-reduce and sync, and the machine's other load); on N GPUs: torchrun --standalone --nproc_per_node=N "
+                 f"benchmarks/ddp_steps.py crnn 50 1291 20"))
+
+
+# ----------------------------------------------------------------------------- f. allocator
 
 def bench_allocator(size, rows):
     settings = {"default": "glibc's default malloc", "project": "allocator.keep_large_allocations()"}
@@ -407,7 +449,7 @@ def bench_allocator(size, rows):
             notes = results[setting][0]["allocator"]
             if name == "crnn" and setting == "project":
                 notes += "; " + verdict(ratio, (">=", TARGETS["crnn_allocator"]), "x")
-            report(rows, ("e allocator", f"{name} batch {size['batch_size']} eager, {label}",
+            report(rows, ("f allocator", f"{name} batch {size['batch_size']} eager, {label}",
                          f"{m['step_s']:.2f} s/step, {m['system_share']:.0%} of CPU time in the kernel, "
                          f"{m['faults_per_step'] / 1000:.0f}k page faults/step, peak {m['peak_rss_mib'] / 1024:.1f} GiB",
                          f"{ratio:.2f}x", notes))
@@ -466,7 +508,7 @@ def main(argv=None):
     print(machine(), flush=True)
     tracks = generated_tracks(size, args.work_dir) if {"cache", "predict"} & set(args.only) else None
     # Training last: the longest part, and the one most sensitive to a busy machine.
-    for part in [p for p in ("loading", "cache", "predict", "allocator", "training") if p in args.only]:
+    for part in [p for p in ("loading", "cache", "predict", "allocator", "training", "ddp") if p in args.only]:
         loads[part] = os.getloadavg()[0]
         print(f"--- {part} (load average {loads[part]:.2f})", flush=True)
         if part == "cache":
@@ -476,12 +518,14 @@ def main(argv=None):
         elif part == "training":
             with cold_compile_cache(args.work_dir):
                 bench_training(size, rows, device)
+        elif part == "ddp":
+            bench_ddp(size, rows)
         elif part == "allocator":
             bench_allocator(size, rows)
         else:
             bench_predict(size, tracks, args.work_dir, rows)
     loads["end"] = os.getloadavg()[0]
-    rows.sort(key=lambda row: row[0])  # parts a, b, c, d, e
+    rows.sort(key=lambda row: row[0])  # parts a, b, c, d, e, f
     write_results(args.out, args, rows, loads, time.perf_counter() - start)
     print(f"\n{table(rows)}\n\nwritten to {args.out}", flush=True)
 

@@ -1,13 +1,17 @@
 """Shared fixtures: tiny datasets in FMA's own format (tracks.csv with its two header rows, genres.csv,
 real MP3 clips under fma_<subset>/<tid[:3]>/<tid>.mp3)."""
+import os
+import signal
+
 import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
 
-# FMA's real ids and titles of the 8 fma_small genres and two more of fma_medium.
+# FMA's real ids and titles of its 16 top-level genres, the 8 of fma_small first.
 GENRE_IDS = {"Electronic": 15, "Experimental": 38, "Folk": 17, "Hip-Hop": 21, "Instrumental": 1235,
-             "International": 2, "Pop": 10, "Rock": 12, "Jazz": 4, "Blues": 3}
+             "International": 2, "Pop": 10, "Rock": 12, "Jazz": 4, "Blues": 3, "Classical": 5, "Country": 9,
+             "Easy Listening": 13, "Old-Time / Historic": 8, "Soul-RnB": 14, "Spoken": 20}
 SMALL_GENRES = sorted(list(GENRE_IDS)[:8])
 
 
@@ -69,3 +73,28 @@ def fma_small(tmp_path_factory):
              dict(track_id=90003, subset="large", split="training", genre=None, artist_id=903)]
     write_metadata(root, rows)
     return root
+
+
+def clean_env(tmp_path):
+    """For a child process: no W&B key, mode or network settings inherited from the machine, W&B files
+    under tmp_path (HOME too, so no ~/.netrc key is found)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path / "home"), WANDB_DIR=str(tmp_path / "wandb_dir"), PYTHONUNBUFFERED="1")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "wandb_dir").mkdir()
+    return env
+
+
+def default_sigint():
+    """preexec_fn for a child process that must receive SIGINT. A parent that ignores SIGINT (nohup,
+    `cmd &` in a script, some job runners) passes that on to its children, and Python then installs no
+    KeyboardInterrupt handler: the child would rightly ignore Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def keyboard_interrupt_handler():
+    """Python's own SIGINT handler for the test's duration (pytest itself may run with SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

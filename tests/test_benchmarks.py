@@ -13,8 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED_ROWS = [
     "a cache | original: librosa + np.save per track",
-    "a cache | build_cache, num_workers=1",
-    "a cache | build_cache, num_workers=",  # all cores
+    "a cache | build_cache, workers=1",
+    "a cache | build_cache, workers=",  # all cores
     "a cache | same spectrograms",
     *[f"b loading | {n} tracks, {what}" for n in (100, 200) for what in
       ("original: every spectrogram in memory", "memmap cache + make_loaders (faithful)",
@@ -27,7 +27,10 @@ EXPECTED_ROWS = [
     "c training | amp (bf16 autocast)",
     "d predict | crnn, one track per forward pass",
     "d predict | crnn, batches of 32",
-    *[f"e allocator | {model} batch 4 eager, {setting} |" for model in ("crnn", "cnn2d")
+    "e ddp | cnn1d, 1 process, ",
+    "e ddp | cnn1d, 1 process, 1 thread",
+    "e ddp | cnn1d, 2 gloo processes",
+    *[f"f allocator | {model} batch 4 eager, {setting} |" for model in ("crnn", "cnn2d")
       for setting in ("glibc's default malloc", "allocator.keep_large_allocations()")],
 ]
 # "<figure><unit> <operator> <bound><unit>: met" or "...: NOT met", as run.verdict writes it
@@ -67,7 +70,7 @@ def test_unknown_part_is_a_clear_usage_error():
     result = subprocess.run([sys.executable, "benchmarks/run.py", "--only=cache,speed"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert "--only takes parts from cache,loading,training,predict,allocator; got speed" in result.stderr
+    assert "--only takes parts from cache,loading,training,predict,ddp,allocator; got speed" in result.stderr
 
 
 @pytest.mark.parametrize("text", ["1.32x >= 1.5x: met", "0.07 s < 2 s: NOT met", "8.3e-07 < 0.0001: NOT met",

@@ -27,12 +27,15 @@ TRACKS_CSV = b",album,set\n,id,split\ntrack_id,,\n2,1,training\n5,1,validation\n
 
 
 class RangeHandler(http.server.BaseHTTPRequestHandler):
-    """GET with `Range: bytes=N-` support; optionally cuts one response off halfway."""
+    """GET with `Range: bytes=N-` support; optionally cuts one response off halfway, or ignores
+    Range altogether (a 200 with the whole file, like a server without range support)."""
 
     def do_GET(self):
         name = self.path.lstrip("/")
         rng = self.headers.get("Range")
         self.server.requests.append((name, rng))
+        if self.server.ignore_range:
+            rng = None
         data = self.server.files.get(name)
         if data is None:
             self.send_error(404)
@@ -63,6 +66,7 @@ class FMAServer:
     def __init__(self, files):
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
         self.httpd.files, self.httpd.requests, self.httpd.cut_once = dict(files), [], set()
+        self.httpd.ignore_range = False
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/fma"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -133,6 +137,20 @@ def path_without(tmp_path, *tools):
     return str(bindir)
 
 
+# What download_data.sh runs besides bash builtins and its downloader (shasum is macOS's sha1sum).
+SCRIPT_TOOLS = ("mkdir", "rm", "mv", "cut", "tr", "sha1sum", "shasum", "unzip")
+
+
+def path_with_only(tmp_path, *tools):
+    """A PATH holding just those of `tools` installed here (symlinked into one folder)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in tools:
+        if shutil.which(tool):
+            (bindir / tool).symlink_to(shutil.which(tool))
+    return str(bindir)
+
+
 def assert_official_layout(data_dir):
     assert (data_dir / "fma_metadata" / "tracks.csv").read_bytes() == TRACKS_CSV
     for name, data in TRACKS.items():
@@ -143,7 +161,7 @@ def assert_official_layout(data_dir):
 
 
 def test_success_extracts_official_layout(tmp_path, server, checksums, archives):
-    data = tmp_path / "my data"  # a space checks the script's quoting
+    data = tmp_path / "my data\\x"  # a space and a backslash check the quoting and sha1sum
     result = run_script(data, server.url, checksums)
     assert result.returncode == 0, result.stderr
     assert_official_layout(data)
@@ -167,15 +185,22 @@ def test_second_run_does_nothing_even_offline(tmp_path, server, checksums):
 def only_downloader(request, tmp_path):
     """A PATH on which the script finds only one of curl and wget."""
     if shutil.which(request.param) is None:
-        pytest.skip(f"{request.param} is not installed")
+        pytest.skip(f"{request.param} is not installed, so download_data.sh's {request.param} "
+                    "branch is not tested here")
     return path_without(tmp_path, {"curl": "wget", "wget": "curl"}[request.param])
 
 
-def test_resume_from_partial_download(tmp_path, server, checksums, archives, only_downloader):
+def half_downloaded(tmp_path, archives):
+    """A data folder holding the first half of fma_small.zip as an interrupted download; (folder, bytes)."""
     data = tmp_path / "data"
     data.mkdir()
     half = len(archives["fma_small.zip"]) // 2
     (data / "fma_small.zip.part").write_bytes(archives["fma_small.zip"][:half])
+    return data, half
+
+
+def test_resume_from_partial_download(tmp_path, server, checksums, archives, only_downloader):
+    data, half = half_downloaded(tmp_path, archives)
     result = run_script(data, server.url, checksums, path=only_downloader)
     assert result.returncode == 0, result.stderr
     assert "resuming" in result.stdout
@@ -207,6 +232,35 @@ def test_part_file_already_complete(tmp_path, server, checksums, archives, only_
     (data / "fma_small.zip.part").write_bytes(archives["fma_small.zip"])
     result = run_script(data, server.url, checksums, path=only_downloader)
     assert result.returncode == 0, result.stderr
+    assert_official_layout(data)
+
+
+def test_server_ignoring_range_gives_correct_archive(tmp_path, server, checksums, archives,
+                                                     only_downloader):
+    """A server without range support answers a resume with the whole file (200, not 206): the
+    partial download must be replaced by it, not extended with it."""
+    server.httpd.ignore_range = True
+    data, half = half_downloaded(tmp_path, archives)
+    result = run_script(data, server.url, checksums, path=only_downloader)
+    assert result.returncode == 0, result.stderr
+    assert ("fma/fma_small.zip", f"bytes={half}-") in server.requests
+    assert "after resuming" not in result.stderr  # handled by the downloader, not the checksum net
+    assert (data / "fma_small.zip").read_bytes() == archives["fma_small.zip"]
+    assert_official_layout(data)
+
+
+def test_resume_failing_checksum_restarts_from_zero(tmp_path, server, checksums, only_downloader):
+    """A .part that is no prefix of the served file (a server or proxy that mishandled a resume,
+    or the leftover of another file) ends in a checksum mismatch: download once more from zero."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "fma_small.zip.part").write_bytes(os.urandom(1000))
+    result = run_script(data, server.url, checksums, path=only_downloader)
+    assert result.returncode == 0, result.stderr
+    assert "fma_small.zip does not match its SHA1 after resuming" in result.stderr
+    assert server.requests.count(("fma/fma_small.zip", "bytes=1000-")) == 1
+    assert server.requests.count(("fma/fma_small.zip", None)) == 1
+    assert not list(data.glob("*.bad"))
     assert_official_layout(data)
 
 
@@ -247,6 +301,23 @@ def test_checksums_file_without_entry(tmp_path, server, checksums):
     assert result.returncode != 0
     assert "has no line for fma_small.zip" in result.stderr
     assert not (tmp_path / "data" / "fma_small").exists()
+    assert ("fma/fma_small.zip", None) not in server.requests  # found out before downloading it
+
+
+CHECKSUM_STYLES = {  # how checksum files written elsewhere (Windows editors, PowerShell) differ
+    "crlf": lambda text: text.replace("\n", "\r\n"),
+    "no final newline": lambda text: text.rstrip("\n"),
+    "uppercase hex": lambda text: re.sub(r"^[0-9a-f]+", lambda m: m[0].upper(), text, flags=re.M),
+}
+
+
+@pytest.mark.parametrize("style", CHECKSUM_STYLES)
+def test_checksums_file_written_elsewhere(tmp_path, server, checksums, style):
+    checksums.write_bytes(CHECKSUM_STYLES[style](checksums.read_text()).encode())
+    data = tmp_path / "data"
+    result = run_script(data, server.url, checksums)
+    assert result.returncode == 0, result.stderr
+    assert_official_layout(data)
 
 
 def test_server_down_names_url(tmp_path, checksums):
@@ -311,6 +382,21 @@ def test_foreign_folder_is_left_alone(tmp_path, server, checksums):
 def test_without_unzip_uses_python_zipfile(tmp_path, server, checksums):
     data = tmp_path / "data"
     result = run_script(data, server.url, checksums, path=path_without(tmp_path, "unzip"))
+    assert result.returncode == 0, result.stderr
+    assert_official_layout(data)
+
+
+def test_no_downloader_says_how_to_install_one(tmp_path, server, checksums, archives):
+    data, path = tmp_path / "data", path_with_only(tmp_path, *SCRIPT_TOOLS)
+    result = run_script(data, server.url, checksums, path=path)
+    assert result.returncode != 0
+    for advice in ("neither curl nor wget", "apt-get install curl", "brew install curl",
+                   "conda install", f"{server.url}/fma_metadata.zip"):
+        assert advice in result.stderr
+    assert "command not found" not in result.stderr and server.requests == []
+    for name, content in archives.items():  # the message's other way: archives fetched by hand
+        (data / name).write_bytes(content)
+    result = run_script(data, server.url, checksums, path=path)  # SCRIPT_TOOLS are all it needs
     assert result.returncode == 0, result.stderr
     assert_official_layout(data)
 

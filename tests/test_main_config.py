@@ -6,10 +6,18 @@ from pathlib import Path
 import pytest
 import torch
 
+import configurator
 import main
 import models_utils
+import utils
+from models import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse(argv):
+    """The overrides main.main would apply for ``argv`` (config file first, then --key=value)."""
+    return configurator.parse_command_line(argv, main.CONFIG, main.__file__)[0]
 
 
 def error_of(argv):
@@ -26,24 +34,28 @@ def test_defaults_are_the_originals_best_run():
     assert config["faithful"] is True and config["data_augmentation"] is False and config["weight_decay"] == 0
     assert (config["split"], config["subset"], config["n_frames"]) == ("official", "small", 1291)
     assert config["init"] == "kaiming"
-    assert config["wandb_project"] == "MusicGenreClassification" and config["device"] == "auto"
-    assert config["out_dir"] == str(Path("runs") / "crnn")
+    assert config["wandb_project"] == "MusicGenreClassificationDefinitive" and config["device"] == "auto"
+    assert config["out_dir"] == ""  # a new run folder per run, made by prepare_out_dir
+    # the improved recipe by default; configs/original_*.py switch each of these to the original's
+    assert (config["shuffle"], config["epoch_loss"], config["augment_masks"], config["mask_draw"],
+            config["report_epoch"]) == (True, "per_example", "per_epoch", "inclusive", "best")
+    assert config["standardise"] is False  # auto: standardise only the corrected (faithful=False) pass
     required = ("data_dir subset model faithful epochs batch_size lr weight_decay data_augmentation split "
-                "train_size seed num_workers device out_dir download demo prepare_only resume wandb_project "
-                "wandb_mode compile amp init n_frames").split()
+                "train_size seed num_workers cache_workers device out_dir download demo prepare_only resume "
+                "wandb_project wandb_mode compile amp init n_frames standardise shuffle epoch_loss "
+                "augment_masks mask_draw report_epoch overwrite").split()
     assert set(required) <= set(main.CONFIG)
     assert not [key for key in main.CONFIG if key.startswith("_")]  # no module dunders in the config
 
 
 def test_overrides_are_converted_to_the_defaults_types():
-    overrides = main.parse_overrides(["--epochs=5", "--lr=3e-4", "--faithful=false", "--demo=1",
-                                      "--resume=True", "--model=cnn1d", "--wandb_mode=offline",
-                                      "--weight_decay=0"])
+    overrides = parse(["--epochs=5", "--lr=3e-4", "--faithful=false", "--demo=1",
+                       "--resume=True", "--model=cnn1d", "--wandb_mode=offline", "--weight_decay=0"])
     assert overrides == {"epochs": 5, "lr": 3e-4, "faithful": False, "demo": True, "resume": True,
                          "model": "cnn1d", "wandb_mode": "offline", "weight_decay": 0.0}
     assert type(overrides["weight_decay"]) is float and type(overrides["epochs"]) is int
-    assert main.parse_overrides(["--wandb_mode=None"]) == {"wandb_mode": None}
-    assert main.make_config(overrides)["out_dir"] == str(Path("runs") / "demo_cnn1d")
+    assert parse(["--wandb_mode=None"]) == {"wandb_mode": None}
+    assert main.make_config(overrides)["standardise"] is True  # auto follows faithful=False
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -52,7 +64,7 @@ def test_overrides_are_converted_to_the_defaults_types():
     (["--compile=False"], False), (["--model=cnn1d", "--compile=1"], True), (["--compile=auto"], True),
 ])
 def test_compile_is_on_where_it_pays_unless_forced(argv, expected):
-    assert main.make_config(main.parse_overrides(argv))["compile"] is expected
+    assert main.make_config(parse(argv))["compile"] is expected
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -67,6 +79,13 @@ def test_compile_is_on_where_it_pays_unless_forced(argv, expected):
     (["--split=artist"], "choose one of official, random"),
     (["--epochs=0"], "epochs must be at least 1"),
     (["--lr=-1"], "lr must be > 0"),
+    (["--cache_workers=0"], "cache_workers=0 is not valid"),
+    (["--num_workers=-2"], "num_workers=-2 is not valid"),
+    (["--standardise=maybe"], "standardise='maybe' is not valid: choose auto, True or False"),
+    (["--epoch_loss=median"], "choose one of per_example, per_batch"),
+    (["--report_epoch=first"], "choose one of best, last"),
+    (["--mask_draw=wide"], "choose one of inclusive, original"),
+    (["configs/no_such_file.py"], "cannot read config file configs/no_such_file.py"),
 ])
 def test_bad_values_exit_with_a_clear_message(argv, expected):
     assert expected in error_of(argv)
@@ -80,7 +99,7 @@ def test_unknown_key_lists_the_valid_keys():
 
 
 def test_demo_settings_apply_only_where_the_user_did_not_choose():
-    config = main.make_config(main.parse_overrides(["--demo=True", "--epochs=3"]))
+    config = main.make_config(parse(["--demo=True", "--epochs=3"]))
     assert config["epochs"] == 3
     assert config["batch_size"] == main.DEMO["batch_size"] and config["data_dir"] == main.DEMO["data_dir"]
     assert config["download"] is False
@@ -137,3 +156,91 @@ def test_loader_workers_follow_the_request(requested, device, expected):
 def test_loader_workers_overlap_loading_on_cuda_by_default():
     assert main.make_config({})["num_workers"] == -1
     assert 1 <= main.loader_workers(-1, torch.device("cuda")) <= 4
+
+
+def test_valid_choices_come_from_the_registries_that_define_them():
+    assert main.CHOICES["model"] == tuple(MODELS) and main.CHOICES["subset"] == utils.SUBSETS
+    assert main.CHOICES["init"] == tuple(models_utils.INITIALISERS)
+    assert main.CHOICES["split"] == utils.SPLIT_MODES and main.CHOICES["mask_draw"] == utils.MASK_DRAWS
+
+
+def test_help_prints_every_key_with_its_default_and_comment():
+    result = subprocess.run([sys.executable, "main.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for key, default in main.CONFIG.items():
+        line = next((l for l in lines if l.strip().startswith(f"--{key}=")), None)
+        assert line is not None, f"--help lacks {key}"
+        assert line.strip().startswith(f"--{key}={default}") and len(line.split(None, 1)) == 2, line
+    assert "--cache_workers=-1" in result.stdout and "every core this process may use" in result.stdout
+
+
+def test_a_config_file_applies_its_keys_then_the_command_line_wins(tmp_path):
+    (tmp_path / "base.py").write_text('lr = 0.01\nshuffle = False\n')
+    config_file = tmp_path / "mine.py"
+    config_file.write_text('# a comment\ninclude("base.py")\nmodel = "cnn1d"\nepochs = 7\nweight_decay = 0\n'
+                           'compile = False\n')
+    overrides, name = configurator.parse_command_line([str(config_file), "--epochs=2"], main.CONFIG, main.__file__)
+    assert name == str(config_file)
+    assert overrides == {"lr": 0.01, "shuffle": False, "model": "cnn1d", "epochs": 2, "weight_decay": 0.0,
+                         "compile": "False"}
+    assert type(overrides["weight_decay"]) is float  # an int in the file becomes the key's float
+    assert main.make_config(overrides)["compile"] is False
+
+
+def test_a_config_file_with_an_unknown_key_names_the_file_and_the_key(tmp_path):
+    config_file = tmp_path / "typo.py"
+    config_file.write_text("learning_rate = 0.1\n")
+    message = error_of([str(config_file)])
+    assert str(config_file) in message and "'learning_rate'" in message and "Valid keys" in message
+    (tmp_path / "bad.py").write_text("epochs = 'many'\n")
+    assert "expected a int" in error_of([str(tmp_path / "bad.py")])
+
+
+@pytest.fixture
+def runs_root(tmp_path, monkeypatch):
+    monkeypatch.setattr(main, "RUNS_ROOT", tmp_path / "runs")
+    return tmp_path / "runs"
+
+
+def test_each_run_gets_its_own_folder_and_latest_points_at_the_newest(runs_root):
+    first = Path(configurator.prepare_out_dir(main.make_config({"model": "cnn1d"}), main.RUNS_ROOT))
+    (first / "last.pt").write_bytes(b"run 1")
+    second = Path(configurator.prepare_out_dir(main.make_config({"model": "cnn1d"}), main.RUNS_ROOT))
+    assert first != second and first.parent == second.parent == runs_root / "cnn1d"
+    assert (runs_root / "cnn1d" / "latest").resolve() == second.resolve()
+    assert (first / "last.pt").read_bytes() == b"run 1"  # the earlier run is untouched
+    resumed = configurator.prepare_out_dir(main.make_config({"model": "cnn1d", "resume": True}), main.RUNS_ROOT)
+    assert Path(resumed) == second.resolve()  # --resume=True alone continues the latest run
+    demo = Path(configurator.prepare_out_dir(main.make_config({"model": "cnn1d", "demo": True}), main.RUNS_ROOT))
+    assert demo.parent == runs_root / "demo_cnn1d"
+
+
+def test_resume_without_any_earlier_run_says_where_it_looked(runs_root):
+    message = error_of(["--model=cnn2d", "--resume=True"])
+    assert str(runs_root / "cnn2d" / "latest") in message and "--out_dir" in message
+
+
+def test_an_out_dir_holding_a_run_is_not_overwritten_silently(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"an earlier run")
+    message = error_of([f"--out_dir={tmp_path}", f"--data_dir={tmp_path}", "--download=False"])
+    for option in ("--resume=True", "--overwrite=True", "--out_dir"):
+        assert option in message
+    assert (tmp_path / "last.pt").read_bytes() == b"an earlier run"
+    config = main.make_config({"out_dir": str(tmp_path), "overwrite": True})
+    assert configurator.prepare_out_dir(config, main.RUNS_ROOT) == str(tmp_path)
+
+
+def test_provenance_records_commit_versions_hardware_and_command():
+    record = configurator.provenance(["configs/original_crnn.py", "--epochs=2"], "configs/original_crnn.py")
+    assert record["command"] == "python main.py configs/original_crnn.py --epochs=2"
+    assert record["config_file"] == "configs/original_crnn.py"
+    assert record["versions"]["torch"] == torch.__version__.split("+")[0]
+    assert set(record["versions"]) >= {"torch", "torchaudio", "librosa", "numpy", "python"}
+    assert record["hardware"]["cpu"] and record["hardware"]["cpu_cores"] >= 1
+    in_git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if in_git.returncode == 0:
+        assert record["git_commit"].startswith(in_git.stdout.strip())
+    else:
+        assert record["git_commit"] is None

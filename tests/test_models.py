@@ -54,17 +54,55 @@ def test_unknown_model_name_lists_valid_names():
         assert name in str(error.value)
 
 
-def test_faithful_only_changes_the_forward_pass():
+def twin_models(model_class, **kwargs):
+    """The same seeded weights (made here, no reference files needed) in a faithful and a corrected model."""
     torch.manual_seed(0)
-    faithful = CRNN(faithful=True).eval()
-    corrected = CRNN(faithful=False).eval()
+    faithful = model_class(faithful=True, **kwargs).eval()
+    corrected = model_class(faithful=False, **kwargs).eval()
     corrected.load_state_dict(faithful.state_dict())
-    x = torch.randn(2, 128, 1291)
+    return faithful, corrected
+
+
+def test_cnn1d_faithful_logits_are_the_corrected_logits_through_relu():
+    faithful, corrected = twin_models(CNN1D, n_frames=200)
+    x = torch.randn(6, 128, 200, generator=torch.Generator().manual_seed(1)) * 20 - 40
     with torch.no_grad():
-        assert not torch.allclose(faithful(x)[0], corrected(x)[0])
-    cnn = CNN1D(faithful=True).eval()
+        raw = corrected(x)[0]
+        assert (raw < 0).any()  # so the quirk has something to clip
+        torch.testing.assert_close(faithful(x)[0], torch.relu(raw), rtol=0, atol=0)  # eval: ReLU, no dropout
+        faithful.train()
+        corrected.train()
+        torch.manual_seed(2)
+        train_logits = faithful(x)[0]
+        torch.manual_seed(2)
+        train_raw = corrected(x)[0]
+    # in training the quirk's Dropout(0.3) then zeroes about 30% of the ReLU'd logits, scaling the rest by 1/0.7
+    positive = train_raw > 0
+    kept = train_logits[positive] != 0
+    assert 0.1 < 1 - kept.float().mean() < 0.5
+    torch.testing.assert_close(train_logits[positive][kept], train_raw[positive][kept] / 0.7, rtol=1e-5, atol=1e-5)
+
+
+def test_crnn_faithful_lstm_input_is_the_reshape_and_corrected_the_transpose():
+    faithful, corrected = twin_models(CRNN, n_frames=64)
+    x = torch.randn(2, 128, 64, generator=torch.Generator().manual_seed(3)) * 20 - 40
+    seen = {}
+    for name, model in (("faithful", faithful), ("corrected", corrected)):
+        model.lstm.register_forward_hook(lambda module, inputs, output, name=name: seen.update({name: inputs[0]}))
     with torch.no_grad():
-        assert (cnn(x)[0] >= 0).all()  # quirk 1: ReLU on the logits
+        conv = faithful.conv_block(x.unsqueeze(1))  # (B, 128, 1, T')
+        faithful(x), corrected(x)
+    batch, channels, _, steps = conv.shape
+    assert torch.equal(seen["faithful"], conv.reshape(batch, steps, channels))  # quirk 2: channels and time mixed
+    assert torch.equal(seen["corrected"], conv.squeeze(2).transpose(1, 2))  # step t = the 128 channels at t
+    assert not torch.equal(seen["faithful"], seen["corrected"])
+
+
+def test_cnn2d_has_no_quirk():
+    faithful, corrected = twin_models(CNN2D, n_frames=64)
+    x = torch.randn(3, 128, 64) * 20 - 40
+    with torch.no_grad():
+        assert torch.equal(faithful(x)[0], corrected(x)[0])
 
 
 def reference_input():

@@ -1,9 +1,11 @@
 """models_utils.py: initialisation, compilation, checkpoints and figures."""
 import copy
 import io
+import json
 import os
 import pickle
 import signal
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 import torch
 
 from models import CNN1D, CRNN, build_model
+import models_utils
 from models_utils import (CheckpointError, compile_model, init_weights, load_checkpoint,
                           model_from_checkpoint, plot_confusion_matrix, plot_roc_curves,
                           plot_training_curves, save_checkpoint)
@@ -51,10 +54,10 @@ def test_unknown_init_method_is_rejected():
 
 
 def make_checkpoint(model):
-    return {"model": "cnn1d", "model_args": {"n_mels": 128, "n_frames": 431, "n_classes": 4, "faithful": True},
-            "state_dict": model.state_dict(), "class_names": ["a", "b", "c", "d"],
-            "preprocessing": {"sample_rate": 22050, "n_frames": 431}, "normalisation": {"mean": None, "std": None},
-            "epoch": 3}
+    return models_utils.make_checkpoint(
+        "cnn1d", {"n_mels": 128, "n_frames": 431, "n_classes": 4, "faithful": True}, model.state_dict(),
+        ["a", "b", "c", "d"], {"sample_rate": 22050, "n_frames": 431}, {"mean": None, "std": None},
+        training={"epoch": 3})
 
 
 def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
@@ -64,7 +67,8 @@ def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
     save_checkpoint(make_checkpoint(model), path)
     assert [p.name for p in path.parent.iterdir()] == ["best.pt"]  # no temp file left behind
     checkpoint = load_checkpoint(path)
-    assert checkpoint["epoch"] == 3 and checkpoint["class_names"] == ["a", "b", "c", "d"]
+    assert checkpoint["training"]["epoch"] == 3 and checkpoint["class_names"] == ["a", "b", "c", "d"]
+    assert checkpoint["version"] == models_utils.CHECKPOINT_VERSION
     rebuilt = model_from_checkpoint(checkpoint)
     x = torch.randn(2, 128, 431)
     with torch.no_grad():
@@ -158,6 +162,26 @@ def test_roc_figure_has_one_curve_per_class_with_auc(n_classes):
     assert len(png_bytes(fig)) > 1000
 
 
+def test_nan_probabilities_are_flagged_not_a_crash_of_the_report(tmp_path):
+    names = ["a", "b", "c"]
+    targets = np.arange(30) % 3
+    probabilities = np.full((30, 3), 0.1)
+    probabilities[np.arange(30), targets] = 0.8
+    probabilities[4, 1] = np.nan  # a diverged model: sklearn's roc_auc_score raises on NaN
+    probabilities[7] = np.inf
+    with pytest.warns(RuntimeWarning, match="2 of 30 examples have non-finite"):
+        metrics = models_utils.classification_metrics(targets, probabilities, names)
+    assert metrics["non_finite_rows"] == 2
+    assert metrics["roc_auc"] == {"a": None, "b": None, "c": None}  # row 7 touches every class
+    probabilities[7] = [0.1, 0.8, 0.1]  # row 7 is of class b
+    with pytest.warns(RuntimeWarning, match="1 of 30"):
+        metrics = models_utils.classification_metrics(targets, probabilities, names)
+    assert metrics["roc_auc"] == {"a": 1.0, "b": None, "c": 1.0} and metrics["non_finite_rows"] == 1
+    models_utils.save_report(tmp_path, metrics, targets, probabilities, names)  # as at the end of training
+    assert json.loads((tmp_path / "metrics.json").read_text())["roc_auc"]["b"] is None
+    assert (tmp_path / "roc_curves.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_training_curves_figure():
     history = [{"epoch": e, "train_loss": 2 - 0.1 * e, "val_loss": 2.1 - 0.1 * e, "train_accuracy": None,
                 "val_accuracy": 0.1 * e} for e in range(1, 6)]
@@ -210,7 +234,7 @@ class InterruptWhilePickled:
         return (int, (7,))
 
 
-def test_ctrl_c_during_save_completes_the_file_then_interrupts(tmp_path):
+def test_ctrl_c_during_save_completes_the_file_then_interrupts(tmp_path, keyboard_interrupt_handler):
     path = tmp_path / "last.pt"
     checkpoint = {**make_checkpoint(CNN1D(n_frames=431, n_classes=4)), "marker": InterruptWhilePickled()}
     with pytest.raises(KeyboardInterrupt):  # not torch's RuntimeError from a half-written zip
@@ -218,3 +242,36 @@ def test_ctrl_c_during_save_completes_the_file_then_interrupts(tmp_path):
     assert torch.load(path, weights_only=False)["marker"] == 7  # complete, renamed into place
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+
+
+V1 = Path(__file__).parent / "data" / "checkpoint_v1_cnn1d.pt"
+
+
+def test_a_format_1_checkpoint_still_loads_and_predicts_the_same():
+    """tests/data/checkpoint_v1_cnn1d.pt was written by the format-1 code (git 5ad4953) with its logits."""
+    expected = json.loads(V1.with_suffix(".json").read_text())
+    assert expected["version"] == 1 and "optimizer" in expected["keys"]  # the old layout, for real
+    checkpoint = load_checkpoint(V1)
+    assert checkpoint["version"] == models_utils.CHECKPOINT_VERSION and "faithful" not in checkpoint
+    assert checkpoint["training"]["epoch"] == 1 and "optimizer" in checkpoint["training"]
+    assert checkpoint["config"]["standardise"] is False and checkpoint["provenance"] == {}
+    x = torch.randn(2, 128, 96, generator=torch.Generator().manual_seed(0)) * 20 - 40
+    with torch.no_grad():
+        logits = model_from_checkpoint(checkpoint)(x)[0]
+    torch.testing.assert_close(logits, torch.tensor(expected["logits"]), rtol=0, atol=1e-5)
+    assert checkpoint["class_names"] == expected["class_names"]
+
+
+def test_a_checkpoint_from_a_newer_version_is_refused_with_the_fix(tmp_path):
+    checkpoint = make_checkpoint(CNN1D(n_frames=431, n_classes=4))
+    checkpoint["version"] = models_utils.CHECKPOINT_VERSION + 1
+    save_checkpoint(checkpoint, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match="newer version of this project"):
+        load_checkpoint(tmp_path / "new.pt")
+
+
+def test_written_files_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):
+    import utils
+    path = tmp_path / "best.pt"
+    save_checkpoint(make_checkpoint(CNN1D(n_frames=431, n_classes=4)), path)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~utils.UMASK  # e.g. 0644 under the common umask 022

@@ -18,6 +18,8 @@ import soundfile as sf
 import torch
 
 import models_utils
+import audio_windows
+import inference
 import pre_trained_models as ptm
 import utils
 from models import CNN1D, CRNN
@@ -80,16 +82,15 @@ def wide_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     model = models_utils.init_weights(CNN1D(faithful=False))
     path = tmp_path_factory.mktemp("wide") / "cnn1d.pt"
-    models_utils.save_checkpoint({
-        "model": "cnn1d", "model_args": {"n_mels": 128, "n_frames": 1291, "n_classes": 8, "faithful": False},
-        "state_dict": model.state_dict(), "class_names": utils.FMA_SMALL_GENRES,
-        "preprocessing": utils.PREPROCESSING, "normalisation": {"mean": -45.0, "std": 18.0}}, path)
+    models_utils.save_checkpoint(models_utils.make_checkpoint(
+        "cnn1d", {"n_mels": 128, "n_frames": 1291, "n_classes": 8, "faithful": False}, model.state_dict(),
+        utils.FMA_SMALL_GENRES, utils.PREPROCESSING, {"mean": -45.0, "std": 18.0}), path)
     return path
 
 
-def direct_probabilities(model, mel, starts, width=1291, mean=-45.0, std=18.0):
+def direct_probabilities(model, windows, mean=-45.0, std=18.0):
     """Each window's probabilities, straight from the bare model (no code of pre_trained_models)."""
-    windows = torch.from_numpy(np.stack([mel[:, s:s + width] for s in starts]))
+    windows = torch.from_numpy(np.stack(windows).astype(np.float32))
     with torch.no_grad():
         return model((windows - mean) / std)[1].double().numpy()
 
@@ -97,36 +98,36 @@ def direct_probabilities(model, mel, starts, width=1291, mean=-45.0, std=18.0):
 # ----------------------------------------------------------------------------- windows
 
 def test_window_starts():
-    assert ptm.window_starts(100, 1291, 645) == [0]          # shorter than a window: one (padded) window
-    assert ptm.window_starts(1291, 1291, 645) == [0]
-    assert ptm.window_starts(1292, 1291, 645) == [0]          # an FMA clip: the original's single crop
-    assert ptm.window_starts(7752, 1291, 645) == [645 * k for k in range(11)]  # 3 min
-    assert ptm.window_starts(7752, 1291, 645, max_windows=4) == [0, 1935, 4515, 6450]
-    assert ptm.window_starts(7752, 1291, 645, max_windows=1) == [0]
-    assert ptm.window_starts(7752, 1291, 645, max_windows=50) == [645 * k for k in range(11)]
-    assert ptm.window_starts(400, 128, 100) == [0, 100, 200]
+    assert audio_windows.window_starts(100, 1291, 645) == [0]          # shorter than a window: one (padded) window
+    assert audio_windows.window_starts(1291, 1291, 645) == [0]
+    assert audio_windows.window_starts(1292, 1291, 645) == [0]          # an FMA clip: the original's single crop
+    assert audio_windows.window_starts(7752, 1291, 645) == [645 * k for k in range(11)]  # 3 min
+    assert audio_windows.window_starts(7752, 1291, 645, max_windows=4) == [0, 1935, 4515, 6450]
+    assert audio_windows.window_starts(7752, 1291, 645, max_windows=1) == [0]
+    assert audio_windows.window_starts(7752, 1291, 645, max_windows=50) == [645 * k for k in range(11)]
+    assert audio_windows.window_starts(400, 128, 100) == [0, 100, 200]
 
 
 def test_window_average_equals_mean_of_direct_window_probabilities(music, wide_checkpoint):
     model, checkpoint = ptm.load_predictor(wide_checkpoint)
-    files = [music / "short_mono_22k.wav", music / "long_mono_22k.mp3", music / "clip_mono_22k.wav"]
-    # batch_size 4: the long track's 11 windows share batches with the other tracks' windows
-    results = list(ptm.predict(model, checkpoint, files, batch_size=4, num_workers=1))
-    bounded = list(ptm.predict(model, checkpoint, files[1:2], max_windows=4, batch_size=3))
+    files = [music / "short_mono_22k.wav", music / "nested/LONG_STEREO_48K.WAV", music / "clip_mono_22k.wav"]
+    # batch_size 4: the long track's 11 windows share batches with the other tracks' windows; two
+    # workers (files 0 and 2 in one, file 1 in the other) send their windows interleaved
+    results = list(inference.predict(model, checkpoint, files, batch_size=4, num_workers=2))
+    bounded = list(inference.predict(model, checkpoint, files[1:2], max_windows=4, batch_size=3))
     assert [(r[0], r[2], r[3]) for r in results] == [(files[0], 1, None), (files[1], 11, None), (files[2], 1, None)]
     raw = CNN1D(faithful=False)
     raw.load_state_dict(checkpoint["state_dict"])
     raw.eval()
-    mels = [utils.mel_spectrogram_db(utils.load_audio(f)) for f in files]
-    assert mels[1].shape[1] >= 7741  # 3 minutes: 11 windows of 1,291 frames every 645
-    per_window = direct_probabilities(raw, mels[1], [645 * k for k in range(11)])
+    windows = [list(audio_windows.track_windows(f, utils.PREPROCESSING, hop=645)) for f in files]
+    per_window = direct_probabilities(raw, windows[1])
     assert per_window.std(axis=0).max() > 1e-3  # the windows disagree, so averaging is really tested
     np.testing.assert_allclose(results[1][1], per_window.mean(axis=0), atol=1e-6)
-    np.testing.assert_allclose(bounded[0][1], per_window[[0, 3, 7, 10]].mean(axis=0), atol=1e-6)
+    chosen = list(audio_windows.track_windows(files[1], utils.PREPROCESSING, hop=645, max_windows=4))
+    np.testing.assert_allclose(bounded[0][1], direct_probabilities(raw, chosen).mean(axis=0), atol=1e-6)
     assert bounded[0][2] == 4
-    padded = utils.fix_width(mels[0], 1291)[0]  # 3 s: padded to one window
-    np.testing.assert_allclose(results[0][1], direct_probabilities(raw, padded, [0])[0], atol=1e-6)
-    np.testing.assert_allclose(results[2][1], direct_probabilities(raw, mels[2], [0])[0], atol=1e-6)
+    for k in (0, 2):  # 3 s, padded to one window; a 30 s clip: one window
+        np.testing.assert_allclose(results[k][1], direct_probabilities(raw, windows[k])[0], atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -208,8 +209,47 @@ def test_evaluate_writes_the_training_report(fma_small, tiny_run, tmp_path):
     assert metrics["test_accuracy"] == pytest.approx(training["test_accuracy"])
     assert metrics["test_loss"] == pytest.approx(training["test_loss"], rel=1e-5)
     assert metrics["class_names"] == training["class_names"]
+    assert metrics["confusion_matrix"] == training["confusion_matrix"] and metrics["macro_f1"] == training["macro_f1"]
+    scores = {"test_accuracy", "test_loss", "macro_f1", "per_class", "roc_auc", "confusion_matrix", "class_names",
+              "non_finite_rows", "test_examples"}  # test.evaluate's, in both reports
+    assert scores <= set(metrics) and scores <= set(training)
+    assert (metrics["split"], metrics["subset"], metrics["epoch"]) == ("official", "small", 1)
     for name in ("confusion_matrix.png", "confusion_matrix_normalized.png", "roc_curves.png"):
         assert (report / name).read_bytes().startswith(b"\x89PNG")
+
+
+def with_config(tiny_run, path, **changes):
+    """A copy of the tiny run's checkpoint, as if trained with other config values."""
+    checkpoint = torch.load(tiny_run, weights_only=True)
+    checkpoint["config"].update(changes)
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_evaluate_uses_the_split_the_checkpoint_was_trained_with(fma_small, tiny_run, tmp_path, capsys):
+    checkpoint = with_config(tiny_run, tmp_path / "random.pt", split="random", seed=1, train_size=0.75)
+    status, out, err = run_main(capsys, f"--checkpoint={checkpoint}", "--evaluate=True", f"--data_dir={fma_small}",
+                                f"--cache_dir={tmp_path / 'cache'}", f"--out_dir={tmp_path / 'report'}")
+    assert status == 0, err
+    assert "(random, seed 1, train_size 0.75)" in out
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert (metrics["split"], metrics["seed"], metrics["train_size"]) == ("random", 1, 0.75)
+    tracks, _ = utils.load_metadata(fma_small, "small")
+    test_ids = {seed: sorted(utils.split_tracks(tracks, "random", 0.75, seed)["test"].index) for seed in (0, 1)}
+    assert test_ids[0] != test_ids[1]  # seed 0's test split would hold clips this checkpoint trained on
+    evaluated = json.loads(next((tmp_path / "cache").glob("*/params.json")).read_text())["track_ids"]
+    assert evaluated == test_ids[1] and metrics["test_examples"] == len(test_ids[1])
+
+
+def test_evaluate_refuses_split_options_that_contradict_the_checkpoint(fma_small, tiny_run, tmp_path, capsys):
+    checkpoint = with_config(tiny_run, tmp_path / "random.pt", split="random", seed=1, train_size=0.75)
+    common = (f"--checkpoint={checkpoint}", "--evaluate=True", f"--data_dir={fma_small}")
+    for options, named in ((["--split=official"], "--split=official (trained with random)"),
+                           (["--seed=0", "--train_size=0.75"], "--seed=0 (trained with 1)"),
+                           (["--subset=medium"], "--subset=medium (trained with small)")):
+        status, out, err = run_main(capsys, *common, *options)
+        assert (status, out) == (2, "") and named in err and "Drop these options" in err
+    assert not (tmp_path / "evaluation").exists()
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -296,6 +336,33 @@ def test_flag_forms_and_invalid_values(capsys):
             ptm.parse_args(bad)
         assert exit_info.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_an_unusable_device_is_one_usage_error_line(music, tiny_run, capsys):
+    for mode in ([music / "short_mono_22k.wav"], ["--evaluate=True", "--data_dir=nowhere"]):
+        status = ptm.main([f"--checkpoint={tiny_run}", "--device=cuda:99", *map(str, mode)])
+        captured = capsys.readouterr()
+        assert (status, captured.out) == (2, "")  # the usage-error status the module docstring promises
+        assert captured.err.startswith("error: device='cuda:99' cannot be used") and captured.err.count("\n") == 1
+
+
+def test_subset_choices_are_the_subsets_utils_knows(capsys):
+    with pytest.raises(SystemExit):
+        ptm.parse_args(["--help"])
+    assert "--subset {" + ",".join(utils.SUBSETS) + "}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        ptm.parse_args(["--checkpoint=c.pt", "--evaluate=True", "--data_dir=d", "--subset=full"])
+    assert exit_info.value.code == 2 and "invalid choice: 'full'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
+def test_default_decoding_workers_follow_the_cpu_affinity():
+    allowed = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(allowed)})  # as taskset -c 0 would: one core, whatever the host has
+        assert ptm.parse_args(["--checkpoint=c.pt", "a.mp3"]).num_workers == 1
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 def test_no_audio_in_folder(tiny_run, tmp_path, capsys):

@@ -36,8 +36,9 @@ def test_train_returns_epoch_statistics_and_logs_every_interval():
                   log_interval=5)
     assert stats["examples"] == 64
     assert 0.0 <= stats["accuracy"] <= 1.0 and math.isfinite(stats["loss"])
-    # batches 5, 10, 15: step = examples seen so far in the epoch; loss = mean over the interval
-    assert [examples for examples, _ in calls] == [20, 40, 60]
+    # batches 5, 10, 15, then the epoch's last partial interval (batch 16): examples seen so far in the
+    # epoch, and the mean loss over the interval
+    assert [examples for examples, _ in calls] == [20, 40, 60, 64]
     assert all(math.isfinite(loss) and loss > 0 for _, loss in calls)
 
 
@@ -82,3 +83,21 @@ def test_empty_loader_is_a_clear_error():
         train(model, empty, torch.optim.Adam(model.parameters()), "cpu")
     with pytest.raises(ValueError, match="split is empty"):
         test(model, empty, "cpu")
+
+
+def test_epoch_losses_per_example_and_per_batch_differ_by_the_short_last_batch():
+    model = make_model()
+    loader = DataLoader(separable_loader(n=20).dataset, batch_size=6)  # fixed batches of 6, 6, 6 and 2
+    losses = []
+    with torch.no_grad():
+        for inputs, targets in loader:
+            losses.append((torch.nn.functional.cross_entropy(model.eval()(inputs)[0], targets).item(), len(targets)))
+    torch.manual_seed(1)
+    result = test(model, loader, "cpu")
+    per_example = sum(loss * n for loss, n in losses) / 20
+    per_batch = sum(loss for loss, _ in losses) / len(losses)
+    assert result["loss"] == pytest.approx(per_example, rel=1e-5)
+    assert result["batch_loss"] == pytest.approx(per_batch, rel=1e-5)
+    assert result["loss"] != pytest.approx(result["batch_loss"], rel=1e-4)
+    stats = train(model, loader, torch.optim.SGD(model.parameters(), lr=0.0), "cpu")  # lr 0: weights kept
+    assert stats["batch_loss"] != pytest.approx(stats["loss"], rel=1e-4) and math.isfinite(stats["batch_loss"])

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from utils import (PREPROCESSING, DataError, MelDataset, build_cache, load_metadata, make_loaders,
+from sklearn.model_selection import train_test_split
+
+from cache import build_cache
+from utils import (PREPROCESSING, DataError, MelDataset, draw_mask, load_metadata, make_loaders,
                    normalisation_stats, spec_augment, split_tracks)
 
 SMALL = dict(PREPROCESSING, n_frames=100)
@@ -98,7 +101,7 @@ def test_masks_fresh_each_epoch_reproducible_and_independent_of_workers(data):
 
 def test_standardisation_uses_train_split_only(data):
     cache, splits = data
-    loaders, stats = make_loaders(cache, splits, batch_size=8, faithful=False, augment=True)
+    loaders, stats = make_loaders(cache, splits, batch_size=8, standardise=True, augment=True)
     train_ids = [t for t in splits["train"].index if t != BROKEN_TRAIN_TRACK]
     train = np.stack([cache[t] for t in train_ids]).astype(np.float64)
     assert stats["mean"] == pytest.approx(train.mean(), rel=1e-9)
@@ -133,3 +136,46 @@ def test_dataset_pickles_without_its_memmap(data):
     copy = pickle.loads(pickle.dumps(dataset))
     assert copy.cache._mels is None and len(pickle.dumps(dataset)) < 20_000
     assert torch.equal(copy[1][0], x)
+
+
+def test_shuffle_false_keeps_the_split_order_every_epoch(data):
+    cache, splits = data
+    loader = make_loaders(cache, splits, batch_size=4, shuffle=False, seed=3)[0]["train"]
+    expected = torch.from_numpy(np.stack([cache[t] for t in loader.dataset.track_ids]).astype(np.float32))
+    first, second = epoch(loader)[0], epoch(loader)[0]
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+
+
+def test_the_random_split_keeps_train_test_splits_order_for_training(fma_small):
+    tracks, _ = load_metadata(fma_small, "small")
+    train = split_tracks(tracks, "random", train_size=0.75, seed=4)["train"]
+    expected, _ = train_test_split(tracks, train_size=0.75, random_state=4, stratify=tracks["label"])
+    assert list(train.index) == list(expected.index) and list(train.index) != sorted(train.index)
+
+
+def test_fixed_masks_give_the_same_copies_every_epoch_after_the_clean_clips(data):
+    cache, splits = data
+    loader = make_loaders(cache, splits, batch_size=4, augment=True, augment_masks="fixed", shuffle=False,
+                          seed=2)[0]["train"]
+    n = len(loader.dataset.track_ids)
+    first, second = epoch(loader)[0], epoch(loader)[0]
+    assert torch.equal(first, second)  # the same masked copies in every epoch
+    clean = torch.from_numpy(np.stack([cache[t] for t in loader.dataset.track_ids]).astype(np.float32))
+    assert torch.equal(first[:n], clean)  # clean clips first, in order, then their masked copies
+    for i in range(n):
+        masks_of(first[n + i], clean[i])
+    assert (first[n:] != clean).any()
+    shuffled = make_loaders(cache, splits, batch_size=4, augment=True, augment_masks="fixed", seed=2)[0]["train"]
+    one, two = epoch(shuffled)[0], epoch(shuffled)[0]
+    assert not torch.equal(one, two)  # reshuffled, but the copies are the same set of spectrograms
+    assert sorted(map(float, one.sum(dim=(1, 2)))) == sorted(map(float, first.sum(dim=(1, 2))))
+
+
+def test_the_originals_mask_draw_never_reaches_the_top_width_or_the_last_band():
+    generator = torch.Generator().manual_seed(0)
+    original = [draw_mask(128, 0.25, "original", generator) for _ in range(3000)]
+    inclusive = [draw_mask(128, 0.25, "inclusive", generator) for _ in range(3000)]
+    assert max(w for _, w in original) == 31 and max(s + w for s, w in original if w) <= 127
+    assert max(w for _, w in inclusive) == 32 and max(s + w for s, w in inclusive) == 128
+    frames = [draw_mask(1291, 0.15, "original", generator)[1] for _ in range(3000)]
+    assert max(frames) == 193  # int(U(0, 193.65))

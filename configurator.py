@@ -1,0 +1,238 @@
+"""A run's configuration, nanoGPT style: main.py's constants, then a config file, then --key=value.
+
+    python main.py configs/original_crnn.py --epochs=5    # the file's keys, then the overrides
+    python main.py --help                                 # every key with its default and comment
+
+A config file is plain Python that assigns some of main.py's keys (see configs/); ``include("x.py")``
+there applies another config file first. Unknown keys,
+values of the wrong type and unreadable arguments stop with one message, never a traceback.
+``prepare_out_dir()`` gives every run a folder of its own (runs/<model>/<date-time>, runs/<model>/latest)
+and ``provenance()`` records what produced a run: commit, library versions, hardware, command line.
+"""
+import importlib.metadata
+import platform
+import re
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+# One line of main.py's constants block: name = value  # comment
+CONSTANT_LINE = re.compile(r"^(\w+)\s*=\s*(.+?)\s+#\s?(.*)$")
+RULER = "# " + "-" * 77
+
+
+def fail(message):
+    """Stop with a one-paragraph message and exit status 1, no traceback."""
+    raise SystemExit(f"error: {message}")
+
+
+def convert(key, text, default):
+    """``text`` as the type of ``default``; bool takes True/False/true/false/1/0, None defaults take str."""
+    if isinstance(default, bool):
+        if text.lower() in ("true", "1"):
+            return True
+        if text.lower() in ("false", "0"):
+            return False
+    elif isinstance(default, (int, float)):
+        try:
+            return type(default)(text)
+        except ValueError:
+            pass
+    else:
+        return None if default is None and text.lower() == "none" else text
+    fail(f"--{key}={text}: expected a {type(default).__name__} like the default {default!r}.")
+
+
+def parse_overrides(argv, defaults):
+    """``--key=value`` arguments as a dict, type-checked against ``defaults``."""
+    overrides = {}
+    for arg in argv:
+        key, equals, text = arg.removeprefix("--").partition("=")
+        if not arg.startswith("--") or not equals:
+            fail(f"cannot read argument {arg!r}: write --key=value, e.g. --epochs=5 (a config file, "
+                 f"e.g. configs/original_crnn.py, may come first). See --help.")
+        if key not in defaults:
+            fail(f"unknown config key {key!r}. Valid keys: {', '.join(defaults)}. See --help.")
+        overrides[key] = convert(key, text, defaults[key])
+    return overrides
+
+
+def read_config_file(path, defaults):
+    """The keys a config file assigns, each checked against ``defaults`` like a --key=value."""
+    path = Path(path)
+    try:
+        code = compile(path.read_text(), str(path), "exec")
+    except OSError as error:
+        fail(f"cannot read config file {path} ({error.strerror or error}). Give the path of a .py file "
+             f"such as configs/original_crnn.py.")
+    except SyntaxError as error:
+        fail(f"config file {path} is not valid Python (line {error.lineno}: {error.msg}).")
+    namespace = {}
+
+    def include(name):  # in a config file: the keys of another config file, relative to this one
+        namespace.update(read_config_file(path.parent / name, defaults))
+
+    exec(code, {"__file__": str(path), "include": include}, namespace)  # noqa: S102 -- the user's file, as nanoGPT
+    values = {}
+    for key, value in namespace.items():
+        if key.startswith("_"):
+            continue
+        if key not in defaults:
+            fail(f"config file {path} sets {key!r}, which is not a config key. Valid keys: "
+                 f"{', '.join(defaults)}.")
+        default = defaults[key]
+        same_type = type(value) is type(default) or (default is None and isinstance(value, str)) or (
+            isinstance(default, float) and type(value) is int)
+        values[key] = value if same_type else convert(key, str(value), default)
+        if isinstance(default, float):
+            values[key] = float(values[key])
+    return values
+
+
+def split_arguments(argv):
+    """(config file or None, the --key=value arguments): a config file may only come first (a first
+    argument with "=" in it is a mistyped override, not a file)."""
+    if argv and not argv[0].startswith("-") and "=" not in argv[0]:
+        return argv[0], argv[1:]
+    return None, list(argv)
+
+
+def help_text(source, defaults):
+    """Every key of ``source``'s constants block with its default and comment, grouped as there."""
+    lines, inside = [f"usage: python {Path(source).name} [config.py] [--key=value ...]", ""], False
+    for line in Path(source).read_text().splitlines():
+        if line.startswith(RULER[:20]):
+            if inside:
+                break
+            inside = True
+            continue
+        match = CONSTANT_LINE.match(line)
+        if inside and match and match.group(1) in defaults:
+            key, _, comment = match.groups()
+            lines.append(f"  {f'--{key}={defaults[key]}':<36} {comment}")
+        elif inside and line.startswith("# "):
+            lines.append(line[2:] + ":")
+    lines.append("\nA config file (Python assigning some of these keys, e.g. configs/original_crnn.py) "
+                 "may come first; --key=value arguments override it.")
+    return "\n".join(lines)
+
+
+def parse_command_line(argv, defaults, source):
+    """(overrides, config file or None) from ``argv``: --help prints every key and exits 0."""
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(help_text(source, defaults))
+        raise SystemExit(0)
+    config_file, rest = split_arguments(argv)
+    overrides = read_config_file(config_file, defaults) if config_file else {}
+    overrides.update(parse_overrides(rest, defaults))
+    return overrides, config_file
+
+
+# -----------------------------------------------------------------------------
+# the run's folder
+
+def runs_folder(config, runs_root):
+    """<runs_root>/<model> (demo_<model> for the demo): the parent of a model's run folders."""
+    return Path(runs_root) / (f"demo_{config['model']}" if config["demo"] else config["model"])
+
+
+def prepare_out_dir(config, runs_root):
+    """The run's folder, created and checked before any work: a new runs/<model>/<date-time> (and
+    the latest link) by default; on resume without out_dir the latest run; an explicit out_dir that
+    already holds a run only with resume or overwrite. Returns it as a string."""
+    if config["resume"] and not config["out_dir"]:
+        latest = runs_folder(config, runs_root) / "latest"
+        if not latest.exists():
+            fail(f"--resume=True without --out_dir continues the latest run of {config['model']} "
+                 f"({latest}), but there is none. Give the run's folder with --out_dir=PATH.")
+        return str(latest.resolve())
+    if not config["out_dir"]:
+        return new_run_folder(runs_folder(config, runs_root))
+    out_dir = Path(config["out_dir"])
+    holds_run = any((out_dir / name).exists() for name in ("last.pt", "best.pt"))
+    if holds_run and not (config["resume"] or config["overwrite"]):
+        fail(f"{out_dir} already holds a run (last.pt/best.pt). Continue it with --resume=True, replace "
+             f"it with --overwrite=True, or start a new run in another --out_dir (or none: each run then "
+             f"gets its own folder under {runs_root}/).")
+    check_writable(out_dir)
+    return str(out_dir)
+
+
+def new_run_folder(parent):
+    """A fresh parent/<date-time> folder, and parent/latest pointing at it (where links are possible)."""
+    check_writable(parent)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1, 100):
+        folder = parent / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        try:
+            folder.mkdir()
+            break
+        except FileExistsError:
+            continue
+    link = parent / f".latest.{os.getpid()}"
+    try:
+        link.unlink(missing_ok=True)
+        link.symlink_to(folder.name, target_is_directory=True)
+        os.replace(link, parent / "latest")  # atomic: latest always names a complete run folder
+    except OSError as error:
+        print(f"note: could not point {parent / 'latest'} at the new run ({error.strerror or error}); "
+              f"use the run's own folder {folder}.")
+    return str(folder)
+
+
+def check_writable(out_dir):
+    """Create ``out_dir`` and prove a file can be written there, before any work is done."""
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out_dir).close()
+    except OSError as error:
+        fail(f"out_dir {out_dir} is not writable ({error.strerror or error}). Choose another with --out_dir=PATH.")
+
+
+# -----------------------------------------------------------------------------
+# provenance
+
+def git_commit():
+    """HEAD of the project's git checkout (+"-dirty" with uncommitted changes), or None outside one."""
+    try:
+        def git(*args):
+            return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        commit = git("rev-parse", "HEAD")
+        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def hardware():
+    """CPU model and usable cores, and the name of every visible GPU."""
+    import torch
+
+    from utils import available_cpus
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {"cpu": cpu, "cpu_cores": available_cpus(), "gpus": gpus, "platform": platform.platform()}
+
+
+def provenance(argv, config_file=None, script="main.py", launcher=("python",)):
+    """What produced a run: the exact command (``launcher``: python, or torchrun and its options), config
+    file, git commit, library versions, hardware."""
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "torchaudio", "librosa", "numpy"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"command": shlex.join([*launcher, script, *argv]), "config_file": config_file,
+            "git_commit": git_commit(), "versions": versions, "hardware": hardware(), "argv": list(argv),
+            "executable": sys.executable}

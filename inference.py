@@ -1,0 +1,142 @@
+"""A trained model over audio files: per-track averages of its windows' genre probabilities or embeddings.
+
+Each track is cut into windows as wide as the model's input (audio_windows.py decodes them as a stream
+in background workers), windows of consecutive tracks share batches, and a track's result is the mean
+over its windows of what the model gives each window: its genre probabilities (predict) or its
+embedding (predict with outputs=embeddings), the input of the model's last Linear layer:
+
+    model   last Linear   embedding size (default 128 x 1291 input)
+    cnn1d   fc1           n_mels * T' = 128 * 38 = 4,864 (the last conv block's output, flattened)
+    cnn2d   fc3           64 (after fc2, BatchNorm and ReLU)
+    crnn    fc1           128 (the LSTM's last step; dropout is the identity in eval mode)
+
+A library for pre_trained_models.py (the command line):
+
+    model, checkpoint = pre_trained_models.load_predictor("runs/crnn/latest/best.pt")
+    for path, probabilities, n_windows, error in inference.predict(model, checkpoint, ["song.mp3"]): ...
+    for path, embedding, n_windows, error in inference.predict(model, checkpoint, files, outputs=inference.embeddings): ...
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+import audio_windows
+import utils
+
+
+
+def find_audio_files(inputs):
+    """Files given by name (any extension) plus audio files found recursively in folders; each file once."""
+    files = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in utils.AUDIO_EXTENSIONS)
+            if not found:
+                print(f"warning: no {'/'.join(sorted(utils.AUDIO_EXTENSIONS))} files in folder {item}", file=sys.stderr)
+            files.extend(found)
+        else:
+            files.append(item)  # a missing file is reported by the worker with the others
+    return list(dict.fromkeys(files))
+
+
+# -----------------------------------------------------------------------------
+# what the model gives each window
+
+def probabilities(model, windows):
+    """(B, n_classes) genre probabilities of a batch of windows."""
+    return model(windows)[1]
+
+
+def last_linear(model):
+    """The model's last Linear layer (modules() lists layers in the order the models define them)."""
+    return [module for module in model.modules() if isinstance(module, torch.nn.Linear)][-1]
+
+
+def embeddings(model, windows):
+    """(B, D) inputs of the model's last Linear layer for a batch of windows (see the module docstring).
+
+    A forward pre-hook reads them, so one code path serves every model, wrapped (Standardised) or not.
+    """
+    captured = []
+    hook = last_linear(model).register_forward_pre_hook(lambda layer, inputs: captured.append(inputs[0]))
+    try:
+        model(windows)
+    finally:
+        hook.remove()
+    return captured[0].flatten(1)
+
+
+# -----------------------------------------------------------------------------
+# batching windows of many tracks
+
+def predict(model, checkpoint, files, hop=None, max_windows=None, batch_size=32, device="cpu", num_workers=0,
+            outputs=probabilities):
+    """Yield (path, mean of its windows' outputs or None, number of windows, error or None) per file, in order.
+
+    `outputs(model, windows)` gives each window's vector (probabilities by default). Windows from
+    consecutive tracks share batches. Windows flow from the decoding workers to the model as they are
+    computed, so memory does not grow with the length of a track.
+    """
+    preprocessing = checkpoint["preprocessing"]
+    dataset = audio_windows.TrackWindows(files, preprocessing, hop or preprocessing["n_frames"] // 2, max_windows)
+    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=keep_item,
+                        worker_init_fn=audio_windows.silence_decoder_notes)
+    tracks = [{"sum": 0.0, "windows": 0, "queued": 0, "done": False, "error": None} for _ in files]
+    queue = []     # (file index, window) waiting for a batch
+    emitted = 0
+    for i, windows, done, error in loader:
+        track = tracks[i]
+        track.update(done=done, error=error)
+        if windows is not None:
+            track["windows"] += len(windows)
+            track["queued"] += len(windows)
+            queue.extend((i, w) for w in windows)
+        while len(queue) >= batch_size:
+            run_batch(model, outputs, queue[:batch_size], tracks, device)
+            queue = queue[batch_size:]
+        emitted = yield from finished_tracks(files, tracks, emitted)
+    if queue:
+        run_batch(model, outputs, queue, tracks, device)
+    yield from finished_tracks(files, tracks, emitted)
+
+
+def keep_item(item):
+    """DataLoader collate_fn: items are already whole tracks (a module function so workers can pickle it)."""
+    return item
+
+
+@torch.no_grad()
+def run_batch(model, outputs, queue, tracks, device):
+    indices, windows = zip(*queue)
+    vectors = outputs(model, torch.stack(windows).to(device).float())  # float16 windows, as the cache holds
+    for i, v in zip(indices, vectors.double().cpu().numpy()):
+        tracks[i]["sum"] = tracks[i]["sum"] + v
+        tracks[i]["queued"] -= 1
+
+
+def finished_tracks(files, tracks, emitted):
+    """Yield the tracks, from index `emitted` on, that are decoded and whose windows have all been through the model."""
+    while emitted < len(tracks) and tracks[emitted]["done"] and tracks[emitted]["queued"] == 0:
+        track = tracks[emitted]
+        mean = None if track["error"] else track["sum"] / track["windows"]
+        yield files[emitted], mean, track["windows"], track["error"]
+        emitted += 1
+    return emitted
+
+
+# -----------------------------------------------------------------------------
+# embeddings file
+
+def save_embeddings(path, rows, checkpoint):
+    """FILE.npz: embeddings (N, D) float32, paths (N,), windows (N,), class_names and model, written
+    atomically; rows are predict's (path, embedding, windows) of the tracks that were read. Plain
+    arrays only, so np.load needs no allow_pickle."""
+    paths, vectors, windows = zip(*rows)
+    arrays = {"embeddings": np.stack(vectors).astype(np.float32), "paths": np.array([str(p) for p in paths]),
+              "windows": np.array(windows), "class_names": np.array(checkpoint["class_names"]),
+              "model": np.array(checkpoint["model"])}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    utils.atomic_write(Path(path), lambda f: np.savez(f, **arrays))
