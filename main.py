@@ -14,6 +14,10 @@ Writes last.pt, best.pt, metrics.json, history.csv and PNG figures to out_dir (d
 runs/<model>/<date-time>, with runs/<model>/latest pointing at the newest run) and logs the run to
 Weights & Biases (offline unless an API key is configured).
 """
+import allocator
+
+allocator.keep_large_allocations()  # before numpy and torch allocate: glibc keeps freed tensors (allocator.py)
+
 import csv
 import io
 import random
@@ -107,10 +111,11 @@ CONFIG = {k: v for k, v in globals().items()
 # (~13.5 s an epoch): batch 16 x 10 epochs reached 0.75 test accuracy; batch 8 (8 optimiser steps an
 # epoch) reached 0.75 after 15 epochs and 1.0 (8/8, val 1.0) after 25, about 6 minutes of training.
 DEMO = {"data_dir": "data/demo", "epochs": 25, "batch_size": 8, "download": False, "compile": "False"}
-# compile=auto compiles these models, in channels_last layout. Measured on a 2-core CPU
-# (benchmarks/results_training.md): CRNN training steps 1.78x faster, CNN2D 1.47x, after a 13-36 s
-# compile repaid within ~12 steps (an fma_small epoch has 128); CNN1D only 1.09x, repaid after ~600
-# steps, hence off. The demo's few short epochs never repay the compile time.
+# compile=auto compiles these models, in channels_last layout. Measured on a 2-core CPU with freed
+# memory kept (allocator.py; benchmarks/results_training.md): CRNN training steps 1.50x faster, CNN2D
+# 1.20x, after an 11-29 s compile repaid within 21 steps (an fma_small epoch has 128), and the compiled
+# CRNN peaks at 8.8 GB where the eager one reaches 13 GB; CNN1D 0.75x, hence off. The demo's few short
+# epochs never repay the compile time.
 COMPILED_MODELS = ("crnn", "cnn2d")
 DEMO_TRACKS_PER_GENRE = 10
 RUNS_ROOT = Path("runs")  # runs/<model>/<date-time>/, runs/<model>/latest -> the newest

@@ -25,6 +25,10 @@ batched together. --evaluate scores the test split the checkpoint was trained wi
 Exit status: 0 when every file was predicted (or embedded, or the export verified), 1 when any failed
 (each failure has an error line on stderr), 2 for a usage error (bad checkpoint, no audio files, ...).
 """
+import allocator
+
+allocator.keep_large_allocations()  # before torch allocates: evaluation keeps freed tensors (allocator.py)
+
 import argparse
 import csv
 import io

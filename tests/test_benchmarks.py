@@ -1,4 +1,5 @@
-"""The benchmark command runs end to end at its tiny size and reports every row (no timing assertions).
+"""The benchmark command runs end to end at its tiny size and reports every row, each verdict agreeing
+with the figures it judges (no timing assertions).
 
     python -m pytest tests/test_benchmarks.py -q
 """
@@ -6,6 +7,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED_ROWS = [
@@ -27,7 +30,21 @@ EXPECTED_ROWS = [
     "e ddp | cnn1d, 1 process, ",
     "e ddp | cnn1d, 1 process, 1 thread",
     "e ddp | cnn1d, 2 gloo processes",
+    *[f"f allocator | {model} batch 4 eager, {setting} |" for model in ("crnn", "cnn2d")
+      for setting in ("glibc's default malloc", "allocator.keep_large_allocations()")],
 ]
+# "<figure><unit> <operator> <bound><unit>: met" or "...: NOT met", as run.verdict writes it
+VERDICT = re.compile(r"(-?[\d.]+(?:e[-+]\d+)?)( ?[A-Za-z]*) (>=|<) ([\d.]+(?:e[-+]\d+)?)\2: (met|NOT met)")
+
+
+def check_verdicts(text):
+    """Every verdict in ``text`` says met exactly when its figure meets its bound; returns how many."""
+    verdicts = VERDICT.findall(text)
+    assert len(verdicts) == text.count(": met") + text.count(": NOT met"), "a verdict without its figures"
+    for figure, unit, operator, bound, said in verdicts:
+        met = float(figure) >= float(bound) if operator == ">=" else float(figure) < float(bound)
+        assert said == ("met" if met else "NOT met"), f"{figure}{unit} {operator} {bound}{unit}: {said}"
+    return len(verdicts)
 
 
 def test_tiny_benchmark_prints_and_writes_every_row(tmp_path):
@@ -45,7 +62,7 @@ def test_tiny_benchmark_prints_and_writes_every_row(tmp_path):
     for line in final_table.splitlines():
         if line.startswith("| ") and "skipped" not in line:
             assert re.search(r"\d", line.split("|")[3]), line
-    assert written.count(": met") + written.count(": NOT met") >= 8
+    assert check_verdicts(written) >= 12
     assert not list((tmp_path / "work").glob("tmp*")), "a contender's scratch folder was left behind"
 
 
@@ -53,4 +70,11 @@ def test_unknown_part_is_a_clear_usage_error():
     result = subprocess.run([sys.executable, "benchmarks/run.py", "--only=cache,speed"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert "--only takes parts from cache,loading,training,predict,ddp; got speed" in result.stderr
+    assert "--only takes parts from cache,loading,training,predict,ddp,allocator; got speed" in result.stderr
+
+
+@pytest.mark.parametrize("text", ["1.32x >= 1.5x: met", "0.07 s < 2 s: NOT met", "8.3e-07 < 0.0001: NOT met",
+                                  "own memory flat: met"])
+def test_a_verdict_that_contradicts_its_figures_fails_the_check(text):
+    with pytest.raises(AssertionError):
+        check_verdicts(text)

@@ -1,4 +1,5 @@
-"""models_utils.py: initialisation, checkpoints and figures."""
+"""models_utils.py: initialisation, compilation, checkpoints and figures."""
+import copy
 import io
 import json
 import os
@@ -205,6 +206,24 @@ def test_compile_model_gives_the_eager_results_and_trains():
     torch.nn.functional.cross_entropy(compiled(x)[0], torch.tensor([0, 1, 2, 3])).backward()
     optimizer.step()
     assert not torch.equal(before, model.fc1.weight)  # gradients reach the original module's weights
+
+
+@pytest.mark.slow  # inductor compiles forward and backward to C++: ~30 s per model on 2 cores
+@pytest.mark.parametrize("name", ["cnn2d", "crnn"])
+def test_compiled_channels_last_model_gives_the_eager_logits_and_gradients(name):
+    # what compile=auto runs for these two models (main.py): channels_last layout, then torch.compile
+    torch.manual_seed(0)
+    model = build_model(name, n_frames=32).eval()  # eval: no dropout, so both passes are deterministic
+    compiled = compile_model(copy.deepcopy(model).to(memory_format=torch.channels_last))
+    x = torch.randn(4, 128, 32) * 20 - 40
+    targets = torch.tensor([0, 1, 2, 3])
+    logits = {}
+    for key, module in (("eager", model), ("compiled", compiled)):
+        logits[key] = module(x)[0]
+        torch.nn.functional.cross_entropy(logits[key], targets).backward()
+    torch.testing.assert_close(logits["compiled"], logits["eager"], atol=1e-4, rtol=0)
+    for (param_name, param), compiled_param in zip(model.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(compiled_param.grad, param.grad, atol=1e-4, rtol=1e-3, msg=param_name)
 
 
 class InterruptWhilePickled:
