@@ -107,9 +107,9 @@ CONFIG = {k: v for k, v in globals().items()
           if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}
 
 # With demo=True these replace the defaults of keys not given on the command line. The demo dataset
-# (demo_data.py) has 80 clips of 30 s, 64/8/8 train/val/test. Measured with the CRNN on 2 CPU cores
-# (~13.5 s an epoch): batch 16 x 10 epochs reached 0.75 test accuracy; batch 8 (8 optimiser steps an
-# epoch) reached 0.75 after 15 epochs and 1.0 (8/8, val 1.0) after 25, about 6 minutes of training.
+# (demo_data.py) has 80 clips of 30 s, 64/8/8 train/val/test. Measured with the CRNN on 2 CPU cores:
+# batch 16 x 10 epochs reached 0.75 test accuracy; batch 8 (8 optimiser steps an epoch) reached 0.75
+# after 15 epochs and 1.0 (8/8, val 1.0) after 25; ~5 s an epoch with freed memory kept (allocator.py).
 DEMO = {"data_dir": "data/demo", "epochs": 25, "batch_size": 8, "download": False, "compile": "False"}
 # compile=auto compiles these models, in channels_last layout. Measured on a 2-core CPU with freed
 # memory kept (allocator.py; benchmarks/results_training.md): CRNN training steps 1.50x faster, CNN2D
