@@ -2,6 +2,7 @@
 real MP3 clips under fma_<subset>/<tid[:3]>/<tid>.mp3)."""
 import os
 import signal
+import time
 
 import numpy as np
 import pandas as pd
@@ -98,3 +99,12 @@ def keyboard_interrupt_handler():
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)
+
+
+def wait_for(path, process, seconds=300):
+    """Wait until ``path`` exists while ``process`` (main.py or torchrun) still runs; fail clearly otherwise."""
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert process.poll() is None, f"{process.args[:2]} ended before writing {path}"
+        assert time.monotonic() < deadline, f"no {path} after {seconds} s"
+        time.sleep(0.05)

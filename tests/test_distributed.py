@@ -22,6 +22,7 @@ import torch
 import demo_data
 import distributed
 import main
+from conftest import wait_for
 import models_utils
 import pre_trained_models
 import utils
@@ -52,14 +53,6 @@ def torchrun(data_dir, out_dir, *extra, nproc=2, **popen):
 def finished(process, timeout=600):
     output = process.communicate(timeout=timeout)[0]
     return process.returncode, output
-
-
-def wait_for(path, process, seconds=300):
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        assert process.poll() is None, "torchrun ended before writing " + str(path)
-        assert time.monotonic() < deadline, f"no {path} after {seconds} s"
-        time.sleep(0.05)
 
 
 def worker_of_rank(parent, rank):

@@ -18,7 +18,7 @@ import torch
 import demo_data
 import main
 import models_utils
-from conftest import default_sigint
+from conftest import default_sigint, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,14 +40,6 @@ def start(data_dir, out_dir, *extra, log):
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                             start_new_session=True, preexec_fn=default_sigint,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def wait_for(path, process, seconds=300):
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        assert process.poll() is None, "main.py ended before writing " + str(path)
-        assert time.monotonic() < deadline, f"no {path} after {seconds} s"
-        time.sleep(0.05)
 
 
 def weights(path):
