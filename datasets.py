@@ -23,11 +23,13 @@ import hashlib
 import io
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+import distributed
 import utils
 from utils import SPLITS, DataError
 
@@ -54,6 +56,33 @@ def load(config):
 def split_seed(config):
     """The seed of the random splits: split_seed, or the training seed when it is -1 (so older runs keep theirs)."""
     return config["split_seed"] if config["split_seed"] >= 0 else config["seed"]
+
+
+def ensure_fma(config, demo_tracks_per_genre):
+    """Make sure FMA's metadata and audio are there: the demo generated, or FMA downloaded if allowed."""
+    import demo_data
+
+    data_dir, subset_name = Path(config["data_dir"]), config["subset"]
+    if config["demo"]:
+        try:  # fixed data seed; under torchrun written once per machine
+            distributed.first_on_each_machine(demo_data.make_demo_dataset, data_dir, demo_tracks_per_genre)
+        except FileExistsError as error:
+            raise DataError(str(error)) from None
+        return
+    if (data_dir / "fma_metadata" / "tracks.csv").is_file() and (data_dir / f"fma_{subset_name}").is_dir():
+        return
+    if not config["download"] or distributed.launched():
+        raise DataError(f"no FMA data in {data_dir} (expected {data_dir}/fma_metadata/tracks.csv and "
+                        f"{data_dir}/fma_{subset_name}/). Download it with --download=True or "
+                        f"`bash download_data.sh {subset_name} {data_dir}`, point --data_dir at an existing copy, "
+                        f"or try the synthetic demo with --demo=True."
+                        + (" torchrun never downloads: get the data before the launch." if distributed.launched()
+                           else ""))
+    script = Path(__file__).resolve().with_name("download_data.sh")
+    print(f"data: {data_dir} has no fma_{subset_name}; running bash {script.name} {subset_name} {data_dir}")
+    if subprocess.run(["bash", str(script), subset_name, str(data_dir)]).returncode != 0:
+        raise DataError(f"download_data.sh could not fetch fma_{subset_name} into {data_dir} (its message is "
+                        f"above). Rerun it (it resumes), or download the archives by hand as the README describes.")
 
 
 def load_fma(config):

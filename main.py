@@ -21,7 +21,6 @@ allocator.keep_large_allocations()  # before numpy and torch allocate: glibc kee
 import csv
 import io
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -229,32 +228,6 @@ def reseed(seed, epoch=0, loader=None):
 # -----------------------------------------------------------------------------
 # data
 
-def ensure_data(config):
-    """Make sure the metadata and audio are there: demo data generated, or FMA downloaded if allowed."""
-    import demo_data
-
-    data_dir, subset_name = Path(config["data_dir"]), config["subset"]
-    if config["demo"]:
-        try:  # fixed data seed; under torchrun written once per machine
-            distributed.first_on_each_machine(demo_data.make_demo_dataset, data_dir, DEMO_TRACKS_PER_GENRE)
-        except FileExistsError as error:
-            fail(str(error))
-        return
-    if (data_dir / "fma_metadata" / "tracks.csv").is_file() and (data_dir / f"fma_{subset_name}").is_dir():
-        return
-    if not config["download"] or distributed.launched():
-        fail(f"no FMA data in {data_dir} (expected {data_dir}/fma_metadata/tracks.csv and "
-             f"{data_dir}/fma_{subset_name}/). Download it with --download=True or "
-             f"`bash download_data.sh {subset_name} {data_dir}`, point --data_dir at an existing copy, "
-             f"or try the synthetic demo with --demo=True."
-             + (" torchrun never downloads: get the data before the launch." if distributed.launched() else ""))
-    script = Path(__file__).resolve().with_name("download_data.sh")
-    print(f"data: {data_dir} has no fma_{subset_name}; running bash {script.name} {subset_name} {data_dir}")
-    if subprocess.run(["bash", str(script), subset_name, str(data_dir)]).returncode != 0:
-        fail(f"download_data.sh could not fetch fma_{subset_name} into {data_dir} (its message is above). "
-             f"Rerun it (it resumes), or download the archives by hand as the README describes.")
-
-
 def loader_workers(requested, device):
     """DataLoader workers: ``requested`` when >= 0; auto (-1) overlaps loading with GPU compute on CUDA
     and loads in the main process on a CPU, whose cores the model already uses."""
@@ -266,7 +239,7 @@ def loader_workers(requested, device):
 def build_data(config, device):
     """Tracks and splits (datasets.py) -> spectrogram cache -> loaders; None when prepare_only."""
     if config["dataset"] == "fma":
-        ensure_data(config)
+        datasets.ensure_fma(config, DEMO_TRACKS_PER_GENRE)
     dataset = datasets.load(config)
     tracks, class_names, splits = dataset["tracks"], dataset["class_names"], dataset["splits"]
     preprocessing = finetune.checked_preprocessing(config, {**utils.PREPROCESSING, "n_frames": config["n_frames"]})
