@@ -105,6 +105,25 @@ def joined(config):
         dist.destroy_process_group()
 
 
+def exit_process(main):
+    """``sys.exit(main())``, except that under torchrun the process ends with os._exit once its output is
+    flushed: after destroy_process_group, gloo's worker threads can still hold work objects whose
+    destruction during interpreter shutdown aborts the process (SIGABRT, "terminate called without an
+    active exception"; pytorch/pytorch#179291), turning a clean exit 143 or 0 into a crash report."""
+    if not launched():
+        sys.exit(main())
+    try:
+        code = main()
+    except SystemExit as stop:  # fail(): its message to stderr and status 1, as sys.exit would
+        code = stop.code
+        if isinstance(code, str):
+            print(code, file=sys.stderr)
+            code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
+
+
 def describe(config):
     """The line saying how the job shares its work (printed at start)."""
     if not active():

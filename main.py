@@ -79,7 +79,8 @@ epoch_loss = "per_example"   # epoch loss (and what the scheduler sees): per_exa
 data_augmentation = False    # add one SpecAugment copy of each training clip (2 mel + 2 time masks, 0 dB)
 augment_masks = "per_epoch"  # per_epoch: masks redrawn every epoch | fixed: drawn once (the original's copies)
 mask_draw = "inclusive"      # inclusive: any width 0..max and position | original: int(U(0, max)) as it drew them
-report_epoch = "best"        # test figures from: best (best.pt, by val accuracy) | last (the final epoch, the original's)
+report_epoch = "best"        # test figures from: best (best.pt, by select_metric) | last (the final epoch, the original's)
+select_metric = "auto"       # validation metric choosing best.pt (and experiments.py's objective): auto = accuracy | macro_f1 | balanced_accuracy
 seed = 0                     # seeds everything; each epoch reseeds from (seed, epoch) so resuming is exact
 log_interval = 25            # batches between train-loss logs to W&B (the original's 25)
 # system
@@ -124,12 +125,12 @@ RESUME_MAY_CHANGE = {"epochs", "log_interval", "lr", "weight_decay", "num_worker
                      "wandb_project", "save_interval", "wandb_group", "watch", "hardest_clips", "upload_audio",
                      "upload_checkpoints"}
 # Run state saved in every checkpoint's "training" entry besides the epoch, optimizer and scheduler.
-RUN_STATE = ("history", "best_val_accuracy", "best_val_loss", "best_epoch", "examples_seen", "training_seconds",
+RUN_STATE = ("history", "best_val_score", "best_val_accuracy", "best_val_loss", "best_epoch", "examples_seen", "training_seconds",
              "wandb_run_id")
 # Valid values of the keys that take a name, from the registries that define them.
 CHOICES = {"dataset": tuple(datasets.DATASETS), "subset": utils.SUBSETS, "split": utils.SPLIT_MODES, "model": tuple(MODELS),
            "freeze": finetune.FREEZE, "init": tuple(models_utils.INITIALISERS), "epoch_loss": tuple(EPOCH_LOSSES),
-           "augment_masks": utils.AUGMENT_MASKS, "mask_draw": utils.MASK_DRAWS, "report_epoch": ("best", "last"),
+           "augment_masks": utils.AUGMENT_MASKS, "select_metric": models_utils.SELECT_METRICS, "mask_draw": utils.MASK_DRAWS, "report_epoch": ("best", "last"),
            "wandb_mode": (None, "online", "offline", "disabled")}
 
 
@@ -147,6 +148,8 @@ def make_config(overrides, defaults=CONFIG):
     config["compile"] = resolve_auto(config, "compile", config["model"] in COMPILED_MODELS and not config["watch"])
     config["standardise"] = resolve_auto(config, "standardise", not config["faithful"])
     config["upload_audio"] = resolve_auto(config, "upload_audio", wandb_logging.audio_shareable(config))
+    if config["select_metric"] == "auto":
+        config["select_metric"] = "accuracy"
     for key, valid in CHOICES.items():
         if config[key] not in valid:
             fail(f"{key}={config[key]!r} is not valid: choose one of {', '.join(map(str, valid))}.")
@@ -284,7 +287,7 @@ def build_training(config, data, device, checkpoint=None, overrides=()):
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=config["lr"], weight_decay=config["weight_decay"])
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
-    state = {"epoch": 0, "history": [], "best_val_accuracy": -1.0, "best_val_loss": float("inf"), "best_epoch": 0,
+    state = {"epoch": 0, "history": [], "best_val_score": -1.0, "best_val_accuracy": -1.0, "best_val_loss": float("inf"), "best_epoch": 0,
              "examples_seen": 0, "training_seconds": 0.0, "wandb_run_id": None, "model_args": model_args}
     if checkpoint is not None:
         training = checkpoint["training"]
@@ -296,6 +299,7 @@ def build_training(config, data, device, checkpoint=None, overrides=()):
             reason = str(error).splitlines()[0][:200]
             raise CheckpointError(f"{config['out_dir']}/last.pt does not fit this run ({reason}); start a new "
                                   f"run in another --out_dir.") from None
+        training.setdefault("best_val_score", training["best_val_accuracy"])  # saved before select_metric
         state.update({k: training[k] for k in RUN_STATE}, epoch=training["epoch"], position=training.get("position"))
         for group in optimizer.param_groups:  # an lr or weight_decay given on resume applies from now on
             group.update({k: config[k] for k in ("lr", "weight_decay") if k in overrides})
@@ -382,13 +386,16 @@ def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, devi
         seconds = time.time() - start
         row = {"epoch": epoch, "train_loss": trained[loss], "train_accuracy": trained["accuracy"],
                "val_loss": val[loss], "val_accuracy": val["accuracy"], "lr": lr_now, "seconds": round(seconds, 2)}
+        metric = config["select_metric"]  # its value is in every row: experiments.py prunes on it
+        row[f"val_{metric}"] = score = models_utils.validation_score(val, metric, data["class_names"])
         state["history"].append(row)
         state.update(epoch=epoch, examples_seen=seen + trained["examples"],
                      training_seconds=state["training_seconds"] + seconds)
-        # best = the highest val accuracy; a tie goes to the lower val loss (small val sets tie often)
-        improved = (val["accuracy"], -val[loss]) > (state["best_val_accuracy"], -state["best_val_loss"])
+        # best = the highest select_metric; a tie goes to the lower val loss (small val sets tie often)
+        improved = (score, -val[loss]) > (state["best_val_score"], -state["best_val_loss"])
         if improved:
-            state.update(best_val_accuracy=val["accuracy"], best_val_loss=val[loss], best_epoch=epoch)
+            state.update(best_val_score=score, best_val_accuracy=val["accuracy"], best_val_loss=val[loss],
+                         best_epoch=epoch)
         save_epoch(config, data, raw_model, optimizer, scheduler, state)
         print(f"epoch {epoch:3d}/{config['epochs']} | train loss {row['train_loss']:.4f} acc "
               f"{row['train_accuracy']:.3f} | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} | "
@@ -407,6 +414,7 @@ def evaluate_best(config, data, state, device, n_parameters):
                               data["class_names"], amp=config["amp"], gather=distributed.gather)
     metrics = {**scores, "reported_epoch": best["training"]["epoch"],
                "report_epoch": config["report_epoch"], "best_epoch": state["best_epoch"],
+               "select_metric": config["select_metric"], "best_val_score": state["best_val_score"],
                "best_val_accuracy": state["best_val_accuracy"], "epochs": state["epoch"],
                "training_seconds": round(state["training_seconds"], 1), "parameters": n_parameters,
                **{k: config[k] for k in ("model", "faithful", "subset", "split")},
@@ -503,4 +511,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    distributed.exit_process(main)

@@ -211,6 +211,17 @@ def plot_training_curves(history):
 # -----------------------------------------------------------------------------
 # metrics
 
+# Validation metrics that may choose best.pt (main.py's select_metric): classification_metrics' names.
+SELECT_METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
+
+
+def validation_score(result, metric, class_names):
+    """``metric`` (one of SELECT_METRICS) of a test() result; higher is better."""
+    if metric == "accuracy":
+        return result["accuracy"]
+    return classification_metrics(result["targets"], result["probabilities"], class_names)[metric]
+
+
 def classification_metrics(targets, probabilities, class_names):
     """Accuracy, balanced accuracy (the mean recall of the classes present: what an unbalanced subset
     needs), per-class precision/recall/F1/support, macro F1, confusion matrix and ROC AUC per class.
@@ -295,8 +306,9 @@ def format_summary(config, history, metrics):
              f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>9} {'val acc':>8} {'lr':>8} {'s':>7}"]
     lines += [f"{row['epoch']:5d} {row['train_loss']:10.4f} {row['train_accuracy']:9.3f} {row['val_loss']:9.4f} "
               f"{row['val_accuracy']:8.3f} {row['lr']:8.1e} {row['seconds']:7.1f}" for row in history]
-    lines += [f"\n{metrics['report_epoch']}.pt = epoch {metrics['reported_epoch']} (best val accuracy "
-              f"{metrics['best_val_accuracy']:.3f} at epoch {metrics['best_epoch']}); test split: loss "
+    lines += [f"\n{metrics['report_epoch']}.pt = epoch {metrics['reported_epoch']} (best val "
+              f"{metrics['select_metric']} {metrics['best_val_score']:.3f} "
+              f"at epoch {metrics['best_epoch']}); test split: loss "
               f"{metrics['test_loss']:.4f}, accuracy {metrics['test_accuracy']:.3f}, balanced accuracy "
               f"{metrics['balanced_accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f} ({metrics['test_examples']} clips)",
               format_metrics(metrics),

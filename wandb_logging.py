@@ -96,7 +96,9 @@ class WandbLog:
     def epoch(self, row, step):
         """An epoch's row of history.csv, at the step of its last batch (the epoch's last train/loss point)."""
         if self.run is not None:
-            self.run.log({key: row[column] for column, key in EPOCH_KEYS.items()}, step=step)
+            selected = {f"val/{column[4:]}": value for column, value in row.items()  # select_metric's column
+                        if column.startswith("val_") and column not in EPOCH_KEYS}
+            self.run.log({**{key: row[column] for column, key in EPOCH_KEYS.items()}, **selected}, step=step)
 
     def final(self, config, data, metrics, result, files):
         """Test metrics; per-genre table and F1 bars; confusion matrix, ROC and PR curves; the hardest
@@ -108,6 +110,7 @@ class WandbLog:
         per_genre = per_genre_table(metrics)
         self.run.summary.update({"val/best_epoch": metrics["best_epoch"],
                                  "val/best_accuracy": metrics["best_val_accuracy"],
+                                 f"val/best_{metrics['select_metric']}": metrics["best_val_score"],
                                  "test/epoch": metrics["reported_epoch"]})
         logged = {"test/accuracy": metrics["test_accuracy"], "test/loss": metrics["test_loss"],
                   "test/balanced_accuracy": metrics["balanced_accuracy"], "test/macro_f1": metrics["macro_f1"],

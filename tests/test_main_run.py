@@ -68,6 +68,7 @@ def test_a_short_run_learns_and_writes_every_artefact(full_run):
     history = read_history(full_run)
     assert [int(row["epoch"]) for row in history] == [1, 2, 3, 4]
     assert list(history[0]) == ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+    assert json.loads((full_run / "metrics.json").read_text())["select_metric"] == "accuracy"
     losses = [float(row["train_loss"]) for row in history]
     assert min(losses[1:]) < losses[0], losses  # the loss falls
     for name in ("confusion_matrix.png", "roc_curves.png", "curves.png"):
@@ -85,6 +86,16 @@ def test_a_short_run_learns_and_writes_every_artefact(full_run):
     # best: the highest val accuracy, a tie broken by the lower val loss
     best_row = max(history, key=lambda row: (float(row["val_accuracy"]), -float(row["val_loss"])))
     assert metrics["best_epoch"] == int(best_row["epoch"])
+
+
+def test_select_metric_chooses_best_pt_and_is_in_every_row(data_dir, tmp_path):
+    run_main(args(data_dir, tmp_path, "--epochs=3", "--select_metric=macro_f1"))
+    history, metrics = read_history(tmp_path), json.loads((tmp_path / "metrics.json").read_text())
+    assert list(history[0])[-1] == "val_macro_f1"
+    best_row = max(history, key=lambda row: (float(row["val_macro_f1"]), -float(row["val_loss"])))
+    assert metrics["select_metric"] == "macro_f1" and metrics["best_epoch"] == int(best_row["epoch"])
+    assert metrics["best_val_score"] == pytest.approx(float(best_row["val_macro_f1"]))
+    assert "select_metric='f1' is not valid" in error_of(args(data_dir, tmp_path / "x", "--select_metric=f1"))
 
 
 def test_checkpoints_hold_everything_to_rebuild_and_resume(full_run):
