@@ -41,6 +41,9 @@ SHOWN = 10  # files named in a message or report before "and N more"
 def load(config):
     """The dataset ``config["dataset"]`` describes, with its splits (see the module docstring)."""
     data = DATASETS[config["dataset"]](config)
+    if "label_rows" in data:  # multi-label: every kept genre has min_genre_tracks training clips (multilabel.py)
+        data["cache_root"] = Path(config["cache_dir"]) if config["cache_dir"] else data["cache_root"]
+        return data
     missing = [name for name in data["class_names"] if name not in set(data["splits"]["train"]["genre"])]
     if missing:
         raise DataError(f"The training split has no track of the genres {missing}: a model cannot learn "
@@ -65,7 +68,8 @@ def ensure_fma(config, demo_tracks_per_genre):
     data_dir, subset_name = Path(config["data_dir"]), config["subset"]
     if config["demo"]:
         try:  # fixed data seed; under torchrun written once per machine
-            distributed.first_on_each_machine(demo_data.make_demo_dataset, data_dir, demo_tracks_per_genre)
+            distributed.first_on_each_machine(demo_data.make_demo_dataset, data_dir, demo_tracks_per_genre, 0, 30.0,
+                                              None, config.get("target") == "genres_all")  # sub-genres
         except FileExistsError as error:
             raise DataError(str(error)) from None
         return
@@ -86,17 +90,23 @@ def ensure_fma(config, demo_tracks_per_genre):
 
 
 def load_fma(config):
-    """FMA's metadata (utils.load_metadata) and its official or random split (utils.split_tracks)."""
-    tracks, class_names = utils.load_metadata(config["data_dir"], config["subset"])
-    splits = utils.split_tracks(tracks, mode=config["split"], train_size=config["train_size"],
-                                seed=split_seed(config))
+    """FMA's metadata (utils.load_metadata) and its official or random split (utils.split_tracks); with
+    target=genres_all, every genre of the tree (multilabel.load_fma)."""
+    if config.get("target", "genre_top") == "genres_all":
+        import multilabel
+        data = multilabel.load_fma(config)
+    else:
+        tracks, class_names = utils.load_metadata(config["data_dir"], config["subset"])
+        splits = utils.split_tracks(tracks, mode=config["split"], train_size=config["train_size"],
+                                    seed=split_seed(config))
+        data = {"tracks": tracks, "class_names": class_names, "splits": splits, "identity": config["subset"],
+                "cache_root": Path(config["data_dir"]) / "cache"}
     if config["split"] == "random":
         print("warning: split=random uses the same tracks for validation and test (the original's setup): "
               "the test accuracy is not from held-out data, and artists leak between train and test."
               + (" best.pt is chosen on the test tracks themselves; report_epoch=last reports the final "
                  "epoch instead, as the original did." if config.get("report_epoch") == "best" else ""))
-    return {"tracks": tracks, "class_names": class_names, "splits": splits, "identity": config["subset"],
-            "cache_root": Path(config["data_dir"]) / "cache"}
+    return data
 
 
 # ----------------------------------------------------------------------------- folder and CSV datasets

@@ -8,12 +8,16 @@ It writes, under DATA_DIR (default data/demo):
 
 The eight fma_small genres get their own synthetic "music" (tempo range, drum pattern, bass, chord and
 melody registers, timbres, noise), varied per track (key, tempo, notes, mix), deterministic from the
-seed. Splits are official-style: stratified 80/10/10 per genre and artist-filtered. The real loaders
+seed. With subgenres=True (main.py's demo with target=genres_all, in its own folder) each genre has two
+sub-genres (SUBGENRES): a track is in one of them or in its top genre only; a sub-genre adds its own
+pulsing tone (a frequency of its own) to the genre's music, and tracks.csv's genres / genres_all and
+genres.csv's tree say so, as FMA's do. Splits are official-style: stratified 80/10/10 per genre and artist-filtered. The real loaders
 read it unchanged (``utils.load_metadata(DATA_DIR, "small")``). A second run with the same parameters
 returns at once; an interrupted run resumes.
 
     python demo_data.py                                   # data/demo, 10 tracks per genre, 30 s clips
     python demo_data.py --data_dir=/tmp/demo --tracks_per_genre=20 --seed=1 --duration=30
+    python demo_data.py --data_dir=data/demo_genres_all --subgenres   # with the sub-genre tree
 """
 import argparse
 import json
@@ -32,6 +36,14 @@ MARKER = "demo_dataset.json"
 VERSION = 2  # bump when the synthesis changes, so old demo folders are regenerated
 GENRE_IDS = {"Electronic": 15, "Experimental": 38, "Folk": 17, "Hip-Hop": 21, "Instrumental": 1235,
              "International": 2, "Pop": 10, "Rock": 12}  # FMA's own ids (genres.csv)
+# Two sub-genres per top genre (ids in FMA's style, not checked against FMA's genres.csv).
+SUBGENRES = {"Electronic": {"Techno": 181, "House": 182}, "Experimental": {"Noise": 32, "Experimental Pop": 76},
+             "Folk": {"Free-Folk": 33, "Psych-Folk": 94}, "Hip-Hop": {"Rap": 539, "Abstract Hip-Hop": 580},
+             "Instrumental": {"Ambient": 107, "Soundtrack": 18}, "International": {"Latin America": 46, "Europe": 130},
+             "Pop": {"Synth-Pop": 362, "Power-Pop": 360}, "Rock": {"Punk": 25, "Indie-Rock": 66}}
+# Each sub-genre's tone: 16 frequencies a third of an octave or more apart (distinct mel bands), at this gain.
+SUBGENRE_HZ = dict(zip([g for subs in SUBGENRES.values() for g in subs], np.geomspace(250, 8000, 16)))
+SUBGENRE_GAIN = 0.08
 KNOWN_BROKEN = {98565, 98567, 98569, 99134, 108925, 133297}  # real broken fma_small ids: never reuse
 BED_GAIN = 10 ** (-12 / 20)
 MAJOR, MINOR = (0, 2, 4, 5, 7, 9, 11), (0, 2, 3, 5, 7, 8, 10)
@@ -236,6 +248,31 @@ def synthesize(genre, duration, rng):
     return (mix * 10 ** (rng.uniform(-6, -2) / 20) / peak).astype(np.float32)
 
 
+def subgenre_tone(subgenre, duration, rng):
+    """A sub-genre's mark: its own frequency, pulsing at a slow random rate (stereo float32 (n, 2))."""
+    t = np.arange(int(round(duration * SAMPLE_RATE))) / SAMPLE_RATE
+    pulse = 0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(0.5, 2.0) * t + rng.uniform(0, 2 * np.pi))
+    tone = SUBGENRE_GAIN * pulse * np.sin(2 * np.pi * SUBGENRE_HZ[subgenre] * t)
+    return np.repeat(tone[:, None], 2, axis=1).astype(np.float32)
+
+
+def _add_subgenres(tracks):
+    """Each genre's tracks in turn (per split) in its first sub-genre, its second, or the top genre only;
+    genres / genres_all as FMA writes them (genres_all: the genre and its ancestors)."""
+    tracks = tracks.copy()
+    sub = pd.Series("", index=tracks.index)
+    for (genre, _), group in tracks.groupby([("track", "genre_top"), ("set", "split")]):
+        names = [*SUBGENRES[genre], ""]
+        offset = list(GENRE_IDS).index(genre)  # so the single held-out clips differ between genres
+        for k, tid in enumerate(group.index):
+            sub[tid] = names[(k + offset) % 3]
+    top_ids = tracks[("track", "genre_top")].map(GENRE_IDS)
+    sub_ids = [SUBGENRES[genre].get(name) for genre, name in zip(tracks[("track", "genre_top")], sub)]
+    tracks[("track", "genres")] = [f"[{s or g}]" for g, s in zip(top_ids, sub_ids)]
+    tracks[("track", "genres_all")] = [f"[{g}, {s}]" if s else f"[{g}]" for g, s in zip(top_ids, sub_ids)]
+    return tracks, sub
+
+
 def _plan(tracks_per_genre, seed):
     """The metadata DataFrame (real FMA columns) with stratified, artist-filtered 80/10/10 splits."""
     if tracks_per_genre < 3:
@@ -277,10 +314,15 @@ def _plan(tracks_per_genre, seed):
     return tracks
 
 
-def _genres(tracks):
+def _genres(tracks, subgenres=False):
     counts = tracks[("track", "genre_top")].value_counts()
     rows = {gid: {"#tracks": int(counts.get(name, 0)), "parent": 0, "title": name, "top_level": gid}
             for name, gid in GENRE_IDS.items()}
+    if subgenres:
+        tagged = tracks[("track", "genres_all")].value_counts()
+        rows.update({sid: {"#tracks": sum(n for text, n in tagged.items() if f" {sid}]" in text), "parent": gid,
+                           "title": name, "top_level": gid}
+                     for top, gid in GENRE_IDS.items() for name, sid in SUBGENRES[top].items()})
     genres = pd.DataFrame.from_dict(rows, orient="index").sort_index()
     genres.index.name = "genre_id"
     return genres
@@ -298,10 +340,12 @@ def _write_atomic(path, write):
 
 
 def _render_track(job):
-    """Worker: synthesize one track from its own seed and write the MP3."""
-    path, genre, duration, seed, tid = job
+    """Worker: synthesize one track from its own seed (plus its sub-genre's tone, if any) and write the MP3."""
+    path, genre, duration, seed, tid, subgenre = job
     rng = np.random.default_rng([seed, tid])  # per track: independent of worker order and of the pool
     audio = synthesize(genre, duration, rng)
+    if subgenre:  # its own generator: the genre's music stays the same clip as without sub-genres
+        audio = audio + subgenre_tone(subgenre, duration, np.random.default_rng([seed, tid, 1]))
     _write_atomic(pathlib.Path(path), lambda tmp: sf.write(tmp, audio, SAMPLE_RATE, format="MP3"))
 
 
@@ -310,11 +354,14 @@ def _mp3_path(data_dir, tid):
     return data_dir / "fma_small" / tid[:3] / f"{tid}.mp3"
 
 
-def make_demo_dataset(data_dir="data/demo", tracks_per_genre=10, seed=0, duration=30.0, num_workers=None):
-    """Write (or complete) the demo dataset under data_dir and return data_dir as a Path."""
+def make_demo_dataset(data_dir="data/demo", tracks_per_genre=10, seed=0, duration=30.0, num_workers=None,
+                      subgenres=False):
+    """Write (or complete) the demo dataset under data_dir and return data_dir as a Path; subgenres=True:
+    the sub-genre tree and tones (the module docstring)."""
     data_dir = pathlib.Path(data_dir)
     meta = data_dir / "fma_metadata"
-    params = {"version": VERSION, "tracks_per_genre": tracks_per_genre, "seed": seed, "duration": duration}
+    params = {"version": VERSION, "tracks_per_genre": tracks_per_genre, "seed": seed, "duration": duration,
+              **({"subgenres": True} if subgenres else {})}  # without: the marker of earlier demo folders
     marker = data_dir / MARKER
     old = json.loads(marker.read_text()) if marker.exists() else None
     if old is None and (meta / "tracks.csv").exists():
@@ -322,19 +369,20 @@ def make_demo_dataset(data_dir="data/demo", tracks_per_genre=10, seed=0, duratio
             f"{meta / 'tracks.csv'} exists but was not written by demo_data.py (no {marker}). Refusing to "
             f"overwrite what looks like a real FMA dataset: pass another data_dir for the demo.")
     tracks = _plan(tracks_per_genre, seed)
+    tracks, subgenre = _add_subgenres(tracks) if subgenres else (tracks, pd.Series("", index=tracks.index))
     paths = {tid: _mp3_path(data_dir, tid) for tid in tracks.index}
     if old == {**params, "complete": True} and all(path.exists() for path in paths.values()):
         return data_dir
-    if old is not None and {k: old.get(k) for k in params} != params:
+    if old is not None and {k: v for k, v in old.items() if k != "complete"} != params:
         # Other parameters: every clip changes. Drop the old ones so the folder holds one dataset only,
         # and main.py's default spectrogram cache (data_dir/cache), which would describe the old clips.
         for stale in ("fma_small", "cache"):
             shutil.rmtree(data_dir / stale, ignore_errors=True)
     _write_atomic(marker, lambda tmp: tmp.write_text(json.dumps({**params, "complete": False})))
     _write_atomic(meta / "tracks.csv", lambda tmp: tracks.to_csv(tmp))
-    _write_atomic(meta / "genres.csv", lambda tmp: _genres(tracks).to_csv(tmp))
+    _write_atomic(meta / "genres.csv", lambda tmp: _genres(tracks, subgenres).to_csv(tmp))
 
-    jobs = [(str(paths[tid]), genre, duration, seed, tid)
+    jobs = [(str(paths[tid]), genre, duration, seed, tid, subgenre[tid])
             for tid, genre in tracks[("track", "genre_top")].items() if not paths[tid].exists()]
     workers = max(1, min(num_workers or os.cpu_count() or 1, len(jobs)))
     print(f"demo dataset: writing {len(jobs)} of {len(tracks)} clips ({duration:g} s) to {data_dir} "
@@ -358,8 +406,9 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--num_workers", type=int, default=None)
+    parser.add_argument("--subgenres", action="store_true", help="two sub-genres per genre (target=genres_all)")
     args = parser.parse_args()
-    make_demo_dataset(args.data_dir, args.tracks_per_genre, args.seed, args.duration, args.num_workers)
+    make_demo_dataset(args.data_dir, args.tracks_per_genre, args.seed, args.duration, args.num_workers, args.subgenres)
 
 
 if __name__ == "__main__":

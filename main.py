@@ -34,6 +34,7 @@ import datasets
 import distributed
 import finetune
 import models_utils
+import multilabel
 import preemption
 import utils
 import wandb_logging
@@ -50,6 +51,8 @@ from train import EPOCH_LOSSES, NonFiniteLossError, continue_epoch, epoch_positi
 dataset = "fma"              # fma | folder: data_dir/<genre>/**/<audio> | csv: data_dir is a CSV (README: Your own music)
 data_dir = "data"            # FMA: holds fma_metadata/ and fma_<subset>/ (download_data.sh's layout); the folder or CSV
 subset = "small"             # FMA subset: small (8 balanced genres) | medium (16, unbalanced) | large
+target = "genre_top"         # genre_top: one top genre per clip | genres_all: every genre of FMA's tree, multi-label (multilabel.py)
+min_genre_tracks = 10        # target=genres_all: genres with fewer training clips are dropped (and counted)
 download = True              # run download_data.sh when the data is missing (fma_small: 7.2 GiB)
 cache_dir = ""               # spectrogram cache; "" = <data_dir>/cache for FMA, data/cache for folder and csv
 split = "official"           # official: FMA's artist-filtered train/val/test | random: the original's (val == test)
@@ -74,13 +77,15 @@ lr = 1e-3                    # Adam's initial learning rate
 weight_decay = 0.0           # Adam weight decay (the original used 1e-4 where enabled)
 shuffle = True               # reshuffle the training clips every epoch; False: one fixed order (the original's)
 class_weights = False        # weigh the cross-entropy by inverse class frequency of the training split (unbalanced subsets)
+pos_weight = False           # target=genres_all: weigh each genre's positives in BCE by its training negatives/positives
 balanced_sampler = False     # draw each epoch's training clips class-balanced, with replacement (unbalanced subsets)
 epoch_loss = "per_example"   # epoch loss (and what the scheduler sees): per_example | per_batch (the original's)
 data_augmentation = False    # add one SpecAugment copy of each training clip (2 mel + 2 time masks, 0 dB)
 augment_masks = "per_epoch"  # per_epoch: masks redrawn every epoch | fixed: drawn once (the original's copies)
 mask_draw = "inclusive"      # inclusive: any width 0..max and position | original: int(U(0, max)) as it drew them
 report_epoch = "best"        # test figures from: best (best.pt, by select_metric) | last (the final epoch, the original's)
-select_metric = "auto"       # validation metric choosing best.pt (and experiments.py's objective): auto = accuracy | macro_f1 | balanced_accuracy
+select_metric = "auto"       # validation metric choosing best.pt (and experiments.py's objective): auto = accuracy | macro_f1 | balanced_accuracy;
+                             # target=genres_all: auto = pr_auc_macro | pr_auc_micro | roc_auc_macro | roc_auc_micro
 seed = 0                     # seeds everything; each epoch reseeds from (seed, epoch) so resuming is exact
 log_interval = 25            # batches between train-loss logs to W&B (the original's 25)
 # system
@@ -111,6 +116,9 @@ CONFIG = {k: v for k, v in globals().items()
 # batch 16 x 10 epochs reached 0.75 test accuracy; batch 8 (8 optimiser steps an epoch) reached 0.75
 # after 15 epochs and 1.0 (8/8, val 1.0) after 25; ~5 s an epoch with freed memory kept (allocator.py).
 DEMO = {"data_dir": "data/demo", "epochs": 25, "batch_size": 8, "download": False, "compile": "False"}
+# The demo with target=genres_all: its own folder (clips with sub-genres, demo_data.py), whose sub-genres
+# have 2-3 training clips each.
+DEMO_GENRES_ALL = {"data_dir": "data/demo_genres_all", "min_genre_tracks": 2}
 # compile=auto compiles these models, in channels_last layout. Measured on a 2-core CPU with freed
 # memory kept (allocator.py; benchmarks/results_training.md): CRNN training steps 1.50x faster, CNN2D
 # 1.20x, after an 11-29 s compile repaid within 21 steps (an fma_small epoch has 128), and the compiled
@@ -129,8 +137,10 @@ RUN_STATE = ("history", "best_val_score", "best_val_accuracy", "best_val_loss", 
              "wandb_run_id")
 # Valid values of the keys that take a name, from the registries that define them.
 CHOICES = {"dataset": tuple(datasets.DATASETS), "subset": utils.SUBSETS, "split": utils.SPLIT_MODES, "model": tuple(MODELS),
+           "target": multilabel.TARGETS,
            "freeze": finetune.FREEZE, "init": tuple(models_utils.INITIALISERS), "epoch_loss": tuple(EPOCH_LOSSES),
-           "augment_masks": utils.AUGMENT_MASKS, "select_metric": models_utils.SELECT_METRICS, "mask_draw": utils.MASK_DRAWS, "report_epoch": ("best", "last"),
+           "augment_masks": utils.AUGMENT_MASKS,
+           "select_metric": models_utils.SELECT_METRICS + multilabel.SELECT_METRICS, "mask_draw": utils.MASK_DRAWS, "report_epoch": ("best", "last"),
            "wandb_mode": (None, "online", "offline", "disabled")}
 
 
@@ -142,17 +152,20 @@ def make_config(overrides, defaults=CONFIG):
     command line); names, ranges and the auto keys resolved and checked."""
     config = dict(defaults)
     if overrides.get("demo", defaults["demo"]):
-        config.update(DEMO)
+        config.update(DEMO, **(DEMO_GENRES_ALL if overrides.get("target") == "genres_all" else {}))
     config.update(overrides)
     # W&B's watch hooks would make torch.compile recompile at every step, hence no auto compile with watch
     config["compile"] = resolve_auto(config, "compile", config["model"] in COMPILED_MODELS and not config["watch"])
     config["standardise"] = resolve_auto(config, "standardise", not config["faithful"])
     config["upload_audio"] = resolve_auto(config, "upload_audio", wandb_logging.audio_shareable(config))
     if config["select_metric"] == "auto":
-        config["select_metric"] = "accuracy"
+        config["select_metric"] = "pr_auc_macro" if config["target"] == "genres_all" else "accuracy"
     for key, valid in CHOICES.items():
         if config[key] not in valid:
             fail(f"{key}={config[key]!r} is not valid: choose one of {', '.join(map(str, valid))}.")
+    problem = multilabel.config_problem(config, models_utils.SELECT_METRICS)
+    if problem:
+        fail(problem)
     for key in ("epochs", "batch_size", "n_frames", "log_interval"):
         if config[key] < 1:
             fail(f"{key} must be at least 1, got {config[key]}.")
@@ -263,10 +276,16 @@ def build_data(config, device):
         shard=(distributed.rank(), distributed.world_size()))
     sizes = ", ".join(f"{name} {len(loader.dataset)}" for name, loader in loaders.items())
     print(f"data: {dataset['identity']} in {config['data_dir']}: {sizes} clips (the split: splits.csv)")
-    weights = utils.inverse_class_frequency(loaders["train"].dataset.labels, len(class_names)).to(device)
-    return {"loaders": loaders, "class_names": class_names, "preprocessing": preprocessing,
-            "normalisation": normalisation, "tracks": tracks,
-            "class_weights": weights if config["class_weights"] else None}
+    data = {"loaders": loaders, "class_names": class_names, "preprocessing": preprocessing,
+            "normalisation": normalisation, "tracks": tracks, "class_weights": None, "pos_weight": None,
+            "genres": dataset.get("genres"), "label_report": dataset.get("label_report")}
+    if config["class_weights"]:
+        data["class_weights"] = utils.inverse_class_frequency(loaders["train"].dataset.labels, len(class_names)).to(device)
+    if "label_rows" in dataset:  # multi-label: the loaders yield 0/1 genre rows
+        multilabel.use_label_rows(loaders, dataset["label_rows"])
+        if config["pos_weight"]:
+            data["pos_weight"] = multilabel.pos_weight(dataset["label_rows"], loaders["train"].dataset.track_ids).to(device)
+    return data
 
 
 # -----------------------------------------------------------------------------
@@ -288,7 +307,8 @@ def build_training(config, data, device, checkpoint=None, overrides=()):
     optimizer = torch.optim.Adam(trainable, lr=config["lr"], weight_decay=config["weight_decay"])
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
     state = {"epoch": 0, "history": [], "best_val_score": -1.0, "best_val_accuracy": -1.0, "best_val_loss": float("inf"), "best_epoch": 0,
-             "examples_seen": 0, "training_seconds": 0.0, "wandb_run_id": None, "model_args": model_args}
+             "examples_seen": 0, "training_seconds": 0.0, "wandb_run_id": None, "model_args": model_args,
+             "thresholds": ((checkpoint or {}).get("genres") or {}).get("thresholds")}
     if checkpoint is not None:
         training = checkpoint["training"]
         try:
@@ -325,7 +345,8 @@ def save_epoch(config, data, model, optimizer, scheduler, state, position=None):
                 **{k: state[k] for k in RUN_STATE}}
     checkpoint = models_utils.make_checkpoint(
         config["model"], state["model_args"], model.state_dict(), data["class_names"], data["preprocessing"],
-        data["normalisation"], config, state["provenance"], training)
+        data["normalisation"], config, state["provenance"], training,
+        genres=data["genres"] and {**data["genres"], "thresholds": state["thresholds"]})
     if position is None and state["best_epoch"] == state["epoch"]:
         models_utils.save_checkpoint(checkpoint, out_dir / "best.pt")
     models_utils.save_checkpoint(checkpoint, out_dir / "last.pt")
@@ -369,6 +390,7 @@ def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, devi
                             on_log=lambda examples, loss: wandb_log.train_loss(loss, epoch, step=seen + examples),
                             log_interval=config["log_interval"], desc=f"epoch {epoch}/{config['epochs']}",
                             progress=progress, on_step=on_step, class_weights=data["class_weights"],
+                            pos_weight=data["pos_weight"],
                             sync=distributed.sync_step if distributed.active() else None)
         except NonFiniteLossError as error:
             kept = (f"{config['out_dir']}/last.pt (epoch {state['epoch']}) is kept" if state["epoch"]
@@ -388,6 +410,8 @@ def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, devi
                "val_loss": val[loss], "val_accuracy": val["accuracy"], "lr": lr_now, "seconds": round(seconds, 2)}
         metric = config["select_metric"]  # its value is in every row: experiments.py prunes on it
         row[f"val_{metric}"] = score = models_utils.validation_score(val, metric, data["class_names"])
+        if data["genres"]:  # multi-label: this epoch's thresholds, saved with its checkpoints
+            state["thresholds"] = multilabel.tune_thresholds(val["targets"], val["probabilities"])
         state["history"].append(row)
         state.update(epoch=epoch, examples_seen=seen + trained["examples"],
                      training_seconds=state["training_seconds"] + seconds)
@@ -411,13 +435,15 @@ def evaluate_best(config, data, state, device, n_parameters):
     metrics.json and PNGs; returns (metrics, test result, files written)."""
     best = distributed.from_main(models_utils.load_checkpoint, Path(config["out_dir"]) / f"{config['report_epoch']}.pt")
     scores, result = evaluate(models_utils.model_from_checkpoint(best, device), data["loaders"]["test"], device,
-                              data["class_names"], amp=config["amp"], gather=distributed.gather)
+                              data["class_names"], amp=config["amp"], gather=distributed.gather,
+                              genres=best.get("genres"))
     metrics = {**scores, "reported_epoch": best["training"]["epoch"],
                "report_epoch": config["report_epoch"], "best_epoch": state["best_epoch"],
                "select_metric": config["select_metric"], "best_val_score": state["best_val_score"],
                "best_val_accuracy": state["best_val_accuracy"], "epochs": state["epoch"],
                "training_seconds": round(state["training_seconds"], 1), "parameters": n_parameters,
                **{k: config[k] for k in ("model", "faithful", "subset", "split")},
+               **({"labels": data["label_report"]} if data["label_report"] else {}),
                "val_is_test": config["split"] == "random", "provenance": state["provenance"]}
     files = models_utils.save_report(config["out_dir"], metrics, result["targets"], result["probabilities"],
                                      data["class_names"], history=state["history"]) if distributed.is_main() else []
@@ -459,7 +485,7 @@ def run(config, overrides, provenance):
             run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_log, signals)
         metrics, result, files = evaluate_best(config, data, state, device, n_parameters)
         wandb_log.final(config, data, metrics, result, files)
-        print(models_utils.format_summary(config, state["history"], metrics))
+        print(models_utils.format_summary(config, state["history"], metrics, data["genres"]))
         exit_code = 0
     except KeyboardInterrupt as interrupt:
         exit_code = getattr(interrupt, "exit_code", 130)

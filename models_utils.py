@@ -76,7 +76,7 @@ def compile_model(model, backend="inductor"):
 # checkpoints
 
 def make_checkpoint(model, model_args, state_dict, class_names, preprocessing, normalisation, config=None,
-                    provenance=None, training=None):
+                    provenance=None, training=None, genres=None):
     """The one checkpoint layout (format 2), from which inference rebuilds everything.
 
     model, model_args: ``build_model(model, **model_args)`` rebuilds the network (model_args holds
@@ -84,11 +84,17 @@ def make_checkpoint(model, model_args, state_dict, class_names, preprocessing, n
     audio -> dB parameters (utils.PREPROCESSING); normalisation: {"mean", "std"} of the input dB
     (None: raw dB); config: the run's config; provenance: commit, versions, hardware, command line;
     training: what resumes the run exactly (epoch, optimizer, scheduler, history, ...), or None.
+    genres (multi-label models only, target=genres_all): {"ids": FMA genre id per output, "tree": genres.csv's
+    id/parent/title lists, "thresholds": per output, tuned on validation}; the checkpoint then also says
+    target="genres_all". Without it the layout is the single-label one (a missing "target" = genre_top).
     """
-    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": model,
-            "model_args": dict(model_args), "state_dict": state_dict, "class_names": list(class_names),
-            "preprocessing": dict(preprocessing), "normalisation": dict(normalisation),
-            "config": dict(config or {}), "provenance": dict(provenance or {}), "training": training}
+    checkpoint = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": model,
+                  "model_args": dict(model_args), "state_dict": state_dict, "class_names": list(class_names),
+                  "preprocessing": dict(preprocessing), "normalisation": dict(normalisation),
+                  "config": dict(config or {}), "provenance": dict(provenance or {}), "training": training}
+    if genres is not None:
+        checkpoint.update(target="genres_all", genres=dict(genres))
+    return checkpoint
 
 
 def migrate_checkpoint(checkpoint):
@@ -216,9 +222,13 @@ SELECT_METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
 
 
 def validation_score(result, metric, class_names):
-    """``metric`` (one of SELECT_METRICS) of a test() result; higher is better."""
+    """``metric`` (one of SELECT_METRICS, or multilabel.SELECT_METRICS for a multi-label result) of a
+    test() result; higher is better (an undefined multi-label score counts as 0)."""
     if metric == "accuracy":
         return result["accuracy"]
+    if result["targets"].ndim == 2:
+        import multilabel
+        return multilabel.ranking_metrics(result["targets"], result["probabilities"])[metric] or 0.0
     return classification_metrics(result["targets"], result["probabilities"], class_names)[metric]
 
 
@@ -273,11 +283,15 @@ def save_report(out_dir, metrics, targets, probabilities, class_names, history=N
     text = json.dumps(metrics, indent=2, allow_nan=True) + "\n"
     written = [out_dir / "metrics.json"]
     atomic_write(written[0], lambda f: f.write(text.encode()))
-    cm = metrics.get("confusion_matrix") or classification_metrics(targets, probabilities, class_names)[
-        "confusion_matrix"]
-    figures = {"confusion_matrix.png": plot_confusion_matrix(cm, class_names),
-               "confusion_matrix_normalized.png": plot_confusion_matrix(cm, class_names, normalize=True),
-               "roc_curves.png": plot_roc_curves(targets, probabilities, class_names)}
+    if metrics.get("target") == "genres_all":  # multi-label: no confusion matrix; AP per genre, PR curves
+        import multilabel_report
+        figures = multilabel_report.figures(metrics, targets, probabilities)
+    else:
+        cm = metrics.get("confusion_matrix") or classification_metrics(targets, probabilities, class_names)[
+            "confusion_matrix"]
+        figures = {"confusion_matrix.png": plot_confusion_matrix(cm, class_names),
+                   "confusion_matrix_normalized.png": plot_confusion_matrix(cm, class_names, normalize=True),
+                   "roc_curves.png": plot_roc_curves(targets, probabilities, class_names)}
     if history:
         figures["curves.png"] = plot_training_curves(history)
     for name, fig in figures.items():
@@ -297,8 +311,9 @@ def format_metrics(metrics):
     return "\n".join(lines)
 
 
-def format_summary(config, history, metrics):
-    """The run's closing text: the per-epoch table, then the reported checkpoint's test result per genre."""
+def format_summary(config, history, metrics, genres=None):
+    """The run's closing text: the per-epoch table, then the reported checkpoint's test result per genre
+    (multi-label: ``genres``, the checkpoint's, gives the tree of multilabel.format_table)."""
     data = (f"FMA {config['subset']} ({config['split']} split)" if config.get("dataset", "fma") == "fma"
             else f"{config['dataset']} {config['data_dir']}")
     lines = [f"\n=== {config['model']} ({'faithful' if config['faithful'] else 'corrected'}), "
@@ -306,11 +321,16 @@ def format_summary(config, history, metrics):
              f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>9} {'val acc':>8} {'lr':>8} {'s':>7}"]
     lines += [f"{row['epoch']:5d} {row['train_loss']:10.4f} {row['train_accuracy']:9.3f} {row['val_loss']:9.4f} "
               f"{row['val_accuracy']:8.3f} {row['lr']:8.1e} {row['seconds']:7.1f}" for row in history]
-    lines += [f"\n{metrics['report_epoch']}.pt = epoch {metrics['reported_epoch']} (best val "
-              f"{metrics['select_metric']} {metrics['best_val_score']:.3f} "
-              f"at epoch {metrics['best_epoch']}); test split: loss "
-              f"{metrics['test_loss']:.4f}, accuracy {metrics['test_accuracy']:.3f}, balanced accuracy "
-              f"{metrics['balanced_accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f} ({metrics['test_examples']} clips)",
-              format_metrics(metrics),
-              f"training time {metrics['training_seconds']:.0f} s; outputs in {config['out_dir']}/"]
+    reported = (f"\n{metrics['report_epoch']}.pt = epoch {metrics['reported_epoch']} (best val "
+                f"{metrics['select_metric']} {metrics['best_val_score']:.3f} at epoch {metrics['best_epoch']}); "
+                f"test split: loss {metrics['test_loss']:.4f}")
+    if metrics.get("target") == "genres_all":
+        import multilabel
+        lines += [f"{reported} ({metrics['test_examples']} clips, {len(metrics['class_names'])} genres)",
+                  multilabel.format_table(metrics, genres)]
+    else:
+        lines += [f"{reported}, accuracy {metrics['test_accuracy']:.3f}, balanced accuracy "
+                  f"{metrics['balanced_accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f} ({metrics['test_examples']} clips)",
+                  format_metrics(metrics)]
+    lines += [f"training time {metrics['training_seconds']:.0f} s; outputs in {config['out_dir']}/"]
     return "\n".join(lines)

@@ -17,10 +17,12 @@ from tqdm import tqdm
 
 import distributed
 import models_utils
+from train import batch_loss
 
 
 def test(model, loader, device, amp=False, desc="eval", gather=None):
-    """Evaluate ``model`` on ``loader`` without gradients; loss is the mean cross-entropy per example,
+    """Evaluate ``model`` on ``loader`` without gradients; loss is the mean cross-entropy (multi-label:
+    BCE, train.batch_loss) per example,
     batch_loss the mean of the per-batch means (the original's epoch loss, train.EPOCH_LOSSES).
 
     Returns {"loss", "batch_loss", "accuracy", "examples", "targets" (N,), "predictions" (N,),
@@ -39,29 +41,36 @@ def test(model, loader, device, amp=False, desc="eval", gather=None):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
                 logits, _ = model(inputs)
             logits = logits.float()  # softmax and loss in float32 even under autocast
-            batches.append((F.cross_entropy(logits, targets, reduction="sum").item(), targets.cpu(),
-                            F.softmax(logits, dim=1).cpu()))
+            # multi-label targets (0/1 genre rows): independent sigmoid probabilities, BCE (train.batch_loss)
+            probabilities = F.softmax(logits, dim=1) if targets.dim() == 1 else torch.sigmoid(logits)
+            batches.append((batch_loss(logits, targets, reduction="sum").item(), targets.cpu(), probabilities.cpu()))
     if gather is not None:
         batches = gather(batches)
     if not batches:
         raise ValueError("the evaluation loader yielded no batches: the split is empty")
     targets = torch.cat([batch[1] for batch in batches]).numpy()
     probabilities = torch.cat([batch[2] for batch in batches]).numpy()
-    predictions = probabilities.argmax(axis=1)
+    # multi-label: each genre decided at probability 0.5, "accuracy" the label-wise accuracy
+    predictions = probabilities.argmax(axis=1) if targets.ndim == 1 else (probabilities >= 0.5).astype(targets.dtype)
     return {"loss": sum(loss for loss, _, _ in batches) / len(targets),
             "batch_loss": float(np.mean([loss / len(batch) for loss, batch, _ in batches])),
             "accuracy": float(np.mean(predictions == targets)), "examples": len(targets), "targets": targets,
             "predictions": predictions, "probabilities": probabilities}
 
 
-def evaluate(model, loader, device, class_names, amp=False, split="test", gather=None):
+def evaluate(model, loader, device, class_names, amp=False, split="test", gather=None, genres=None):
     """(scores, result): test()'s result and its scores as metrics.json names them.
 
     scores: {"<split>_accuracy", "<split>_loss", then models_utils.classification_metrics' keys (macro_f1,
     per_class, roc_auc, confusion_matrix, class_names, non_finite_rows), "<split>_examples"}; callers add
-    their own context (epoch, checkpoint, split settings) to it.
+    their own context (epoch, checkpoint, split settings) to it. A multi-label model (``genres``: its
+    checkpoint's genre ids, tree and thresholds) has multilabel.evaluation_scores' keys instead.
     """
     result = test(model, loader, device, amp=amp, desc=split, gather=gather)
+    if genres is not None:
+        import multilabel
+        scores = multilabel.evaluation_scores(result["targets"], result["probabilities"], genres)
+        return {f"{split}_loss": result["loss"], **scores, f"{split}_examples": result["examples"]}, result
     scores = models_utils.classification_metrics(result["targets"], result["probabilities"], class_names)
     return {f"{split}_accuracy": scores.pop("accuracy"), f"{split}_loss": result["loss"], **scores,
             f"{split}_examples": result["examples"]}, result

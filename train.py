@@ -10,6 +10,9 @@ mean loss of the batches since the previous call.
     from train import train
     stats = train(model, loaders["train"], optimizer, "cpu")   # {"loss", "batch_loss", "accuracy", "examples"}
 
+Targets are class indices (cross-entropy) or, with main.py's target=genres_all, 0/1 genre rows
+(BCE-with-logits): batch_loss and correct_decisions switch on their shape.
+
 An epoch interrupted mid-way (a mid-epoch checkpoint) continues exactly: ``epoch_position`` records its
 running sums and RNG state after a step, ``continue_epoch`` restores them and shortens the loader's
 next pass (utils.ResumableSampler).
@@ -56,6 +59,24 @@ def continue_epoch(position, loader, batch_size):
     return dict(position["progress"]), position["seconds"]
 
 
+def batch_loss(logits, targets, class_weights=None, pos_weight=None, reduction="mean"):
+    """The loss the targets call for: cross-entropy for class indices (N,), BCE-with-logits for 0/1 genre
+    rows (N, G) (multi-label, target=genres_all), per example the mean over its genres. reduction="sum"
+    sums the examples' losses (test.py's per-example mean)."""
+    if targets.dim() == 1:
+        return F.cross_entropy(logits, targets, weight=class_weights, reduction=reduction)
+    losses = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none").mean(dim=1)
+    return losses.sum() if reduction == "sum" else losses.mean()
+
+
+def correct_decisions(logits, targets):
+    """Correct predictions in a batch: argmax hits (single-label), or, multi-label, each example's share of
+    its genres decided right at probability 0.5 (so "accuracy" is the label-wise accuracy)."""
+    if targets.dim() == 1:
+        return (logits.argmax(dim=1) == targets).sum()
+    return ((logits > 0) == (targets > 0.5)).float().mean(dim=1).sum()
+
+
 def flush_interval(progress, on_log):
     """Report the mean loss of the batches since the last report and start a new interval."""
     if on_log is not None:
@@ -64,14 +85,15 @@ def flush_interval(progress, on_log):
 
 
 def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=False, desc="train",
-          progress=None, on_step=None, class_weights=None, sync=None):
+          progress=None, on_step=None, class_weights=None, sync=None, pos_weight=None):
     """Train ``model`` for one pass over ``loader``; returns mean loss, accuracy and example count.
 
     ``amp`` runs the forward pass under bfloat16 autocast (CUDA only; no loss scaling is needed
     for bf16). ``progress`` continues an epoch that a mid-epoch checkpoint interrupted (the loader
     then yields only its remaining batches); ``on_step(progress)`` is called after every optimiser
     step (main.py saves mid-epoch checkpoints there). ``class_weights`` (one per class) weigh the
-    cross-entropy. ``sync`` (distributed.sync_step, under torchrun) turns this process's part of a
+    cross-entropy; multi-label targets (0/1 rows) train with BCE-with-logits, ``pos_weight`` (one per
+    genre) weighing their positives (batch_loss). ``sync`` (distributed.sync_step, under torchrun) turns this process's part of a
     batch into the global batch's figures before the backward pass, so the loss, the NaN check and
     the gradient are the global batch's in every process. Raises NonFiniteLossError naming the batch
     if the loss is not finite.
@@ -86,12 +108,12 @@ def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=Fa
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
             logits, _ = model(inputs)
-            loss = F.cross_entropy(logits.float(), targets, weight=class_weights)
-        n, correct = targets.size(0), (logits.argmax(dim=1) == targets).sum()
+            loss = batch_loss(logits.float(), targets, class_weights, pos_weight)
+        n, correct = targets.size(0), correct_decisions(logits, targets)
         if sync is None:
             value, correct = loss.item(), correct.item()
         else:  # the weight a weighted mean divides by: the batch's class weights
-            weight = n if class_weights is None else class_weights[targets].sum()
+            weight = n if class_weights is None or targets.dim() > 1 else class_weights[targets].sum()
             value, n, correct, scale = sync(loss, weight, n, correct)
             loss = loss * scale
         if not math.isfinite(value):

@@ -106,24 +106,17 @@ class WandbLog:
         if self.run is None:
             return
         import wandb
-        names, targets, probabilities = data["class_names"], result["targets"], result["probabilities"]
-        per_genre = per_genre_table(metrics)
+        targets, probabilities = result["targets"], result["probabilities"]
         self.run.summary.update({"val/best_epoch": metrics["best_epoch"],
                                  "val/best_accuracy": metrics["best_val_accuracy"],
                                  f"val/best_{metrics['select_metric']}": metrics["best_val_score"],
                                  "test/epoch": metrics["reported_epoch"]})
-        logged = {"test/accuracy": metrics["test_accuracy"], "test/loss": metrics["test_loss"],
-                  "test/balanced_accuracy": metrics["balanced_accuracy"], "test/macro_f1": metrics["macro_f1"],
-                  "test/per_genre": per_genre,
-                  "test/f1_per_genre": wandb.plot.bar(per_genre, "genre", "f1", title="Test F1 per genre"),
-                  "test/confusion_matrix": wandb.plot.confusion_matrix(
-                      y_true=targets.tolist(), preds=result["predictions"].tolist(), class_names=names),
-                  "test/roc": wandb.plot.roc_curve(targets, probabilities, labels=names),
-                  "test/pr": wandb.plot.pr_curve(targets, probabilities, labels=names),
-                  **{f"test/figures/{p.stem}": wandb.Image(str(p)) for p in files if p.suffix == ".png"}}
-        if config["hardest_clips"]:
-            logged["test/hardest_clips"] = hardest_clips_table(config, data, result)
-        self.run.log(logged)
+        figures = {f"test/figures/{p.stem}": wandb.Image(str(p)) for p in files if p.suffix == ".png"}
+        if metrics.get("target") == "genres_all":  # multi-label: AP per genre, PR curves (multilabel_report)
+            import multilabel_report
+            self.run.log({**multilabel_report.wandb_entries(metrics, targets, probabilities), **figures})
+        else:
+            self.run.log(single_label_entries(config, data, metrics, result, figures))
         if config["upload_checkpoints"]:
             name = config["report_epoch"]  # best.pt or last.pt: the weights the test metrics come from
             artifact = wandb.Artifact(f"{config['model']}-{name}", type="model", metadata=metrics)
@@ -138,6 +131,25 @@ class WandbLog:
             if offline:
                 print(f"W&B: the run is saved offline in {run_dir}; look at it with: wandb leet {run_dir} ; "
                       f"upload it with: wandb sync {run_dir}")
+
+
+def single_label_entries(config, data, metrics, result, figures):
+    """test/* of a single-label run: scores, per-genre table and F1 bars, confusion matrix, ROC and PR
+    curves, the report's figures and the hardest clips."""
+    import wandb
+    names, targets, probabilities = data["class_names"], result["targets"], result["probabilities"]
+    per_genre = per_genre_table(metrics)
+    logged = {"test/accuracy": metrics["test_accuracy"], "test/loss": metrics["test_loss"],
+              "test/balanced_accuracy": metrics["balanced_accuracy"], "test/macro_f1": metrics["macro_f1"],
+              "test/per_genre": per_genre,
+              "test/f1_per_genre": wandb.plot.bar(per_genre, "genre", "f1", title="Test F1 per genre"),
+              "test/confusion_matrix": wandb.plot.confusion_matrix(
+                  y_true=targets.tolist(), preds=result["predictions"].tolist(), class_names=names),
+              "test/roc": wandb.plot.roc_curve(targets, probabilities, labels=names),
+              "test/pr": wandb.plot.pr_curve(targets, probabilities, labels=names), **figures}
+    if config["hardest_clips"]:
+        logged["test/hardest_clips"] = hardest_clips_table(config, data, result)
+    return logged
 
 
 def per_genre_table(metrics):
