@@ -50,6 +50,11 @@ def probabilities(model, windows):
     return model(windows)[1]
 
 
+def sigmoid_probabilities(model, windows):
+    """(B, n_genres) independent genre probabilities of a multi-label model (target=genres_all)."""
+    return torch.sigmoid(model(windows)[0])
+
+
 def last_linear(model):
     """The model's last Linear layer (modules() lists layers in the order the models define them)."""
     return [module for module in model.modules() if isinstance(module, torch.nn.Linear)][-1]

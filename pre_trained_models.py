@@ -10,6 +10,11 @@ Audio is decoded as a stream in background workers (audio_windows.py), so memory
 track's length, and --max_windows decodes only the windows it keeps. Windows of many tracks are
 batched together. --evaluate scores the test split the checkpoint was trained with.
 
+A multi-label checkpoint (main.py's target=genres_all) prints, per track, the genres at or above their
+thresholds (tuned on validation) with their place in FMA's tree, most specific first ("Rock > Punk
+0.71"); --top_k=K shows the K most probable instead, whatever the thresholds; --json and --output carry
+every genre's probability; --evaluate reports the multi-label metrics (multilabel.py).
+
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt song.mp3 album/
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --top_k=1 --json music/ > genres.jsonl
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --output=genres.csv --max_windows=8 music/
@@ -45,6 +50,7 @@ import datasets
 import export
 import inference
 import models_utils
+import multilabel
 import utils
 from main import pick_device  # cuda, then mps, then cpu; a clear error for an unusable device
 from models import MODELS
@@ -140,6 +146,17 @@ def top_k(probabilities, class_names, k):
     return [(class_names[j], float(probabilities[j])) for j in order]
 
 
+def multilabel_line(track, probabilities, checkpoint, top_k=None, as_json=False):
+    """A multi-label prediction: the genres at or above their thresholds, most specific first (or the top_k
+    most probable), with their tree paths; as JSON it also carries every genre's probability."""
+    genres = multilabel.predicted_genres(probabilities, checkpoint["genres"], top_k)
+    if as_json:
+        return json.dumps({"path": str(track), "genres": [{"genre": path, "probability": round(p, 6)} for path, p in genres],
+                           "probabilities": {name: round(float(p), 6)
+                                             for name, p in zip(checkpoint["class_names"], probabilities)}})
+    return f"{track}  " + ("; ".join(f"{path} {p:.2f}" for path, p in genres) or "no genre above its threshold")
+
+
 def table_line(path, predictions, path_width, genre_width):
     return f"{str(path):<{path_width}}" + "".join(f"  {genre:<{genre_width}} {p:5.3f}" for genre, p in predictions)
 
@@ -196,17 +213,22 @@ def run_prediction(args):
     files = audio_files(args.inputs, "predict")
     class_names = checkpoint["class_names"]
     path_width, genre_width = max(len(str(f)) for f in files), max(map(len, class_names))
+    multi = checkpoint.get("target") == "genres_all"
+    outputs = inference.sigmoid_probabilities if multi else inference.probabilities
+    k = args.top_k or DEFAULT_TOP_K
     rows = []
-    for track, probabilities, n_windows, error in each_track(args, model, checkpoint, files, device):
+    for track, probabilities, n_windows, error in each_track(args, model, checkpoint, files, device, outputs):
         rows.append((track, probabilities, n_windows, error))
         if error:
             continue
-        if args.json:
+        if multi:
+            tqdm.write(multilabel_line(track, probabilities, checkpoint, args.top_k, args.json), file=sys.stdout)
+        elif args.json:
             predictions = [{"genre": genre, "probability": round(p, 6)}
-                           for genre, p in top_k(probabilities, class_names, args.top_k)]
+                           for genre, p in top_k(probabilities, class_names, k)]
             tqdm.write(json.dumps({"path": str(track), "predictions": predictions}), file=sys.stdout)
         else:
-            line = table_line(track, top_k(probabilities, class_names, args.top_k), path_width, genre_width)
+            line = table_line(track, top_k(probabilities, class_names, k), path_width, genre_width)
             tqdm.write(line, file=sys.stdout)
     if args.output:
         write_csv(args.output, rows, class_names)
@@ -230,6 +252,9 @@ def run_embeddings(args):
 def run_export(args):
     """Write the checkpoint's model as ONNX to args.export, checked against PyTorch; returns the exit status."""
     model, checkpoint = load_predictor(args.checkpoint, args.model)
+    if checkpoint.get("target") == "genres_all":
+        raise UsageError(f"{args.checkpoint} is a multi-label model (target=genres_all): the ONNX graph gives softmax "
+                         f"probabilities of one genre per clip, which would be wrong for it. Export a single-label model.")
     try:
         difference = export.export_onnx(model, checkpoint, args.export)
     except export.ExportError as error:
@@ -285,7 +310,9 @@ def run_evaluation(args):
     device = choose_device(args.device)
     model, checkpoint = load_predictor(args.checkpoint, args.model, device)
     settings = split_settings(args, checkpoint)
-    data = datasets.load({**settings, "data_dir": args.data_dir, "cache_dir": args.cache_dir or ""})
+    multi = checkpoint.get("target") == "genres_all"  # its genres: those of its training split (multilabel.load_fma)
+    labels = {key: checkpoint["config"][key] for key in ("target", "min_genre_tracks")} if multi else {}
+    data = datasets.load({**settings, **labels, "data_dir": args.data_dir, "cache_dir": args.cache_dir or ""})
     class_names, test_tracks = data["class_names"], data["splits"]["test"]
     if list(class_names) != list(checkpoint["class_names"]):
         raise UsageError(f"The checkpoint was trained on the genres {checkpoint['class_names']} but "
@@ -297,7 +324,9 @@ def run_evaluation(args):
     # itself when its checkpoint says so), so no statistics are computed.
     loaders, _ = utils.make_loaders(cache, dict.fromkeys(("train", "val", "test"), test_tracks),
                                     args.batch_size, device=device)
-    scores, result = evaluate(model, loaders["test"], device, class_names)
+    if multi:
+        multilabel.use_label_rows(loaders, data["label_rows"])
+    scores, result = evaluate(model, loaders["test"], device, class_names, genres=checkpoint.get("genres"))
     metrics = {**scores, "checkpoint": str(args.checkpoint), "model": checkpoint["model"],
                "epoch": (checkpoint.get("training") or {}).get("epoch"), **settings}
     out_dir = Path(args.out_dir or Path(args.checkpoint).parent / "evaluation")
@@ -305,6 +334,10 @@ def run_evaluation(args):
     seeded = f", seed {datasets.split_seed(settings)}, train_size {settings['train_size']}"
     split = (f"FMA {settings['subset']} ({settings['split']}{seeded if settings['split'] == 'random' else ''})"
              if settings["dataset"] == "fma" else f"{args.data_dir} (split_seed {datasets.split_seed(settings)})")
+    if multi:
+        print(f"test split of {split}: loss {metrics['test_loss']:.4f} on {metrics['test_examples']} clips; "
+              f"metrics.json and figures in {out_dir}\n{multilabel.format_table(metrics, checkpoint['genres'])}")
+        return 0
     print(f"test split of {split}: loss {metrics['test_loss']:.4f}, "
           f"accuracy {metrics['test_accuracy']:.3f}, balanced accuracy {metrics['balanced_accuracy']:.3f}, macro F1 "
           f"{metrics['macro_f1']:.3f} on {metrics['test_examples']} clips; metrics.json and figures in {out_dir}")
@@ -315,6 +348,7 @@ def run_evaluation(args):
 # command line
 
 BOOLEAN_FLAGS = ("json", "evaluate")
+DEFAULT_TOP_K = 3  # genres shown per track of a single-label model
 
 
 def expand_boolean_flags(argv, parser):
@@ -336,7 +370,8 @@ def parse_args(argv=None):
     parser.add_argument("inputs", nargs="*", metavar="FILE_OR_DIR", help="audio files and folders (searched recursively)")
     parser.add_argument("--checkpoint", required=True, help="a .pt written by main.py, or an original bare state_dict")
     parser.add_argument("--model", choices=sorted(MODELS), help="model of a bare state_dict (original weights)")
-    parser.add_argument("--top_k", type=int, default=3, help="genres shown per track")
+    parser.add_argument("--top_k", type=int, help=f"genres shown per track (default {DEFAULT_TOP_K}); multi-label: "
+                                                  f"the K most probable instead of those above their thresholds")
     parser.add_argument("--hop", type=int, help="frames between window starts (default: half a window)")
     parser.add_argument("--max_windows", type=int, help="at most this many evenly spaced windows per track")
     parser.add_argument("--json", action=argparse.BooleanOptionalAction, default=False,
@@ -360,10 +395,9 @@ def parse_args(argv=None):
     parser.add_argument("--cache_dir", help="with --evaluate: spectrogram cache (default: <data_dir>/cache)")
     parser.add_argument("--out_dir", help="with --evaluate: report folder (default: <checkpoint folder>/evaluation)")
     args = parser.parse_args(expand_boolean_flags(sys.argv[1:] if argv is None else argv, parser))
-    for name in ("top_k", "batch_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
-    for name in ("hop", "max_windows"):
+    if args.batch_size < 1:
+        parser.error("--batch_size must be at least 1")
+    for name in ("top_k", "hop", "max_windows"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     modes = [f"--{mode}" for mode in ("evaluate", "embeddings", "export") if getattr(args, mode)]
