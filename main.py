@@ -84,8 +84,7 @@ data_augmentation = False    # add one SpecAugment copy of each training clip (2
 augment_masks = "per_epoch"  # per_epoch: masks redrawn every epoch | fixed: drawn once (the original's copies)
 mask_draw = "inclusive"      # inclusive: any width 0..max and position | original: int(U(0, max)) as it drew them
 report_epoch = "best"        # test figures from: best (best.pt, by select_metric) | last (the final epoch, the original's)
-select_metric = "auto"       # validation metric choosing best.pt (and experiments.py's objective): auto = accuracy | macro_f1 | balanced_accuracy;
-                             # target=genres_all: auto = pr_auc_macro | pr_auc_micro | roc_auc_macro | roc_auc_micro
+select_metric = "auto"       # validation metric choosing best.pt (and experiments.py's objective): auto = accuracy | macro_f1 | balanced_accuracy; genres_all: auto = pr_auc_macro | pr_auc_micro | roc_auc_macro | roc_auc_micro
 seed = 0                     # seeds everything; each epoch reseeds from (seed, epoch) so resuming is exact
 log_interval = 25            # batches between train-loss logs to W&B (the original's 25)
 # system
