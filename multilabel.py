@@ -108,19 +108,22 @@ def label_matrix(genre_lists, train_ids, tree, min_genre_tracks):
     ``min_genre_tracks`` positives among ``train_ids``. Tracks with no genre at all, or none kept, are
     left out of the matrix and counted in the report.
     """
-    known = set(tree["id"])
+    lineage = {g: [g, *ancestors(g, tree)] for g in tree["id"]}  # once: FMA large has 100,000 tracks
     rows = {}
     for track_id, genres in genre_lists.items():
-        unknown = set(genres) - known
+        unknown = set(genres) - set(lineage)
         if unknown:
             raise DataError(f"track {track_id} has genre ids {sorted(unknown)} that genres.csv does not list: the "
                             f"metadata files do not belong together; download fma_metadata.zip again.")
-        rows[track_id] = {a for g in genres for a in [g, *ancestors(g, tree)]}
+        rows[track_id] = {a for g in genres for a in lineage[g]}
     no_genre = [t for t, labels in rows.items() if not labels]
     train_counts = pd.Series([g for t in train_ids for g in rows.get(t, ())], dtype=int).value_counts()
     kept = tree_order([int(g) for g, n in train_counts.items() if n >= min_genre_tracks], tree)
-    matrix = pd.DataFrame([[int(g in rows[t]) for g in kept] for t in rows], index=pd.Index(list(rows), name="track_id"),
-                          columns=kept, dtype=np.uint8)
+    column = {g: k for k, g in enumerate(kept)}
+    values = np.zeros((len(rows), len(kept)), dtype=np.uint8)
+    for i, labels in enumerate(rows.values()):
+        values[i, [column[g] for g in labels if g in column]] = 1
+    matrix = pd.DataFrame(values, index=pd.Index(list(rows), name="track_id"), columns=kept)
     no_kept = matrix.index[(matrix.sum(axis=1) == 0) & ~matrix.index.isin(no_genre)]
     report = {"tracks_without_genre": len(no_genre), "tracks_without_kept_genre": len(no_kept),
               "genres_seen": int(len(train_counts)), "genres_kept": len(kept),
