@@ -109,9 +109,9 @@ def label_matrix(genre_lists, train_ids, tree, min_genre_tracks):
     left out of the matrix and counted in the report.
     """
     lineage = {g: [g, *ancestors(g, tree)] for g in tree["id"]}  # once: FMA large has 100,000 tracks
-    rows = {}
+    known, rows = set(lineage), {}
     for track_id, genres in genre_lists.items():
-        unknown = set(genres) - set(lineage)
+        unknown = set(genres) - known
         if unknown:
             raise DataError(f"track {track_id} has genre ids {sorted(unknown)} that genres.csv does not list: the "
                             f"metadata files do not belong together; download fma_metadata.zip again.")
@@ -141,7 +141,8 @@ def load_fma(config):
     meta = Path(data_dir) / "fma_metadata"
     tracks = utils._read_metadata_csv(meta / "tracks.csv", data_dir, subset, index_col=0, header=[0, 1])
     genres = utils._read_metadata_csv(meta / "genres.csv", data_dir, subset, index_col=0)
-    needed = [("set", "subset"), ("set", "split"), ("track", "genres_all"), ("artist", "id")]
+    needed = [("set", "subset"), ("set", "split"), ("track", "genre_top"), ("track", "genres"), ("track", "genres_all"),
+              ("artist", "id")]
     if [c for c in needed if c not in tracks.columns] or "parent" not in genres.columns:
         raise DataError(f"{meta} lacks FMA's columns {needed} (tracks.csv) or parent (genres.csv): it is not FMA's "
                         f"metadata. Download fma_metadata.zip again with download_data.sh.")
@@ -149,12 +150,12 @@ def load_fma(config):
     chosen = tracks[rank <= utils.SUBSETS.index(subset)]
     ids = chosen.index.astype(int)
     lists = pd.Series([parse_genres(a) + parse_genres(b) for a, b in zip(
-        chosen[("track", "genres_all")], chosen.get(("track", "genres"), chosen[("track", "genres_all")]))], index=ids)
+        chosen[("track", "genres")], chosen[("track", "genres_all")])], index=ids)
     frame = pd.DataFrame({"path": [str(utils.audio_path(data_dir, subset, t)) for t in ids],
-                          "genre": chosen[("track", "genre_top")].fillna("").to_numpy() if ("track", "genre_top")
-                          in chosen.columns else "", "label": -1,  # the targets are label_rows, not a class index
-                          "split": chosen[("set", "split")].to_numpy(), "artist_id": chosen[("artist", "id")].astype(int).to_numpy()},
-                         index=pd.Index(ids, name="track_id"))
+                          "genre": chosen[("track", "genre_top")].fillna("").to_numpy(),  # splits.csv's genre column
+                          "label": -1,  # not a class index: the targets are label_rows
+                          "split": chosen[("set", "split")].to_numpy(),
+                          "artist_id": chosen[("artist", "id")].astype(int).to_numpy()}, index=pd.Index(ids, name="track_id"))
     splits = utils.split_tracks(frame, mode=config["split"], train_size=config["train_size"],
                                 seed=datasets.split_seed(config))
     tree = genre_tree(genres)
