@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 import distributed
+import multilabel
 import utils
 from utils import SPLITS, DataError
 
@@ -93,8 +94,7 @@ def load_fma(config):
     """FMA's metadata (utils.load_metadata) and its official or random split (utils.split_tracks); with
     target=genres_all, every genre of the tree (multilabel.load_fma)."""
     if config.get("target", "genre_top") == "genres_all":
-        import multilabel
-        data = multilabel.load_fma(config)
+        data = multilabel.load_fma(config, split_seed(config))
     else:
         tracks, class_names = utils.load_metadata(config["data_dir"], config["subset"])
         splits = utils.split_tracks(tracks, mode=config["split"], train_size=config["train_size"],

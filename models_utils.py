@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 from sklearn.metrics import auc, roc_curve
 
+import multilabel
+import multilabel_report
 import preemption
 from models import build_model
 from utils import atomic_write
@@ -227,7 +229,6 @@ def validation_score(result, metric, class_names):
     if metric == "accuracy":
         return result["accuracy"]
     if result["targets"].ndim == 2:
-        import multilabel
         return multilabel.ranking_metrics(result["targets"], result["probabilities"])[metric] or 0.0
     return classification_metrics(result["targets"], result["probabilities"], class_names)[metric]
 
@@ -284,7 +285,6 @@ def save_report(out_dir, metrics, targets, probabilities, class_names, history=N
     written = [out_dir / "metrics.json"]
     atomic_write(written[0], lambda f: f.write(text.encode()))
     if metrics.get("target") == "genres_all":  # multi-label: no confusion matrix; AP per genre, PR curves
-        import multilabel_report
         figures = multilabel_report.figures(metrics, targets, probabilities)
     else:
         cm = metrics.get("confusion_matrix") or classification_metrics(targets, probabilities, class_names)[
@@ -325,7 +325,6 @@ def format_summary(config, history, metrics, genres=None):
                 f"{metrics['select_metric']} {metrics['best_val_score']:.3f} at epoch {metrics['best_epoch']}); "
                 f"test split: loss {metrics['test_loss']:.4f}")
     if metrics.get("target") == "genres_all":
-        import multilabel
         lines += [f"{reported} ({metrics['test_examples']} clips, {len(metrics['class_names'])} genres)",
                   multilabel.format_table(metrics, genres)]
     else:

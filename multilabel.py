@@ -131,12 +131,10 @@ def label_matrix(genre_lists, train_ids, tree, min_genre_tracks):
     return matrix[matrix.sum(axis=1) > 0], report
 
 
-def load_fma(config):
+def load_fma(config, split_seed):
     """FMA with target=genres_all: datasets.load_fma's dict (tracks, class_names = genre titles in tree
     order, splits, identity, cache_root) plus "label_rows" (track id -> float32 0/1 tensor), "genres"
     ({"ids", "tree"}: what the checkpoint records) and "label_report" (label_matrix's)."""
-    import datasets  # here: datasets.py imports this module when target=genres_all
-
     data_dir, subset = config["data_dir"], config["subset"]
     meta = Path(data_dir) / "fma_metadata"
     tracks = utils._read_metadata_csv(meta / "tracks.csv", data_dir, subset, index_col=0, header=[0, 1])
@@ -157,7 +155,7 @@ def load_fma(config):
                           "split": chosen[("set", "split")].to_numpy(),
                           "artist_id": chosen[("artist", "id")].astype(int).to_numpy()}, index=pd.Index(ids, name="track_id"))
     splits = utils.split_tracks(frame, mode=config["split"], train_size=config["train_size"],
-                                seed=datasets.split_seed(config))
+                                seed=split_seed)
     tree = genre_tree(genres)
     matrix, report = label_matrix(lists, splits["train"].index, tree, config["min_genre_tracks"])
     if matrix.shape[1] < 2:

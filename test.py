@@ -17,13 +17,14 @@ from tqdm import tqdm
 
 import distributed
 import models_utils
+import multilabel
 from train import batch_loss
 
 
 def test(model, loader, device, amp=False, desc="eval", gather=None):
-    """Evaluate ``model`` on ``loader`` without gradients; loss is the mean cross-entropy (multi-label:
-    BCE, train.batch_loss) per example,
-    batch_loss the mean of the per-batch means (the original's epoch loss, train.EPOCH_LOSSES).
+    """Evaluate ``model`` on ``loader`` without gradients; loss is the mean cross-entropy (multi-label: BCE,
+    train.batch_loss) per example, batch_loss the mean of the per-batch means (the original's epoch loss,
+    train.EPOCH_LOSSES).
 
     Returns {"loss", "batch_loss", "accuracy", "examples", "targets" (N,), "predictions" (N,),
     "probabilities" (N, C)} with NumPy arrays in loader order. Under torchrun each process evaluates
@@ -68,7 +69,6 @@ def evaluate(model, loader, device, class_names, amp=False, split="test", gather
     """
     result = test(model, loader, device, amp=amp, desc=split, gather=gather)
     if genres is not None:
-        import multilabel
         scores = multilabel.evaluation_scores(result["targets"], result["probabilities"], genres)
         return {f"{split}_loss": result["loss"], **scores, f"{split}_examples": result["examples"]}, result
     scores = models_utils.classification_metrics(result["targets"], result["probabilities"], class_names)
