@@ -124,12 +124,16 @@ def demo(tmp_path_factory):
     return demo_data.make_demo_dataset(tmp_path_factory.mktemp("fma"), 6, 0, 3.0, None, True)
 
 
+def train(demo, out_dir, *extra):
+    assert main.main([f"--data_dir={demo}", f"--out_dir={out_dir}", "--target=genres_all", "--min_genre_tracks=2",
+                      "--model=cnn1d", "--faithful=False", "--n_frames=96", "--batch_size=8", "--download=False",
+                      "--wandb_mode=disabled", "--num_workers=0", "--pos_weight=True", *extra]) == 0
+
+
 @pytest.fixture(scope="module")
 def run_dir(demo, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("run")
-    assert main.main([f"--data_dir={demo}", f"--out_dir={out_dir}", "--target=genres_all", "--min_genre_tracks=2",
-                      "--model=cnn1d", "--faithful=False", "--n_frames=96", "--batch_size=8", "--epochs=4",
-                      "--download=False", "--wandb_mode=disabled", "--num_workers=0", "--pos_weight=True"]) == 0
+    train(demo, out_dir, "--epochs=4")
     return out_dir
 
 
@@ -163,6 +167,17 @@ def test_multilabel_training_end_to_end(run_dir, capsys):
     assert [row["threshold"] for row in metrics["per_genre"].values()] == best["genres"]["thresholds"]
     for name in ("average_precision.png", "pr_curves.png", "curves.png"):
         assert (run_dir / name).read_bytes().startswith(b"\x89PNG"), name
+
+
+def test_a_resumed_multilabel_run_matches_the_uninterrupted_one(demo, run_dir, tmp_path):
+    train(demo, tmp_path, "--epochs=2")
+    train(demo, tmp_path, "--epochs=4", "--resume=True")
+    resumed, uninterrupted = (models_utils.load_checkpoint(d / "last.pt") for d in (tmp_path, run_dir))
+    for key, value in uninterrupted["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+    assert resumed["genres"] == uninterrupted["genres"]  # the thresholds of the last epoch too
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path, run_dir))
+    assert a["per_genre"] == b["per_genre"] and a["pr_auc_macro"] == b["pr_auc_macro"]
 
 
 def predict(checkpoint, *argv):
