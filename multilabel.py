@@ -11,13 +11,15 @@ module holds everything specific to that task:
     metrics   ranking_metrics (ROC-AUC, PR-AUC per genre, macro and micro), tune_thresholds (per genre,
               max F1 on validation), threshold_metrics (F1/precision/recall), top_genre_accuracy,
               evaluation_scores (metrics.json)
-    text      genre_path ("Rock > Punk"), predicted_genres, format_table (the tree-indented summary)
+    text      genre_path ("Rock > Punk"), predicted_genres and prediction_line (pre_trained_models.py's
+              output), format_table (the tree-indented summary)
 
 Macro and micro figures and the threshold tuning cover the genres with both positives and negatives in
 the split (a ranking is undefined otherwise); "left_out_genres" says how many were not. Figures and
 W&B: multilabel_report.py. Tests: python -m pytest tests/test_multilabel.py -q
 """
 import ast
+import json
 import warnings
 from pathlib import Path
 
@@ -297,6 +299,17 @@ def predicted_genres(probabilities, genres, top_k=None):
         chosen = sorted((k for k in range(len(ids)) if probabilities[k] >= thresholds[k]),
                         key=lambda k: (-len(ancestors(ids[k], tree)), -probabilities[k]))
     return [(genre_path(ids[k], tree), float(probabilities[k])) for k in chosen]
+
+
+def prediction_line(track, probabilities, checkpoint, top_k=None, as_json=False):
+    """pre_trained_models.py's line for a track: "song.mp3  Rock > Punk 0.71; Rock 0.93" (predicted_genres);
+    as JSON, {"path", "genres": [{"genre", "probability"}], "probabilities": every genre's}."""
+    genres = predicted_genres(probabilities, checkpoint["genres"], top_k)
+    if as_json:
+        return json.dumps({"path": str(track), "genres": [{"genre": path, "probability": round(p, 6)} for path, p in genres],
+                           "probabilities": {name: round(float(p), 6)
+                                             for name, p in zip(checkpoint["class_names"], probabilities)}})
+    return f"{track}  " + ("; ".join(f"{path} {p:.2f}" for path, p in genres) or "no genre above its threshold")
 
 
 def format_table(metrics, genres):

@@ -146,17 +146,6 @@ def top_k(probabilities, class_names, k):
     return [(class_names[j], float(probabilities[j])) for j in order]
 
 
-def multilabel_line(track, probabilities, checkpoint, top_k=None, as_json=False):
-    """A multi-label prediction: the genres at or above their thresholds, most specific first (or the top_k
-    most probable), with their tree paths; as JSON it also carries every genre's probability."""
-    genres = multilabel.predicted_genres(probabilities, checkpoint["genres"], top_k)
-    if as_json:
-        return json.dumps({"path": str(track), "genres": [{"genre": path, "probability": round(p, 6)} for path, p in genres],
-                           "probabilities": {name: round(float(p), 6)
-                                             for name, p in zip(checkpoint["class_names"], probabilities)}})
-    return f"{track}  " + ("; ".join(f"{path} {p:.2f}" for path, p in genres) or "no genre above its threshold")
-
-
 def table_line(path, predictions, path_width, genre_width):
     return f"{str(path):<{path_width}}" + "".join(f"  {genre:<{genre_width}} {p:5.3f}" for genre, p in predictions)
 
@@ -222,7 +211,7 @@ def run_prediction(args):
         if error:
             continue
         if multi:
-            tqdm.write(multilabel_line(track, probabilities, checkpoint, args.top_k, args.json), file=sys.stdout)
+            tqdm.write(multilabel.prediction_line(track, probabilities, checkpoint, args.top_k, args.json), file=sys.stdout)
         elif args.json:
             predictions = [{"genre": genre, "probability": round(p, 6)}
                            for genre, p in top_k(probabilities, class_names, k)]
