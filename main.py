@@ -6,6 +6,7 @@ Edit the constants below, or override any of them with a config file and/or --ke
     python main.py configs/original_crnn.py          # a row of the original's results table, as it ran
     python main.py --model=cnn1d --epochs=50 --lr=0.0001 --data_augmentation=True --weight_decay=0.0001
     python main.py --demo=True                       # synthetic demo data, offline, minutes on a CPU
+    python main.py --target=genres_all               # multi-label over every genre of FMA's tree (multilabel.py)
     python main.py --resume=True                     # continue the latest run of the model (runs/<model>/latest)
     python main.py --prepare_only=True               # only download and build the spectrogram cache
     python main.py --help                            # every key with its default and comment
