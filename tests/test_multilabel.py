@@ -6,6 +6,7 @@ prediction with tree paths.
 """
 import json
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -85,6 +86,24 @@ def test_top_genre_accuracy_counts_only_clips_with_one_top_genre():
     targets = np.array([[1, 1, 0], [0, 0, 1], [1, 0, 1], [1, 0, 0]])
     probabilities = np.array([[.9, .1, .2], [.6, .1, .5], [.9, .1, .9], [.3, .9, .4]])
     assert multilabel.top_genre_accuracy(targets, probabilities, genres) == (pytest.approx(1 / 3), 3)
+
+
+def test_wandb_entries_and_figures_of_a_multilabel_report():
+    import multilabel_report
+
+    genres = {"ids": [1, 2, 5, 4], "tree": TREE, "thresholds": [0.5, 0.5, 0.5, 0.5]}  # Rock, Punk, Jazz, Indie
+    metrics = {**multilabel.evaluation_scores(TARGETS, PROBABILITIES, genres), "test_loss": 0.3}
+    entries = multilabel_report.wandb_entries(metrics, TARGETS, PROBABILITIES)
+    assert {"test/pr_auc_macro", "test/roc_auc_micro", "test/f1_macro", "test/top_genre_accuracy", "test/left_out_genres",
+            "test/per_genre", "test/average_precision_per_genre", "test/pr/Rock", "test/pr/Jazz"} <= set(entries)
+    assert "test/pr/Indie" not in entries  # no positive in these clips: no curve
+    table = entries["test/per_genre"]
+    assert [row[:3] for row in table.data] == [["Rock", "Rock", 4], ["Punk", "Rock > Punk", 3], ["Jazz", "Jazz", 4],
+                                                ["Indie", "Rock > Indie", 0]]
+    figures = multilabel_report.figures(metrics, TARGETS, PROBABILITIES)
+    assert set(figures) == {"average_precision.png", "pr_curves.png"}
+    for figure in figures.values():
+        plt.close(figure)
 
 
 def test_bce_loss_with_pos_weight():
