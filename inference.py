@@ -73,10 +73,12 @@ def embeddings(model, windows):
 # batching windows of many tracks
 
 def predict(model, checkpoint, files, hop=None, max_windows=None, batch_size=32, device="cpu", num_workers=0,
-            outputs=probabilities):
+            outputs=probabilities, on_window=None):
     """Yield (path, mean of its windows' outputs or None, number of windows, error or None) per file, in order.
 
-    `outputs(model, windows)` gives each window's vector (probabilities by default). Windows from
+    `outputs(model, windows)` gives each window's vector (probabilities by default). `on_window(file
+    index, window, vector)`, when given, sees every window (float16 dB on the CPU) with its vector, a
+    file's windows in order, before the file is yielded: what plots.py draws. Windows from
     consecutive tracks share batches. Windows flow from the decoding workers to the model as they are
     computed, so memory does not grow with the length of a track.
     """
@@ -95,11 +97,11 @@ def predict(model, checkpoint, files, hop=None, max_windows=None, batch_size=32,
             track["queued"] += len(windows)
             queue.extend((i, w) for w in windows)
         while len(queue) >= batch_size:
-            run_batch(model, outputs, queue[:batch_size], tracks, device)
+            run_batch(model, outputs, queue[:batch_size], tracks, device, on_window)
             queue = queue[batch_size:]
         emitted = yield from finished_tracks(files, tracks, emitted)
     if queue:
-        run_batch(model, outputs, queue, tracks, device)
+        run_batch(model, outputs, queue, tracks, device, on_window)
     yield from finished_tracks(files, tracks, emitted)
 
 
@@ -109,12 +111,14 @@ def keep_item(item):
 
 
 @torch.no_grad()
-def run_batch(model, outputs, queue, tracks, device):
+def run_batch(model, outputs, queue, tracks, device, on_window=None):
     indices, windows = zip(*queue)
     vectors = outputs(model, torch.stack(windows).to(device).float())  # float16 windows, as the cache holds
-    for i, v in zip(indices, vectors.double().cpu().numpy()):
+    for i, window, v in zip(indices, windows, vectors.double().cpu().numpy()):
         tracks[i]["sum"] = tracks[i]["sum"] + v
         tracks[i]["queued"] -= 1
+        if on_window is not None:
+            on_window(i, window, v)
 
 
 def finished_tracks(files, tracks, emitted):

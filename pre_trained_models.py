@@ -13,6 +13,8 @@ batched together. --evaluate scores the test split the checkpoint was trained wi
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt song.mp3 album/
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --top_k=1 --json music/ > genres.jsonl
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --output=genres.csv --max_windows=8 music/
+    # one PNG per track: top-k genres, the mel-spectrogram the model saw, probabilities per window (plots.py)
+    python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --plot=figures/ song.mp3 album/
     # the original project's bare state_dicts need the model's name
     python pre_trained_models.py --checkpoint=../shared/reference/original_weights/CRNN.pt --model=crnn song.mp3
     # the original's use of this script: metrics.json and figures for the test split
@@ -45,6 +47,7 @@ import datasets
 import export
 import inference
 import models_utils
+import plots
 import utils
 from main import pick_device  # cuda, then mps, then cpu; a clear error for an unusable device
 from models import MODELS
@@ -172,15 +175,25 @@ def audio_files(inputs, task):
     return files
 
 
-def each_track(args, model, checkpoint, files, device, outputs=inference.probabilities):
+def each_track(args, model, checkpoint, files, device, outputs=inference.probabilities, on_window=None):
     """inference.predict's results, with a progress bar on many files and an error line for each failure."""
     results = inference.predict(model, checkpoint, files, args.hop, args.max_windows, args.batch_size, device,
-                                min(args.num_workers, len(files)), outputs)
+                                min(args.num_workers, len(files)), outputs, on_window)
     for track, vector, n_windows, error in tqdm(results, total=len(files), unit="track",
                                                 disable=len(files) < 10 or None, file=sys.stderr):
         if error:
             tqdm.write(f"error: {track}: {error}", file=sys.stderr)
         yield track, vector, n_windows, error
+
+
+def unique_png_name(track, used):
+    """song.png, or song-2.png, ... when another folder's song.mp3 took it."""
+    name, n = f"{track.stem}.png", 1
+    while name in used:
+        n += 1
+        name = f"{track.stem}-{n}.png"
+    used.add(name)
+    return name
 
 
 def exit_status(failed, total, what):
@@ -196,11 +209,19 @@ def run_prediction(args):
     files = audio_files(args.inputs, "predict")
     class_names = checkpoint["class_names"]
     path_width, genre_width = max(len(str(f)) for f in files), max(map(len, class_names))
-    rows = []
-    for track, probabilities, n_windows, error in each_track(args, model, checkpoint, files, device):
+    hop = args.hop or checkpoint["preprocessing"]["n_frames"] // 2
+    recorder = plots.WindowRecorder(hop) if args.plot else None
+    rows, figure_names = [], set()
+    for track, probabilities, n_windows, error in each_track(args, model, checkpoint, files, device,
+                                                             on_window=recorder):
         rows.append((track, probabilities, n_windows, error))
+        windows = recorder.pop(len(rows) - 1) if recorder else None  # a failed file's windows are dropped too
         if error:
             continue
+        if recorder:
+            figure = plots.track_figure(track.name, *windows, checkpoint, hop,
+                                        top_k(probabilities, class_names, args.top_k))
+            plots.save_png(figure, Path(args.plot) / unique_png_name(track, figure_names))
         if args.json:
             predictions = [{"genre": genre, "probability": round(p, 6)}
                            for genre, p in top_k(probabilities, class_names, args.top_k)]
@@ -342,6 +363,7 @@ def parse_args(argv=None):
     parser.add_argument("--json", action=argparse.BooleanOptionalAction, default=False,
                         help="one JSON object per line (also --json=True)")
     parser.add_argument("--output", help="CSV file for all genre probabilities per track")
+    parser.add_argument("--plot", metavar="DIR", help="write a PNG per track into DIR: genres, spectrogram, timeline")
     parser.add_argument("--batch_size", type=int, default=32, help="windows per forward pass")
     parser.add_argument("--num_workers", type=int, default=max(1, min(8, utils.available_cpus() - 1)),
                         help="audio decoding processes (default: one core left for the model)")
@@ -369,6 +391,8 @@ def parse_args(argv=None):
     modes = [f"--{mode}" for mode in ("evaluate", "embeddings", "export") if getattr(args, mode)]
     if len(modes) > 1:
         parser.error(f"{' and '.join(modes)} are separate tasks: give one of them per command")
+    if args.plot and (modes or args.max_windows):
+        parser.error(f"--plot draws the genres predicted for whole tracks: drop {(modes or ['--max_windows'])[0]}")
     if args.export and args.inputs:
         parser.error("--export needs no audio files: drop them")
     if not (args.evaluate or args.export or args.inputs):
