@@ -177,16 +177,16 @@ def browser(tmp_path_factory):
     driver.quit()
 
 
-def upload(browser, url, *paths):
-    """Open the page, upload `paths` through its file input, and wait for one result section per file."""
+def upload(browser, paths, sections):
+    """Upload `paths` through the page's file input (the page keeps earlier uploads, each with its
+    section) and wait for `sections` result sections; returns them."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(url)
     wait = WebDriverWait(browser, 60)
     wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#audio_files input[type=file]"))
     browser.find_element(By.CSS_SELECTOR, "#audio_files input[type=file]").send_keys("\n".join(map(str, paths)))
-    wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".genres, .track-error")) == len(paths))
+    wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".genres, .track-error")) == sections)
     return browser.find_elements(By.CSS_SELECTOR, ".track")
 
 
@@ -201,7 +201,8 @@ def test_page_shows_the_genres_pre_trained_models_prints(server, browser, tiny, 
     from selenium.webdriver.common.by import By
 
     long, short = tiny / "song.mp3", tiny / "other" / "song.mp3"
-    sections = upload(browser, server, long, short)
+    browser.get(server)
+    sections = upload(browser, [long, short], sections=2)
     browser.save_screenshot(str(tmp_path / "page.png"))
     header = browser.find_element(By.ID, "checkpoint").text
     assert "cnn1d" in header and "Electronic, Experimental, Folk" in header and "epoch 7" in header
@@ -215,9 +216,11 @@ def test_page_shows_the_genres_pre_trained_models_prints(server, browser, tiny, 
 
 
 def test_broken_upload_gets_a_message_and_the_next_upload_works(server, browser, tiny, tmp_path, capsys):
-    [section] = upload(browser, server, tiny / "broken.mp3")
+    browser.get(server)
+    [section] = upload(browser, [tiny / "broken.mp3"], sections=1)
     assert section.text.startswith("broken.mp3: could not decode it as audio")
-    browser.save_screenshot(str(tmp_path / "broken.png"))
-    [section] = upload(browser, server, tiny / "song.mp3")
+    broken, section = upload(browser, [tiny / "song.mp3"], sections=2)  # on the same page
+    browser.save_screenshot(str(tmp_path / "page.png"))
+    assert broken.text.startswith("broken.mp3: could not decode it as audio")
     expected = cli_predictions(tiny / "run" / "best.pt", tiny / "song.mp3", capsys)
     assert [genre for genre, _ in shown_predictions(section)] == [genre for genre, _ in expected]
