@@ -1,20 +1,15 @@
 """The web page (app.py) in a real headless browser, its checks without a browser, and --plot's PNGs.
 
 The browser tests start `python app.py` as a real server on a free loopback port and drive it in Debian's
-chromium through its packaged driver (/usr/bin/chromedriver; .ci/run installs both). They are skipped,
+chromium through its packaged driver (/usr/bin/chromedriver; .ci/run installs both), with the helpers
+of tools/app_screenshot.py (which draws README's picture). They are skipped,
 with the reason, where gradio, selenium or chromium is missing. The checkpoint is a small untrained
 CNN1D (96 frames: a 12 s track has 10 windows), so the genres are arbitrary but deterministic.
 
     python -m pytest tests/test_app.py -q
 """
 import json
-import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -30,9 +25,8 @@ import pre_trained_models as ptm
 import utils
 from conftest import clean_env, write_mp3
 from models import CNN1D
+from tools import app_screenshot as page
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 N_FRAMES = 96
 
 
@@ -126,68 +120,27 @@ def test_plot_writes_one_png_per_track(tiny, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- in a browser
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny, tmp_path_factory):
     """`python app.py` on a free loopback port; its URL."""
     pytest.importorskip("gradio", reason="gradio is not installed: pip install -r requirements-app.txt")
     work = tmp_path_factory.mktemp("server")
-    env = {**clean_env(work), "GRADIO_TEMP_DIR": str(work / "uploads")}
-    port = free_port()
-    process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), f"--checkpoint={tiny / 'run' / 'best.pt'}",
-                                f"--port={port}", "--max_mb=5"], cwd=work, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=5).close()
-            break
-        except OSError:
-            assert process.poll() is None, f"app.py ended: {process.stdout.read()[-3000:]}"
-            assert time.monotonic() < deadline, "app.py did not answer within 120 s"
-            time.sleep(0.2)
+    process, url = page.start_app(tiny / "run" / "best.pt", "--max_mb=5", cwd=work,
+                                  env={**clean_env(work), "GRADIO_TEMP_DIR": str(work / "uploads")})
     yield url
-    process.terminate()
-    process.wait(timeout=30)
-    process.stdout.close()
+    page.stop_app(process)
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     """Headless Debian chromium driven by its packaged chromedriver."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: "
-                                    "pip install -r requirements-app.txt")
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    pytest.importorskip("selenium", reason="selenium is not installed: pip install -r requirements-app.txt")
+    missing = [str(p) for p in (page.CHROMIUM, page.CHROMEDRIVER) if not p.exists()]
     if missing:
         pytest.skip(f"{' and '.join(missing)} missing: apt-get install chromium chromium-driver (.ci/run does)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    # no connections but to the page: this machine's network is closed, and Chromium's own would be refused
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1200,1600", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(str(CHROMEDRIVER)), options=options)
+    driver = page.headless_chromium(tmp_path_factory.mktemp("chromium"))
     yield driver
     driver.quit()
-
-
-def upload(browser, paths, sections):
-    """Upload `paths` through the page's file input (the page keeps earlier uploads, each with its
-    section) and wait for `sections` result sections; returns them."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    wait = WebDriverWait(browser, 60)
-    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#audio_files input[type=file]"))
-    browser.find_element(By.CSS_SELECTOR, "#audio_files input[type=file]").send_keys("\n".join(map(str, paths)))
-    wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".genres, .track-error")) == sections)
-    return browser.find_elements(By.CSS_SELECTOR, ".track")
 
 
 def shown_predictions(section):
@@ -202,7 +155,7 @@ def test_page_shows_the_genres_pre_trained_models_prints(server, browser, tiny, 
 
     long, short = tiny / "song.mp3", tiny / "other" / "song.mp3"
     browser.get(server)
-    sections = upload(browser, [long, short], sections=2)
+    sections = page.upload(browser, [long, short], sections=2)
     browser.save_screenshot(str(tmp_path / "page.png"))
     header = browser.find_element(By.ID, "checkpoint").text
     assert "cnn1d" in header and "Electronic, Experimental, Folk" in header and "epoch 7" in header
@@ -217,9 +170,9 @@ def test_page_shows_the_genres_pre_trained_models_prints(server, browser, tiny, 
 
 def test_broken_upload_gets_a_message_and_the_next_upload_works(server, browser, tiny, tmp_path, capsys):
     browser.get(server)
-    [section] = upload(browser, [tiny / "broken.mp3"], sections=1)
+    [section] = page.upload(browser, [tiny / "broken.mp3"], sections=1)
     assert section.text.startswith("broken.mp3: could not decode it as audio")
-    broken, section = upload(browser, [tiny / "song.mp3"], sections=2)  # on the same page
+    broken, section = page.upload(browser, [tiny / "song.mp3"], sections=2)  # on the same page
     browser.save_screenshot(str(tmp_path / "page.png"))
     assert broken.text.startswith("broken.mp3: could not decode it as audio")
     expected = cli_predictions(tiny / "run" / "best.pt", tiny / "song.mp3", capsys)
