@@ -86,7 +86,7 @@ def analyse(paths, model, checkpoint, top_k=3, max_mb=200.0, device="cpu"):
             results[i]["error"] = error
             continue
         results[i]["predictions"] = ptm.top_k(probabilities, checkpoint["class_names"], top_k)
-        results[i]["figure"] = plots.track_figure(results[i]["name"], *windows, checkpoint, hop)
+        results[i]["figure"] = plots.track_figure(None, *windows, checkpoint, hop)  # the page names the track
     return results
 
 

@@ -61,14 +61,16 @@ class WindowRecorder:
 
 
 def track_figure(title, spectrogram, window_probabilities, checkpoint, hop, predictions=None):
-    """The figure of one track; predictions: [(label, probability)] bars (pre_trained_models.top_k), or None."""
+    """The figure of one track; title: None for none; predictions: [(label, probability)] bars
+    (pre_trained_models.top_k), or None for none."""
     timeline = len(window_probabilities) > 1
     rows = [kind for kind, shown in (("bars", predictions), ("spectrogram", True), ("timeline", timeline)) if shown]
     heights = {"bars": 0.25 + 0.3 * len(predictions or ()), "spectrogram": 2.6, "timeline": 2.2}
     figure = Figure(figsize=(10, 0.6 + sum(heights[row] for row in rows)), layout="constrained")
     axes = dict(zip(rows, figure.subplots(len(rows), 1, squeeze=False,
                                           gridspec_kw={"height_ratios": [heights[row] for row in rows]})[:, 0]))
-    figure.suptitle(title)
+    if title:
+        figure.suptitle(title)
     if predictions:
         draw_bars(axes["bars"], predictions)
     seconds_per_frame = checkpoint["preprocessing"]["hop_length"] / checkpoint["preprocessing"]["sample_rate"]

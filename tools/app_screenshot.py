@@ -7,6 +7,7 @@ chromium-driver); run from the project root:
     python tools/app_screenshot.py --checkpoint=runs/demo_crnn/latest/best.pt --out=docs/app.png song.mp3 clip.mp3
 """
 import argparse
+import io
 import os
 import socket
 import subprocess
@@ -83,6 +84,16 @@ def upload(driver, paths, sections, seconds=60):
     return driver.find_elements(By.CSS_SELECTOR, ".track")
 
 
+def save_small_png(png, path):
+    """The screenshot in 256 colours (a third of the bytes; README's picture lives in git), atomically."""
+    from PIL import Image  # matplotlib's dependency
+
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("RGB").quantize(256).save(buffer, format="PNG", optimize=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    utils.atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", help="audio files to upload")
@@ -91,7 +102,7 @@ def main():
     parser.add_argument("--out", default="docs/app.png", help="PNG to write")
     args = parser.parse_args()
     options = [f"--model={args.model}"] if args.model else []
-    process, url = start_app(Path(args.checkpoint).resolve(), *options,
+    process, url = start_app(args.checkpoint, *options,
                              env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
     try:
         with tempfile.TemporaryDirectory() as profile:
@@ -101,10 +112,9 @@ def main():
                 upload(driver, args.files, len(args.files))
                 time.sleep(1)  # the plots' images finish loading
                 height = driver.execute_script("return document.documentElement.scrollHeight")
-                driver.set_window_size(1200, height + 40)
-                png = driver.get_screenshot_as_png()
-                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-                utils.atomic_write(Path(args.out), lambda f: f.write(png))
+                driver.set_window_size(1200, height + 200)  # the whole page in one screenshot
+                time.sleep(1)
+                save_small_png(driver.get_screenshot_as_png(), Path(args.out))
             finally:
                 driver.quit()
     finally:
