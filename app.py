@@ -56,8 +56,8 @@ def checkpoint_summary(checkpoint, path):
     if training.get("best_val_score") is not None:
         trained.append(f"best validation {config.get('select_metric', 'accuracy')} {training['best_val_score']:.3f}")
     metrics = read_metrics(Path(path).parent / "metrics.json")
-    if metrics.get("test_accuracy") is not None:
-        trained.append(f"test accuracy {metrics['test_accuracy']:.3f}, macro F1 {metrics.get('macro_f1', float('nan')):.3f}")
+    if metrics.get("test_accuracy") is not None and metrics.get("macro_f1") is not None:
+        trained.append(f"test accuracy {metrics['test_accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f}")
     lines.append(", ".join(trained) if trained else "no training record (e.g. the original project's weights)")
     return "  \n".join(lines)
 

@@ -109,6 +109,16 @@ def draw_timeline(ax, window_probabilities, checkpoint, hop, seconds_per_frame):
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
 
 
+def png_name(track, used):
+    """song.png for song.mp3, or song-2.png, ... when another folder's song.mp3 took it (added to `used`)."""
+    name, n = f"{track.stem}.png", 1
+    while name in used:
+        n += 1
+        name = f"{track.stem}-{n}.png"
+    used.add(name)
+    return name
+
+
 def png_bytes(figure):
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)

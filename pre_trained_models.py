@@ -186,16 +186,6 @@ def each_track(args, model, checkpoint, files, device, outputs=inference.probabi
         yield track, vector, n_windows, error
 
 
-def unique_png_name(track, used):
-    """song.png, or song-2.png, ... when another folder's song.mp3 took it."""
-    name, n = f"{track.stem}.png", 1
-    while name in used:
-        n += 1
-        name = f"{track.stem}-{n}.png"
-    used.add(name)
-    return name
-
-
 def exit_status(failed, total, what):
     if failed:
         print(f"{failed} of {total} files could not be {what} (see the error lines above).", file=sys.stderr)
@@ -221,7 +211,7 @@ def run_prediction(args):
         if recorder:
             figure = plots.track_figure(track.name, *windows, checkpoint, hop,
                                         top_k(probabilities, class_names, args.top_k))
-            plots.save_png(figure, Path(args.plot) / unique_png_name(track, figure_names))
+            plots.save_png(figure, Path(args.plot) / plots.png_name(track, figure_names))
         if args.json:
             predictions = [{"genre": genre, "probability": round(p, 6)}
                            for genre, p in top_k(probabilities, class_names, args.top_k)]
