@@ -9,8 +9,9 @@ checkpoint's model, genres and training summary. Built with Gradio, an optional 
 
 The page is served on 127.0.0.1 only (this computer), with Gradio's analytics and share links off, so
 nothing leaves the machine. The genres come from pre_trained_models.py's own code (load_predictor,
-inference.predict, top_k), so a file gets exactly the genres `python pre_trained_models.py
---checkpoint=... FILE` prints; the pictures are plots.py's, as --plot draws them. A file that cannot be
+window_outputs, inference.predict, shown_genres), so a file gets exactly the genres
+`python pre_trained_models.py --checkpoint=... FILE` prints; the pictures are plots.py's, as --plot
+draws them. A file that cannot be
 used (not audio, empty, truncated, over --max_mb) gets a message on the page and the server goes on
 serving. Files are predicted one request at a time (Gradio's queue), each in the server's own process.
 """
@@ -79,13 +80,14 @@ def analyse(paths, model, checkpoint, top_k=3, max_mb=200.0, device="cpu"):
     hop = checkpoint["preprocessing"]["n_frames"] // 2  # pre_trained_models.py's default hop
     recorder = plots.WindowRecorder(hop)
     # num_workers=0: the windows are decoded in this process (the page serves one request at a time)
-    predicted = inference.predict(model, checkpoint, [paths[i] for i in todo], hop, device=device, on_window=recorder)
+    predicted = inference.predict(model, checkpoint, [paths[i] for i in todo], hop, device=device,
+                                  outputs=ptm.window_outputs(checkpoint), on_window=recorder)
     for k, (i, (_, probabilities, _, error)) in enumerate(zip(todo, predicted)):
         windows = recorder.pop(k)
         if error:
             results[i]["error"] = error
             continue
-        results[i]["predictions"] = ptm.top_k(probabilities, checkpoint["class_names"], top_k)
+        results[i]["predictions"] = ptm.shown_genres(probabilities, checkpoint, top_k)
         results[i]["figure"] = plots.track_figure(None, *windows, checkpoint, hop)  # the page names the track
     return results
 

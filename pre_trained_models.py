@@ -167,6 +167,16 @@ def choose_device(name):
         raise UsageError(str(refusal.code).removeprefix("error: ")) from None
 
 
+def window_outputs(checkpoint):
+    """What inference.predict takes from the model for each window of this checkpoint's tracks."""
+    return inference.probabilities
+
+
+def shown_genres(probabilities, checkpoint, k):
+    """[(label, probability)]: what a track's prediction shows (--plot's bars, app.py's page)."""
+    return top_k(probabilities, checkpoint["class_names"], k)
+
+
 def audio_files(inputs, task):
     files = inference.find_audio_files(inputs)
     if not files:
@@ -203,14 +213,14 @@ def run_prediction(args):
     recorder = plots.WindowRecorder(hop) if args.plot else None
     rows, figure_names = [], set()
     for track, probabilities, n_windows, error in each_track(args, model, checkpoint, files, device,
-                                                             on_window=recorder):
+                                                             window_outputs(checkpoint), recorder):
         rows.append((track, probabilities, n_windows, error))
         windows = recorder.pop(len(rows) - 1) if recorder else None  # a failed file's windows are dropped too
         if error:
             continue
         if recorder:
             figure = plots.track_figure(track.name, *windows, checkpoint, hop,
-                                        top_k(probabilities, class_names, args.top_k))
+                                        shown_genres(probabilities, checkpoint, args.top_k))
             plots.save_png(figure, Path(args.plot) / plots.png_name(track, figure_names))
         if args.json:
             predictions = [{"genre": genre, "probability": round(p, 6)}
