@@ -178,8 +178,12 @@ def main(argv=None):
         return 2
     page = build_page(gr, model, checkpoint, args)
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=["ui-monospace", "monospace"])
-    page.launch(server_name="127.0.0.1", server_port=args.port, share=False, ssr_mode=False, theme=theme, css=CSS,
-                footer_links=[])
+    try:
+        page.launch(server_name="127.0.0.1", server_port=args.port, share=False, ssr_mode=False, theme=theme,
+                    css=CSS, footer_links=[])
+    except OSError as error:  # Gradio's "Cannot find empty port": another program serves on it
+        print(f"error: cannot serve on 127.0.0.1:{args.port} ({error}). Give another --port.", file=sys.stderr)
+        return 2
     return 0
 
 

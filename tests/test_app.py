@@ -9,6 +9,7 @@ CNN1D (96 frames: a 12 s track has 10 windows), so the genres are arbitrary but 
     python -m pytest tests/test_app.py -q
 """
 import json
+import socket
 import sys
 
 import matplotlib.image
@@ -103,6 +104,16 @@ def test_app_without_gradio_says_how_to_install_it(tiny, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)  # what `import gradio` meets where it is not installed
     assert app.main([f"--checkpoint={tiny / 'run' / 'best.pt'}"]) == 2
     assert "pip install -r requirements-app.txt" in capsys.readouterr().err
+
+
+def test_a_port_in_use_is_a_clear_error(tiny, capsys):
+    pytest.importorskip("gradio", reason="gradio is not installed: pip install -r requirements-app.txt")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert app.main([f"--checkpoint={tiny / 'run' / 'best.pt'}", f"--port={port}"]) == 2
+    assert f"cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 def test_plot_writes_one_png_per_track(tiny, tmp_path, capsys):
