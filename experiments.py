@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ MANAGED = ("out_dir", "resume", "overwrite")  # each run's own, set here
 POLL_SECONDS = 0.2  # how often a running main.py's history.csv is read
 # Median pruning from the 3rd trial on (2 finished ones give a median), from the first epoch.
 PRUNER_STARTUP_TRIALS = 2
-STOP = threading.Event()  # set by Ctrl-C or SIGTERM: running main.py processes are stopped and saved
+STOP = threading.Event()  # set by Ctrl-C or SIGTERM (STOP.signum): running main.py processes are stopped and saved
 
 
 class TrialError(Exception):
@@ -185,8 +186,9 @@ def open_study(opts, main_args):
 
     storage = opts["storage"] or f"sqlite:///{Path(opts['dir']) / 'study.db'}"
     # a dead process's trial (no heartbeat for 2 minutes) is queued again with its user attributes (out_dir)
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: experimental since 2.8
     storage = optuna.storages.RDBStorage(
-        storage, heartbeat_interval=60, failed_trial_callback=optuna.storages.RetryFailedTrialCallback(),
+        storage, heartbeat_interval=60, heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
         engine_kwargs={"connect_args": {"timeout": 120}} if storage.startswith("sqlite") else {})
     pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=0)
     study = optuna.create_study(study_name=opts["name"], storage=storage, direction="maximize", pruner=pruner,
@@ -264,7 +266,7 @@ def tune(opts, main_args, config):
                        callbacks=[optuna.study.MaxTrialsCallback(opts["trials"], states=states)])
         if STOP.is_set():
             print(f"interrupted: rerun the same command to continue study {opts['name']}.", file=sys.stderr)
-            return 130
+            return 128 + STOP.signum
     report(study, opts, config)
     return 0
 
@@ -340,7 +342,7 @@ def repeat(opts, main_args, config):
                                        **run_args(out_dir)), out_dir)
         if STOP.is_set():
             print("interrupted: rerun the same command to continue (finished seeds are skipped).", file=sys.stderr)
-            return 130
+            return 128 + STOP.signum
         if status != 0:
             fail(f"seed {seed}: main.py exited with status {status}; see {out_dir}/main.log. Rerun the same "
                  f"command to retry it (finished seeds are skipped).")
@@ -470,12 +472,14 @@ def parse(argv):
 
 def stop_runs(signum, frame):
     """Ctrl-C or SIGTERM: the running main.py processes are stopped (they save last.pt) and the experiment ends."""
+    STOP.signum = signum
     STOP.set()
 
 
 def run(argv=None):
     command, opts, main_args, config = parse(sys.argv[1:] if argv is None else list(argv))
     Path(opts["dir"]).mkdir(parents=True, exist_ok=True)
+    STOP.clear()
     handlers = {number: signal.signal(number, stop_runs) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         return (tune if command == "tune" else repeat)(opts, main_args, config)
