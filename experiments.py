@@ -42,6 +42,7 @@ import datasets
 import main
 import utils
 from configurator import fail
+from locks import FileLock
 
 # The search space: key -> a list (categorical) or {"low", "high", "log"} (ints if both bounds are ints).
 # --space=FILE.py replaces it with the SPACE dict that FILE.py defines.
@@ -184,21 +185,21 @@ def open_study(opts, main_args):
     """The study (created, or loaded to continue it), its runs' fixed main.py arguments recorded in it."""
     import optuna
 
-    storage = opts["storage"] or f"sqlite:///{Path(opts['dir']) / 'study.db'}"
-    # a dead process's trial (no heartbeat for 2 minutes) is queued again with its user attributes (out_dir)
+    url = opts["storage"] or f"sqlite:///{Path(opts['dir']) / 'study.db'}"
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: experimental since 2.8
-    storage = optuna.storages.RDBStorage(
-        storage, heartbeat_interval=60, heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
-        engine_kwargs={"connect_args": {"timeout": 120}} if storage.startswith("sqlite") else {})
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=0)
-    study = optuna.create_study(study_name=opts["name"], storage=storage, direction="maximize", pruner=pruner,
-                                load_if_exists=True)
-    recorded = study.user_attrs.get("main_args")
-    if recorded is None:
-        study.set_user_attr("main_args", main_args)
-    elif main_args and recorded != main_args:
-        fail(f"study {opts['name']} ({storage.url}) runs main.py with {' '.join(recorded) or 'its defaults'}, "
-             f"not {' '.join(main_args)}. Continue it with the same arguments, or start another with --name=NEW.")
+    with FileLock(Path(opts["dir"]) / "study.lock"):  # processes starting at once would race to create the tables
+        # a dead process's trial (no heartbeat for 2 minutes) is queued again with its user attributes (out_dir)
+        storage = optuna.storages.RDBStorage(
+            url, heartbeat_interval=60, heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
+            engine_kwargs={"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {})
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=0)
+        study = optuna.create_study(study_name=opts["name"], storage=storage, direction="maximize", pruner=pruner,
+                                    load_if_exists=True)
+        recorded = study.user_attrs.setdefault("main_args", main_args)
+        study.set_user_attr("main_args", recorded)
+    if main_args and recorded != main_args:
+        fail(f"study {opts['name']} ({url}) runs main.py with {' '.join(recorded) or 'its defaults'}, not "
+             f"{' '.join(main_args)}. Continue it with the same arguments, or start another with --name=NEW.")
     return study
 
 

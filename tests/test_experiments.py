@@ -109,7 +109,7 @@ def test_a_continued_study_refuses_other_fixed_arguments(study):
 
 def test_two_processes_share_one_sqlite_study_without_losing_or_duplicating_trials(fma_small, tmp_path):
     (tmp_path / "space.py").write_text(f"SPACE = {{'lr': [{GOOD_LR}, 1e-3]}}\n")
-    argv = [*tune_args(fma_small, tmp_path, "--trials=3"), "--epochs=1"]
+    argv = [*tune_args(fma_small, tmp_path, "--trials=2"), "--epochs=1"]
     for i in range(2):
         (tmp_path / str(i)).mkdir()
     processes = [subprocess.Popen([sys.executable, "experiments.py", *argv], cwd=ROOT, env=clean_env(tmp_path / str(i)),
@@ -118,7 +118,7 @@ def test_two_processes_share_one_sqlite_study_without_losing_or_duplicating_tria
         assert process.wait(timeout=300) == 0, process.stderr.read().decode()[-2000:]
     trials = load_study(tmp_path).trials
     finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
-    assert len(finished) == len(trials) and 3 <= len(trials) <= 4  # a process may start one while the other ends
+    assert len(finished) == len(trials) and 2 <= len(trials) <= 3  # a process may start one while the other ends
     assert [t.number for t in trials] == list(range(len(trials)))
     out_dirs = [t.user_attrs["out_dir"] for t in trials]
     assert sorted(out_dirs) == sorted(str(p) for p in tmp_path.glob("trial_*"))  # one run per trial, each once
@@ -173,15 +173,12 @@ def test_repeat_reports_the_ensemble_of_its_seeds_next_to_each_member(repeated):
     assert f"{ensemble['test_accuracy']:.4f}" in (folder / "summary.md").read_text()
 
 
-def test_a_rerun_skips_finished_seeds_and_resumes_an_unfinished_one(repeated, capsys):
+def test_a_rerun_skips_finished_seeds(repeated, capsys):
     folder, argv = repeated
-    logs = {s: (folder / f"seed_{s}" / "main.log").read_text() for s in range(3)}
-    (folder / "seed_2" / "metrics.json").unlink()  # as if stopped after its last epoch, before the test
+    logs = [(folder / f"seed_{s}" / "main.log").read_text() for s in range(3)]
     assert experiments.run(argv) == 0
-    assert "seed 0: finished" in capsys.readouterr().out
-    assert [(folder / f"seed_{s}" / "main.log").read_text() == logs[s] for s in range(3)] == [True, True, False]
-    assert "resuming after epoch 1" in (folder / "seed_2" / "main.log").read_text()
-    assert (folder / "seed_2" / "metrics.json").is_file()
+    assert all(f"seed {s}: finished" in capsys.readouterr().out for s in range(3))
+    assert [(folder / f"seed_{s}" / "main.log").read_text() for s in range(3)] == logs  # no main.py started
 
 
 def predict_csv(tmp_path, name, checkpoints, files):
