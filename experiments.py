@@ -96,17 +96,13 @@ def run_main(command, out_dir, on_row=None, slot=None):
     seen, stopping = 0, False
     while True:
         ended = process.poll() is not None
-        rows = read_history(out_dir)
-        for row in rows[seen:]:
-            if on_row is not None and not stopping and on_row(row):
-                process.terminate()
-                stopping = True
-        seen = len(rows)
-        if ended:
-            return process.returncode
-        if STOP.is_set() and not stopping:
+        rows = read_history(out_dir)[seen:]
+        seen += len(rows)
+        if not stopping and (STOP.is_set() or on_row and any(on_row(row) for row in rows)):
             process.terminate()
             stopping = True
+        if ended:
+            return process.returncode
         time.sleep(POLL_SECONDS)
 
 
@@ -136,12 +132,7 @@ def slots(parallel):
     gpus = torch.cuda.device_count()
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     for i in range(parallel):
-        if gpus:
-            places.put(("cuda", i % gpus))
-        elif parallel > 1 and len(cores) >= parallel:
-            places.put(("cpu", cores[i::parallel]))
-        else:
-            places.put(None)
+        places.put(("cuda", i % gpus) if gpus else ("cpu", cores[i::parallel]) if 1 < parallel <= len(cores) else None)
     return places
 
 
@@ -243,19 +234,13 @@ def objective(study, opts, main_args, space, metric, places):
     return run_trial
 
 
-def finished_trials(study):
-    import optuna
-
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return states, len(study.get_trials(deepcopy=False, states=states))
-
-
 def tune(opts, main_args, config):
     """Run the study until it holds opts["trials"] finished trials (or only report); returns the exit status."""
     import optuna
 
     study = open_study(opts, main_args)
-    states, done = finished_trials(study)
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = len(study.get_trials(deepcopy=False, states=states))
     if not opts["report"] and done < opts["trials"]:
         space = load_space(opts["space"])
         clash = sorted(set(space) & set(configurator.parse_command_line(main_args, main.CONFIG, "main.py")[0]))
@@ -268,11 +253,11 @@ def tune(opts, main_args, config):
         if STOP.is_set():
             print(f"interrupted: rerun the same command to continue study {opts['name']}.", file=sys.stderr)
             return 128 + STOP.signum
-    report(study, opts, config)
+    report(study, opts)
     return 0
 
 
-def report(study, opts, config):
+def report(study, opts):
     """trials.csv, the best trial as best_config.py and a command, and the study's figures as PNGs."""
     import optuna
     from optuna.visualization import matplotlib as plots
@@ -288,6 +273,7 @@ def report(study, opts, config):
     best = max(complete, key=lambda t: t.value)
     main_args = study.user_attrs["main_args"]
     keys = {**configurator.parse_command_line(main_args, main.CONFIG, "main.py")[0], **best.params}
+    config = main.make_config(keys)  # the study's, whatever this command gave
     command = " ".join(["python main.py", *main_args, *(f"--{k}={v}" for k, v in best.params.items())])
     text = (f"# The best trial ({best.number}, val {config['select_metric']} {best.value:.4f}) of study "
             f"{opts['name']}, as a main.py config:\n#   python main.py {folder / 'best_config.py'}\n# or: {command}\n"

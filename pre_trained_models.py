@@ -291,7 +291,7 @@ def split_settings(args, checkpoint, path=None):
     return settings
 
 
-def test_split(settings):
+def split_identity(settings):
     """What decides which clips are test clips: the subset for FMA's official split; else the sizes and seed."""
     if settings["dataset"] == "fma" and settings["split"] == "official":
         return {"subset": settings["subset"], "split": "official"}
@@ -304,9 +304,9 @@ def shared_split_settings(args, members):
     trained on the same split: else the test clips of one would include training clips of another."""
     settings = [split_settings(args, checkpoint, path) for path, _, checkpoint in members]
     for (path, _, _), other in zip(members[1:], settings[1:]):
-        if test_split(other) != test_split(settings[0]):
-            raise UsageError(f"{path} and {members[0][0]} were trained on different splits ({test_split(other)} vs "
-                             f"{test_split(settings[0])}): the test clips of one would include training clips of "
+        if split_identity(other) != split_identity(settings[0]):
+            raise UsageError(f"{path} and {members[0][0]} were trained on different splits ({split_identity(other)} "
+                             f"vs {split_identity(settings[0])}): the test clips of one would include training clips of "
                              f"the other. Evaluate members trained on one split (experiments.py repeat pins it).")
     return settings[0]
 
@@ -314,6 +314,15 @@ def shared_split_settings(args, members):
 def describe(scores):
     return (f"loss {scores['test_loss']:.4f}, accuracy {scores['test_accuracy']:.3f}, balanced accuracy "
             f"{scores['balanced_accuracy']:.3f}, macro F1 {scores['macro_f1']:.3f}")
+
+
+def member_scores(members, loader, device, class_names):
+    """Each member's own test figures (the numbers only), shown next to the ensemble's."""
+    rows = []
+    for path, model, _ in members:
+        scores = evaluate(model, loader, device, class_names)[0]
+        rows.append({"checkpoint": str(path), **{k: v for k, v in scores.items() if not isinstance(v, (dict, list))}})
+    return rows
 
 
 def run_evaluation(args):
@@ -345,10 +354,8 @@ def run_evaluation(args):
     metrics = {**scores, "checkpoint": " + ".join(map(str, args.checkpoints)),
                "model": " + ".join(c["model"] for _, _, c in members),
                "epoch": (checkpoint.get("training") or {}).get("epoch"), **settings}
-    if len(members) > 1:  # the ensemble next to each member
-        metrics["members"] = [{"checkpoint": str(path), **{key: value for key, value in evaluate(
-            member, loaders["test"], device, class_names)[0].items() if not isinstance(value, (dict, list))}}
-            for path, member, _ in members]
+    if len(members) > 1:
+        metrics["members"] = member_scores(members, loaders["test"], device, class_names)
     out_dir = Path(args.out_dir or Path(args.checkpoint).parent / ("evaluation" if len(members) == 1 else "ensemble"))
     models_utils.save_report(out_dir, metrics, result["targets"], result["probabilities"], class_names)
     seeded = f", seed {datasets.split_seed(settings)}, train_size {settings['train_size']}"

@@ -177,7 +177,8 @@ def test_a_rerun_skips_finished_seeds(repeated, capsys):
     folder, argv = repeated
     logs = [(folder / f"seed_{s}" / "main.log").read_text() for s in range(3)]
     assert experiments.run(argv) == 0
-    assert all(f"seed {s}: finished" in capsys.readouterr().out for s in range(3))
+    out = capsys.readouterr().out
+    assert all(f"seed {s}: finished" in out for s in range(3))
     assert [(folder / f"seed_{s}" / "main.log").read_text() for s in range(3)] == logs  # no main.py started
 
 
