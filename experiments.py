@@ -305,7 +305,7 @@ def save_figure(path, draw, study):
         return None
     figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
     figure.tight_layout()
-    utils.atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=100))
+    utils.atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=100, bbox_inches="tight"))  # the legend sits outside
     plt.close(figure)
     return path
 
@@ -436,14 +436,15 @@ def log_to_wandb(config, group, job_type, summary, tables, images):
 
 def parse(argv):
     """(command, experiments.py's options, main.py's arguments, the resolved main.py config)."""
-    if not argv or argv[0] not in ("tune", "repeat") or any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    asks_help = any(a in ("-h", "--help") for a in argv)
+    if asks_help or not argv or argv[0] not in ("tune", "repeat"):
+        print(__doc__ + "\nmain.py's keys: python main.py --help")
+        raise SystemExit(0 if asks_help else 2)
     command, opts, main_args = argv[0], dict(OPTIONS), []
     for arg in argv[1:]:
-        key, _, text = arg.removeprefix("--").partition("=")
-        if arg.startswith("--") and key in OPTIONS:
-            opts[key] = configurator.convert(key, text, OPTIONS[key])
+        key, equals, text = arg.removeprefix("--").partition("=")
+        if arg.startswith("--") and key in OPTIONS:  # a bare --report means --report=True
+            opts[key] = configurator.convert(key, text if equals else "True", OPTIONS[key])
         elif arg.startswith("--") and key in MANAGED:
             fail(f"--{key} is set by experiments.py for each run (<dir>/trial_<n> or seed_<s>); use --dir=FOLDER.")
         else:
