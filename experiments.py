@@ -305,7 +305,7 @@ def save_figure(path, draw, study):
         return None
     figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
     figure.tight_layout()
-    utils.atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=100, bbox_inches="tight"))  # the legend sits outside
+    utils.atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=100, bbox_inches="tight"))
     plt.close(figure)
     return path
 
