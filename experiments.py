@@ -41,6 +41,7 @@ import configurator
 import datasets
 import main
 import utils
+import wandb_logging
 from configurator import fail
 from locks import FileLock
 
@@ -287,8 +288,8 @@ def report(study, opts):
           f"{config['select_metric']} {best.value:.4f}, {best.user_attrs['out_dir']}).\nrun it: {command}\n"
           f"or:     python main.py {folder / 'best_config.py'}\nwritten: {folder / 'trials.csv'}, "
           + ", ".join(str(p) for p in written if p))
-    log_to_wandb(config, opts["name"], "study", {"best_value": best.value, **best.params},
-                 {"trials": frame.astype(str)}, [p for p in written if p])
+    wandb_logging.summary_run(config, opts["name"], "study", {"best_value": best.value, **best.params},
+                              {"trials": frame.astype(str)}, [p for p in written if p])
 
 
 def save_figure(path, draw, study):
@@ -338,8 +339,8 @@ def repeat(opts, main_args, config):
     ensemble = ensemble_of_seeds(folder, config, seeds)
     write_summary(folder, table, seeds, ensemble)
     print((folder / "summary.md").read_text())
-    log_to_wandb(config, opts["name"], "summary", {f"{m}_{k}": v for m, row in table.items() for k, v in row.items()
-                                                    if k in ("mean", "std")}, {}, [])
+    wandb_logging.summary_run(config, opts["name"], "summary", {f"{metric}_{key}": value for metric, row in table.items()
+                                                                for key, value in row.items() if key in ("mean", "std")})
     return 0
 
 
@@ -413,26 +414,7 @@ def write_summary(folder, table, seeds, ensemble):
 
 
 # -----------------------------------------------------------------------------
-# W&B and the command line
-
-def log_to_wandb(config, group, job_type, summary, tables, images):
-    """One W&B run in the experiment's group holding its aggregate; nothing when W&B is disabled."""
-    mode = config["wandb_mode"] or os.environ.get("WANDB_MODE")
-    if mode == "disabled":
-        return
-    import wandb
-
-    try:
-        run = wandb.init(project=config["wandb_project"], group=group, job_type=job_type, name=f"{group} {job_type}",
-                         mode=mode or ("online" if wandb.login(prompt=False) else "offline"))
-    except Exception as error:  # W&B is a convenience: the files in the experiment's folder are the record
-        print(f"warning: W&B could not start ({type(error).__name__}: {error}); the files are written.")
-        return
-    run.summary.update(summary)
-    run.log({**{name: wandb.Table(dataframe=frame) for name, frame in tables.items()},
-             **{Path(path).stem: wandb.Image(str(path)) for path in images}})
-    run.finish()
-
+# the command line
 
 def parse(argv):
     """(command, experiments.py's options, main.py's arguments, the resolved main.py config)."""
