@@ -10,17 +10,13 @@ main.py's, the fixed part of every run.
     python experiments.py tune --model=crnn --report                          # best trial, trials.csv, figures
     python experiments.py repeat --model=cnn1d --epochs=30 --seeds=0,1,2,3,4  # runs/experiments/repeat_cnn1d/
 
-tune: the study lives in <dir>/study.db (SQLite; --storage takes any database URL Optuna accepts), so
-rerunning the command continues it until it holds --trials finished trials; several processes may work
-on one study at once. Each trial reports f"val_{select_metric}" of every epoch (main.py's history.csv)
-and a median pruner stops hopeless trials with SIGTERM (main.py saves last.pt and exits). Ctrl-C or
-SIGTERM stops the running trials the same way; the next run resumes them from their last.pt. The
-objective is the run's best validation score: test figures never choose.
-
-repeat: one run per training seed on one fixed split (split_seed pinned), then summary.csv and
-summary.md (mean, standard deviation, 95% Student-t interval per metric, and each seed's values) and
-the ensemble of the seeds' checkpoints on the test split (pre_trained_models.py --evaluate). Finished
-seeds are skipped on rerun, an interrupted one resumes.
+tune: the study lives in <dir>/study.db (or --storage=URL), so rerunning continues it up to --trials
+finished trials, also from several processes at once. A median pruner, fed each epoch's
+val_<select_metric> from history.csv, stops hopeless trials with SIGTERM (main.py saves last.pt); so
+do Ctrl-C and SIGTERM, and the next run resumes those trials. Validation scores only choose.
+repeat: one run per seed on one split, summary.csv/.md (mean, std, 95% Student-t interval) and the
+seeds' ensemble (pre_trained_models.py --evaluate). Reruns skip finished seeds and resume the rest.
+README, "Experiments", says more.
 """
 import csv
 import io
