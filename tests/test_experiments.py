@@ -31,7 +31,7 @@ def main_args(data_dir, *extra):
 
 
 def tune_args(data_dir, folder, *extra):
-    return ["tune", *main_args(data_dir, "--batch_size=2", "--epochs=4"), f"--space={folder / 'space.py'}",
+    return ["tune", *main_args(data_dir, "--batch_size=2", "--epochs=3"), f"--space={folder / 'space.py'}",
             f"--dir={folder}", "--name=test", *extra]
 
 
@@ -57,7 +57,7 @@ def study(fma_small, tmp_path_factory):
     argv = tune_args(fma_small, folder, "--trials=3")
     process = subprocess.Popen([sys.executable, "experiments.py", *argv], cwd=ROOT, env=clean_env(folder),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_for(folder / "trial_0" / "history.csv", process)  # epoch 1 of 4 is done
+    wait_for(folder / "trial_0" / "history.csv", process)  # epoch 1 of 3 is done
     process.send_signal(signal.SIGTERM)
     stderr = process.communicate(timeout=120)[1].decode()
     queued.enqueue_trial({"lr": BAD_LR})
@@ -74,7 +74,7 @@ def test_an_interrupted_trial_resumes_from_its_last_checkpoint(study):
     assert resumed.state == optuna.trial.TrialState.COMPLETE
     assert resumed.user_attrs["out_dir"] == trials[0].user_attrs["out_dir"] == str(study["folder"] / "trial_0")
     assert "resuming after epoch" in (study["folder"] / "trial_0" / "main.log").read_text()
-    assert epochs_of(study["folder"] / "trial_0") == [1, 2, 3, 4]  # each epoch once: continued, not restarted
+    assert epochs_of(study["folder"] / "trial_0") == [1, 2, 3]  # each epoch once: continued, not restarted
     assert not (study["folder"] / "trial_2").exists()
 
 
@@ -96,7 +96,7 @@ def test_the_report_gives_the_best_trial_as_a_config_and_the_study_as_csv_and_fi
     with open(folder / "trials.csv", newline="") as f:
         assert [row["state"] for row in csv.DictReader(f)] == ["FAIL", "COMPLETE", "COMPLETE", "PRUNED"]
     overrides, _ = main.configurator.parse_command_line([str(folder / "best_config.py")], main.CONFIG, "main.py")
-    assert overrides["lr"] == best.params["lr"] and overrides["model"] == "cnn1d" and overrides["epochs"] == 4
+    assert overrides["lr"] == best.params["lr"] and overrides["model"] == "cnn1d" and overrides["epochs"] == 3
     assert (folder / "optimization_history.png").read_bytes().startswith(PNG)
     assert experiments.run([*study["argv"], "--report=True"]) == 0  # a finished study: a report, no trial
     assert len(load_study(folder).trials) == 4
