@@ -107,6 +107,16 @@ def test_a_continued_study_refuses_other_fixed_arguments(study):
         experiments.run([*study["argv"], "--trials=5", "--seed=3"])
 
 
+@pytest.mark.parametrize("space, error", [("{'learning_rate': [0.1]}", "'learning_rate'"),
+                                          ("{'lr': {'low': 1e-4}}", "'lr'"), ("{'out_dir': ['x']}", "'out_dir'")])
+def test_a_bad_search_space_is_one_clear_error_naming_its_file(fma_small, tmp_path, space, error):
+    (tmp_path / "space.py").write_text(f"SPACE = {space}\n")
+    with pytest.raises(SystemExit) as info:
+        experiments.run(tune_args(fma_small, tmp_path, "--trials=1"))
+    assert str(tmp_path / "space.py") in info.value.code and error in info.value.code
+    assert not list(tmp_path.glob("trial_*"))
+
+
 def test_two_processes_share_one_sqlite_study_without_losing_or_duplicating_trials(fma_small, tmp_path):
     (tmp_path / "space.py").write_text(f"SPACE = {{'lr': [{GOOD_LR}, 1e-3]}}\n")
     argv = [*tune_args(fma_small, tmp_path, "--trials=2"), "--epochs=1"]
