@@ -15,6 +15,7 @@ A library for pre_trained_models.py (the command line):
     model, checkpoint = pre_trained_models.load_predictor("runs/crnn/latest/best.pt")
     for path, probabilities, n_windows, error in inference.predict(model, checkpoint, ["song.mp3"]): ...
     for path, embedding, n_windows, error in inference.predict(model, checkpoint, files, outputs=inference.embeddings): ...
+    model, checkpoint = inference.ensemble([(path, *pre_trained_models.load_predictor(path)) for path in paths])
 """
 import sys
 from pathlib import Path
@@ -67,6 +68,39 @@ def embeddings(model, windows):
     finally:
         hook.remove()
     return captured[0].flatten(1)
+
+
+# -----------------------------------------------------------------------------
+# ensembles
+
+class Ensemble(torch.nn.Module):
+    """Several models as one: the mean of the members' genre probabilities.
+
+    forward returns (log of the mean, the mean) where a model returns (logits, probabilities): softmax
+    of the log is the mean again and cross-entropy of it is the mean's log loss, so prediction and
+    evaluation take an ensemble like any model.
+    """
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x):
+        mean = torch.stack([member(x)[1] for member in self.members]).mean(dim=0)
+        return mean.clamp_min(torch.finfo(mean.dtype).tiny).log(), mean
+
+
+def ensemble(members):
+    """(Ensemble, the first member's checkpoint) from [(path, model, checkpoint), ...]; members must share
+    genres (in order) and preprocessing, else ValueError naming the two files."""
+    first_path, _, first = members[0]
+    for path, _, checkpoint in members[1:]:
+        for key, what in (("class_names", "genres"), ("preprocessing", "preprocessing")):
+            if checkpoint[key] != first[key]:
+                raise ValueError(f"{path} and {first_path} cannot form an ensemble: their {what} differ "
+                                 f"({checkpoint[key]} vs {first[key]}). Give checkpoints trained on the same "
+                                 f"genres with the same preprocessing.")
+    return Ensemble([model for _, model, _ in members]), first
 
 
 # -----------------------------------------------------------------------------
