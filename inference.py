@@ -15,6 +15,7 @@ A library for pre_trained_models.py (the command line):
     model, checkpoint = pre_trained_models.load_predictor("runs/crnn/latest/best.pt")
     for path, probabilities, n_windows, error in inference.predict(model, checkpoint, ["song.mp3"]): ...
     for path, embedding, n_windows, error in inference.predict(model, checkpoint, files, outputs=inference.embeddings): ...
+    model, checkpoint = inference.ensemble([(path, *pre_trained_models.load_predictor(path)) for path in paths])
 """
 import sys
 from pathlib import Path
@@ -75,13 +76,48 @@ def embeddings(model, windows):
 
 
 # -----------------------------------------------------------------------------
+# ensembles
+
+class Ensemble(torch.nn.Module):
+    """Several models as one: the mean of the members' genre probabilities.
+
+    forward returns (log of the mean, the mean) where a model returns (logits, probabilities): softmax
+    of the log is the mean again and cross-entropy of it is the mean's log loss, so prediction and
+    evaluation take an ensemble like any model.
+    """
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x):
+        mean = torch.stack([member(x)[1] for member in self.members]).mean(dim=0)
+        return mean.clamp_min(torch.finfo(mean.dtype).tiny).log(), mean
+
+
+def ensemble(members):
+    """(Ensemble, the first member's checkpoint) from [(path, model, checkpoint), ...]; members must share
+    genres (in order) and preprocessing, else ValueError naming the two files."""
+    first_path, _, first = members[0]
+    for path, _, checkpoint in members[1:]:
+        for key, what in (("class_names", "genres"), ("preprocessing", "preprocessing")):
+            if checkpoint[key] != first[key]:
+                raise ValueError(f"{path} and {first_path} cannot form an ensemble: their {what} differ "
+                                 f"({checkpoint[key]} vs {first[key]}). Give checkpoints trained on the same "
+                                 f"genres with the same preprocessing.")
+    return Ensemble([model for _, model, _ in members]), first
+
+
+# -----------------------------------------------------------------------------
 # batching windows of many tracks
 
 def predict(model, checkpoint, files, hop=None, max_windows=None, batch_size=32, device="cpu", num_workers=0,
-            outputs=probabilities):
+            outputs=probabilities, on_window=None):
     """Yield (path, mean of its windows' outputs or None, number of windows, error or None) per file, in order.
 
-    `outputs(model, windows)` gives each window's vector (probabilities by default). Windows from
+    `outputs(model, windows)` gives each window's vector (probabilities by default). `on_window(file
+    index, window, vector)`, when given, sees every window (float16 dB on the CPU) with its vector, a
+    file's windows in order, before the file is yielded: what plots.py draws. Windows from
     consecutive tracks share batches. Windows flow from the decoding workers to the model as they are
     computed, so memory does not grow with the length of a track.
     """
@@ -100,11 +136,11 @@ def predict(model, checkpoint, files, hop=None, max_windows=None, batch_size=32,
             track["queued"] += len(windows)
             queue.extend((i, w) for w in windows)
         while len(queue) >= batch_size:
-            run_batch(model, outputs, queue[:batch_size], tracks, device)
+            run_batch(model, outputs, queue[:batch_size], tracks, device, on_window)
             queue = queue[batch_size:]
         emitted = yield from finished_tracks(files, tracks, emitted)
     if queue:
-        run_batch(model, outputs, queue, tracks, device)
+        run_batch(model, outputs, queue, tracks, device, on_window)
     yield from finished_tracks(files, tracks, emitted)
 
 
@@ -114,12 +150,14 @@ def keep_item(item):
 
 
 @torch.no_grad()
-def run_batch(model, outputs, queue, tracks, device):
+def run_batch(model, outputs, queue, tracks, device, on_window=None):
     indices, windows = zip(*queue)
     vectors = outputs(model, torch.stack(windows).to(device).float())  # float16 windows, as the cache holds
-    for i, v in zip(indices, vectors.double().cpu().numpy()):
+    for i, window, v in zip(indices, windows, vectors.double().cpu().numpy()):
         tracks[i]["sum"] = tracks[i]["sum"] + v
         tracks[i]["queued"] -= 1
+        if on_window is not None:
+            on_window(i, window, v)
 
 
 def finished_tracks(files, tracks, emitted):

@@ -18,12 +18,16 @@ every genre's probability; --evaluate reports the multi-label metrics (multilabe
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt song.mp3 album/
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --top_k=1 --json music/ > genres.jsonl
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --output=genres.csv --max_windows=8 music/
+    # one PNG per track: top-k genres, the mel-spectrogram the model saw, probabilities per window (plots.py)
+    python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --plot=figures/ song.mp3 album/
     # the original project's bare state_dicts need the model's name
     python pre_trained_models.py --checkpoint=../shared/reference/original_weights/CRNN.pt --model=crnn song.mp3
     # the original's use of this script: metrics.json and figures for the test split
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --evaluate=True --data_dir=data --subset=small
     # per track, the input of the model's last Linear layer averaged over windows (inference.py lists the sizes)
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --embeddings=music.npz music/
+    # an ensemble: the mean of the members' probabilities (same genres and preprocessing; --evaluate: same split)
+    python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --checkpoint=runs/cnn1d/latest/best.pt song.mp3
     # raw mel dB in, probabilities out; checked with onnxruntime against PyTorch before it is written
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --export=crnn.onnx
 
@@ -51,6 +55,7 @@ import export
 import inference
 import models_utils
 import multilabel
+import plots
 import utils
 from main import pick_device  # cuda, then mps, then cpu; a clear error for an unusable device
 from models import MODELS
@@ -170,6 +175,20 @@ def choose_device(name):
         raise UsageError(str(refusal.code).removeprefix("error: ")) from None
 
 
+def window_outputs(checkpoint):
+    """What inference.predict takes from the model for each window of this checkpoint's tracks: genre
+    probabilities, independent sigmoids for a multi-label checkpoint (target=genres_all)."""
+    return inference.sigmoid_probabilities if checkpoint.get("target") == "genres_all" else inference.probabilities
+
+
+def shown_genres(probabilities, checkpoint, k):
+    """[(label, probability)]: what a track's prediction shows (--plot's bars, app.py's page). Multi-label:
+    the genres above their thresholds as tree paths, most specific first, or the k most probable (k given)."""
+    if checkpoint.get("target") == "genres_all":
+        return multilabel.predicted_genres(probabilities, checkpoint["genres"], k)
+    return top_k(probabilities, checkpoint["class_names"], k or DEFAULT_TOP_K)
+
+
 def audio_files(inputs, task):
     files = inference.find_audio_files(inputs)
     if not files:
@@ -178,10 +197,10 @@ def audio_files(inputs, task):
     return files
 
 
-def each_track(args, model, checkpoint, files, device, outputs=inference.probabilities):
+def each_track(args, model, checkpoint, files, device, outputs=inference.probabilities, on_window=None):
     """inference.predict's results, with a progress bar on many files and an error line for each failure."""
     results = inference.predict(model, checkpoint, files, args.hop, args.max_windows, args.batch_size, device,
-                                min(args.num_workers, len(files)), outputs)
+                                min(args.num_workers, len(files)), outputs, on_window)
     for track, vector, n_windows, error in tqdm(results, total=len(files), unit="track",
                                                 disable=len(files) < 10 or None, file=sys.stderr):
         if error:
@@ -195,21 +214,46 @@ def exit_status(failed, total, what):
     return 1 if failed else 0
 
 
+def load_members(args, device):
+    """[(path, model, checkpoint)] of every --checkpoint given."""
+    return [(path, *load_predictor(path, args.model, device)) for path in args.checkpoints]
+
+
+def as_one_model(members):
+    """(model, checkpoint): the only member, or the members' ensemble (inference.ensemble)."""
+    if len(members) == 1:
+        return members[0][1:]
+    if any(checkpoint.get("target") == "genres_all" for _, _, checkpoint in members):
+        raise UsageError("an ensemble averages softmax probabilities of one genre per clip; multi-label checkpoints "
+                         "(target=genres_all) cannot form one yet: give one --checkpoint.")
+    try:
+        return inference.ensemble(members)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
 def run_prediction(args):
-    """Predict every file named on the command line; returns the exit status."""
+    """Predict every file named on the command line (with an ensemble's mean probabilities); returns the exit status."""
     device = choose_device(args.device)
-    model, checkpoint = load_predictor(args.checkpoint, args.model, device)
+    model, checkpoint = as_one_model(load_members(args, device))
     files = audio_files(args.inputs, "predict")
     class_names = checkpoint["class_names"]
     path_width, genre_width = max(len(str(f)) for f in files), max(map(len, class_names))
     multi = checkpoint.get("target") == "genres_all"
-    outputs = inference.sigmoid_probabilities if multi else inference.probabilities
     k = args.top_k or DEFAULT_TOP_K
-    rows = []
-    for track, probabilities, n_windows, error in each_track(args, model, checkpoint, files, device, outputs):
+    hop = args.hop or checkpoint["preprocessing"]["n_frames"] // 2
+    recorder = plots.WindowRecorder(hop) if args.plot else None
+    rows, figure_names = [], set()
+    for track, probabilities, n_windows, error in each_track(args, model, checkpoint, files, device,
+                                                             window_outputs(checkpoint), recorder):
         rows.append((track, probabilities, n_windows, error))
+        windows = recorder.pop(len(rows) - 1) if recorder else None  # a failed file's windows are dropped too
         if error:
             continue
+        if recorder:
+            figure = plots.track_figure(track.name, *windows, checkpoint, hop,
+                                        shown_genres(probabilities, checkpoint, args.top_k))
+            plots.save_png(figure, Path(args.plot) / plots.png_name(track, figure_names))
         if multi:
             tqdm.write(multilabel.prediction_line(track, probabilities, checkpoint, args.top_k, args.json), file=sys.stdout)
         elif args.json:
@@ -262,13 +306,14 @@ SPLIT_SETTINGS = {"dataset": "fma", "subset": "small", "split": "official", "see
                   "split_seed": -1, "val_size": 0.1, "test_size": 0.1}  # main.py's defaults
 
 
-def split_settings(args, checkpoint):
+def split_settings(args, checkpoint, path=None):
     """subset, split, seed and train_size of the test split: those the checkpoint was trained with.
 
     A command-line value that contradicts them is refused (evaluating on another split would score the
     model on clips it was trained on). The original's bare state_dicts record none: the command line's
-    values (or main.py's defaults) are used, with a warning.
+    values (or main.py's defaults) are used, with a warning. ``path``: the checkpoint's (default --checkpoint).
     """
+    path = path or args.checkpoint
     trained = checkpoint.get("config") or {}
     given = {key: getattr(args, key, None) for key in SPLIT_SETTINGS if getattr(args, key, None) is not None}
     settings = {**SPLIT_SETTINGS, **given, **{key: trained[key] for key in SPLIT_SETTINGS if key in trained}}
@@ -277,14 +322,48 @@ def split_settings(args, checkpoint):
     conflicts = [f"--{key}={value} (trained with {trained[key]})" for key, value in given.items()
                  if key in relevant and key in trained and trained[key] != value]
     if conflicts:
-        raise UsageError(f"{args.checkpoint} was trained with other split settings than {', '.join(conflicts)}: "
+        raise UsageError(f"{path} was trained with other split settings than {', '.join(conflicts)}: "
                          f"its test split is the one of its training run, or the evaluation would score clips "
                          f"it was trained on. Drop these options.")
     if not trained:
-        print(f"warning: {args.checkpoint} does not record the split it was trained on (the original project "
+        print(f"warning: {path} does not record the split it was trained on (the original project "
               f"trained on a random split with an unrecorded seed): its test clips may include training clips.",
               file=sys.stderr)
     return settings
+
+
+def split_identity(settings):
+    """What decides which clips are test clips: the subset for FMA's official split; else the sizes and seed."""
+    if settings["dataset"] == "fma" and settings["split"] == "official":
+        return {"subset": settings["subset"], "split": "official"}
+    return {**{key: settings[key] for key in ("dataset", "subset", "split", "train_size", "val_size", "test_size")},
+            "split_seed": datasets.split_seed(settings)}
+
+
+def shared_split_settings(args, members):
+    """The split settings of the members ([(path, model, checkpoint)]), refused unless every member was
+    trained on the same split: else the test clips of one would include training clips of another."""
+    settings = [split_settings(args, checkpoint, path) for path, _, checkpoint in members]
+    for (path, _, _), other in zip(members[1:], settings[1:]):
+        if split_identity(other) != split_identity(settings[0]):
+            raise UsageError(f"{path} and {members[0][0]} were trained on different splits ({split_identity(other)} "
+                             f"vs {split_identity(settings[0])}): the test clips of one would include training clips of "
+                             f"the other. Evaluate members trained on one split (experiments.py repeat pins it).")
+    return settings[0]
+
+
+def describe(scores):
+    return (f"loss {scores['test_loss']:.4f}, accuracy {scores['test_accuracy']:.3f}, balanced accuracy "
+            f"{scores['balanced_accuracy']:.3f}, macro F1 {scores['macro_f1']:.3f}")
+
+
+def member_scores(members, loader, device, class_names):
+    """Each member's own test figures (the numbers only), shown next to the ensemble's."""
+    rows = []
+    for path, model, _ in members:
+        scores = evaluate(model, loader, device, class_names)[0]
+        rows.append({"checkpoint": str(path), **{k: v for k, v in scores.items() if not isinstance(v, (dict, list))}})
+    return rows
 
 
 def run_evaluation(args):
@@ -297,8 +376,9 @@ def run_evaluation(args):
         raise UsageError("--evaluate=True needs --data_dir: the folder holding fma_metadata/ and "
                          "fma_<subset>/ (the layout download_data.sh writes).")
     device = choose_device(args.device)
-    model, checkpoint = load_predictor(args.checkpoint, args.model, device)
-    settings = split_settings(args, checkpoint)
+    members = load_members(args, device)
+    settings = shared_split_settings(args, members)
+    model, checkpoint = as_one_model(members)
     multi = checkpoint.get("target") == "genres_all"  # its genres: those of its training split (multilabel.load_fma)
     labels = {key: checkpoint["config"][key] for key in ("target", "min_genre_tracks")} if multi else {}
     data = datasets.load({**settings, **labels, "data_dir": args.data_dir, "cache_dir": args.cache_dir or ""})
@@ -316,9 +396,12 @@ def run_evaluation(args):
     if multi:
         multilabel.use_label_rows(loaders, data["label_rows"])
     scores, result = evaluate(model, loaders["test"], device, class_names, genres=checkpoint.get("genres"))
-    metrics = {**scores, "checkpoint": str(args.checkpoint), "model": checkpoint["model"],
+    metrics = {**scores, "checkpoint": " + ".join(map(str, args.checkpoints)),
+               "model": " + ".join(c["model"] for _, _, c in members),
                "epoch": (checkpoint.get("training") or {}).get("epoch"), **settings}
-    out_dir = Path(args.out_dir or Path(args.checkpoint).parent / "evaluation")
+    if len(members) > 1:
+        metrics["members"] = member_scores(members, loaders["test"], device, class_names)
+    out_dir = Path(args.out_dir or Path(args.checkpoint).parent / ("evaluation" if len(members) == 1 else "ensemble"))
     models_utils.save_report(out_dir, metrics, result["targets"], result["probabilities"], class_names)
     seeded = f", seed {datasets.split_seed(settings)}, train_size {settings['train_size']}"
     split = (f"FMA {settings['subset']} ({settings['split']}{seeded if settings['split'] == 'random' else ''})"
@@ -327,9 +410,10 @@ def run_evaluation(args):
         print(f"test split of {split}: loss {metrics['test_loss']:.4f} on {metrics['test_examples']} clips; "
               f"metrics.json and figures in {out_dir}\n{multilabel.format_table(metrics, checkpoint['genres'])}")
         return 0
-    print(f"test split of {split}: loss {metrics['test_loss']:.4f}, "
-          f"accuracy {metrics['test_accuracy']:.3f}, balanced accuracy {metrics['balanced_accuracy']:.3f}, macro F1 "
-          f"{metrics['macro_f1']:.3f} on {metrics['test_examples']} clips; metrics.json and figures in {out_dir}")
+    print(f"test split of {split}: {'ensemble: ' if len(members) > 1 else ''}{describe(metrics)} on "
+          f"{metrics['test_examples']} clips; metrics.json and figures in {out_dir}")
+    for member in metrics.get("members", []):
+        print(f"  member {member['checkpoint']}: {describe(member)}")
     return 0
 
 
@@ -357,7 +441,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", metavar="FILE_OR_DIR", help="audio files and folders (searched recursively)")
-    parser.add_argument("--checkpoint", required=True, help="a .pt written by main.py, or an original bare state_dict")
+    parser.add_argument("--checkpoint", required=True, action="append", dest="checkpoints",
+                        help="a .pt written by main.py, or an original bare state_dict; several: their ensemble")
     parser.add_argument("--model", choices=sorted(MODELS), help="model of a bare state_dict (original weights)")
     parser.add_argument("--top_k", type=int, help=f"genres shown per track (default {DEFAULT_TOP_K}); multi-label: "
                                                   f"the K most probable instead of those above their thresholds")
@@ -366,6 +451,7 @@ def parse_args(argv=None):
     parser.add_argument("--json", action=argparse.BooleanOptionalAction, default=False,
                         help="one JSON object per line (also --json=True)")
     parser.add_argument("--output", help="CSV file for all genre probabilities per track")
+    parser.add_argument("--plot", metavar="DIR", help="write a PNG per track into DIR: genres, spectrogram, timeline")
     parser.add_argument("--batch_size", type=int, default=32, help="windows per forward pass")
     parser.add_argument("--num_workers", type=int, default=max(1, min(8, utils.available_cpus() - 1)),
                         help="audio decoding processes (default: one core left for the model)")
@@ -384,6 +470,9 @@ def parse_args(argv=None):
     parser.add_argument("--cache_dir", help="with --evaluate: spectrogram cache (default: <data_dir>/cache)")
     parser.add_argument("--out_dir", help="with --evaluate: report folder (default: <checkpoint folder>/evaluation)")
     args = parser.parse_args(expand_boolean_flags(sys.argv[1:] if argv is None else argv, parser))
+    args.checkpoint = args.checkpoints[0]
+    if len(args.checkpoints) > 1 and (args.embeddings or args.export):
+        parser.error(f"--{'embeddings' if args.embeddings else 'export'} takes one --checkpoint, not an ensemble")
     if args.batch_size < 1:
         parser.error("--batch_size must be at least 1")
     for name in ("top_k", "hop", "max_windows"):
@@ -392,6 +481,8 @@ def parse_args(argv=None):
     modes = [f"--{mode}" for mode in ("evaluate", "embeddings", "export") if getattr(args, mode)]
     if len(modes) > 1:
         parser.error(f"{' and '.join(modes)} are separate tasks: give one of them per command")
+    if args.plot and (modes or args.max_windows):
+        parser.error(f"--plot draws the genres predicted for whole tracks: drop {(modes or ['--max_windows'])[0]}")
     if args.export and args.inputs:
         parser.error("--export needs no audio files: drop them")
     if not (args.evaluate or args.export or args.inputs):

@@ -54,6 +54,15 @@ def run_tags(config):
             f"faithful:{config['faithful']}", f"dataset:{dataset_name(config)}"]
 
 
+def resolve_mode(config):
+    """wandb_mode, else $WANDB_MODE, else online iff an API key is configured (never prompts), else offline."""
+    mode = config["wandb_mode"] or os.environ.get("WANDB_MODE")
+    if mode in (None, ""):
+        import wandb
+        mode = "online" if wandb.login(prompt=False) else "offline"
+    return mode
+
+
 def start(config, state, model, n_parameters, defaults):
     """Start (on resume: continue) the run of ``state["wandb_run_id"]``; a WandbLog that does nothing
     when W&B is disabled or cannot start. ``defaults``: the config the run name is compared with.
@@ -61,11 +70,10 @@ def start(config, state, model, n_parameters, defaults):
     Mode: wandb_mode, else $WANDB_MODE, else online iff an API key is configured (checked with
     prompt=False, so it never waits for input), else offline.
     """
-    mode = config["wandb_mode"] or os.environ.get("WANDB_MODE")
+    mode = resolve_mode(config)
     if mode == "disabled":
         return WandbLog(None)
     import wandb
-    mode = mode or ("online" if wandb.login(prompt=False) else "offline")
     os.environ["WANDB_MODE"] = mode  # set before init, so an offline run never probes the network
     try:
         run = wandb.init(project=config["wandb_project"], mode=mode, name=run_name(config, defaults),
@@ -204,3 +212,23 @@ def clip_audio(path, preprocessing):
         print(f"warning: W&B hardest clips: no audio: {error}")
         return None
     return wandb.Audio(audio[:p["n_frames"] * p["hop_length"]], sample_rate=p["sample_rate"])
+
+
+def summary_run(config, group, job_type, summary, tables=None, images=()):
+    """One run in an experiment's W&B group holding its aggregate (experiments.py: a study's best trial,
+    trials table and figures; the mean and spread over seeds); nothing when W&B is disabled."""
+    mode = resolve_mode(config)
+    if mode == "disabled":
+        return
+    import wandb
+    os.environ["WANDB_MODE"] = mode
+    try:
+        run = wandb.init(project=config["wandb_project"], mode=mode, group=group, job_type=job_type,
+                         name=f"{group} {job_type}")
+    except Exception as error:  # W&B is a convenience: the experiment's files are the record
+        print(f"warning: W&B could not start ({type(error).__name__}: {error}); the files are written.")
+        return
+    run.summary.update(summary)
+    run.log({**{name: wandb.Table(dataframe=frame) for name, frame in (tables or {}).items()},
+             **{Path(path).stem: wandb.Image(str(path)) for path in images}})
+    run.finish()

@@ -1,0 +1,458 @@
+"""Experiments over main.py: a hyperparameter search (Optuna), one configuration repeated over seeds,
+and the ensemble of those seeds. Every trial and every seed is one ordinary main.py run (a subprocess,
+the same code path as by hand) in its own out_dir; the config file and --key=value arguments are
+main.py's, the fixed part of every run.
+
+    python experiments.py tune --model=crnn --epochs=30 --trials=50           # runs/experiments/tune_crnn/
+    python experiments.py tune configs/x.py --trials=50 --parallel=4          # 4 trials at once (one per GPU)
+    python experiments.py tune --model=crnn --space=my_space.py --trials=20   # SPACE below, replaced
+    python experiments.py tune --model=crnn --trials=50 --storage=postgresql://user@host/optuna  # many machines
+    python experiments.py tune --model=crnn --report                          # best trial, trials.csv, figures
+    python experiments.py repeat --model=cnn1d --epochs=30 --seeds=0,1,2,3,4  # runs/experiments/repeat_cnn1d/
+
+tune: the study lives in <dir>/study.db (or --storage=URL), so rerunning continues it up to --trials
+finished trials, also from several processes at once. A median pruner, fed each epoch's
+val_<select_metric> from history.csv, stops hopeless trials with SIGTERM (main.py saves last.pt); so
+do Ctrl-C and SIGTERM, and the next run resumes those trials. Validation scores only choose.
+repeat: one run per seed on one split, summary.csv/.md (mean, std, 95% Student-t interval) and the
+seeds' ensemble (pre_trained_models.py --evaluate). Reruns skip finished seeds and resume the rest.
+README, "Experiments", says more.
+"""
+import csv
+import io
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+import configurator
+import datasets
+import main
+import utils
+import wandb_logging
+from configurator import fail
+from locks import FileLock
+
+# The search space: key -> a list (categorical) or {"low", "high", "log"} (ints if both bounds are ints).
+# --space=FILE.py replaces it with the SPACE dict that FILE.py defines.
+SPACE = {
+    "lr": {"low": 1e-5, "high": 1e-2, "log": True},
+    "weight_decay": [0.0, 1e-5, 1e-4, 1e-3],
+    "batch_size": [16, 32, 50, 64],
+    "data_augmentation": [False, True],
+    "model": ["cnn1d", "cnn2d", "crnn"],
+}
+# experiments.py's own options; every other --key=value is main.py's
+OPTIONS = {"trials": 20, "parallel": 1, "space": "", "storage": "", "report": False,  # tune
+           "seeds": "0,1,2",                                                          # repeat
+           "name": "", "dir": ""}  # name: <command>_<model>; dir: runs/experiments/<name>
+MANAGED = ("out_dir", "resume", "overwrite")  # each run's own, set here
+POLL_SECONDS = 0.2  # how often a running main.py's history.csv is read
+# Median pruning from the 3rd trial on (2 finished ones give a median), from the first epoch.
+PRUNER_STARTUP_TRIALS = 2
+STOP = threading.Event()  # set by Ctrl-C or SIGTERM (STOP.signum): running main.py processes are stopped and saved
+
+
+class TrialError(Exception):
+    """A trial whose main.py failed (its log says why); the study goes on."""
+
+
+class Interrupted(Exception):
+    """The experiment was asked to stop; the running trial is queued again, to resume from its last.pt."""
+
+
+# -----------------------------------------------------------------------------
+# running main.py
+
+def main_command(main_args, **keys):
+    """python main.py <the fixed config file and overrides> --key=value for ``keys``."""
+    return [sys.executable, str(Path(__file__).with_name("main.py")), *main_args,
+            *(f"--{key}={value}" for key, value in keys.items())]
+
+
+def run_main(command, out_dir, on_row=None, slot=None):
+    """Run main.py (output appended to <out_dir>/main.log), calling on_row(row) for each new history.csv
+    row; on_row returns True to stop the run (SIGTERM: main.py saves last.pt). Returns the exit status.
+    ``slot``: ("cuda", id) for one GPU, or ("cpu", cores) to share the CPU with other runs."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if slot and slot[0] == "cuda":
+        env["CUDA_VISIBLE_DEVICES"] = str(slot[1])
+    with open(Path(out_dir) / "main.log", "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if slot and slot[0] == "cpu":  # before torch starts: main.py sizes its threads by its affinity
+        os.sched_setaffinity(process.pid, slot[1])
+    seen, stopping = 0, False
+    while True:
+        ended = process.poll() is not None
+        rows = read_history(out_dir)[seen:]
+        seen += len(rows)
+        if not stopping and (STOP.is_set() or on_row and any(on_row(row) for row in rows)):
+            process.terminate()
+            stopping = True
+        if ended:
+            return process.returncode
+        time.sleep(POLL_SECONDS)
+
+
+def read_history(out_dir):
+    """history.csv's rows (main.py replaces it atomically after every epoch); [] before the first."""
+    try:
+        return list(csv.DictReader(io.StringIO((Path(out_dir) / "history.csv").read_text())))
+    except FileNotFoundError:
+        return []
+
+
+def read_metrics(out_dir):
+    path = Path(out_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_args(out_dir):
+    """--resume=True when out_dir holds an unfinished run (its last.pt), so it continues from there."""
+    return {"out_dir": out_dir, **({"resume": True} if (Path(out_dir) / "last.pt").is_file() else {})}
+
+
+def slots(parallel):
+    """A queue of where runs go: one GPU each when GPUs are present, else a share of this process's cores."""
+    import torch
+
+    places = queue.Queue()
+    gpus = torch.cuda.device_count()
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    for i in range(parallel):
+        places.put(("cuda", i % gpus) if gpus else ("cpu", cores[i::parallel]) if 1 < parallel <= len(cores) else None)
+    return places
+
+
+# -----------------------------------------------------------------------------
+# tune: an Optuna study
+
+def load_space(path):
+    """SPACE, or the SPACE dict defined by the Python file ``path``, checked against main.py's keys."""
+    space = SPACE
+    if path:
+        namespace = {}
+        try:
+            exec(compile(Path(path).read_text(), path, "exec"), namespace)  # noqa: S102 -- the user's file
+        except (OSError, SyntaxError) as error:
+            fail(f"cannot read the search space {path} ({error}). Give a Python file defining SPACE = {{...}}.")
+        space = namespace.get("SPACE")
+    for key, choice in (space or {}).items():
+        ranged = isinstance(choice, dict) and {"low", "high"} <= set(choice) and set(choice) <= {"low", "high", "log"}
+        if key not in main.CONFIG or key in MANAGED or not (ranged or isinstance(choice, list) and choice):
+            fail(f"search space {path or 'SPACE'}: {key!r}: {choice!r} is not valid. Each key must be one of "
+                 f"main.py's (not {', '.join(MANAGED)}), with a list of values or {{'low': .., 'high': .., 'log': ..}}.")
+    if not space:
+        fail(f"{path} defines no SPACE dict (key -> list of values or {{'low', 'high', 'log'}}).")
+    return space
+
+
+def suggest(trial, space):
+    """The trial's main.py keys drawn from ``space``."""
+    params = {}
+    for key, choice in space.items():
+        if isinstance(choice, list):
+            params[key] = trial.suggest_categorical(key, choice)
+        else:
+            integer = isinstance(choice["low"], int) and isinstance(choice["high"], int)
+            draw = trial.suggest_int if integer else trial.suggest_float
+            params[key] = draw(key, choice["low"], choice["high"], log=choice.get("log", False))
+    return params
+
+
+def open_study(opts, main_args):
+    """The study (created, or loaded to continue it), its runs' fixed main.py arguments recorded in it."""
+    import optuna
+
+    url = opts["storage"] or f"sqlite:///{Path(opts['dir']) / 'study.db'}"
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: experimental since 2.8
+    with FileLock(Path(opts["dir"]) / "study.lock"):  # processes starting at once would race to create the tables
+        # a dead process's trial (no heartbeat for 2 minutes) is queued again with its user attributes (out_dir)
+        storage = optuna.storages.RDBStorage(
+            url, heartbeat_interval=60, heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
+            engine_kwargs={"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {})
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=0)
+        study = optuna.create_study(study_name=opts["name"], storage=storage, direction="maximize", pruner=pruner,
+                                    load_if_exists=True)
+        recorded = study.user_attrs.setdefault("main_args", main_args)
+        study.set_user_attr("main_args", recorded)
+    if main_args and recorded != main_args:
+        fail(f"study {opts['name']} ({url}) runs main.py with {' '.join(recorded) or 'its defaults'}, not "
+             f"{' '.join(main_args)}. Continue it with the same arguments, or start another with --name=NEW.")
+    return study
+
+
+def objective(study, opts, main_args, space, metric, places):
+    """One trial: a main.py run; its epochs' validation scores reported, pruned when hopeless."""
+    import optuna
+
+    def run_trial(trial):
+        out_dir = trial.user_attrs.get("out_dir") or str(Path(opts["dir"]) / f"trial_{trial.number}")
+        trial.set_user_attr("out_dir", out_dir)
+        params = suggest(trial, space)
+        pruned = []
+
+        def on_row(row):
+            epoch, value = int(row["epoch"]), float(row[f"val_{metric}"])
+            trial.report(value, epoch)
+            if trial.should_prune():
+                pruned.append(f"val_{metric} {value:.4f} at epoch {epoch}")
+            return bool(pruned)
+
+        if STOP.is_set():  # asked to stop before this trial began: nothing to resume
+            study.stop()
+            raise Interrupted(f"trial {trial.number} not started")
+        finished = read_metrics(out_dir)  # a run that ended before its trial could be told
+        slot = places.get()
+        try:
+            status = 0 if finished else run_main(main_command(main_args, **params, wandb_group=opts["name"],
+                                                               **run_args(out_dir)), out_dir, on_row, slot)
+        finally:
+            places.put(slot)
+        if pruned:
+            raise optuna.TrialPruned(f"{pruned[0]}, below the median of the finished trials")
+        if STOP.is_set() and not read_metrics(out_dir):
+            study.enqueue_trial(trial.params, user_attrs={"out_dir": out_dir})  # resumed from its last.pt
+            study.stop()
+            raise Interrupted(f"trial {trial.number} stopped; it resumes from {out_dir}/last.pt on the next run")
+        if status != 0:
+            raise TrialError(f"main.py exited with status {status}: see {out_dir}/main.log")
+        return read_metrics(out_dir)["best_val_score"]
+
+    return run_trial
+
+
+def tune(opts, main_args, config):
+    """Run the study until it holds opts["trials"] finished trials (or only report); returns the exit status."""
+    import optuna
+
+    study = open_study(opts, main_args)
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = len(study.get_trials(deepcopy=False, states=states))
+    if not opts["report"] and done < opts["trials"]:
+        space = load_space(opts["space"])
+        clash = sorted(set(space) & set(configurator.parse_command_line(main_args, main.CONFIG, "main.py")[0]))
+        if clash:
+            fail(f"{', '.join(clash)} are both fixed (config file or --key=value) and searched: drop one.")
+        print(f"study {opts['name']}: {done} of {opts['trials']} trials finished; runs in {opts['dir']}/trial_<n>")
+        run_trial = objective(study, opts, main_args, space, config["select_metric"], slots(opts["parallel"]))
+        study.optimize(run_trial, n_trials=opts["trials"] - done, n_jobs=opts["parallel"], catch=(TrialError, Interrupted),
+                       callbacks=[optuna.study.MaxTrialsCallback(opts["trials"], states=states)])
+        if STOP.is_set():
+            print(f"interrupted: rerun the same command to continue study {opts['name']}.", file=sys.stderr)
+            return 128 + STOP.signum
+    report(study, opts)
+    return 0
+
+
+def report(study, opts):
+    """trials.csv, the best trial as best_config.py and a command, and the study's figures as PNGs."""
+    import optuna
+    from optuna.visualization import matplotlib as plots
+
+    folder = Path(opts["dir"])
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
+    utils.atomic_write(folder / "trials.csv", lambda f: f.write(frame.to_csv(index=False).encode()))
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        print(f"study {opts['name']}: no finished trial yet; {folder}/trials.csv lists them.")
+        return
+    best = max(complete, key=lambda t: t.value)
+    main_args = study.user_attrs["main_args"]
+    keys = {**configurator.parse_command_line(main_args, main.CONFIG, "main.py")[0], **best.params}
+    config = main.make_config(keys)  # the study's, whatever this command gave
+    command = " ".join(["python main.py", *main_args, *(f"--{k}={v}" for k, v in best.params.items())])
+    text = (f"# The best trial ({best.number}, val {config['select_metric']} {best.value:.4f}) of study "
+            f"{opts['name']}, as a main.py config:\n#   python main.py {folder / 'best_config.py'}\n# or: {command}\n"
+            + "".join(f"{key} = {value!r}\n" for key, value in keys.items()))
+    utils.atomic_write(folder / "best_config.py", lambda f: f.write(text.encode()))
+    figures = {"optimization_history.png": plots.plot_optimization_history}
+    if len(complete) > 1:
+        figures["param_importances.png"] = plots.plot_param_importances
+    written = [save_figure(folder / name, draw, study) for name, draw in figures.items()]
+    print(f"study {opts['name']}: best of {len(complete)} finished trials is {best.number} (val "
+          f"{config['select_metric']} {best.value:.4f}, {best.user_attrs['out_dir']}).\nrun it: {command}\n"
+          f"or:     python main.py {folder / 'best_config.py'}\nwritten: {folder / 'trials.csv'}, "
+          + ", ".join(str(p) for p in written if p))
+    wandb_logging.summary_run(config, opts["name"], "study", {"best_value": best.value, **best.params},
+                              {"trials": frame.astype(str)}, [p for p in written if p])
+
+
+def save_figure(path, draw, study):
+    """One of Optuna's matplotlib figures as a PNG, or None (with a note) when it cannot be drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    try:
+        axes = draw(study)
+    except (ValueError, RuntimeError) as error:  # e.g. importances of parameters that never varied
+        print(f"note: {path.name} not drawn ({error})")
+        return None
+    figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+    figure.tight_layout()
+    utils.atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+    plt.close(figure)
+    return path
+
+
+# -----------------------------------------------------------------------------
+# repeat: one configuration over several seeds
+
+def repeat(opts, main_args, config):
+    """One run per seed on one split, summary.csv/.md and the seeds' ensemble; returns the exit status."""
+    seeds = parse_seeds(opts["seeds"])
+    folder = Path(opts["dir"])
+    split_seed = datasets.split_seed(config)  # -1 would follow each training seed: one split for all instead
+    for seed in seeds:
+        out_dir = str(folder / f"seed_{seed}")
+        if read_metrics(out_dir):
+            print(f"seed {seed}: finished ({out_dir}/metrics.json), skipped")
+            continue
+        print(f"seed {seed}: {'resuming' if (Path(out_dir) / 'last.pt').is_file() else 'training'} in {out_dir} "
+              f"(log: {out_dir}/main.log)", flush=True)
+        status = run_main(main_command(main_args, seed=seed, split_seed=split_seed, wandb_group=opts["name"],
+                                       **run_args(out_dir)), out_dir)
+        if STOP.is_set():
+            print("interrupted: rerun the same command to continue (finished seeds are skipped).", file=sys.stderr)
+            return 128 + STOP.signum
+        if status != 0:
+            fail(f"seed {seed}: main.py exited with status {status}; see {out_dir}/main.log. Rerun the same "
+                 f"command to retry it (finished seeds are skipped).")
+    runs = {seed: read_metrics(folder / f"seed_{seed}") for seed in seeds}
+    table = summarise(runs)
+    ensemble = ensemble_of_seeds(folder, config, seeds)
+    write_summary(folder, table, seeds, ensemble)
+    print((folder / "summary.md").read_text())
+    wandb_logging.summary_run(config, opts["name"], "summary", {f"{metric}_{key}": value for metric, row in table.items()
+                                                                for key, value in row.items() if key in ("mean", "std")})
+    return 0
+
+
+def parse_seeds(text):
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        fail(f"--seeds={text} is not valid: give distinct integer seeds separated by commas, e.g. --seeds=0,1,2.")
+    return seeds
+
+
+def seed_metrics(metrics):
+    """The figures summarised per seed: test accuracy, macro F1, test loss, and each genre's F1."""
+    return {"test_accuracy": metrics["test_accuracy"], "macro_f1": metrics["macro_f1"],
+            "balanced_accuracy": metrics["balanced_accuracy"], "test_loss": metrics["test_loss"],
+            **{f"f1_{genre}": scores["f1"] for genre, scores in metrics["per_class"].items()}}
+
+
+def summarise(runs):
+    """metric -> {"mean", "std" (n-1), "ci95_low", "ci95_high" (Student's t, n-1 degrees of freedom),
+    "seed_<s>": each seed's value}."""
+    from scipy import stats
+
+    values = {seed: seed_metrics(metrics) for seed, metrics in runs.items()}
+    table = {}
+    for metric in next(iter(values.values())):
+        column = np.array([row[metric] for row in values.values()], dtype=float)
+        n, mean = len(column), float(column.mean())
+        std = float(column.std(ddof=1)) if n > 1 else float("nan")
+        half = float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)) if n > 1 else float("nan")
+        table[metric] = {"mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half,
+                         **{f"seed_{seed}": row[metric] for seed, row in values.items()}}
+    return table
+
+
+def ensemble_of_seeds(folder, config, seeds):
+    """The seeds' reported checkpoints as one ensemble on the test split (pre_trained_models.py
+    --evaluate); its metrics.json, or None when it could not be evaluated."""
+    import pre_trained_models
+
+    checkpoints = [f"--checkpoint={folder / f'seed_{seed}' / (config['report_epoch'] + '.pt')}" for seed in seeds]
+    args = [*checkpoints, "--evaluate=True", f"--data_dir={config['data_dir']}",
+            f"--out_dir={folder / 'ensemble'}", "--num_workers=0",
+            *([f"--cache_dir={config['cache_dir']}"] if config["cache_dir"] else [])]
+    if pre_trained_models.main(args) != 0:
+        print("note: the ensemble of the seeds could not be evaluated (see the error above).", file=sys.stderr)
+        return None
+    return read_metrics(folder / "ensemble")
+
+
+def write_summary(folder, table, seeds, ensemble):
+    """summary.csv (one row per metric) and summary.md (the same as a table, and the ensemble), atomically."""
+    columns = ["mean", "std", "ci95_low", "ci95_high", *(f"seed_{s}" for s in seeds)]
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["metric", *columns])
+    writer.writerows([metric, *(f"{row[c]:.6g}" for c in columns)] for metric, row in table.items())
+    utils.atomic_write(folder / "summary.csv", lambda f: f.write(text.getvalue().encode()))
+    lines = [f"# {len(seeds)} seeds ({', '.join(map(str, seeds))}), one split; test split figures", "",
+             f"| metric | mean | std | 95% interval | {' | '.join(f'seed {s}' for s in seeds)} |",
+             "|---" * (4 + len(seeds)) + "|"]
+    lines += [f"| {metric} | {row['mean']:.4f} | {row['std']:.4f} | {row['ci95_low']:.4f} .. {row['ci95_high']:.4f} | "
+              + " | ".join(f"{row[f'seed_{s}']:.4f}" for s in seeds) + " |" for metric, row in table.items()]
+    if ensemble:
+        lines += ["", f"Ensemble of the {len(seeds)} seeds (mean of their probabilities): test accuracy "
+                      f"{ensemble['test_accuracy']:.4f}, macro F1 {ensemble['macro_f1']:.4f}, test loss "
+                      f"{ensemble['test_loss']:.4f} ({folder / 'ensemble'}/metrics.json)."]
+    utils.atomic_write(folder / "summary.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+
+
+# -----------------------------------------------------------------------------
+# the command line
+
+def parse(argv):
+    """(command, experiments.py's options, main.py's arguments, the resolved main.py config)."""
+    asks_help = any(a in ("-h", "--help") for a in argv)
+    if asks_help or not argv or argv[0] not in ("tune", "repeat"):
+        print(__doc__ + "\nmain.py's keys: python main.py --help")
+        raise SystemExit(0 if asks_help else 2)
+    command, opts, main_args = argv[0], dict(OPTIONS), []
+    for arg in argv[1:]:
+        key, equals, text = arg.removeprefix("--").partition("=")
+        if arg.startswith("--") and key in OPTIONS:  # a bare --report means --report=True
+            opts[key] = configurator.convert(key, text if equals else "True", OPTIONS[key])
+        elif arg.startswith("--") and key in MANAGED:
+            fail(f"--{key} is set by experiments.py for each run (<dir>/trial_<n> or seed_<s>); use --dir=FOLDER.")
+        else:
+            main_args.append(arg)
+    overrides, _ = configurator.parse_command_line(main_args, main.CONFIG, "main.py")
+    config = main.make_config(overrides)
+    opts["name"] = opts["name"] or f"{command}_{config['model']}"
+    opts["dir"] = opts["dir"] or str(Path("runs") / "experiments" / opts["name"])
+    if opts["trials"] < 1 or opts["parallel"] < 1:
+        fail(f"--trials and --parallel must be at least 1, got {opts['trials']} and {opts['parallel']}.")
+    return command, opts, main_args, config
+
+
+def stop_runs(signum, frame):
+    """Ctrl-C or SIGTERM: the running main.py processes are stopped (they save last.pt) and the experiment ends."""
+    STOP.signum = signum
+    STOP.set()
+
+
+def run(argv=None):
+    command, opts, main_args, config = parse(sys.argv[1:] if argv is None else list(argv))
+    Path(opts["dir"]).mkdir(parents=True, exist_ok=True)
+    STOP.clear()
+    handlers = {number: signal.signal(number, stop_runs) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return (tune if command == "tune" else repeat)(opts, main_args, config)
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,237 @@
+"""experiments.py on the tiny FMA-format dataset (conftest's fma_small; CNN1D, 96 frames): an interrupted
+Optuna study continued, with a resumed trial and a pruned one; two processes on one SQLite study; repeat
+over seeds (summary statistics by hand, reruns); ensembles in pre_trained_models.py; sweep.yaml's keys."""
+import csv
+import json
+import math
+import signal
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+
+import experiments
+import main
+import pre_trained_models
+from conftest import clean_env, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+GOOD_LR, BAD_LR = 3e-3, 1e-7  # epoch 1 on this data: val accuracy 0.5 (both good trials alike), 0.25
+
+
+def main_args(data_dir, *extra):
+    return [f"--data_dir={data_dir}", "--model=cnn1d", "--n_frames=96", "--download=False", "--wandb_mode=disabled",
+            "--num_workers=0", "--faithful=False", *extra]
+
+
+def tune_args(data_dir, folder, *extra):
+    return ["tune", *main_args(data_dir, "--batch_size=2", "--epochs=3"), f"--space={folder / 'space.py'}",
+            f"--dir={folder}", "--name=test", *extra]
+
+
+def load_study(folder):
+    return optuna.load_study(study_name="test", storage=f"sqlite:///{folder / 'study.db'}")
+
+
+def epochs_of(out_dir):
+    with open(Path(out_dir) / "history.csv", newline="") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def study(fma_small, tmp_path_factory):
+    """A 3-trial study: a process stopped by SIGTERM during trial 0, then continued. Two good trials are
+    queued first and a bad one (an lr that learns nothing) after the interruption, so the order is known:
+    0 interrupted, 1 good, 2 = trial 0 resumed, 3 bad (pruned: the median of 1 and 2 is above it)."""
+    folder = tmp_path_factory.mktemp("study")
+    (folder / "space.py").write_text(f"SPACE = {{'lr': [{GOOD_LR}, {BAD_LR}]}}\n")
+    queued = optuna.create_study(study_name="test", storage=f"sqlite:///{folder / 'study.db'}", direction="maximize")
+    queued.enqueue_trial({"lr": GOOD_LR})
+    queued.enqueue_trial({"lr": GOOD_LR})
+    argv = tune_args(fma_small, folder, "--trials=3")
+    process = subprocess.Popen([sys.executable, "experiments.py", *argv], cwd=ROOT, env=clean_env(folder),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for(folder / "trial_0" / "history.csv", process)  # epoch 1 of 3 is done
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=120)[1].decode()
+    queued.enqueue_trial({"lr": BAD_LR})
+    assert experiments.run(argv) == 0
+    return {"folder": folder, "status": process.returncode, "stderr": stderr, "argv": argv}
+
+
+def test_an_interrupted_trial_resumes_from_its_last_checkpoint(study):
+    assert study["status"] == 143, study["stderr"][-2000:]
+    assert "rerun the same command" in study["stderr"]
+    trials = load_study(study["folder"]).trials
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    resumed = trials[2]
+    assert resumed.state == optuna.trial.TrialState.COMPLETE
+    assert resumed.user_attrs["out_dir"] == trials[0].user_attrs["out_dir"] == str(study["folder"] / "trial_0")
+    assert "resuming after epoch" in (study["folder"] / "trial_0" / "main.log").read_text()
+    assert epochs_of(study["folder"] / "trial_0") == [1, 2, 3]  # each epoch once: continued, not restarted
+    assert not (study["folder"] / "trial_2").exists()
+
+
+def test_a_trial_that_reports_badly_is_pruned_early(study):
+    trials = load_study(study["folder"]).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE", "PRUNED"]
+    assert trials[1].intermediate_values[1] == trials[2].intermediate_values[1] > trials[3].intermediate_values[1]
+    assert list(trials[3].intermediate_values) == [1]  # stopped after its first epoch (SIGTERM: main.py saved)
+    assert (study["folder"] / "trial_3" / "last.pt").is_file()
+    assert not (study["folder"] / "trial_3" / "metrics.json").exists()
+    # the objective is the run's best validation score, never a test figure
+    metrics = json.loads((study["folder"] / "trial_1" / "metrics.json").read_text())
+    assert trials[1].value == metrics["best_val_score"]
+
+
+def test_the_report_gives_the_best_trial_as_a_config_and_the_study_as_csv_and_figures(study):
+    folder = study["folder"]
+    best = load_study(folder).best_trial
+    with open(folder / "trials.csv", newline="") as f:
+        assert [row["state"] for row in csv.DictReader(f)] == ["FAIL", "COMPLETE", "COMPLETE", "PRUNED"]
+    overrides, _ = main.configurator.parse_command_line([str(folder / "best_config.py")], main.CONFIG, "main.py")
+    assert overrides["lr"] == best.params["lr"] and overrides["model"] == "cnn1d" and overrides["epochs"] == 3
+    assert (folder / "optimization_history.png").read_bytes().startswith(PNG)
+    assert experiments.run([*study["argv"], "--report=True"]) == 0  # a finished study: a report, no trial
+    assert len(load_study(folder).trials) == 4
+
+
+def test_a_continued_study_refuses_other_fixed_arguments(study):
+    with pytest.raises(SystemExit, match="--name=NEW"):
+        experiments.run([*study["argv"], "--trials=5", "--seed=3"])
+
+
+@pytest.mark.parametrize("space, error", [("{'learning_rate': [0.1]}", "'learning_rate'"),
+                                          ("{'lr': {'low': 1e-4}}", "'lr'"), ("{'out_dir': ['x']}", "'out_dir'")])
+def test_a_bad_search_space_is_one_clear_error_naming_its_file(fma_small, tmp_path, space, error):
+    (tmp_path / "space.py").write_text(f"SPACE = {space}\n")
+    with pytest.raises(SystemExit) as info:
+        experiments.run(tune_args(fma_small, tmp_path, "--trials=1"))
+    assert str(tmp_path / "space.py") in info.value.code and error in info.value.code
+    assert not list(tmp_path.glob("trial_*"))
+
+
+def test_two_processes_share_one_sqlite_study_without_losing_or_duplicating_trials(fma_small, tmp_path):
+    (tmp_path / "space.py").write_text(f"SPACE = {{'lr': [{GOOD_LR}, 1e-3]}}\n")
+    argv = [*tune_args(fma_small, tmp_path, "--trials=2"), "--epochs=1"]
+    for i in range(2):
+        (tmp_path / str(i)).mkdir()
+    processes = [subprocess.Popen([sys.executable, "experiments.py", *argv], cwd=ROOT, env=clean_env(tmp_path / str(i)),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
+    for process in processes:
+        assert process.wait(timeout=300) == 0, process.stderr.read().decode()[-2000:]
+    trials = load_study(tmp_path).trials
+    finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == len(trials) and 2 <= len(trials) <= 3  # a process may start one while the other ends
+    assert [t.number for t in trials] == list(range(len(trials)))
+    out_dirs = [t.user_attrs["out_dir"] for t in trials]
+    assert sorted(out_dirs) == sorted(str(p) for p in tmp_path.glob("trial_*"))  # one run per trial, each once
+    assert all(epochs_of(out_dir) == [1] for out_dir in out_dirs)
+
+
+# -----------------------------------------------------------------------------
+# repeat and ensembles
+
+@pytest.fixture(scope="module")
+def repeated(fma_small, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("repeat")
+    argv = ["repeat", *main_args(fma_small, "--batch_size=4", "--epochs=1"), "--seeds=0,1,2", f"--dir={folder}"]
+    assert experiments.run(argv) == 0
+    return folder, argv
+
+
+def read_summary(folder):
+    with open(folder / "summary.csv", newline="") as f:
+        return {row["metric"]: {k: float(v) for k, v in row.items() if k != "metric"} for row in csv.DictReader(f)}
+
+
+def test_repeat_summarises_each_metric_over_the_seeds(repeated):
+    folder, _ = repeated
+    runs = [json.loads((folder / f"seed_{s}" / "metrics.json").read_text()) for s in range(3)]
+    summary = read_summary(folder)
+    t_975_2 = 4.302652729911275  # Student's t, 97.5th percentile, 2 degrees of freedom (a table's value)
+    for metric, values in [("test_accuracy", [r["test_accuracy"] for r in runs]),
+                           ("test_loss", [r["test_loss"] for r in runs]),
+                           ("f1_Rock", [r["per_class"]["Rock"]["f1"] for r in runs])]:
+        mean = sum(values) / 3
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / 2)
+        row = summary[metric]
+        assert [row[f"seed_{s}"] for s in range(3)] == pytest.approx(values, abs=1e-5)
+        assert row["mean"] == pytest.approx(mean, abs=1e-5) and row["std"] == pytest.approx(std, abs=1e-5)
+        assert row["ci95_high"] - row["mean"] == pytest.approx(t_975_2 * std / math.sqrt(3), abs=1e-5)
+    assert {"macro_f1", "balanced_accuracy"} <= set(summary)
+    splits = {(folder / f"seed_{s}" / "splits.csv").read_text() for s in range(3)}
+    assert len(splits) == 1  # one split for every seed
+    seeds = [torch.load(folder / f"seed_{s}" / "best.pt", weights_only=True)["config"] for s in range(3)]
+    assert [c["seed"] for c in seeds] == [0, 1, 2] and {c["split_seed"] for c in seeds} == {0}
+    assert "| test_accuracy |" in (folder / "summary.md").read_text()
+
+
+def test_repeat_reports_the_ensemble_of_its_seeds_next_to_each_member(repeated):
+    folder, _ = repeated
+    ensemble = json.loads((folder / "ensemble" / "metrics.json").read_text())
+    assert [m["checkpoint"] for m in ensemble["members"]] == [str(folder / f"seed_{s}" / "best.pt") for s in range(3)]
+    for seed, member in enumerate(ensemble["members"]):
+        own = json.loads((folder / f"seed_{seed}" / "metrics.json").read_text())
+        assert member["test_accuracy"] == own["test_accuracy"]
+    assert f"{ensemble['test_accuracy']:.4f}" in (folder / "summary.md").read_text()
+
+
+def test_a_rerun_skips_finished_seeds(repeated, capsys):
+    folder, argv = repeated
+    logs = [(folder / f"seed_{s}" / "main.log").read_text() for s in range(3)]
+    assert experiments.run(argv) == 0
+    out = capsys.readouterr().out
+    assert all(f"seed {s}: finished" in out for s in range(3))
+    assert [(folder / f"seed_{s}" / "main.log").read_text() for s in range(3)] == logs  # no main.py started
+
+
+def predict_csv(tmp_path, name, checkpoints, files):
+    output = tmp_path / f"{name}.csv"
+    argv = [*(f"--checkpoint={c}" for c in checkpoints), f"--output={output}", "--num_workers=0", *map(str, files)]
+    assert pre_trained_models.main(argv) == 0
+    with open(output, newline="") as f:
+        return [[float(row[g]) for g in row if g not in ("path", "windows", "error")] for row in csv.DictReader(f)]
+
+
+def test_an_ensemble_predicts_the_mean_of_its_members_probabilities(repeated, fma_small, tmp_path):
+    folder, _ = repeated
+    a, b = folder / "seed_0" / "best.pt", folder / "seed_1" / "best.pt"
+    files = sorted(fma_small.rglob("*.mp3"))[:3]
+    alone = [torch.tensor(predict_csv(tmp_path, name, [c], files)) for name, c in (("a", a), ("b", b))]
+    together = torch.tensor(predict_csv(tmp_path, "ab", [a, b], files))
+    assert not torch.allclose(alone[0], alone[1], atol=1e-3)  # two different models
+    assert torch.allclose(together, (alone[0] + alone[1]) / 2, atol=2e-6)
+
+
+@pytest.mark.parametrize("change, refusal", [("class_names", "their genres differ"),
+                                             ("split", "were trained on different splits")])
+def test_members_must_share_genres_and_split(repeated, fma_small, tmp_path, capsys, change, refusal):
+    folder, _ = repeated
+    other = torch.load(folder / "seed_1" / "best.pt", weights_only=True)
+    if change == "class_names":
+        other["class_names"] = other["class_names"][::-1]
+    else:
+        other["config"]["split"] = "random"
+    torch.save(other, tmp_path / "other.pt")
+    mp3 = next(fma_small.rglob("*.mp3"))
+    task = [str(mp3)] if change == "class_names" else ["--evaluate=True", f"--data_dir={fma_small}"]
+    argv = [f"--checkpoint={folder / 'seed_0' / 'best.pt'}", f"--checkpoint={tmp_path / 'other.pt'}", *task]
+    assert pre_trained_models.main(argv) == 2
+    error = capsys.readouterr().err
+    assert refusal in error and str(tmp_path / "other.pt") in error and str(folder / "seed_0" / "best.pt") in error
+
+
+def test_every_sweep_parameter_is_a_main_py_key_and_the_command_passes_them_as_args():
+    sweep = yaml.safe_load((ROOT / "sweep.yaml").read_text())
+    assert sweep["program"] == "main.py" and sweep["command"][-1] == "${args}"
+    assert set(sweep["parameters"]) <= set(main.CONFIG)
+    for key, spec in sweep["parameters"].items():  # every value is one main.py accepts for the key
+        for value in spec.get("values", [spec.get("value", spec.get("min"))]):
+            main.configurator.convert(key, str(value), main.CONFIG[key])
