@@ -225,6 +225,9 @@ def test_prediction_prints_tree_paths_and_respects_thresholds(run_dir, demo, tmp
     assert shown == sorted(probabilities, key=lambda n: -probabilities[n])[:3]
     assert predict(tmp_path / "tuned.pt", f"--output={tmp_path / 'all.csv'}", song) == 0
     assert list(pd.read_csv(tmp_path / "all.csv").columns) == ["path", "windows", *names, "error"]
+    capsys.readouterr()
+    assert predict(tmp_path / "tuned.pt", f"--checkpoint={run_dir / 'best.pt'}", song) == 2  # no softmax ensemble
+    assert "multi-label checkpoints (target=genres_all) cannot form one" in capsys.readouterr().err
 
 
 def test_evaluate_reports_the_multilabel_metrics(run_dir, demo, tmp_path, capsys):
