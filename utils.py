@@ -17,7 +17,6 @@ import soundfile as sf
 import soxr
 import torch
 import torchaudio
-from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import distributed
@@ -211,6 +210,8 @@ def split_tracks(tracks, mode="official", train_size=0.8, seed=0):
                             f"({len(tracks)} tracks); use the random split (--split=random) instead.")
         return splits
     if mode == "random":
+        from sklearn.model_selection import train_test_split  # here: scikit-learn takes ~0.9 s to import
+
         try:
             train, held_out = train_test_split(tracks, train_size=train_size, random_state=seed,
                                                stratify=tracks["label"])
