@@ -4,7 +4,6 @@ SPEC.md sections 2, 3 and 5 are the reference. A library for main.py, pre_traine
 cache.py (the float16 spectrogram cache, built from clip_spectrogram below); its tests:
 python -m pytest tests/test_utils*.py -q
 """
-import itertools
 import math
 import os
 import tempfile
