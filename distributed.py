@@ -219,13 +219,9 @@ class ShardSampler(Sampler):
         return order[mine], None if masks is None else masks[mine]
 
     def __iter__(self):
-        batch = []
-        for item in self.base:
-            batch.append(item)
-            if len(batch) == self.batch_size:
-                yield from batch[self.rank::self.world]
-                batch = []
-        yield from batch[self.rank::self.world]
+        import utils  # here, not at the top: utils imports this module
+
+        return utils.sampler_items(*self.plan())
 
 
 class EvalShard(Sampler):
