@@ -15,7 +15,6 @@ import pandas as pd
 import soundfile as sf
 import soxr
 import torch
-import torchaudio
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import distributed
@@ -104,6 +103,8 @@ def load_audio(path, sample_rate=22050):
 
 @lru_cache(maxsize=8)
 def _mel_transform(sample_rate, n_fft, hop_length, n_mels):
+    import torchaudio  # here, as below: only decoding clips needs it, not the start-up
+
     # These options make torchaudio match librosa.feature.melspectrogram's defaults (SPEC section 3).
     return torchaudio.transforms.MelSpectrogram(
         sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=0.0,
@@ -113,6 +114,8 @@ def _mel_transform(sample_rate, n_fft, hop_length, n_mels):
 
 def mel_spectrogram_db(audio, preprocessing=PREPROCESSING):
     """float32 (n_mels, T) dB of all frames: power mel, power_to_db(ref=1, amin=1e-10, top_db) per clip."""
+    import torchaudio
+
     p = preprocessing
     transform = _mel_transform(p["sample_rate"], p["n_fft"], p["hop_length"], p["n_mels"])
     with torch.no_grad():
