@@ -8,8 +8,8 @@ Parts:
             loader, nothing else done with them) for caches of 200 and 2,000 synthetic full-size clips:
             utils.make_loaders' DataLoader with 0, 1 and 2 workers against preload.py's loader (in RAM
             on a CPU), without and with augmentation (standardised input, main.py's faithful=False).
-            The epoch's first batch is included: workers start, the preloaded tensor is already filled
-            (its one-time copy is reported in the notes).
+            The contenders alternate epoch by epoch; each row is its best epoch (the least disturbed
+            by other load). The preloaded tensor is filled before (its one-time copy is in the notes).
   h gpu     CUDA only: CRNN training samples/s (bf16 autocast + torch.compile, batch 50, full input)
             fed by the DataLoader (4 workers) and by preload, and the fraction of the time the GPU waits
             for data: 1 - (samples/s with the loader) / (samples/s on one batch kept on the GPU).
@@ -38,7 +38,7 @@ from models_utils import compile_model  # noqa: E402
 from train import train  # noqa: E402
 
 SIZES = {
-    "full": dict(clips=(200, 2000), n_frames=1291, batch_size=50, epochs=3, gpu_steps=40, import_rounds=7,
+    "full": dict(clips=(200, 2000), n_frames=1291, batch_size=50, epochs=6, gpu_steps=40, import_rounds=7,
                  warm_imports=True),
     "tiny": dict(clips=(20, 40), n_frames=150, batch_size=4, epochs=1, gpu_steps=3, import_rounds=1,
                  warm_imports=False),
@@ -56,41 +56,42 @@ def train_split_loader(cache, batch_size, augment, workers):
     return loaders["train"]
 
 
-def clips_per_second(loader, epochs):
-    """Best epoch's clips/s of taking every batch from ``loader`` (reseeded as main.py does)."""
-    rates = []
-    for epoch in range(epochs):
-        loader.sampler.generator.manual_seed(epoch)
-        start, clips = time.perf_counter(), 0
-        for inputs, _ in loader:
-            clips += len(inputs)
-        rates.append(clips / (time.perf_counter() - start))
-    return max(rates)
+def clips_per_second(loader, epoch):
+    """clips/s of taking every batch of one epoch from ``loader`` (reseeded as main.py does)."""
+    loader.sampler.generator.manual_seed(epoch)
+    start, clips = time.perf_counter(), 0
+    for inputs, _ in loader:
+        clips += len(inputs)
+    return clips / (time.perf_counter() - start)
 
 
 def bench_loader(size, work, rows):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for n in size["clips"]:
         cache = mel_cache.MelCache(bench.synthetic_cache(work / f"synthetic-cache-{n}x{size['n_frames']}", n,
                                                          size["n_frames"]))
         for augment in (False, True):
             what = f"{n} clips, {'augmented' if augment else 'no augmentation'}"
-            rates = {}
-            for workers in WORKERS:
-                loader = train_split_loader(cache, size["batch_size"], augment, workers)
-                rates[workers] = clips_per_second(loader, size["epochs"])
-                del loader  # its persistent workers end here
-                bench.report(rows, ("g loader", f"{what}, DataLoader, {workers} workers",
-                                    f"{rates[workers]:.0f} clips/s", "", ""))
+            feeds = {f"DataLoader, {w} workers": train_split_loader(cache, size["batch_size"], augment, w)
+                     for w in WORKERS}
             start = time.perf_counter()
-            fast = preload.preloaded(train_split_loader(cache, size["batch_size"], augment, 0), True,
-                                     torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+            fast = preload.preloaded(train_split_loader(cache, size["batch_size"], augment, 0), True, device)
             copy_seconds = time.perf_counter() - start
-            rate = clips_per_second(fast, size["epochs"])
-            best = max(rates.values())
-            bench.report(rows, ("g loader", f"{what}, preload ({fast.rows.device})", f"{rate:.0f} clips/s",
-                                f"{rate / best:.1f}x the best DataLoader",
+            feeds[f"preload ({fast.rows.device})"] = fast
+            rates = {name: [] for name in feeds}
+            for epoch in range(size["epochs"]):  # alternating, so a busy moment slows all of them alike
+                for name in (list(feeds) if epoch % 2 == 0 else list(feeds)[::-1]):
+                    rates[name].append(clips_per_second(feeds[name], epoch))
+            del feeds, fast  # the DataLoaders' persistent workers end here
+            best = {name: max(r) for name, r in rates.items()}  # each one's least disturbed epoch
+            *loaders, preloaded = best
+            top = max(best[name] for name in loaders)
+            for name in loaders:
+                bench.report(rows, ("g loader", f"{what}, {name}", f"{best[name]:.0f} clips/s", "", ""))
+            bench.report(rows, ("g loader", f"{what}, {preloaded}", f"{best[preloaded]:.0f} clips/s",
+                                f"{best[preloaded] / top:.1f}x the best DataLoader",
                                 f"copy in {copy_seconds:.2f} s; speed-up "
-                                + bench.verdict(rate / best, (">=", TARGETS["preload_speedup"]), "x", ".1f")))
+                                + bench.verdict(best[preloaded] / top, (">=", TARGETS["preload_speedup"]), "x", ".1f")))
 
 
 def gpu_rate(model, optimizer, loader, steps):
