@@ -121,7 +121,7 @@ def test_spec_augment_bounds_and_only_the_augmented_clips():
     mels = torch.full((200, 40, 200), -30.0)
     augmented = torch.arange(200) % 2 == 1
     spec_augment(mels, draw_mask_uniforms(200, torch.Generator().manual_seed(0)), augmented=augmented)
-    assert torch.all(mels[~augmented] == -30.0)
+    assert torch.all(mels[~augmented] == -30.0) and not torch.signbit(mels[mels == 0]).any()  # 0 dB, not -0.0
     bands, frames = np.array([masks_of(mel, torch.full((40, 200), -30.0)) for mel in mels[augmented]]).T
     assert bands.max() <= 2 * 10 and frames.max() <= 2 * 30 and bands.max() > 10 and frames.max() > 30
 
