@@ -34,8 +34,11 @@ def free_bytes(device):
     try:  # MemAvailable counts the page cache that the kernel can drop, unlike sysconf's free pages
         with open("/proc/meminfo") as meminfo:
             return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, StopIteration):  # no /proc: the free pages, where the system says (not macOS)
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return 0  # unknown: "auto" keeps the DataLoader
 
 
 def margin_bytes(free, device):
