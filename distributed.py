@@ -212,14 +212,16 @@ class ShardSampler(Sampler):
         full, rest = divmod(len(self.base), self.batch_size)
         return full * (self.batch_size // self.world) + len(range(self.rank, rest, self.world))
 
+    def plan(self):
+        """The base's plan (order, mask uniforms or None), cut to this process's items, as __iter__ yields them."""
+        order, masks = self.base.plan()
+        mine = torch.arange(len(order)) % self.batch_size % self.world == self.rank
+        return order[mine], None if masks is None else masks[mine]
+
     def __iter__(self):
-        batch = []
-        for item in self.base:
-            batch.append(item)
-            if len(batch) == self.batch_size:
-                yield from batch[self.rank::self.world]
-                batch = []
-        yield from batch[self.rank::self.world]
+        import utils  # here, not at the top: utils imports this module
+
+        return utils.sampler_items(*self.plan())
 
 
 class EvalShard(Sampler):

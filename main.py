@@ -43,6 +43,7 @@ from configurator import fail
 from models import MODELS, build_model
 from models_utils import CheckpointError
 from preemption import Preempted, RunSignals
+from preload import preloaded  # a function: main's key `preload` would shadow the module
 from test import evaluate, test  # the project's test.py (it comes first on sys.path), not the stdlib package
 from train import EPOCH_LOSSES, NonFiniteLossError, continue_epoch, epoch_position, train
 
@@ -64,6 +65,7 @@ split_seed = -1              # seed of the random splits (folder, csv, FMA's ran
 n_frames = 1291              # frames per clip (1291 = the original's ~29.95 s); smaller only for quick tests
 cache_workers = -1           # processes decoding audio into the cache; -1 = every core this process may use (its share under torchrun)
 num_workers = -1             # DataLoader worker processes; -1 = auto: 0 on a CPU (its cores train), up to 4 on CUDA
+preload = "auto"             # training split copied once onto the training device, batches gathered there: auto = when it fits (README: Performance)
 # model
 model = "crnn"               # cnn1d | cnn2d | crnn (models.py)
 faithful = True              # the original's forward pass with its quirks (models.py); False: the corrected pass
@@ -128,7 +130,7 @@ COMPILED_MODELS = ("crnn", "cnn2d")
 DEMO_TRACKS_PER_GENRE = 10
 RUNS_ROOT = Path("runs")  # runs/<model>/<date-time>/, runs/<model>/latest -> the newest
 # On resume the checkpoint's config wins; only these keys may be changed on the command line.
-RESUME_MAY_CHANGE = {"epochs", "log_interval", "lr", "weight_decay", "num_workers", "cache_workers", "device", "amp",
+RESUME_MAY_CHANGE = {"epochs", "log_interval", "lr", "weight_decay", "num_workers", "cache_workers", "preload", "device", "amp",
                      "compile", "data_dir", "cache_dir", "download", "out_dir", "resume", "overwrite", "wandb_mode",
                      "wandb_project", "save_interval", "wandb_group", "watch", "hardest_clips", "upload_audio",
                      "upload_checkpoints"}
@@ -158,6 +160,7 @@ def make_config(overrides, defaults=CONFIG):
     config["compile"] = resolve_auto(config, "compile", config["model"] in COMPILED_MODELS and not config["watch"])
     config["standardise"] = resolve_auto(config, "standardise", not config["faithful"])
     config["upload_audio"] = resolve_auto(config, "upload_audio", wandb_logging.audio_shareable(config))
+    config["preload"] = resolve_auto(config, "preload", "auto")  # decided by build_data, by the memory free
     if config["select_metric"] == "auto":
         config["select_metric"] = "pr_auc_macro" if config["target"] == "genres_all" else "accuracy"
     for key, valid in CHOICES.items():
@@ -274,6 +277,7 @@ def build_data(config, device):
         device=device.type, shuffle=config["shuffle"], augment_masks=config["augment_masks"],
         mask_draw=config["mask_draw"], balanced=config["balanced_sampler"],
         shard=(distributed.rank(), distributed.world_size()))
+    loaders["train"] = preloaded(loaders["train"], config["preload"], device)
     sizes = ", ".join(f"{name} {len(loader.dataset)}" for name, loader in loaders.items())
     print(f"data: {dataset['identity']} in {config['data_dir']}: {sizes} clips (the split: splits.csv)")
     data = {"loaders": loaders, "class_names": class_names, "preprocessing": preprocessing,

@@ -4,7 +4,6 @@ SPEC.md sections 2, 3 and 5 are the reference. A library for main.py, pre_traine
 cache.py (the float16 spectrogram cache, built from clip_spectrogram below); its tests:
 python -m pytest tests/test_utils*.py -q
 """
-import itertools
 import math
 import os
 import tempfile
@@ -16,9 +15,7 @@ import pandas as pd
 import soundfile as sf
 import soxr
 import torch
-import torchaudio
-from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 import distributed
 import preemption
@@ -106,6 +103,8 @@ def load_audio(path, sample_rate=22050):
 
 @lru_cache(maxsize=8)
 def _mel_transform(sample_rate, n_fft, hop_length, n_mels):
+    import torchaudio  # here, as below: only decoding clips needs it, not the start-up
+
     # These options make torchaudio match librosa.feature.melspectrogram's defaults (SPEC section 3).
     return torchaudio.transforms.MelSpectrogram(
         sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=0.0,
@@ -115,6 +114,8 @@ def _mel_transform(sample_rate, n_fft, hop_length, n_mels):
 
 def mel_spectrogram_db(audio, preprocessing=PREPROCESSING):
     """float32 (n_mels, T) dB of all frames: power mel, power_to_db(ref=1, amin=1e-10, top_db) per clip."""
+    import torchaudio
+
     p = preprocessing
     transform = _mel_transform(p["sample_rate"], p["n_fft"], p["hop_length"], p["n_mels"])
     with torch.no_grad():
@@ -211,6 +212,8 @@ def split_tracks(tracks, mode="official", train_size=0.8, seed=0):
                             f"({len(tracks)} tracks); use the random split (--split=random) instead.")
         return splits
     if mode == "random":
+        from sklearn.model_selection import train_test_split  # here: scikit-learn takes ~0.9 s to import
+
         try:
             train, held_out = train_test_split(tracks, train_size=train_size, random_state=seed,
                                                stratify=tracks["label"])
@@ -255,31 +258,55 @@ def normalisation_stats(cache, track_ids):
     return float(mean), float(math.sqrt(max(total_sq / count - mean * mean, 0.0)))
 
 
-def draw_mask(size, fraction, draw, generator=None):
-    """(start, width) of one mask over an axis of ``size`` (see MASK_DRAWS)."""
-    if draw == "original":
-        width = int(torch.rand(1, generator=generator).item() * (fraction * size))
-        return int(torch.rand(1, generator=generator).item() * (size - width)), width
-    width = int(torch.randint(0, int(fraction * size) + 1, (1,), generator=generator))
-    return int(torch.randint(0, size - width + 1, (1,), generator=generator)), width
+def draw_mask_uniforms(n, generator=None):
+    """(n, 2 * MASKS_PER_AXIS, 2) float64 uniforms in [0, 1): per clip, the (width, start) draws of its
+    band masks, then its time masks; mask_spans turns them into spans. Drawn as one tensor for a whole
+    epoch so that the DataLoader and the preloaded batches (preload.py) apply the same masks."""
+    return torch.rand((n, 2 * MASKS_PER_AXIS, 2), generator=generator, dtype=torch.float64)
 
 
-def spec_augment(mel, generator=None, draw="inclusive"):
-    """A copy with two mel-band masks (each up to 25% of bands) and two time masks (each up to 15% of
-    frames) set to 0 dB, drawn (see MASK_DRAWS) from generator (default: torch's global RNG)."""
-    mel = mel.clone()
-    for axis, fraction in ((0, BAND_MASK_FRACTION), (1, TIME_MASK_FRACTION)):
-        for _ in range(MASKS_PER_AXIS):
-            start, width = draw_mask(mel.shape[axis], fraction, draw, generator)
-            mel.narrow(axis, start, width).fill_(0.0)
-    return mel
+def mask_spans(uniforms, n_mels, n_frames, draw="inclusive"):
+    """(starts, ends) int64 (n, 2 * MASKS_PER_AXIS) of the masks that ``uniforms`` draw (see MASK_DRAWS)."""
+    sizes = torch.tensor([n_mels] * MASKS_PER_AXIS + [n_frames] * MASKS_PER_AXIS, dtype=torch.float64,
+                         device=uniforms.device)
+    fractions = torch.tensor([BAND_MASK_FRACTION] * MASKS_PER_AXIS + [TIME_MASK_FRACTION] * MASKS_PER_AXIS,
+                             dtype=torch.float64, device=uniforms.device)
+    u_width, u_start = uniforms.unbind(-1)
+    if draw == "original":  # int(U(0, fraction * n)), int(U(0, n - width)): float rounding can reach the top
+        width = torch.minimum((u_width * (fractions * sizes)).floor(), (fractions * sizes).ceil() - 1)
+        start = torch.minimum((u_start * (sizes - width)).floor(), (sizes - width - 1).clamp(min=0))
+    else:
+        most = (fractions * sizes).floor()
+        width = torch.minimum((u_width * (most + 1)).floor(), most)
+        start = torch.minimum((u_start * (sizes - width + 1)).floor(), sizes - width)
+    return start.long(), (start + width).long()
+
+
+def spec_augment(mels, uniforms, draw="inclusive", augmented=None):
+    """mels (B, n_mels, n_frames), with each clip's two mel-band masks (each up to 25% of bands) and two
+    time masks (each up to 15% of frames) set to 0 dB in place, drawn by its row of ``uniforms``
+    (draw_mask_uniforms; see MASK_DRAWS); ``augmented`` (B bools): only those clips are masked."""
+    starts, ends = mask_spans(uniforms, mels.shape[1], mels.shape[2], draw)
+    if augmented is not None:
+        ends = torch.where(augmented[:, None], ends, starts)
+
+    def covered(size, first, last):  # (B, size): inside any of the clip's spans
+        positions = torch.arange(size, device=mels.device)
+        return ((positions >= first[:, :, None]) & (positions < last[:, :, None])).any(dim=1)
+
+    k = MASKS_PER_AXIS
+    bands, frames = covered(mels.shape[1], starts[:, :k], ends[:, :k]), covered(mels.shape[2], starts[:, k:], ends[:, k:])
+    keep = (~bands).to(mels.dtype)[:, :, None] * (~frames).to(mels.dtype)[:, None, :]
+    # Multiplying is 4x quicker than masked_fill_ on a CPU; + 0.0 turns the -0.0 of a masked negative dB
+    # into 0 dB and leaves every other value as it is: the same bits as a fill.
+    return mels.mul_(keep).add_(0.0)
 
 
 class MelDataset(Dataset):
     """(float32 (n_mels, n_frames), label) per track. With augment, index i + N is clip i masked.
 
-    An index may be a pair (index, seed) from AugmentedSampler: the masks then depend only on the
-    seed, so they are the same whatever the number of DataLoader workers.
+    An index may be a pair (index, mask uniforms) from EpochSampler: the masks then depend only on
+    them, so they are the same whatever the number of DataLoader workers (or with preload.py).
     """
 
     def __init__(self, cache, track_ids, labels, mean=None, std=None, augment=False, mask_draw="inclusive"):
@@ -290,41 +317,52 @@ class MelDataset(Dataset):
         return len(self.track_ids) * (2 if self.augment else 1)
 
     def __getitem__(self, key):
-        index, seed = key if isinstance(key, tuple) else (key, None)
+        index, uniforms = key if isinstance(key, tuple) else (key, None)
         clip = index % len(self.track_ids)
         mel = torch.from_numpy(self.cache[self.track_ids[clip]].astype(np.float32))
         if index >= len(self.track_ids):
-            generator = None if seed is None else torch.Generator().manual_seed(seed)
-            mel = spec_augment(mel, generator, self.mask_draw)
+            uniforms = draw_mask_uniforms(1) if uniforms is None else torch.tensor([uniforms], dtype=torch.float64)
+            mel = spec_augment(mel[None], uniforms, self.mask_draw)[0]
         if self.mean is not None:
             mel = (mel - self.mean) / self.std
         return mel, self.labels[clip]
 
 
-class AugmentedSampler(Sampler):
-    """The indices of a doubled epoch (clean clips, then their masked copies), each paired with the
-    seed of its masks; order and seeds come from one generator (reseed it to replay an epoch).
+def sampler_items(order, uniforms):
+    """What a sampler yields for a plan (order, mask uniforms or None): indices, or (index, uniforms) pairs."""
+    return iter(order.tolist()) if uniforms is None else zip(order.tolist(), uniforms.tolist())
 
-    shuffle=False keeps the dataset's order. fixed_seeds (one per index, drawn once) gives every
-    epoch the same masked copies, as the original did; otherwise each epoch draws fresh masks.
-    weights (one per index): draw the epoch's indices with replacement in proportion to them instead.
+
+class EpochSampler(Sampler):
+    """One pass over ``size`` indices: plan() draws its order and, with augment, each item's mask
+    uniforms, as whole tensors from one generator (reseed it to replay an epoch); iterating yields
+    plan()'s items for MelDataset, and preload.py gathers plan()'s batches from one tensor.
+
+    shuffle=False keeps the dataset's order. weights (one per index): draw the epoch's indices with
+    replacement in proportion to them. fixed_masks (draw_mask_uniforms, one row per index, drawn once)
+    give every epoch the same masked copies, as the original did; otherwise each epoch draws fresh masks.
     """
 
-    def __init__(self, size, generator, shuffle=True, fixed_seeds=None, weights=None):
-        self.size, self.generator, self.shuffle, self.fixed_seeds = size, generator, shuffle, fixed_seeds
-        self.weights = weights
+    def __init__(self, size, generator, shuffle=True, weights=None, augment=False, fixed_masks=None):
+        self.size, self.generator, self.shuffle, self.weights = size, generator, shuffle, weights
+        self.augment, self.fixed_masks = augment, fixed_masks
 
     def __len__(self):
         return self.size
 
-    def __iter__(self):
+    def plan(self):
+        """(order, mask uniforms of each item, or None without augment) of the next pass."""
         if self.weights is not None:
             order = torch.multinomial(self.weights, self.size, replacement=True, generator=self.generator)
-        else:
+        else:  # randperm(size, generator) is also what torch's RandomSampler draws
             order = torch.randperm(self.size, generator=self.generator) if self.shuffle else torch.arange(self.size)
-        seeds = self.fixed_seeds if self.fixed_seeds is not None else torch.randint(
-            0, 2 ** 62, (self.size,), generator=self.generator)
-        return iter(zip(order.tolist(), seeds[order].tolist()))
+        if not self.augment:
+            return order, None
+        masks = self.fixed_masks if self.fixed_masks is not None else draw_mask_uniforms(self.size, self.generator)
+        return order, masks[order]
+
+    def __iter__(self):
+        return sampler_items(*self.plan())
 
 
 class ResumableSampler(Sampler):
@@ -336,14 +374,18 @@ class ResumableSampler(Sampler):
 
     @property
     def generator(self):
-        return getattr(self.base, "generator", None)
+        return self.base.generator
 
     def __len__(self):
         return len(self.base) - self.start
 
-    def __iter__(self):
+    def plan(self):
         start, self.start = self.start, 0  # only the next pass is shortened
-        return itertools.islice(iter(self.base), start, None)
+        order, masks = self.base.plan()
+        return order[start:], None if masks is None else masks[start:]
+
+    def __iter__(self):
+        return sampler_items(*self.plan())
 
 
 def class_balanced_weights(labels):
@@ -363,17 +405,11 @@ def inverse_class_frequency(labels, n_classes):
 def train_sampler(size, seed, shuffle, augment, augment_masks, labels=None):
     """The training split's sampler: its order (and masks) depend only on its generator, seeded here.
     labels (one per index): every epoch draws ``size`` indices with replacement, each class equally often."""
-    generator = torch.Generator().manual_seed(seed)
     weights = None if labels is None else class_balanced_weights(labels)
-    if augment:
-        fixed = None
-        if augment_masks == "fixed":  # drawn once, from their own generator: the same copies every epoch
-            fixed = torch.randint(0, 2 ** 62, (size,), generator=torch.Generator().manual_seed(seed + 1))
-        return ResumableSampler(AugmentedSampler(size, generator, shuffle, fixed, weights))
-    if weights is not None:
-        return ResumableSampler(WeightedRandomSampler(weights, size, replacement=True, generator=generator))
-    return ResumableSampler(RandomSampler(range(size), generator=generator) if shuffle
-                            else SequentialSampler(range(size)))
+    fixed = None
+    if augment and augment_masks == "fixed":  # drawn once, from their own generator: the same copies every epoch
+        fixed = draw_mask_uniforms(size, torch.Generator().manual_seed(seed + 1))
+    return ResumableSampler(EpochSampler(size, torch.Generator().manual_seed(seed), shuffle, weights, augment, fixed))
 
 
 def make_loaders(cache, splits, batch_size, num_workers=0, standardise=False, augment=False, seed=0,

@@ -66,6 +66,24 @@ def test_tiny_benchmark_prints_and_writes_every_row(tmp_path):
     assert not list((tmp_path / "work").glob("tmp*")), "a contender's scratch folder was left behind"
 
 
+DATA_PATH_ROWS = [
+    *[f"g loader | {n} clips, {augment}, {feed}" for n in (20, 40) for augment in ("no augmentation", "augmented")
+      for feed in ("DataLoader, 0 workers", "DataLoader, 1 workers", "DataLoader, 2 workers", "preload (cpu)")],
+    "h gpu | crnn bf16 + compile", "i startup | import torch alone", "i startup | import main, minus import torch",
+    "i startup | import pre_trained_models, minus import torch"]
+
+
+def test_tiny_data_path_benchmark_writes_the_loader_gpu_and_startup_rows(tmp_path):
+    out = tmp_path / "results_data_path.md"
+    result = subprocess.run([sys.executable, "benchmarks/data_path.py", "--size=tiny", f"--work_dir={tmp_path}",
+                             f"--out={out}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = out.read_text()
+    for row in DATA_PATH_ROWS:
+        assert row in written, f"row {row!r} missing from {out}:\n{written}"
+    assert check_verdicts(written) == 4 + 2  # preload's speed-up per loader setting; two import costs
+
+
 def test_unknown_part_is_a_clear_usage_error():
     result = subprocess.run([sys.executable, "benchmarks/run.py", "--only=cache,speed"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)

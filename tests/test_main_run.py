@@ -232,7 +232,8 @@ def test_a_compiled_crnn_with_augmentation_and_workers_resumes_exactly(data_dir,
     The default compile mode: max-autotune picks kernels by timing, which no run can repeat bitwise."""
     monkeypatch.setattr(models_utils, "COMPILE_MODE", "default")
     crnn = [a.replace("--model=cnn1d", "--model=crnn").replace("--num_workers=0", "--num_workers=2")
-            for a in args(data_dir, "", "--compile=True", "--data_augmentation=True", "--n_frames=32")]
+            for a in args(data_dir, "", "--compile=True", "--data_augmentation=True", "--n_frames=32",
+                          "--preload=False")]  # the DataLoader's workers, not preload.py's batches
     crnn = [a for a in crnn if not a.startswith("--out_dir=")]
     run_main([*crnn, f"--out_dir={tmp_path / 'straight'}", "--epochs=2"])
     run_main([*crnn, f"--out_dir={tmp_path / 'resumed'}", "--epochs=1"])

@@ -9,8 +9,8 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from cache import build_cache
-from utils import (PREPROCESSING, DataError, MelDataset, draw_mask, load_metadata, make_loaders,
-                   normalisation_stats, spec_augment, split_tracks)
+from utils import (PREPROCESSING, DataError, MelDataset, draw_mask_uniforms, load_metadata, make_loaders,
+                   mask_spans, normalisation_stats, spec_augment, split_tracks)
 
 SMALL = dict(PREPROCESSING, n_frames=100)
 BROKEN_TRAIN_TRACK = 1003
@@ -111,21 +111,18 @@ def test_standardisation_uses_train_split_only(data):
     x, _ = epoch(loaders["val"])
     raw = torch.from_numpy(np.stack([cache[t] for t in splits["val"].index]).astype(np.float32))
     assert torch.allclose(x, (raw - stats["mean"]) / stats["std"], atol=1e-5)
-    clean, masked = loaders["train"].dataset[0][0], loaders["train"].dataset[(15, 123)][0]
+    clean, masked = loaders["train"].dataset[0][0], loaders["train"].dataset[(15, [[0.5, 0.5]] * 4)][0]
     changed = clean != masked
     assert changed.any()  # masks are 0 dB before standardisation:
     assert torch.allclose(masked[changed], torch.tensor((0 - stats["mean"]) / stats["std"]))
 
 
-def test_spec_augment_bounds_and_input_untouched():
-    mel = torch.full((40, 200), -30.0)
-    generator = torch.Generator().manual_seed(0)
-    widths = []
-    for _ in range(200):
-        masked = spec_augment(mel, generator)
-        widths.append(masks_of(masked, mel))
-    assert torch.all(mel == -30.0)
-    bands, frames = np.array(widths).T
+def test_spec_augment_bounds_and_only_the_augmented_clips():
+    mels = torch.full((200, 40, 200), -30.0)
+    augmented = torch.arange(200) % 2 == 1
+    spec_augment(mels, draw_mask_uniforms(200, torch.Generator().manual_seed(0)), augmented=augmented)
+    assert torch.all(mels[~augmented] == -30.0) and not torch.signbit(mels[mels == 0]).any()  # 0 dB, not -0.0
+    bands, frames = np.array([masks_of(mel, torch.full((40, 200), -30.0)) for mel in mels[augmented]]).T
     assert bands.max() <= 2 * 10 and frames.max() <= 2 * 30 and bands.max() > 10 and frames.max() > 30
 
 
@@ -172,10 +169,11 @@ def test_fixed_masks_give_the_same_copies_every_epoch_after_the_clean_clips(data
 
 
 def test_the_originals_mask_draw_never_reaches_the_top_width_or_the_last_band():
-    generator = torch.Generator().manual_seed(0)
-    original = [draw_mask(128, 0.25, "original", generator) for _ in range(3000)]
-    inclusive = [draw_mask(128, 0.25, "inclusive", generator) for _ in range(3000)]
-    assert max(w for _, w in original) == 31 and max(s + w for s, w in original if w) <= 127
-    assert max(w for _, w in inclusive) == 32 and max(s + w for s, w in inclusive) == 128
-    frames = [draw_mask(1291, 0.15, "original", generator)[1] for _ in range(3000)]
-    assert max(frames) == 193  # int(U(0, 193.65))
+    uniforms = draw_mask_uniforms(3000, torch.Generator().manual_seed(0))
+    spans = {draw: mask_spans(uniforms, 128, 1291, draw) for draw in ("original", "inclusive")}
+    (start, end), (_, inclusive_end) = spans["original"], spans["inclusive"]
+    bands, frames = (end - start)[:, :2], (end - start)[:, 2:]
+    assert bands.max() == 31 and end[:, :2][bands > 0].max() <= 127
+    assert frames.max() == 193  # int(U(0, 193.65))
+    inclusive = inclusive_end - spans["inclusive"][0]
+    assert inclusive[:, :2].max() == 32 and inclusive_end[:, :2].max() == 128 and inclusive[:, 2:].max() == 193

@@ -1,0 +1,199 @@
+"""Benchmarks of issue 15: the training data path (DataLoader against preload.py) and start-up imports.
+
+    python benchmarks/data_path.py                    # full size; writes benchmarks/results_data_path.md
+    python benchmarks/data_path.py --size=tiny        # smoke test in seconds: every row, numbers meaningless
+
+Parts:
+  g loader  clips/s delivered to the training loop (an epoch of batches of 50 taken from the training
+            loader, nothing else done with them) for caches of 200 and 2,000 synthetic full-size clips:
+            utils.make_loaders' DataLoader with 0, 1 and 2 workers against preload.py's loader (in RAM
+            on a CPU), without and with augmentation (standardised input, main.py's faithful=False).
+            The contenders alternate epoch by epoch; each row is its best epoch (the least disturbed
+            by other load). The preloaded tensor is filled before (its one-time copy is in the notes).
+  h gpu     CUDA only: CRNN training samples/s (bf16 autocast + torch.compile, batch 50, full input)
+            fed by the DataLoader (4 workers) and by preload, and the fraction of the time the GPU waits
+            for data: 1 - (samples/s with the loader) / (samples/s on one batch kept on the GPU).
+  i startup seconds to import main.py and pre_trained_models.py, minus `import torch` alone, each
+            in fresh processes (warm file cache: one untimed import first), median over rounds.
+
+Shares benchmarks/run.py's helpers (synthetic caches under data/benchmarks/<size>/, verdicts, table).
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import run as bench  # benchmarks/run.py (this folder is first on sys.path); it puts the repository there too
+import cache as mel_cache  # noqa: E402
+import preload  # noqa: E402
+import utils  # noqa: E402
+from models import build_model  # noqa: E402
+from models_utils import compile_model  # noqa: E402
+from train import train  # noqa: E402
+
+SIZES = {
+    "full": dict(clips=(200, 2000), n_frames=1291, batch_size=50, epochs=6, gpu_steps=40, import_rounds=7,
+                 warm_imports=True),
+    "tiny": dict(clips=(20, 40), n_frames=150, batch_size=4, epochs=1, gpu_steps=3, import_rounds=1,
+                 warm_imports=False),
+}
+TARGETS = {"preload_speedup": 10.0, "import_s": 0.5}
+WORKERS = (0, 1, 2)
+
+
+def train_split_loader(cache, batch_size, augment, workers):
+    """The training DataLoader main.py builds (faithful=False: standardised) over every clip of the cache."""
+    frame = pd.DataFrame({"label": [t % 8 for t in cache.track_ids]}, index=pd.Index(cache.track_ids))
+    splits = {"train": frame, "val": frame.iloc[:1], "test": frame.iloc[:1]}
+    loaders, _ = utils.make_loaders(cache, splits, batch_size, num_workers=workers, standardise=True,
+                                    augment=augment, device="cuda" if torch.cuda.is_available() else "cpu")
+    return loaders["train"]
+
+
+def clips_per_second(loader, epoch):
+    """clips/s of taking every batch of one epoch from ``loader`` (reseeded as main.py does)."""
+    loader.sampler.generator.manual_seed(epoch)
+    start, clips = time.perf_counter(), 0
+    for inputs, _ in loader:
+        clips += len(inputs)
+    return clips / (time.perf_counter() - start)
+
+
+def bench_loader(size, work, rows):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for n in size["clips"]:
+        cache = mel_cache.MelCache(bench.synthetic_cache(work / f"synthetic-cache-{n}x{size['n_frames']}", n,
+                                                         size["n_frames"]))
+        for augment in (False, True):
+            what = f"{n} clips, {'augmented' if augment else 'no augmentation'}"
+            feeds = {f"DataLoader, {w} workers": train_split_loader(cache, size["batch_size"], augment, w)
+                     for w in WORKERS}
+            start = time.perf_counter()
+            fast = preload.preloaded(train_split_loader(cache, size["batch_size"], augment, 0), True, device)
+            copy_seconds = time.perf_counter() - start
+            feeds[f"preload ({fast.rows.device})"] = fast
+            rates = {name: [] for name in feeds}
+            for epoch in range(size["epochs"]):  # alternating, so a busy moment slows all of them alike
+                for name in (list(feeds) if epoch % 2 == 0 else list(feeds)[::-1]):
+                    rates[name].append(clips_per_second(feeds[name], epoch))
+            del feeds, fast  # the DataLoaders' persistent workers end here
+            best = {name: max(r) for name, r in rates.items()}  # each one's least disturbed epoch
+            *loaders, preloaded = best
+            top = max(best[name] for name in loaders)
+            for name in loaders:
+                bench.report(rows, ("g loader", f"{what}, {name}", f"{best[name]:.0f} clips/s", "", ""))
+            bench.report(rows, ("g loader", f"{what}, {preloaded}", f"{best[preloaded]:.0f} clips/s",
+                                f"{best[preloaded] / top:.1f}x the best DataLoader",
+                                f"copy in {copy_seconds:.2f} s; speed-up "
+                                + bench.verdict(best[preloaded] / top, (">=", TARGETS["preload_speedup"]), "x", ".1f")))
+
+
+def gpu_rate(model, optimizer, loader, steps):
+    """Training samples/s over ``steps`` batches of ``loader``, after 3 untimed batches (compile, workers)."""
+    train(model, Limited(loader, 3), optimizer, "cuda", amp=True)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = train(model, Limited(loader, steps), optimizer, "cuda", amp=True)
+    torch.cuda.synchronize()
+    return result["examples"] / (time.perf_counter() - start)
+
+
+class Limited:
+    """The first ``count`` batches of a loader (a fresh pass each time), as a sized iterable for train()."""
+
+    def __init__(self, loader, count):
+        self.loader, self.count = loader, count
+
+    def __len__(self):
+        return self.count
+
+    def __iter__(self):
+        return (batch for _, batch in zip(range(self.count), self.loader))
+
+
+def bench_gpu(size, work, rows):
+    if not torch.cuda.is_available():
+        bench.report(rows, ("h gpu", "crnn bf16 + compile, training samples/s and time waiting for data",
+                            "skipped", "", "CUDA only (no GPU here)"))
+        return
+    n = size["clips"][-1]
+    cache = mel_cache.MelCache(bench.synthetic_cache(work / f"synthetic-cache-{n}x{size['n_frames']}", n,
+                                                     size["n_frames"]))
+    model = build_model("crnn", n_mels=128, n_frames=size["n_frames"], n_classes=8).cuda()
+    model = compile_model(model.to(memory_format=torch.channels_last))
+    optimizer = torch.optim.Adam(model.parameters())
+    one = next(iter(train_split_loader(cache, size["batch_size"], False, 0)))
+    resident = [(one[0].cuda(), one[1].cuda())] * size["gpu_steps"]
+    ceiling = gpu_rate(model, optimizer, resident, size["gpu_steps"])
+    feeds = {"DataLoader, 4 workers": train_split_loader(cache, size["batch_size"], True, 4)}
+    feeds["preload"] = preload.preloaded(train_split_loader(cache, size["batch_size"], True, 0), True,
+                                         torch.device("cuda"))
+    for name, loader in feeds.items():
+        rate = gpu_rate(model, optimizer, loader, size["gpu_steps"])
+        bench.report(rows, ("h gpu", f"crnn bf16 + compile, augmented, {name}", f"{rate:.0f} samples/s",
+                            f"waits for data {max(0.0, 1 - rate / ceiling):.0%} of the time",
+                            f"one batch kept on the GPU: {ceiling:.0f} samples/s"))
+
+
+def import_seconds(module):
+    """Wall seconds of a fresh `python -c "import <module>"` in the repository."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", f"import {module}"], cwd=bench.ROOT, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def bench_startup(size, rows):
+    modules = ("torch", "main", "pre_trained_models")
+    for module in modules if size["warm_imports"] else ():  # untimed: warms the file cache
+        import_seconds(module)
+    seconds = {m: [] for m in modules}
+    for r in range(size["import_rounds"]):  # alternating, so a busy moment slows all of them alike
+        for module in (modules if r % 2 == 0 else modules[::-1]):
+            seconds[module].append(import_seconds(module))
+    torch_alone = statistics.median(seconds["torch"])
+    bench.report(rows, ("i startup", "import torch alone", f"{torch_alone:.2f} s", "",
+                        f"median of {size['import_rounds']} fresh processes"))
+    for module in modules[1:]:
+        extra = statistics.median(seconds[module]) - torch_alone
+        bench.report(rows, ("i startup", f"import {module}, minus import torch", f"{extra:.2f} s", "",
+                            bench.verdict(extra, ("<", TARGETS["import_s"]), " s")))
+
+
+def write_results(path, size_name, rows, seconds):
+    text = (f"# Benchmark results: data path and start-up\n\nCommand: `python benchmarks/data_path.py "
+            f"--size={size_name}` ({time.strftime('%Y-%m-%d %H:%M')}, {seconds / 60:.0f} min)\n\n"
+            f"Machine: {bench.machine()}.\n\nLoad average (1 min) at the end: {os.getloadavg()[0]:.2f}.\n\n"
+            f"{bench.table(rows)}\n\nbenchmarks/data_path.py's docstring says what each part measures.\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    parser.add_argument("--work_dir", default=None, help="generated data (default data/benchmarks/<size>)")
+    parser.add_argument("--out", default=None, help="results file (default benchmarks/results_data_path.md "
+                                                    "for full size, <work_dir>/results_data_path.md otherwise)")
+    args = parser.parse_args(argv)
+    work = Path(args.work_dir or bench.ROOT / "data" / "benchmarks" / args.size)
+    out = Path(args.out or (bench.ROOT / "benchmarks" if args.size == "full" else work) / "results_data_path.md")
+    work.mkdir(parents=True, exist_ok=True)
+    size, rows, start = SIZES[args.size], [], time.perf_counter()
+    print(bench.machine(), flush=True)
+    bench_startup(size, rows)  # first: nothing of ours runs beside the fresh processes
+    bench_loader(size, work, rows)
+    bench_gpu(size, work, rows)
+    write_results(out, args.size, rows, time.perf_counter() - start)
+    print(f"\n{bench.table(rows)}\n\nwritten to {out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
