@@ -277,7 +277,6 @@ def build_data(config, device):
         device=device.type, shuffle=config["shuffle"], augment_masks=config["augment_masks"],
         mask_draw=config["mask_draw"], balanced=config["balanced_sampler"],
         shard=(distributed.rank(), distributed.world_size()))
-    loaders["train"] = preloaded(loaders["train"], config["preload"], device)
     sizes = ", ".join(f"{name} {len(loader.dataset)}" for name, loader in loaders.items())
     print(f"data: {dataset['identity']} in {config['data_dir']}: {sizes} clips (the split: splits.csv)")
     data = {"loaders": loaders, "class_names": class_names, "preprocessing": preprocessing,
@@ -289,6 +288,7 @@ def build_data(config, device):
         multilabel.use_label_rows(loaders, dataset["label_rows"])
         if config["pos_weight"]:
             data["pos_weight"] = multilabel.pos_weight(dataset["label_rows"], loaders["train"].dataset.track_ids).to(device)
+    loaders["train"] = preloaded(loaders["train"], config["preload"], device)  # with the targets it will gather
     return data
 
 

@@ -12,7 +12,6 @@ import torch
 import torch.nn as nn
 
 import multilabel
-import multilabel_report
 import preemption
 from models import build_model
 from utils import atomic_write
@@ -291,6 +290,7 @@ def save_report(out_dir, metrics, targets, probabilities, class_names, history=N
     written = [out_dir / "metrics.json"]
     atomic_write(written[0], lambda f: f.write(text.encode()))
     if metrics.get("target") == "genres_all":  # multi-label: no confusion matrix; AP per genre, PR curves
+        import multilabel_report  # matplotlib with it: at the first figure, not at start-up
         figures = multilabel_report.figures(metrics, targets, probabilities)
     else:
         cm = metrics.get("confusion_matrix") or classification_metrics(targets, probabilities, class_names)[

@@ -21,7 +21,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
 import utils
 
@@ -63,6 +62,8 @@ class WindowRecorder:
 def track_figure(title, spectrogram, window_probabilities, checkpoint, hop, predictions=None):
     """The figure of one track; title: None for none; predictions: [(label, probability)] bars
     (pre_trained_models.top_k), or None for none."""
+    from matplotlib.figure import Figure  # here, not at start-up: a one-file prediction needs no plot
+
     timeline = len(window_probabilities) > 1
     rows = [kind for kind, shown in (("bars", predictions), ("spectrogram", True), ("timeline", timeline)) if shown]
     heights = {"bars": 0.25 + 0.3 * len(predictions or ()), "spectrogram": 2.6, "timeline": 2.2}

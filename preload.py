@@ -86,7 +86,8 @@ class PreloadedLoader:
     def __init__(self, dataset, sampler, batch_size, rows, device):
         self.dataset, self.sampler, self.batch_size, self.rows = dataset, sampler, batch_size, rows
         self.device, self.generator = torch.device(device), None  # every draw comes from the sampler's generator
-        self.labels = torch.tensor(dataset.labels, dtype=torch.int64, device=rows.device)
+        labels = dataset.labels  # class indices, or multi-label 0/1 genre rows (multilabel.use_label_rows)
+        self.labels = (torch.stack(labels) if torch.is_tensor(labels[0]) else torch.tensor(labels)).to(rows.device)
 
     def __len__(self):
         return math.ceil(len(self.sampler) / self.batch_size)
@@ -98,7 +99,7 @@ class PreloadedLoader:
             yield self.gather(order[batch], None if masks is None else masks[batch])
 
     def gather(self, indices, uniforms):
-        """(float32 inputs, int64 targets) on the training device, equal to what MelDataset and the
+        """(float32 inputs, targets) on the training device, equal to what MelDataset and the
         collate give. Few passes over the batch: on a CPU each costs about as much as the gather."""
         n_clips = len(self.dataset.track_ids)
         clips = (indices % n_clips).to(self.rows.device)

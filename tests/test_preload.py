@@ -10,6 +10,7 @@ import torch
 
 import main
 import models_utils
+import multilabel
 from cache import build_cache
 from preload import PreloadedLoader, placement, preloaded
 from utils import PREPROCESSING, load_metadata, make_loaders, split_tracks
@@ -58,6 +59,18 @@ def test_preloaded_batches_equal_the_dataloaders(data, options):
     x = torch.cat([x for (x, _), _ in batches])
     if options.get("augment") and not options.get("standardise"):
         assert (x == 0).any()  # masks were applied (0 dB), and equally on both paths
+
+
+def test_multi_label_rows_are_gathered_like_the_dataloaders(data):
+    """target=genres_all: main.build_data gives the loaders 0/1 genre rows before preloading them."""
+    cache, splits = data
+    loaders = [make_loaders(cache, splits, batch_size=4, seed=7, augment=True)[0] for _ in range(2)]
+    rows = {int(t): torch.tensor([t % 2, t % 3 == 0, 1], dtype=torch.float32) for t in cache.track_ids}
+    for twin in loaders:
+        multilabel.use_label_rows(twin, rows)
+    batches = assert_same_epochs(loaders[0]["train"], preloaded(loaders[1]["train"], True, torch.device("cpu")))
+    targets = torch.cat([y for (_, y), _ in batches])
+    assert targets.dtype == torch.float32 and targets.shape[1] == 3 and targets[:, 2].all()
 
 
 def test_a_resumed_epoch_continues_with_the_same_batches(data):
