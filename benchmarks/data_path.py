@@ -171,9 +171,7 @@ def write_results(path, size_name, rows, seconds):
             f"Machine: {bench.machine()}.\n\nLoad average (1 min) at the end: {os.getloadavg()[0]:.2f}.\n\n"
             f"{bench.table(rows)}\n\nbenchmarks/data_path.py's docstring says what each part measures.\n")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    utils.atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def main(argv=None):

@@ -474,9 +474,7 @@ def write_results(path, args, rows, loads, seconds):
             f"Each row is the median over rounds in which the contenders alternate; ratios compare "
             f"contenders measured in the same run. benchmarks/run.py's docstring says what each part measures.\n")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    utils.atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def parse_args(argv=None):
