@@ -19,8 +19,6 @@ import allocator
 
 allocator.keep_large_allocations()  # before numpy and torch allocate: glibc keeps freed tensors (allocator.py)
 
-import csv
-import io
 import random
 import sys
 import time
@@ -37,6 +35,7 @@ import finetune
 import models_utils
 import multilabel
 import preemption
+import run_state
 import utils
 import wandb_logging
 from configurator import fail
@@ -129,14 +128,6 @@ DEMO_GENRES_ALL = {"data_dir": "data/demo_genres_all", "min_genre_tracks": 2}
 COMPILED_MODELS = ("crnn", "cnn2d")
 DEMO_TRACKS_PER_GENRE = 10
 RUNS_ROOT = Path("runs")  # runs/<model>/<date-time>/, runs/<model>/latest -> the newest
-# On resume the checkpoint's config wins; only these keys may be changed on the command line.
-RESUME_MAY_CHANGE = {"epochs", "log_interval", "lr", "weight_decay", "num_workers", "cache_workers", "preload", "device", "amp",
-                     "compile", "data_dir", "cache_dir", "download", "out_dir", "resume", "overwrite", "wandb_mode",
-                     "wandb_project", "save_interval", "wandb_group", "watch", "hardest_clips", "upload_audio",
-                     "upload_checkpoints"}
-# Run state saved in every checkpoint's "training" entry besides the epoch, optimizer and scheduler.
-RUN_STATE = ("history", "best_val_score", "best_val_accuracy", "best_val_loss", "best_epoch", "examples_seen", "training_seconds",
-             "wandb_run_id")
 # Valid values of the keys that take a name, from the registries that define them.
 CHOICES = {"dataset": tuple(datasets.DATASETS), "subset": utils.SUBSETS, "split": utils.SPLIT_MODES, "model": tuple(MODELS),
            "target": multilabel.TARGETS,
@@ -216,23 +207,6 @@ def pick_device(name):
     return device
 
 
-def load_resume(config, overrides):
-    """The checkpoint <out_dir>/last.pt and the config to continue with (the checkpoint's own)."""
-    checkpoint = distributed.from_main(models_utils.load_checkpoint, Path(config["out_dir"]) / "last.pt")
-    if not checkpoint.get("training"):
-        raise CheckpointError(f"{config['out_dir']}/last.pt holds no training state (an exported model?); "
-                              f"it can predict but not resume. Start a new run instead.")
-    saved = {**config, **checkpoint["config"]}
-    conflicts = [f"{k}={v!r} (checkpoint: {saved[k]!r})" for k, v in overrides.items()
-                 if k not in RESUME_MAY_CHANGE and saved[k] != v]
-    if conflicts:
-        fail(f"cannot resume {config['out_dir']}/last.pt with {', '.join(conflicts)}: it was trained "
-             f"differently. Drop those arguments, or start a new run in another --out_dir.")
-    saved.update({k: v for k, v in config.items() if k in RESUME_MAY_CHANGE and k in overrides},
-                 out_dir=config["out_dir"], resume=True)
-    return checkpoint, saved
-
-
 def reseed(seed, epoch=0, loader=None):
     """Seed python, numpy, torch and the loader's shuffling from (seed, epoch)."""
     value = seed * 1_000_003 + epoch
@@ -310,59 +284,14 @@ def build_training(config, data, device, checkpoint=None, overrides=()):
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=config["lr"], weight_decay=config["weight_decay"])
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
-    state = {"epoch": 0, "history": [], "best_val_score": -1.0, "best_val_accuracy": -1.0, "best_val_loss": float("inf"), "best_epoch": 0,
-             "examples_seen": 0, "training_seconds": 0.0, "wandb_run_id": None, "model_args": model_args,
-             "thresholds": ((checkpoint or {}).get("genres") or {}).get("thresholds")}
+    state = run_state.new_state(model_args, checkpoint)
     if checkpoint is not None:
-        training = checkpoint["training"]
-        try:
-            model.load_state_dict(checkpoint["state_dict"])
-            optimizer.load_state_dict(training["optimizer"])
-            scheduler.load_state_dict(training["scheduler"])
-        except (RuntimeError, ValueError, KeyError) as error:
-            reason = str(error).splitlines()[0][:200]
-            raise CheckpointError(f"{config['out_dir']}/last.pt does not fit this run ({reason}); start a new "
-                                  f"run in another --out_dir.") from None
-        training.setdefault("best_val_score", training["best_val_accuracy"])  # saved before select_metric
-        state.update({k: training[k] for k in RUN_STATE}, epoch=training["epoch"], position=training.get("position"))
-        for group in optimizer.param_groups:  # an lr or weight_decay given on resume applies from now on
-            group.update({k: config[k] for k in ("lr", "weight_decay") if k in overrides})
-    state["saved_epoch"] = state["epoch"]
+        run_state.restore(checkpoint, model, optimizer, scheduler, state, config, overrides)
     return model, optimizer, scheduler, state
 
 
 # -----------------------------------------------------------------------------
 # epochs, checkpoints, evaluation
-
-def save_epoch(config, data, model, optimizer, scheduler, state, position=None):
-    """best.pt (when this epoch is the best so far), last.pt and history.csv, each written atomically;
-    with ``position`` (a mid-epoch save: where the next epoch stands, train.epoch_position) last.pt only.
-
-    A checkpoint (models_utils.make_checkpoint) holds what rebuilds the model and what resumes the run.
-    Under torchrun only rank 0 writes.
-    """
-    if not distributed.is_main():
-        return
-    out_dir = Path(config["out_dir"])
-    training = {"epoch": state["epoch"], "metrics": state["history"][-1] if state["history"] else None,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "position": position,
-                **{k: state[k] for k in RUN_STATE}}
-    checkpoint = models_utils.make_checkpoint(
-        config["model"], state["model_args"], model.state_dict(), data["class_names"], data["preprocessing"],
-        data["normalisation"], config, state["provenance"], training,
-        genres=data["genres"] and {**data["genres"], "thresholds": state["thresholds"]})
-    if position is None and state["best_epoch"] == state["epoch"]:
-        models_utils.save_checkpoint(checkpoint, out_dir / "best.pt")
-    models_utils.save_checkpoint(checkpoint, out_dir / "last.pt")
-    if position is not None:
-        return
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(state["history"][0]))
-    writer.writeheader()
-    writer.writerows(state["history"])
-    utils.atomic_write(out_dir / "history.csv", lambda f: f.write(text.getvalue().encode()))
-    state["saved_epoch"] = state["epoch"]
-
 
 def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_log, signals):
     """Train from state["epoch"] + 1 (or a mid-epoch position) to config["epochs"], validating and
@@ -379,7 +308,7 @@ def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, devi
             due = config["save_interval"] and progress["batches"] % config["save_interval"] == 0
             stop, save = distributed.agree(signals.stop, signals.save)  # every process decides alike
             if due or save or stop:
-                save_epoch(config, data, raw_model, optimizer, scheduler, state,
+                run_state.save_epoch(config, data, raw_model, optimizer, scheduler, state,
                            position=epoch_position(epoch, progress, time.time() - start))
                 if save and distributed.is_main():
                     print(f"\nSIGUSR1: saved {config['out_dir']}/last.pt at step {progress['batches']} of epoch "
@@ -424,7 +353,7 @@ def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, devi
         if improved:
             state.update(best_val_score=score, best_val_accuracy=val["accuracy"], best_val_loss=val[loss],
                          best_epoch=epoch)
-        save_epoch(config, data, raw_model, optimizer, scheduler, state)
+        run_state.save_epoch(config, data, raw_model, optimizer, scheduler, state)
         print(f"epoch {epoch:3d}/{config['epochs']} | train loss {row['train_loss']:.4f} acc "
               f"{row['train_accuracy']:.3f} | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} | "
               f"lr {lr_now:.1e} | {seconds:.1f} s{' | best.pt' if improved else ''}", flush=True)
@@ -460,7 +389,7 @@ def run(config, overrides, provenance):
     """The whole run (out_dir already prepared); returns the exit status."""
     checkpoint = None
     if config["resume"]:
-        checkpoint, config = load_resume(config, overrides)
+        checkpoint, config = run_state.load_resume(config, overrides)
     device = pick_device(distributed.local_device(config["device"]))
     data = build_data(config, device)
     if data is None:
@@ -494,19 +423,11 @@ def run(config, overrides, provenance):
     except KeyboardInterrupt as interrupt:
         exit_code = getattr(interrupt, "exit_code", 130)
         if state["epoch"] > state["saved_epoch"]:  # the epoch had finished but was not saved yet
-            save_epoch(config, data, raw_model, optimizer, scheduler, state)
+            run_state.save_epoch(config, data, raw_model, optimizer, scheduler, state)
         raise
     finally:
         wandb_log.finish(exit_code)
     return 0
-
-
-def resume_command(argv, config_file, out_dir):
-    """The command that continues this run: the same launch (python, or torchrun and its options),
-    config file and overrides, its own out_dir."""
-    kept = [a for a in argv[1 if config_file else 0:] if not a.startswith(("--resume=", "--out_dir=", "--overwrite="))]
-    return " ".join([*distributed.launcher(), "main.py", *([config_file] if config_file else []), *kept,
-                     f"--out_dir={out_dir}", "--resume=True"])
 
 
 def main(argv=None):
@@ -524,7 +445,7 @@ def main(argv=None):
             last, cause = Path(config["out_dir"]) / "last.pt", "SIGTERM" if isinstance(interrupt, Preempted) else "Ctrl-C"
             if distributed.is_main():
                 print(f"\ninterrupted ({cause}): {last} holds the last saved step. Continue with: "
-                      f"{resume_command(argv, config_file, config['out_dir'])}" if last.is_file()
+                      f"{run_state.resume_command(argv, config_file, config['out_dir'])}" if last.is_file()
                       else f"\ninterrupted ({cause}) before anything was saved: rerun the same command (a cache "
                            f"build resumes).", file=sys.stderr)
             return getattr(interrupt, "exit_code", 130)

@@ -11,7 +11,6 @@ counts are identical either way.
 
     python models.py        # prints each model's parameter count
 """
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

@@ -5,7 +5,6 @@ import csv
 import json
 import math
 import signal
-import statistics
 import subprocess
 import sys
 from pathlib import Path
