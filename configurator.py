@@ -26,6 +26,11 @@ CONSTANT_LINE = re.compile(r"^(\w+)\s*=\s*(.+?)\s+#\s?(.*)$")
 RULER = "# " + "-" * 77
 
 
+class UsageError(Exception):
+    """A problem the user must fix before anything can run (a command's wrong options or unusable input);
+    str() is the whole message, which the command prints with exit status 2."""
+
+
 def fail(message):
     """Stop with a one-paragraph message and exit status 1, no traceback."""
     raise SystemExit(f"error: {message}")

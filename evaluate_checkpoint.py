@@ -1,0 +1,125 @@
+"""A checkpoint, or an ensemble of checkpoints, scored on the test split it was trained with:
+``pre_trained_models.py --evaluate=True`` (the command line and the model loading stay there).
+
+    settings = evaluate_checkpoint.shared_split_settings(args, members)  # the members' common test split
+    evaluate_checkpoint.report(args, members, model, checkpoint, settings, device)  # metrics.json + figures
+
+The test clips go through the training pipeline (cache, first n_frames, broken clips reported) and
+test.evaluate, so the numbers compare with main.py's test results, not with the windowed prediction.
+"""
+import sys
+from pathlib import Path
+
+import cache as mel_cache
+import datasets
+import models_utils
+import multilabel
+import utils
+from configurator import UsageError
+from test import evaluate  # the project's test.py (python and pytest.ini put the project root first on sys.path)
+
+SPLIT_SETTINGS = {"dataset": "fma", "subset": "small", "split": "official", "seed": 0, "train_size": 0.8,
+                  "split_seed": -1, "val_size": 0.1, "test_size": 0.1}  # main.py's defaults
+
+
+def split_settings(args, checkpoint, path=None):
+    """subset, split, seed and train_size of the test split: those the checkpoint was trained with.
+
+    A command-line value that contradicts them is refused (evaluating on another split would score the
+    model on clips it was trained on). The original's bare state_dicts record none: the command line's
+    values (or main.py's defaults) are used, with a warning. ``path``: the checkpoint's (default --checkpoint).
+    """
+    path = path or args.checkpoint
+    trained = checkpoint.get("config") or {}
+    given = {key: getattr(args, key, None) for key in SPLIT_SETTINGS if getattr(args, key, None) is not None}
+    settings = {**SPLIT_SETTINGS, **given, **{key: trained[key] for key in SPLIT_SETTINGS if key in trained}}
+    random = settings["split"] == "random" or settings["dataset"] != "fma"
+    relevant = SPLIT_SETTINGS if random else ("subset", "split")  # seeds shape random splits only
+    conflicts = [f"--{key}={value} (trained with {trained[key]})" for key, value in given.items()
+                 if key in relevant and key in trained and trained[key] != value]
+    if conflicts:
+        raise UsageError(f"{path} was trained with other split settings than {', '.join(conflicts)}: "
+                         f"its test split is the one of its training run, or the evaluation would score clips "
+                         f"it was trained on. Drop these options.")
+    if not trained:
+        print(f"warning: {path} does not record the split it was trained on (the original project "
+              f"trained on a random split with an unrecorded seed): its test clips may include training clips.",
+              file=sys.stderr)
+    return settings
+
+
+def split_identity(settings):
+    """What decides which clips are test clips: the subset for FMA's official split; else the sizes and seed."""
+    if settings["dataset"] == "fma" and settings["split"] == "official":
+        return {"subset": settings["subset"], "split": "official"}
+    return {**{key: settings[key] for key in ("dataset", "subset", "split", "train_size", "val_size", "test_size")},
+            "split_seed": datasets.split_seed(settings)}
+
+
+def shared_split_settings(args, members):
+    """The split settings of the members ([(path, model, checkpoint)]), refused unless every member was
+    trained on the same split: else the test clips of one would include training clips of another."""
+    settings = [split_settings(args, checkpoint, path) for path, _, checkpoint in members]
+    for (path, _, _), other in zip(members[1:], settings[1:]):
+        if split_identity(other) != split_identity(settings[0]):
+            raise UsageError(f"{path} and {members[0][0]} were trained on different splits ({split_identity(other)} "
+                             f"vs {split_identity(settings[0])}): the test clips of one would include training clips of "
+                             f"the other. Evaluate members trained on one split (experiments.py repeat pins it).")
+    return settings[0]
+
+
+def describe(scores):
+    return (f"loss {scores['test_loss']:.4f}, accuracy {scores['test_accuracy']:.3f}, balanced accuracy "
+            f"{scores['balanced_accuracy']:.3f}, macro F1 {scores['macro_f1']:.3f}")
+
+
+def member_scores(members, loader, device, class_names):
+    """Each member's own test figures (the numbers only), shown next to the ensemble's."""
+    rows = []
+    for path, model, _ in members:
+        scores = evaluate(model, loader, device, class_names)[0]
+        rows.append({"checkpoint": str(path), **{k: v for k, v in scores.items() if not isinstance(v, (dict, list))}})
+    return rows
+
+
+def report(args, members, model, checkpoint, settings, device):
+    """Evaluate ``model`` (the one member, or the members' ensemble) on the test split of ``settings``;
+    write metrics.json and figures like training does, print the summary; returns the exit status 0."""
+    multi = checkpoint.get("target") == "genres_all"  # its genres: those of its training split (multilabel.load_fma)
+    labels = {key: checkpoint["config"][key] for key in ("target", "min_genre_tracks")} if multi else {}
+    data = datasets.load({**settings, **labels, "data_dir": args.data_dir, "cache_dir": args.cache_dir or ""})
+    class_names, test_tracks = data["class_names"], data["splits"]["test"]
+    if list(class_names) != list(checkpoint["class_names"]):
+        raise UsageError(f"The checkpoint was trained on the genres {checkpoint['class_names']} but "
+                         f"{args.data_dir} ({settings['dataset']} {settings['subset']}) has {class_names}: "
+                         f"evaluate it on the data it was trained on (--data_dir, --subset).")
+    cache = mel_cache.build_cache(test_tracks, data["cache_root"], data["identity"],
+                                  preprocessing=checkpoint["preprocessing"])
+    # make_loaders wants three splits; only "test" is used. It feeds raw dB (the model standardises
+    # itself when its checkpoint says so), so no statistics are computed.
+    loaders, _ = utils.make_loaders(cache, dict.fromkeys(("train", "val", "test"), test_tracks),
+                                    args.batch_size, device=device)
+    if multi:
+        multilabel.use_label_rows(loaders, data["label_rows"])
+    scores, result = evaluate(model, loaders["test"], device, class_names, genres=checkpoint.get("genres"))
+    metrics = {**scores, "checkpoint": " + ".join(map(str, args.checkpoints)),
+               "model": " + ".join(c["model"] for _, _, c in members),
+               "epoch": (checkpoint.get("training") or {}).get("epoch"), **settings}
+    if len(members) > 1:
+        metrics["members"] = member_scores(members, loaders["test"], device, class_names)
+    out_dir = Path(args.out_dir or Path(args.checkpoint).parent / ("evaluation" if len(members) == 1 else "ensemble"))
+    models_utils.save_report(out_dir, metrics, result["targets"], result["probabilities"], class_names)
+    seeded = f", seed {datasets.split_seed(settings)}, train_size {settings['train_size']}"
+    split = (f"FMA {settings['subset']} ({settings['split']}{seeded if settings['split'] == 'random' else ''})"
+             if settings["dataset"] == "fma" else f"{args.data_dir} (split_seed {datasets.split_seed(settings)})")
+    if multi:
+        print(f"test split of {split}: loss {metrics['test_loss']:.4f} on {metrics['test_examples']} clips; "
+              f"metrics.json and figures in {out_dir}\n{multilabel.format_table(metrics, checkpoint['genres'])}")
+        return 0
+    print(f"test split of {split}: {'ensemble: ' if len(members) > 1 else ''}{describe(metrics)} on "
+          f"{metrics['test_examples']} clips; metrics.json and figures in {out_dir}")
+    for member in metrics.get("members", []):
+        print(f"  member {member['checkpoint']}: {describe(member)}")
+    return 0
+
+
