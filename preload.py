@@ -10,7 +10,7 @@ batches, and each batch is gathered, masked (utils.spec_augment, vectorised over
 standardised on that device, so the same seed gives the same batches and masks on both paths.
 
     loader = preloaded(loaders["train"], True, torch.device("cpu"))
-    for inputs, targets in loader: ...                 # float32 (B, n_mels, n_frames), int64 (B,)
+    for inputs, targets in loader: ...  # float32 (B, n_mels, n_frames); int64 (B,), or (B, G) 0/1 genre rows
 
 Its tests: python -m pytest tests/test_preload.py -q
 """
