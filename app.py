@@ -28,6 +28,7 @@ from pathlib import Path
 import inference
 import plots
 import pre_trained_models as ptm
+from models import MODELS
 from models_utils import CheckpointError
 
 INSTALL_HINT = "pip install -r requirements-app.txt"
@@ -71,7 +72,7 @@ def read_metrics(path):
         return {}
 
 
-def analyse(paths, model, checkpoint, top_k=3, max_mb=200.0, device="cpu"):
+def analyse(paths, model, checkpoint, top_k=None, max_mb=200.0, device="cpu"):
     """One dict per file: name, path, error (None when predicted), predictions [(label, p)] and figure."""
     paths = [Path(p) for p in paths]
     results = [{"name": p.name, "path": str(p), "error": too_large(p, max_mb), "predictions": None, "figure": None}
@@ -105,7 +106,7 @@ def genre_bars(predictions):
     rows = "".join(f'<span class="genre-name">{html.escape(label)}</span>'
                    f'<div class="genre-bar" style="width: {100 * p:.1f}%"></div>'
                    f'<span class="genre-probability">{p:.3f}</span>' for label, p in predictions)
-    return f'<div class="genres">{rows}</div>'
+    return f'<div class="genres">{rows or "no genre above its threshold"}</div>'
 
 
 def error_html(result):
@@ -152,13 +153,14 @@ def build_page(gr, model, checkpoint, args):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a .pt written by main.py")
-    parser.add_argument("--model", help="model of a bare state_dict (the original project's weights)")
+    parser.add_argument("--model", choices=sorted(MODELS), help="model of a bare state_dict (the original project's weights)")
     parser.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1")
     parser.add_argument("--max_mb", type=float, default=200.0, help="largest audio file accepted, in MB")
-    parser.add_argument("--top_k", type=int, default=3, help="genres shown per track")
+    parser.add_argument("--top_k", type=int, help=f"genres shown per track (default {ptm.DEFAULT_TOP_K}); multi-label: "
+                        "the genres above their thresholds unless given")
     parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, ...")
     args = parser.parse_args(argv)
-    if args.top_k < 1 or args.max_mb <= 0:
+    if (args.top_k is not None and args.top_k < 1) or args.max_mb <= 0:
         parser.error("--top_k must be at least 1 and --max_mb above 0")
     return args
 

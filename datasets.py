@@ -42,8 +42,8 @@ SHOWN = 10  # files named in a message or report before "and N more"
 def load(config):
     """The dataset ``config["dataset"]`` describes, with its splits (see the module docstring)."""
     data = DATASETS[config["dataset"]](config)
+    data["cache_root"] = Path(config["cache_dir"]) if config["cache_dir"] else data["cache_root"]
     if "label_rows" in data:  # multi-label: every kept genre has min_genre_tracks training clips (multilabel.py)
-        data["cache_root"] = Path(config["cache_dir"]) if config["cache_dir"] else data["cache_root"]
         return data
     missing = [name for name in data["class_names"] if name not in set(data["splits"]["train"]["genre"])]
     if missing:
@@ -53,7 +53,6 @@ def load(config):
         absent = sorted(set(data["class_names"]) - set(data["splits"][key]["genre"]))
         if absent:
             print(f"warning: the {SPLITS[key]} split has no track of {absent}: its scores say nothing about them.")
-    data["cache_root"] = Path(config["cache_dir"]) if config["cache_dir"] else data["cache_root"]
     return data
 
 

@@ -185,10 +185,10 @@ def open_study(opts, main_args):
                                     load_if_exists=True)
         recorded = study.user_attrs.setdefault("main_args", main_args)
         study.set_user_attr("main_args", recorded)
-    if main_args and recorded != main_args:
+    if main_args and recorded != main_args and not opts["report"]:  # none given: the recorded ones
         fail(f"study {opts['name']} ({url}) runs main.py with {' '.join(recorded) or 'its defaults'}, not "
              f"{' '.join(main_args)}. Continue it with the same arguments, or start another with --name=NEW.")
-    return study
+    return study, recorded
 
 
 def objective(study, opts, main_args, space, metric, places):
@@ -235,12 +235,14 @@ def tune(opts, main_args, config):
     """Run the study until it holds opts["trials"] finished trials (or only report); returns the exit status."""
     import optuna
 
-    study = open_study(opts, main_args)
+    study, main_args = open_study(opts, main_args)
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=states))
     if not opts["report"] and done < opts["trials"]:
         space = load_space(opts["space"])
-        clash = sorted(set(space) & set(configurator.parse_command_line(main_args, main.CONFIG, "main.py")[0]))
+        overrides = configurator.parse_command_line(main_args, main.CONFIG, "main.py")[0]
+        config = main.make_config(overrides)  # the study's own: its arguments may come from its record
+        clash = sorted(set(space) & set(overrides))
         if clash:
             fail(f"{', '.join(clash)} are both fixed (config file or --key=value) and searched: drop one.")
         print(f"study {opts['name']}: {done} of {opts['trials']} trials finished; runs in {opts['dir']}/trial_<n>")
@@ -431,6 +433,9 @@ def parse(argv):
     config = main.make_config(overrides)
     opts["name"] = opts["name"] or f"{command}_{config['model']}"
     opts["dir"] = opts["dir"] or str(Path("runs") / "experiments" / opts["name"])
+    if command == "repeat" and config["target"] == "genres_all":
+        fail("repeat summarises single-label figures (test accuracy, macro F1, per-genre F1): target=genres_all "
+             "is not supported yet; run the seeds with main.py and compare their metrics.json.")
     if opts["trials"] < 1 or opts["parallel"] < 1:
         fail(f"--trials and --parallel must be at least 1, got {opts['trials']} and {opts['parallel']}.")
     return command, opts, main_args, config

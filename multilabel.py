@@ -254,8 +254,9 @@ def threshold_metrics(targets, probabilities, thresholds):
 
 def top_genre_accuracy(targets, probabilities, genres):
     """(accuracy, clips counted): the top-level output with the highest probability against the clip's
-    top genre, over the clips with exactly one top-level genre (FMA's genre_top); comparable with a
-    single-label model's accuracy. None when no clip has one."""
+    top genre, over the clips with exactly one top-level genre among the outputs (FMA's genre_top, as
+    long as min_genre_tracks dropped no top-level genre); comparable with a single-label model's
+    accuracy. None when no clip has one."""
     top = np.array([not ancestors(g, genres["tree"]) for g in genres["ids"]])
     truth = np.asarray(targets)[:, top]
     counted = truth.sum(axis=1) == 1

@@ -77,6 +77,7 @@ def wandb_entries(metrics, targets, probabilities):
         for k in frequent:
             name = metrics["class_names"][k]
             scores = np.stack([1 - probabilities[:, k], probabilities[:, k]], axis=1)
-            entries[f"test/pr/{name}"] = wandb.plot.pr_curve(targets[:, k].astype(int), scores,
+            # W&B reads "/" in a key as a section: FMA has "Old-Time / Historic"
+            entries[f"test/pr/{name.replace('/', '-')}"] = wandb.plot.pr_curve(targets[:, k].astype(int), scores,
                                                              labels=[f"not {name}", name], classes_to_plot=[1])
     return entries

@@ -52,7 +52,8 @@ def test(model, loader, device, amp=False, desc="eval", gather=None):
     targets = torch.cat([batch[1] for batch in batches]).numpy()
     probabilities = torch.cat([batch[2] for batch in batches]).numpy()
     # multi-label: each genre decided at probability 0.5, "accuracy" the label-wise accuracy
-    predictions = probabilities.argmax(axis=1) if targets.ndim == 1 else (probabilities >= 0.5).astype(targets.dtype)
+    # (above 0.5, as train.correct_decisions' positive logits)
+    predictions = probabilities.argmax(axis=1) if targets.ndim == 1 else (probabilities > 0.5).astype(targets.dtype)
     return {"loss": sum(loss for loss, _, _ in batches) / len(targets),
             "batch_loss": float(np.mean([loss / len(batch) for loss, batch, _ in batches])),
             "accuracy": float(np.mean(predictions == targets)), "examples": len(targets), "targets": targets,

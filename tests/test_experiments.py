@@ -16,6 +16,7 @@ import yaml
 
 import experiments
 import main
+import models_utils
 import pre_trained_models
 from conftest import clean_env, wait_for
 
@@ -99,6 +100,17 @@ def test_the_report_gives_the_best_trial_as_a_config_and_the_study_as_csv_and_fi
     assert (folder / "optimization_history.png").read_bytes().startswith(PNG)
     assert experiments.run([*study["argv"], "--report=True"]) == 0  # a finished study: a report, no trial
     assert len(load_study(folder).trials) == 4
+    # a report given only some of main.py's arguments, and a continuation given none: the recorded ones apply
+    assert experiments.run(["tune", "--model=cnn1d", f"--dir={folder}", "--name=test", "--report=True"]) == 0
+    assert experiments.run(["tune", f"--space={folder / 'space.py'}", f"--dir={folder}", "--name=test",
+                            "--trials=5"]) == 0
+    config = models_utils.load_checkpoint(folder / "trial_4" / "last.pt")["config"]
+    assert (config["epochs"], config["n_frames"], config["batch_size"]) == (3, 96, 2)
+
+
+def test_repeat_refuses_multi_label_runs():
+    with pytest.raises(SystemExit, match="target=genres_all is not supported"):
+        experiments.run(["repeat", "--target=genres_all", "--seeds=0,1"])
 
 
 def test_a_continued_study_refuses_other_fixed_arguments(study):

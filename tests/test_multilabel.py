@@ -106,6 +106,32 @@ def test_wandb_entries_and_figures_of_a_multilabel_report():
         plt.close(figure)
 
 
+def test_the_summary_table_nests_sub_genres_under_their_parent_by_support():
+    genres = {"ids": [1, 2, 5, 4], "tree": TREE, "thresholds": [0.5, 0.5, 0.5, 0.5]}  # Rock, Punk, Jazz, Indie
+    metrics = {**multilabel.evaluation_scores(TARGETS, PROBABILITIES, genres), "test_loss": 0.3}
+    lines = multilabel.format_table(metrics, genres).splitlines()
+    # Rock and Jazz both have 4 positives (a tie goes by title); Punk (3) before Indie (0) under Rock
+    assert [line[:32].rstrip() for line in lines[1:5]] == ["Jazz", "Rock", "  Punk", "  Indie"]
+    assert lines[5].startswith("PR-AUC macro 0.939") and "1 genres without both positives" in lines[5]
+
+
+def test_a_genre_title_with_a_slash_makes_one_wandb_key():
+    import multilabel_report
+
+    tree = {**TREE, "title": ["Old-Time / Historic", *TREE["title"][1:]]}
+    genres = {"ids": [1, 2, 5], "tree": tree, "thresholds": [0.5] * 3}
+    metrics = {**multilabel.evaluation_scores(TARGETS[:, :3], PROBABILITIES[:, :3], genres), "test_loss": 0.3}
+    assert "test/pr/Old-Time - Historic" in multilabel_report.wandb_entries(metrics, TARGETS[:, :3], PROBABILITIES[:, :3])
+
+
+def test_single_label_loss_is_plain_cross_entropy():
+    logits, targets, weights = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 1, 0]), torch.tensor([1.0, 2.0, 0.5, 1.0])
+    assert torch.equal(batch_loss(logits, targets), torch.nn.functional.cross_entropy(logits, targets))
+    assert torch.equal(batch_loss(logits, targets, weights), torch.nn.functional.cross_entropy(logits, targets, weights))
+    assert torch.equal(batch_loss(logits, targets, reduction="sum"),
+                       torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+
+
 def test_bce_loss_with_pos_weight():
     rows = {1: torch.tensor([1.0, 0.0]), 2: torch.tensor([1.0, 1.0]), 3: torch.tensor([0.0, 0.0]), 4: torch.tensor([1.0, 0.0])}
     weight = multilabel.pos_weight(rows, [1, 2, 3, 4])
