@@ -78,7 +78,7 @@ def analyse(paths, model, checkpoint, top_k=None, max_mb=200.0, device="cpu"):
     results = [{"name": p.name, "path": str(p), "error": too_large(p, max_mb), "predictions": None, "figure": None}
                for p in paths]
     todo = [i for i, result in enumerate(results) if result["error"] is None]
-    hop = checkpoint["preprocessing"]["n_frames"] // 2  # pre_trained_models.py's default hop
+    hop = inference.default_hop(checkpoint)  # pre_trained_models.py's default
     recorder = plots.WindowRecorder(hop)
     # num_workers=0: the windows are decoded in this process (the page serves one request at a time)
     predicted = inference.predict(model, checkpoint, [paths[i] for i in todo], hop, device=device,

@@ -36,6 +36,7 @@ import numpy as np
 import configurator
 import datasets
 import main
+import models_utils
 import utils
 import wandb_logging
 from configurator import fail
@@ -292,11 +293,7 @@ def report(study, opts):
 
 def save_figure(path, draw, study):
     """One of Optuna's matplotlib figures as a PNG, or None (with a note) when it cannot be drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = models_utils.pyplot()  # headless
     try:
         axes = draw(study)
     except (ValueError, RuntimeError) as error:  # e.g. importances of parameters that never varied

@@ -111,6 +111,11 @@ def ensemble(members):
 # -----------------------------------------------------------------------------
 # batching windows of many tracks
 
+def default_hop(checkpoint):
+    """Frames between window starts when none is given: half a window (windows overlap by half)."""
+    return checkpoint["preprocessing"]["n_frames"] // 2
+
+
 def predict(model, checkpoint, files, hop=None, max_windows=None, batch_size=32, device="cpu", num_workers=0,
             outputs=probabilities, on_window=None):
     """Yield (path, mean of its windows' outputs or None, number of windows, error or None) per file, in order.
@@ -122,7 +127,7 @@ def predict(model, checkpoint, files, hop=None, max_windows=None, batch_size=32,
     computed, so memory does not grow with the length of a track.
     """
     preprocessing = checkpoint["preprocessing"]
-    dataset = audio_windows.TrackWindows(files, preprocessing, hop or preprocessing["n_frames"] // 2, max_windows)
+    dataset = audio_windows.TrackWindows(files, preprocessing, hop or default_hop(checkpoint), max_windows)
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=keep_item,
                         worker_init_fn=audio_windows.silence_decoder_notes)
     tracks = [{"sum": 0.0, "windows": 0, "queued": 0, "done": False, "error": None} for _ in files]

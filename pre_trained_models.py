@@ -236,7 +236,7 @@ def run_prediction(args):
     path_width, genre_width = max(len(str(f)) for f in files), max(map(len, class_names))
     multi = checkpoint.get("target") == "genres_all"
     k = args.top_k or DEFAULT_TOP_K
-    hop = args.hop or checkpoint["preprocessing"]["n_frames"] // 2
+    hop = args.hop or inference.default_hop(checkpoint)
     recorder = plots.WindowRecorder(hop) if args.plot else None
     rows, figure_names = [], set()
     for track, probabilities, n_windows, error in each_track(args, model, checkpoint, files, device,
