@@ -98,12 +98,12 @@ ensure_venv() {
     say "reusing $venv (requirements unchanged)"
     return 0
   fi
-  if [ -d "$venv" ] && [ ! -f "$marker" ] && [ -n "$(ls -A "$venv")" ]; then
+  if [ -e "$venv" ] && [ ! -f "$marker" ] && { [ ! -d "$venv" ] || [ -n "$(ls -A "$venv")" ]; }; then
     die "$venv exists and was not made by quickstart.sh, so it will not be deleted." \
       "Point FMA_VENV at a new folder, or remove $venv yourself, then rerun."
   fi
   check_venv_module "$python"
-  say "building $venv with $python from $* (torch takes about 2 minutes)"
+  say "building $venv with $python from $* (a few minutes: torch is a 4.6 GB download)"
   rm -f "$marker"
   rm -rf "$venv"
   mkdir -p "$venv"

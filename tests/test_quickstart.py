@@ -129,7 +129,7 @@ def test_no_python3_names_the_install_command(tmp_path):
     assert not (tmp_path / "venv").exists()
 
 
-def test_a_folder_it_did_not_make_is_never_deleted(tmp_path):
+def test_a_folder_or_file_it_did_not_make_is_never_deleted(tmp_path):
     (tmp_path / "venv").mkdir()
     (tmp_path / "venv" / "pyvenv.cfg").write_text("home = /somewhere\n")
     requirements = tmp_path / "requirements.txt"
@@ -137,6 +137,9 @@ def test_a_folder_it_did_not_make_is_never_deleted(tmp_path):
     run = quickstart(tmp_path, "test", requirements=requirements)
     assert run.returncode == 1 and "was not made by quickstart.sh" in run.stderr
     assert (tmp_path / "venv" / "pyvenv.cfg").exists()
+    run = quickstart(tmp_path, "test", requirements=requirements, FMA_VENV=str(requirements))
+    assert run.returncode == 1 and "was not made by quickstart.sh" in run.stderr
+    assert requirements.exists()
 
 
 def test_a_missing_requirements_file_is_named(tmp_path):
