@@ -4,8 +4,11 @@ Used by pre_trained_models.py, whose DataLoader workers run TrackWindows (files 
 of n_frames frames is computed from its own stretch of audio (``segment_samples``: the samples its frames
 see) by training's clip path, utils.mel_spectrogram_db then utils.fix_width, and stored as float16 like
 the training cache. So the top_db floor of a window is relative to that window's loudest frame (a quiet
-intro of a loud track keeps its detail), and a track no longer than one window (an FMA clip) gives the
-input training gave the model for it, bit for bit: the row of the spectrogram cache.
+intro of a loud track keeps its detail), and a track no longer than one window's audio (segment_samples,
+30.0 s: an FMA clip) gives the input training gave the model for it, bit for bit on any CPU: the row of
+the spectrogram cache. Both sides run the same code on the same samples: the whole file read in one
+call, utils.resample, then utils.mel_spectrogram_db on one thread (whose sums do not depend on the
+caller's thread count), fix_width and float16.
 
     for window in track_windows("song.mp3", utils.PREPROCESSING, hop=645, max_windows=8):
         ...  # float16 (n_mels, n_frames)
@@ -17,8 +20,8 @@ stereo float32). Measured against load_audio's one-shot decoding and soxr.resamp
 stereo MP3 written by libsndfile: max abs difference 0.0 (blocks of 1,000 to 77,777 frames; the same
 from 48, 32 and 11.025 kHz). Only the MP3 decoder can differ: its output depends on the size of each
 read, by up to 9e-8 on mono MP3s and up to 0.15 on MPEG-2 (22.05 kHz) MP3s with bitstream errors, as
-libsndfile's own encoder writes them; hence a file up to WHOLE_FILE_SECONDS long is read in one call,
-like load_audio reads it. With max_windows, only the chosen windows are decoded: the file is sought to
+libsndfile's own encoder writes them; hence a file up to WHOLE_FILE_SECONDS long is read and resampled
+in one call, by load_audio's own code. With max_windows, only the chosen windows are decoded: the file is sought to
 each, with SEEK_PRE_ROLL samples of resampler warm-up that keep the audio within 3e-7 of one-shot
 resampling (same MP3; 0.06 without warm-up), i.e. within one float16 step of the dB values.
 """
@@ -79,8 +82,8 @@ class MonoStream:
         self.frames_read = 0
         self.resampler = self.new_resampler()
 
-    def new_resampler(self):
-        return None if self.native == self.rate else soxr.ResampleStream(
+    def new_resampler(self):  # a file read in one call is resampled in one call, by load_audio's code
+        return None if self.native == self.rate or self.block < 0 else soxr.ResampleStream(
             self.native, self.rate, 1, dtype="float32", quality="HQ")
 
     def read(self):
@@ -92,7 +95,9 @@ class MonoStream:
                                    f"{self.frames_read / self.native:.1f} s in: the file is corrupt. Download "
                                    f"or convert it again.")
         self.frames_read += len(block)
-        ended = self.block < 0 or len(block) < self.block
+        if self.block < 0:  # the rest of the file, exactly as utils.load_audio resamples it
+            return utils.resample(mono, self.native, self.rate), True
+        ended = len(block) < self.block
         return (mono if self.resampler is None else self.resampler.resample_chunk(mono, last=ended)), ended
 
     def seek(self, sample):

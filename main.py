@@ -113,9 +113,9 @@ CONFIG = {k: v for k, v in globals().items()
           if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}
 
 # With demo=True these replace the defaults of keys not given on the command line. The demo dataset
-# (demo_data.py) has 80 clips of 30 s, 64/8/8 train/val/test. Measured with the CRNN on 2 CPU cores:
-# batch 16 x 10 epochs reached 0.75 test accuracy; batch 8 (8 optimiser steps an epoch) reached 0.75
-# after 15 epochs and 1.0 (8/8, val 1.0) after 25; ~5 s an epoch with freed memory kept (allocator.py).
+# (demo_data.py) has 80 clips of 30 s, 64/8/8 train/val/test. Batch 8 gives 8 optimiser steps an epoch;
+# 25 epochs reach at least 0.75 test accuracy on any CPU (tests/test_demo_data.py checks it; 0.875 on a
+# 2-core AMD EPYC, 2026-12); ~5 s an epoch with freed memory kept (allocator.py).
 DEMO = {"data_dir": "data/demo", "epochs": 25, "batch_size": 8, "download": False, "compile": "False"}
 # The demo with target=genres_all: its own folder (clips with sub-genres, demo_data.py), whose sub-genres
 # have 2-3 training clips each.

@@ -92,10 +92,14 @@ def load_audio(path, sample_rate=22050):
                          f"Download it again or remove it.") from e
     if audio.shape[0] == 0:
         raise AudioError(f"{path}: decodes to no audio at all. Download it again or remove it.")
-    mono = audio.mean(axis=1)
+    return resample(audio.mean(axis=1), native_rate, sample_rate)
+
+
+def resample(mono, native_rate, sample_rate):
+    """float32 mono at sample_rate, exactly as librosa.resample(res_type="soxr_hq") (also audio_windows')."""
     if native_rate == sample_rate:
         return mono
-    # What librosa.resample(res_type="soxr_hq") does, without its scipy/numba imports (~2 s per process).
+    # librosa's length rule, without its scipy/numba imports (~2 s per process).
     length = math.ceil(len(mono) * sample_rate / native_rate)
     resampled = soxr.resample(mono, native_rate, sample_rate, quality="soxr_hq")[:length]
     return np.pad(resampled, (0, length - len(resampled))).astype(np.float32)
@@ -118,10 +122,19 @@ def mel_spectrogram_db(audio, preprocessing=PREPROCESSING):
 
     p = preprocessing
     transform = _mel_transform(p["sample_rate"], p["n_fft"], p["hop_length"], p["n_mels"])
-    with torch.no_grad():
-        power = transform(torch.as_tensor(audio, dtype=torch.float32))
-        # A 2-D input is one clip, so the top_db floor is relative to this clip's maximum.
-        db = torchaudio.functional.amplitude_to_DB(power, 10.0, 1e-10, 0.0, p["top_db"])
+    # One thread, wherever it runs: the FFT and matrix product split their sums by thread count, and the
+    # cache's workers run one thread each (on an Intel Xeon, a clip's window computed on a main process's
+    # threads was one float16 step off its cache row in one cell; issue 21). A 30 s clip took 25-50 ms
+    # on one thread, no slower than on two (AMD EPYC, 2 shared cores, 2026-12).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            power = transform(torch.as_tensor(audio, dtype=torch.float32))
+            # A 2-D input is one clip, so the top_db floor is relative to this clip's maximum.
+            db = torchaudio.functional.amplitude_to_DB(power, 10.0, 1e-10, 0.0, p["top_db"])
+    finally:
+        torch.set_num_threads(threads)
     return db.numpy()
 
 
