@@ -75,6 +75,16 @@ class AudioError(DataError):
 AUDIO_EXTENSIONS = {".mp3", ".wav", ".au", ".snd", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff"}
 
 
+def undecodable(path, error):
+    """The AudioError for a file libsndfile cannot open. It says "File does not exist or is not a regular
+    file" for any data it does not recognise (FMA's broken 108925.mp3, 1,371 bytes), so what is wrong comes
+    first, in our words, and libsndfile's text only as the detail."""
+    detail = getattr(error, "error_string", str(error))
+    return AudioError(f"{path}: could not decode it as audio: no audio frames could be read from its "
+                      f"{Path(path).stat().st_size:,} bytes (not audio, or a corrupt or cut-off file; libsndfile: "
+                      f"{detail}). Replace it with a good copy (download or convert it again), or leave it out.")
+
+
 def load_audio(path, sample_rate=22050):
     """Mono float32 at sample_rate, exactly as librosa.load (soundfile, channel mean, soxr_hq)."""
     path = Path(path)
@@ -85,11 +95,8 @@ def load_audio(path, sample_rate=22050):
         raise AudioError(f"{path}: empty file (0 bytes). Download it again or remove it.")
     try:
         audio, native_rate = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError) as e:
-        # libsndfile says "File does not exist" for any unknown format: hence our own wording first.
-        detail = getattr(e, "error_string", str(e))
-        raise AudioError(f"{path}: cannot decode it: not audio, or corrupt (libsndfile: {detail}). "
-                         f"Download it again or remove it.") from e
+    except (sf.SoundFileError, RuntimeError) as error:
+        raise undecodable(path, error) from None
     if audio.shape[0] == 0:
         raise AudioError(f"{path}: decodes to no audio at all. Download it again or remove it.")
     mono = audio.mean(axis=1)
