@@ -4,6 +4,7 @@ Checkpoints are self-describing dicts (model name and arguments, class names, pr
 normalisation, config, ...) written atomically and read with ``torch.load(weights_only=True)``, so
 a checkpoint can never run code. Figures are drawn headless (Agg) and returned as matplotlib Figures.
 """
+import os
 import warnings
 from pathlib import Path
 
@@ -64,8 +65,20 @@ def count_parameters(model):
 COMPILE_MODE = "max-autotune-no-cudagraphs"
 
 
+# Inductor's autotuning writes its benchmark tables ("AUTOTUNE addmm(...)", "SingleProcess AUTOTUNE
+# benchmarking takes ...", "Autotune Choices Stats") straight to stderr, 8 blocks into a CRNN run's
+# output on a CPU. Off unless asked for with inductor's own environment variable.
+AUTOTUNE_REPORTS = {"autotune_num_choices_displayed": ("TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED", 0),
+                    "max_autotune_report_choices_stats": ("TORCHINDUCTOR_MAX_AUTOTUNE_REPORT_CHOICES_STATS", False)}
+
+
 def compile_model(model, backend="inductor"):
     """``torch.compile(model)`` as main.py runs it (a backend other than inductor takes no mode)."""
+    import torch._inductor.config as inductor_config
+
+    for setting, (variable, quiet) in AUTOTUNE_REPORTS.items():
+        if variable not in os.environ:
+            setattr(inductor_config, setting, quiet)
     return torch.compile(model, backend=backend, mode=COMPILE_MODE if backend == "inductor" else None)
 
 

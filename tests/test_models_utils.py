@@ -5,6 +5,8 @@ import json
 import os
 import pickle
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -17,6 +19,8 @@ import models_utils
 from models_utils import (CheckpointError, compile_model, init_weights, load_checkpoint,
                           model_from_checkpoint, plot_confusion_matrix, plot_roc_curves,
                           plot_training_curves, save_checkpoint)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def conv_and_linear(model):
@@ -206,6 +210,36 @@ def test_compile_model_gives_the_eager_results_and_trains():
     torch.nn.functional.cross_entropy(compiled(x)[0], torch.tensor([0, 1, 2, 3])).backward()
     optimizer.step()
     assert not torch.equal(before, model.fc1.weight)  # gradients reach the original module's weights
+
+
+COMPILE_A_LINEAR = """
+import torch, models_utils
+import torch._inductor.config as inductor_config
+compiled = models_utils.compile_model(torch.nn.Linear(64, 8))
+if {run}:
+    with torch.no_grad():
+        compiled(torch.randn(16, 64))
+print(inductor_config.autotune_num_choices_displayed)
+"""
+
+
+def compile_a_linear(tmp_path, run=True, **environment):
+    """A fresh process compiling a Linear as main.py compiles, with an empty inductor cache (so autotuning runs)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+           "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1", **environment}
+    return subprocess.run([sys.executable, "-c", COMPILE_A_LINEAR.format(run=run)], env=env, capture_output=True,
+                          text=True, timeout=600, check=True)
+
+
+@pytest.mark.slow  # inductor compiles and autotunes the matmul: ~30 s on 2 busy cores
+def test_compiling_keeps_inductors_autotuning_tables_out_of_the_output(tmp_path):
+    result = compile_a_linear(tmp_path)
+    assert "AUTOTUNE" not in result.stderr and "Autotune Choices Stats" not in result.stderr, result.stderr
+
+
+def test_inductors_own_variable_still_asks_for_the_autotuning_tables(tmp_path):
+    result = compile_a_linear(tmp_path, run=False, TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED="5")
+    assert result.stdout.split() == ["5"]  # what inductor read from it: compile_model leaves it
 
 
 @pytest.mark.slow  # inductor compiles forward and backward to C++: ~30 s per model on 2 cores
