@@ -363,7 +363,7 @@ def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, devi
             raise preemption.stopped(stop)
 
 
-def evaluate_best(config, data, state, device, n_parameters):
+def evaluate_best(config, data, state, device, counts):
     """The reported checkpoint (best.pt, or last.pt with report_epoch=last) on the test split ->
     metrics.json and PNGs; returns (metrics, test result, files written)."""
     best = distributed.from_main(models_utils.load_checkpoint, Path(config["out_dir"]) / f"{config['report_epoch']}.pt")
@@ -374,7 +374,7 @@ def evaluate_best(config, data, state, device, n_parameters):
                "report_epoch": config["report_epoch"], "best_epoch": state["best_epoch"],
                "select_metric": config["select_metric"], "best_val_score": state["best_val_score"],
                "best_val_accuracy": state["best_val_accuracy"], "epochs": state["epoch"],
-               "training_seconds": round(state["training_seconds"], 1), "parameters": n_parameters,
+               "training_seconds": round(state["training_seconds"], 1), **counts,
                **{k: config[k] for k in ("model", "faithful", "subset", "split")},
                **({"labels": data["label_report"]} if data["label_report"] else {}),
                "val_is_test": config["split"] == "random", "provenance": state["provenance"]}
@@ -396,9 +396,11 @@ def run(config, overrides, provenance):
         return 0
     raw_model, optimizer, scheduler, state = build_training(config, data, device, checkpoint, overrides)
     state["provenance"] = provenance
-    n_parameters = models_utils.count_parameters(raw_model)
-    print(f"model: {config['model']} ({'faithful' if config['faithful'] else 'corrected'}), {n_parameters:,} "
-          f"parameters, on {device}" + (f"; resuming after epoch {state['epoch']}" if checkpoint else ""))
+    n_parameters = models_utils.count_parameters(raw_model)  # trainable: all but the frozen ones (freeze)
+    counts = {"parameters": n_parameters, "total_parameters": models_utils.count_parameters(raw_model, trainable=False)}
+    print(f"model: {config['model']} ({'faithful' if config['faithful'] else 'corrected'}), "
+          f"{models_utils.describe_parameters(counts['parameters'], counts['total_parameters'])}, "
+          f"on {device}" + (f"; resuming after epoch {state['epoch']}" if checkpoint else ""))
     config["world_size"] = distributed.world_size()  # recorded in the checkpoints, not a key
     for line in (distributed.describe(config), checkpoint and distributed.resume_note(checkpoint["config"])):
         if line:
@@ -416,7 +418,7 @@ def run(config, overrides, provenance):
     try:
         with RunSignals(defer_sigint=distributed.active()).installed() as signals:
             run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_log, signals)
-        metrics, result, files = evaluate_best(config, data, state, device, n_parameters)
+        metrics, result, files = evaluate_best(config, data, state, device, counts)
         wandb_log.final(config, data, metrics, result, files)
         print(models_utils.format_summary(config, state["history"], metrics, data["genres"]))
         exit_code = 0

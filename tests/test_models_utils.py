@@ -310,3 +310,21 @@ def test_written_files_get_the_usual_permissions_not_mkstemps_private_ones(tmp_p
     path = tmp_path / "best.pt"
     save_checkpoint(make_checkpoint(CNN1D(n_frames=431, n_classes=4)), path)
     assert path.stat().st_mode & 0o777 == 0o666 & ~utils.UMASK  # e.g. 0644 under the common umask 022
+
+
+@pytest.mark.parametrize("config, described", [
+    ({"demo": True, "data_dir": "data/demo", "subset": "small", "split": "official"},
+     "the synthetic demo data (data/demo, not FMA)"),
+    ({"demo": False, "dataset": "fma", "subset": "small", "split": "official"}, "FMA small (official split)"),
+    ({"demo": False, "dataset": "folder", "data_dir": "genres", "subset": "small"}, "folder genres")])
+def test_the_summary_names_the_data_a_run_trained_on(config, described):
+    class_names = ["a", "b"]
+    scores = models_utils.classification_metrics([0, 1], [[0.9, 0.1], [0.2, 0.8]], class_names)
+    metrics = {**scores, "parameters": 258, "total_parameters": 1_000, "report_epoch": "best", "reported_epoch": 1,
+               "select_metric": "accuracy", "best_val_score": 1.0, "best_epoch": 1, "test_loss": 0.2,
+               "test_accuracy": 1.0, "test_examples": 2, "training_seconds": 3.0}
+    history = [{"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.5, "val_loss": 0.4, "val_accuracy": 1.0,
+                "lr": 1e-3, "seconds": 3.0}]
+    summary = models_utils.format_summary({**config, "model": "cnn1d", "faithful": True, "out_dir": "runs/x"},
+                                          history, metrics)
+    assert f"=== cnn1d (faithful), 258 trainable of 1,000 parameters, {described} ===" in summary
