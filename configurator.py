@@ -141,23 +141,28 @@ def parse_command_line(argv, defaults, source):
 # -----------------------------------------------------------------------------
 # the run's folder
 
-def runs_folder(config, runs_root):
-    """<runs_root>/<model> (demo_<model> for the demo): the parent of a model's run folders."""
-    return Path(runs_root) / (f"demo_{config['model']}" if config["demo"] else config["model"])
+def runs_folder(config, runs_root, launched=False):
+    """<runs_root>/<model>: the parent of a model's run folders. Demo runs get folders of their own by kind
+    (demo_<model>, demo_genres_all_<model>, demo_torchrun_<model>), so the quick start's
+    runs/demo_crnn/latest is always the plain demo's run, whatever demo ran last."""
+    if not config["demo"]:
+        return Path(runs_root) / config["model"]
+    kinds = ["demo"] + ["genres_all"] * (config.get("target") == "genres_all") + ["torchrun"] * launched
+    return Path(runs_root) / "_".join([*kinds, config["model"]])
 
 
-def prepare_out_dir(config, runs_root):
+def prepare_out_dir(config, runs_root, launched=False):
     """The run's folder, created and checked before any work: a new runs/<model>/<date-time> (and
     the latest link) by default; on resume without out_dir the latest run; an explicit out_dir that
-    already holds a run only with resume or overwrite. Returns it as a string."""
+    already holds a run only with resume or overwrite. ``launched``: under torchrun. Returns it as a string."""
     if config["resume"] and not config["out_dir"]:
-        latest = runs_folder(config, runs_root) / "latest"
+        latest = runs_folder(config, runs_root, launched) / "latest"
         if not latest.exists():
             fail(f"--resume=True without --out_dir continues the latest run of {config['model']} "
                  f"({latest}), but there is none. Give the run's folder with --out_dir=PATH.")
         return str(latest.resolve())
     if not config["out_dir"]:
-        return new_run_folder(runs_folder(config, runs_root))
+        return new_run_folder(runs_folder(config, runs_root, launched))
     out_dir = Path(config["out_dir"])
     holds_run = any((out_dir / name).exists() for name in ("last.pt", "best.pt"))
     if holds_run and not (config["resume"] or config["overwrite"]):

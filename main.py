@@ -439,7 +439,8 @@ def main(argv=None):
     config = make_config(overrides)
     with distributed.joined(config):  # under torchrun: this process joins the job; a plain run: nothing
         if not config["prepare_only"]:
-            config["out_dir"] = distributed.from_main(configurator.prepare_out_dir, config, RUNS_ROOT)
+            config["out_dir"] = distributed.from_main(configurator.prepare_out_dir, config, RUNS_ROOT,
+                                                      distributed.launched())
         provenance = configurator.provenance(argv, config_file, launcher=distributed.launcher())
         try:
             return run(config, overrides, provenance)

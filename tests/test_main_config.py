@@ -217,6 +217,20 @@ def test_each_run_gets_its_own_folder_and_latest_points_at_the_newest(runs_root)
     assert demo.parent == runs_root / "demo_cnn1d"
 
 
+def test_the_quick_starts_demo_link_is_the_plain_demos_own(runs_root):
+    """README's quick start predicts with runs/demo_crnn/latest: a multi-label or torchrun demo run after it keeps
+    its own folder and link."""
+    demo = {"demo": True}
+    plain = Path(configurator.prepare_out_dir(main.make_config(demo), main.RUNS_ROOT))
+    multi = Path(configurator.prepare_out_dir(main.make_config({**demo, "target": "genres_all"}), main.RUNS_ROOT))
+    both = Path(configurator.prepare_out_dir(main.make_config({**demo, "target": "genres_all"}), main.RUNS_ROOT,
+                                             launched=True))
+    torchrun = Path(configurator.prepare_out_dir(main.make_config(demo), main.RUNS_ROOT, launched=True))
+    assert [p.parent.name for p in (plain, multi, both, torchrun)] == [
+        "demo_crnn", "demo_genres_all_crnn", "demo_genres_all_torchrun_crnn", "demo_torchrun_crnn"]
+    assert (runs_root / "demo_crnn" / "latest").resolve() == plain.resolve()
+
+
 def test_resume_without_any_earlier_run_says_where_it_looked(runs_root):
     message = error_of(["--model=cnn2d", "--resume=True"])
     assert str(runs_root / "cnn2d" / "latest") in message and "--out_dir" in message
