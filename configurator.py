@@ -50,7 +50,8 @@ def convert(key, text, default):
             pass
     else:
         return None if default is None and text.lower() == "none" else text
-    fail(f"--{key}={text}: expected a {type(default).__name__} like the default {default!r}.")
+    name = type(default).__name__
+    fail(f"--{key}={text}: expected {'an' if name[0] in 'aeiou' else 'a'} {name} like the default {default!r}.")
 
 
 def parse_overrides(argv, defaults):
@@ -107,8 +108,8 @@ def split_arguments(argv):
     return None, list(argv)
 
 
-def help_text(source, defaults):
-    """Every key of ``source``'s constants block with its default and comment, grouped as there."""
+def help_text(source, defaults, notes=""):
+    """Every key of ``source``'s constants block with its default and comment, grouped as there, then ``notes``."""
     lines, inside = [f"usage: python {Path(source).name} [config.py] [--key=value ...]", ""], False
     for line in Path(source).read_text().splitlines():
         if line.startswith(RULER[:20]):
@@ -124,13 +125,13 @@ def help_text(source, defaults):
             lines.append(line[2:] + ":")
     lines.append("\nA config file (Python assigning some of these keys, e.g. configs/original_crnn.py) "
                  "may come first; --key=value arguments override it.")
-    return "\n".join(lines)
+    return "\n".join(lines + ([notes] if notes else []))
 
 
-def parse_command_line(argv, defaults, source):
-    """(overrides, config file or None) from ``argv``: --help prints every key and exits 0."""
+def parse_command_line(argv, defaults, source, help_notes=""):
+    """(overrides, config file or None) from ``argv``: --help prints every key (then ``help_notes``) and exits 0."""
     if any(arg in ("-h", "--help") for arg in argv):
-        print(help_text(source, defaults))
+        print(help_text(source, defaults, help_notes))
         raise SystemExit(0)
     config_file, rest = split_arguments(argv)
     overrides = read_config_file(config_file, defaults) if config_file else {}

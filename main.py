@@ -99,7 +99,7 @@ out_dir = ""                 # checkpoints and reports; "" = a new runs/<model>/
 overwrite = False            # allow a new run in an out_dir that already holds one (its files are replaced)
 resume = False               # continue <out_dir>/last.pt (out_dir "": the latest run of the model): exact
 save_interval = 0            # optimiser steps between mid-epoch saves of last.pt; 0 = at epoch ends only
-demo = False                 # the synthetic demo dataset (data/demo) with the DEMO settings below
+demo = False                 # the synthetic demo dataset (data/demo), offline, with the demo settings (DEMO; the end of --help)
 prepare_only = False         # download and build the cache, print its summary, exit
 wandb_project = "MusicGenreClassificationDefinitive"  # the original's W&B project
 wandb_mode = None            # online | offline | disabled; None: $WANDB_MODE, else online iff an API key is set
@@ -181,6 +181,14 @@ def make_config(overrides, defaults=CONFIG):
     if config["freeze"] != "none" and not config["init_from"]:
         fail(f"freeze={config['freeze']} needs init_from=<a trained checkpoint>: frozen random layers learn nothing.")
     return config
+
+
+def demo_help():
+    """The demo settings, for --help."""
+    def options(settings):
+        return " ".join(f"--{key}={value}" for key, value in settings.items())
+    return (f"\nWith --demo=True, keys not given on the command line take the demo settings: {options(DEMO)}; "
+            f"with --target=genres_all also {options(DEMO_GENRES_ALL)}.")
 
 
 def resolve_auto(config, key, auto_value):
@@ -435,7 +443,7 @@ def run(config, overrides, provenance):
 def main(argv=None):
     """Parse ``argv`` (default sys.argv[1:]), run, and turn every expected failure into a clear exit."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    overrides, config_file = configurator.parse_command_line(argv, CONFIG, __file__)
+    overrides, config_file = configurator.parse_command_line(argv, CONFIG, __file__, demo_help())
     config = make_config(overrides)
     with distributed.joined(config):  # under torchrun: this process joins the job; a plain run: nothing
         if not config["prepare_only"]:

@@ -69,8 +69,8 @@ def test_compile_is_on_where_it_pays_unless_forced(argv, expected):
 
 @pytest.mark.parametrize("argv, expected", [
     (["--compile=sometimes"], "choose auto, True or False"),
-    (["--epochs=five"], "expected a int"),
-    (["--epochs=2.5"], "expected a int"),
+    (["--epochs=five"], "expected an int"),
+    (["--epochs=2.5"], "expected an int"),
     (["--lr=fast"], "expected a float"),
     (["--faithful=yes"], "expected a bool"),
     (["--epochs", "5"], "write --key=value"),
@@ -174,6 +174,8 @@ def test_help_prints_every_key_with_its_default_and_comment():
         assert line is not None, f"--help lacks {key}"
         assert line.strip().startswith(f"--{key}={default}") and len(line.split(None, 1)) == 2, line
     assert "--cache_workers=-1" in result.stdout and "every core this process may use" in result.stdout
+    demo = next(line for line in lines if line.startswith("With --demo=True"))  # what --demo's comment points to
+    assert "--data_dir=data/demo --epochs=25 --batch_size=8" in demo and "--min_genre_tracks=2" in demo
 
 
 def test_a_config_file_applies_its_keys_then_the_command_line_wins(tmp_path):
@@ -195,7 +197,7 @@ def test_a_config_file_with_an_unknown_key_names_the_file_and_the_key(tmp_path):
     message = error_of([str(config_file)])
     assert str(config_file) in message and "'learning_rate'" in message and "Valid keys" in message
     (tmp_path / "bad.py").write_text("epochs = 'many'\n")
-    assert "expected a int" in error_of([str(tmp_path / "bad.py")])
+    assert "expected an int" in error_of([str(tmp_path / "bad.py")])
 
 
 @pytest.fixture
