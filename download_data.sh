@@ -189,10 +189,28 @@ named by FMA_CHECKSUMS."
     fi
 }
 
+# The first entry of zip $1 whose name is absolute or climbs out with '..', if any: unzip would strip
+# those parts (or refuse the entry), a crafted archive's way to write outside the data folder.
+unsafe_entry() {
+    local name
+    if command -v unzip > /dev/null; then unzip -Z1 "$1"; else
+        python3 -c 'import sys, zipfile; print(*zipfile.ZipFile(sys.argv[1]).namelist(), sep="\n")' "$1"
+    fi 2> /dev/null | while IFS= read -r name; do
+        case "/$name/" in
+            //* | */../*) echo "$name"; return ;;
+        esac
+    done
+}
+
 # Unpack into DATA_DIR/$folder.extracting, write the marker there, then rename it into place: the
 # rename is atomic, so DATA_DIR/$folder either is complete or does not exist.
 extract() {
-    local archive="$1" folder="$2" tmp="$DATA_DIR/$2.extracting" rc=0
+    local archive="$1" folder="$2" tmp="$DATA_DIR/$2.extracting" rc=0 unsafe
+    unsafe="$(unsafe_entry "$DATA_DIR/$archive")"
+    [ -z "$unsafe" ] || die "$DATA_DIR/$archive holds entries with unsafe paths (absolute, or climbing \
+out with '..'), e.g. $unsafe. It was not unpacked, so nothing was written outside $DATA_DIR (or inside \
+it). FMA's archives hold no such paths: delete it and download it again from a server you trust \
+(FMA_BASE_URL), checking its SHA1."
     EXTRACTING="$tmp"
     rm -rf "$tmp"  # left by an interrupted run; the name is ours alone
     mkdir -p "$tmp"

@@ -407,3 +407,24 @@ def test_usage_errors(tmp_path, checksums, args):
     assert result.returncode == 2
     assert "usage:" in result.stderr
     assert args != ("tiny",) or "unknown FMA subset 'tiny'" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["fma_small/../../escaped.mp3", "/tmp/absolute.mp3"])
+def test_an_archive_with_unsafe_paths_is_named_as_such(tmp_path, server, checksums, archives, name):
+    """An entry with '..' or an absolute name (which unzip refuses or rewrites) is named, nothing is unpacked, and
+    the message does not say 'check the free space'."""
+    raw = make_zip(tmp_path / "unsafe.zip", "fma_small", TRACKS)
+    with zipfile.ZipFile(tmp_path / "unsafe.zip", "a") as zf:
+        zf.writestr(name, b"not where it belongs")
+    raw = (tmp_path / "unsafe.zip").read_bytes()
+    server.httpd.files["fma/fma_small.zip"] = raw
+    checksums.write_text(f"{hashlib.sha1(raw).hexdigest()}  fma_small.zip\n"
+                         f"{hashlib.sha1(archives['fma_metadata.zip']).hexdigest()}  fma_metadata.zip\n")
+    data = tmp_path / "work" / "data"
+    result = run_script(data, server.url, checksums)
+    assert result.returncode != 0
+    message = " ".join(result.stderr.split())
+    assert f"fma_small.zip holds entries with unsafe paths (absolute, or climbing out with '..'), e.g. {name}." in message
+    assert f"It was not unpacked, so nothing was written outside {data}" in message and "free space" not in message
+    assert not (tmp_path / "work" / "escaped.mp3").exists() and not (data / "fma_small").exists()
+    assert not list(data.glob("*.extracting"))
