@@ -466,6 +466,10 @@ def main(argv=None):
             sys.exit(1)
         except (CheckpointError, utils.DataError) as error:
             fail(distributed.named(str(error)))
+        except utils.DiskFullError as error:  # a checkpoint, report or split file (the cache's is a DataError)
+            go_on = (f"Then continue the run with: {run_state.resume_command(argv, config_file, config['out_dir'])}"
+                     if (Path(config["out_dir"]) / "last.pt").is_file() else "Then rerun the same command.")
+            fail(distributed.named(f"{error} {go_on}"))
         except RuntimeError as error:
             if not distributed.peer_lost(error):
                 raise

@@ -385,7 +385,7 @@ def main(argv=None):
            else run_embeddings if args.embeddings else run_prediction)
     try:
         return run(args)
-    except (UsageError, CheckpointError, utils.DataError) as error:
+    except (UsageError, CheckpointError, utils.DataError, utils.DiskFullError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
