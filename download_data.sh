@@ -280,12 +280,15 @@ trap '[ -z "$EXTRACTING" ] || rm -rf "$EXTRACTING"' EXIT
 mkdir -p "$DATA_DIR"
 COMPLETE="${FMA_COMPLETE:-0}"
 for folder in "${FOLDERS[@]}"; do
-    [ "$COMPLETE" = 1 ] && [ "$folder" != fma_metadata ] || check_foreign_folder "$folder"
+    [ "$COMPLETE" = 1 ] || check_foreign_folder "$folder"
 done
 
 done_any=0
 for folder in "${FOLDERS[@]}"; do
-    if [ "$COMPLETE" = 1 ] && [ "$folder" != fma_metadata ] && [ -d "$DATA_DIR/$folder" ]; then
+    if [ "$COMPLETE" = 1 ] && [ "$folder" = fma_metadata ] && [ -d "$DATA_DIR/$folder" ]; then
+        echo "$folder: kept as it is in $DATA_DIR/$folder/ (FMA_COMPLETE=1 fills in the audio)"
+        continue
+    elif [ "$COMPLETE" = 1 ] && [ -d "$DATA_DIR/$folder" ]; then
         get_verified "$folder.zip"
         fill_in "$folder.zip" "$folder"
     elif [ -f "$DATA_DIR/$folder/$MARKER" ]; then

@@ -54,7 +54,8 @@ data_dir = "data"            # FMA: holds fma_metadata/ and fma_<subset>/ (downl
 subset = "small"             # FMA subset: small (8 balanced genres) | medium (16, unbalanced) | large
 target = "genre_top"         # genre_top: one top genre per clip | genres_all: every genre of FMA's tree, multi-label (multilabel.py)
 min_genre_tracks = 10        # target=genres_all: genres with fewer training clips are dropped (and counted)
-download = True              # run download_data.sh when the data is missing (fma_small: 7.2 GiB)
+download = True              # run download_data.sh when the data is missing or partial (fma_small: 7.2 GiB)
+allow_partial = False        # FMA: train on the clips present when over 1% of the subset's audio files are missing
 cache_dir = ""               # spectrogram cache; "" = <data_dir>/cache for FMA, data/cache for folder and csv
 split = "official"           # official: FMA's artist-filtered train/val/test | random: the original's (val == test)
 train_size = 0.8             # training fraction of FMA's random split (the official split ignores it)
@@ -243,6 +244,8 @@ def build_data(config, device):
         datasets.ensure_fma(config, DEMO_TRACKS_PER_GENRE)
     dataset = datasets.load(config)
     tracks, class_names, splits = dataset["tracks"], dataset["class_names"], dataset["splits"]
+    if config["dataset"] == "fma" and not config["demo"]:
+        distributed.from_main(datasets.ensure_complete, config, tracks)  # a partial download: before any caching
     preprocessing = finetune.checked_preprocessing(config, {**utils.PREPROCESSING, "n_frames": config["n_frames"]})
     # Under torchrun each process of a machine decodes its share of the chunks, then waits for the rest.
     cache = mel_cache.build_cache(tracks, dataset["cache_root"], dataset["identity"], preprocessing,
