@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import inference
+import models_utils
 import plots
 import pre_trained_models as ptm
 from models import MODELS
@@ -51,8 +52,8 @@ def checkpoint_summary(checkpoint, path):
     lines = [f"**{checkpoint['model']}** ({forward} forward pass) from `{path}`",
              f"{len(checkpoint['class_names'])} genres: {', '.join(checkpoint['class_names'])}"]
     trained = []
-    if config.get("dataset", "fma") == "fma" and config.get("subset"):
-        trained.append(f"trained on FMA {config['subset']} ({config.get('split', 'official')} split)")
+    if config.get("subset"):
+        trained.append(f"trained on {models_utils.describe_data(config)}")
     if training.get("epoch") is not None:
         trained.append(f"epoch {training['epoch']}")
     if training.get("best_val_score") is not None:

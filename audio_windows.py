@@ -126,8 +126,7 @@ def open_audio(path):
     try:
         return sf.SoundFile(path)
     except (sf.SoundFileError, RuntimeError) as error:
-        detail = getattr(error, "error_string", str(error))
-        raise utils.AudioError(f"{path}: could not decode it as audio (libsndfile: {detail}).") from None
+        raise utils.undecodable(path, error) from None
 
 
 def truncated(path, seconds, declared):

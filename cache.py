@@ -38,13 +38,13 @@ import torch
 from tqdm import tqdm
 
 from locks import POLL_SECONDS, FileLock, notice_due
-from utils import PREPROCESSING, AudioError, DataError, atomic_write, available_cpus, clip_spectrogram
+from utils import (DISK_FULL, PREPROCESSING, AudioError, DataError, atomic_write, available_cpus, clip_spectrogram,
+                   format_bytes)
 
 CHUNK_ROWS = 8  # rows per claim and worker task (fewer in small folders, to keep every worker busy)
 SAVE_EVERY_ROWS, SAVE_EVERY_SECONDS = 50, 2.0  # how often a builder merges its rows into status.npy
 PENDING, OK, PADDED, BROKEN, MISSING = 0, 1, 2, 3, 4
 STATUS_NAMES = {PENDING: "pending", OK: "ok", PADDED: "padded", BROKEN: "broken", MISSING: "missing"}
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 # ----------------------------------------------------------------------------- folders
@@ -375,10 +375,9 @@ def _prepare(folder, params, paths, same_kind, shard):
     folder.parent.mkdir(parents=True, exist_ok=True)
     needed, free = len(todo) * p["n_mels"] * p["n_frames"] * 2, shutil.disk_usage(folder.parent).free
     if needed > free:  # mels.npy is sparse: each row takes its space when it is written
-        size = lambda n: f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
         raise DataError(f"Not enough disk space for the spectrogram cache in {folder.parent}: the {len(todo)} "
-                        f"tracks still to cache need {size(needed)} ({len(todo)} x {p['n_mels']} x "
-                        f"{p['n_frames']} float16 values) but {size(free)} is free. Free some space there, "
+                        f"tracks still to cache need {format_bytes(needed)} ({len(todo)} x {p['n_mels']} x "
+                        f"{p['n_frames']} float16 values) but {format_bytes(free)} is free. Free some space there, "
                         f"or put the cache on a bigger disk with --cache_dir=/path/with/space.")
     return _Builder(folder, params, paths, sources, shard)
 

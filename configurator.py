@@ -50,7 +50,8 @@ def convert(key, text, default):
             pass
     else:
         return None if default is None and text.lower() == "none" else text
-    fail(f"--{key}={text}: expected a {type(default).__name__} like the default {default!r}.")
+    name = type(default).__name__
+    fail(f"--{key}={text}: expected {'an' if name[0] in 'aeiou' else 'a'} {name} like the default {default!r}.")
 
 
 def parse_overrides(argv, defaults):
@@ -107,8 +108,8 @@ def split_arguments(argv):
     return None, list(argv)
 
 
-def help_text(source, defaults):
-    """Every key of ``source``'s constants block with its default and comment, grouped as there."""
+def help_text(source, defaults, notes=""):
+    """Every key of ``source``'s constants block with its default and comment, grouped as there, then ``notes``."""
     lines, inside = [f"usage: python {Path(source).name} [config.py] [--key=value ...]", ""], False
     for line in Path(source).read_text().splitlines():
         if line.startswith(RULER[:20]):
@@ -124,13 +125,13 @@ def help_text(source, defaults):
             lines.append(line[2:] + ":")
     lines.append("\nA config file (Python assigning some of these keys, e.g. configs/original_crnn.py) "
                  "may come first; --key=value arguments override it.")
-    return "\n".join(lines)
+    return "\n".join(lines + ([notes] if notes else []))
 
 
-def parse_command_line(argv, defaults, source):
-    """(overrides, config file or None) from ``argv``: --help prints every key and exits 0."""
+def parse_command_line(argv, defaults, source, help_notes=""):
+    """(overrides, config file or None) from ``argv``: --help prints every key (then ``help_notes``) and exits 0."""
     if any(arg in ("-h", "--help") for arg in argv):
-        print(help_text(source, defaults))
+        print(help_text(source, defaults, help_notes))
         raise SystemExit(0)
     config_file, rest = split_arguments(argv)
     overrides = read_config_file(config_file, defaults) if config_file else {}
@@ -141,23 +142,28 @@ def parse_command_line(argv, defaults, source):
 # -----------------------------------------------------------------------------
 # the run's folder
 
-def runs_folder(config, runs_root):
-    """<runs_root>/<model> (demo_<model> for the demo): the parent of a model's run folders."""
-    return Path(runs_root) / (f"demo_{config['model']}" if config["demo"] else config["model"])
+def runs_folder(config, runs_root, launched=False):
+    """<runs_root>/<model>: the parent of a model's run folders. Demo runs get folders of their own by kind
+    (demo_<model>, demo_genres_all_<model>, demo_torchrun_<model>), so the quick start's
+    runs/demo_crnn/latest is always the plain demo's run, whatever demo ran last."""
+    if not config["demo"]:
+        return Path(runs_root) / config["model"]
+    kinds = ["demo"] + ["genres_all"] * (config.get("target") == "genres_all") + ["torchrun"] * launched
+    return Path(runs_root) / "_".join([*kinds, config["model"]])
 
 
-def prepare_out_dir(config, runs_root):
+def prepare_out_dir(config, runs_root, launched=False):
     """The run's folder, created and checked before any work: a new runs/<model>/<date-time> (and
     the latest link) by default; on resume without out_dir the latest run; an explicit out_dir that
-    already holds a run only with resume or overwrite. Returns it as a string."""
+    already holds a run only with resume or overwrite. ``launched``: under torchrun. Returns it as a string."""
     if config["resume"] and not config["out_dir"]:
-        latest = runs_folder(config, runs_root) / "latest"
+        latest = runs_folder(config, runs_root, launched) / "latest"
         if not latest.exists():
             fail(f"--resume=True without --out_dir continues the latest run of {config['model']} "
                  f"({latest}), but there is none. Give the run's folder with --out_dir=PATH.")
         return str(latest.resolve())
     if not config["out_dir"]:
-        return new_run_folder(runs_folder(config, runs_root))
+        return new_run_folder(runs_folder(config, runs_root, launched))
     out_dir = Path(config["out_dir"])
     holds_run = any((out_dir / name).exists() for name in ("last.pt", "best.pt"))
     if holds_run and not (config["resume"] or config["overwrite"]):

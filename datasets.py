@@ -82,11 +82,52 @@ def ensure_fma(config, demo_tracks_per_genre):
                         f"or try the synthetic demo with --demo=True."
                         + (" torchrun never downloads: get the data before the launch." if distributed.launched()
                            else ""))
+    print(f"data: {data_dir} has no fma_{subset_name}; running bash download_data.sh {subset_name} {data_dir}")
+    run_download(subset_name, data_dir)
+
+
+def run_download(subset_name, data_dir, complete=False):
+    """download_data.sh (it resumes); complete=True: FMA_COMPLETE=1, filling in a partial fma_<subset>/."""
     script = Path(__file__).resolve().with_name("download_data.sh")
-    print(f"data: {data_dir} has no fma_{subset_name}; running bash {script.name} {subset_name} {data_dir}")
-    if subprocess.run(["bash", str(script), subset_name, str(data_dir)]).returncode != 0:
+    env = {**os.environ, **({"FMA_COMPLETE": "1"} if complete else {})}
+    if subprocess.run(["bash", str(script), subset_name, str(data_dir)], env=env).returncode != 0:
         raise DataError(f"download_data.sh could not fetch fma_{subset_name} into {data_dir} (its message is "
                         f"above). Rerun it (it resumes), or download the archives by hand as the README describes.")
+
+
+# A few absent clips are FMA's own; more than this fraction of the subset's clips missing is a partial download.
+MAX_MISSING_FRACTION = 0.01
+
+
+def ensure_complete(config, tracks):
+    """A partial FMA download (over MAX_MISSING_FRACTION of ``tracks``' audio files missing) is completed with
+    download=True (download_data.sh fills it in), trained on with a warning with allow_partial=True, else refused.
+    Broken and short clips are the cache's to report; this counts missing files only."""
+    data_dir, subset_name = config["data_dir"], config["subset"]
+    missing = missing_files(tracks)
+    complete_command = f"FMA_COMPLETE=1 bash download_data.sh {subset_name} {data_dir}"
+    if missing and config["download"] and not distributed.launched():
+        print(f"data: {len(missing):,} of {len(tracks):,} clips of fma_{subset_name} are missing from {data_dir}; "
+              f"completing the download: {complete_command}", flush=True)
+        run_download(subset_name, data_dir, complete=True)
+        missing = missing_files(tracks)
+    if not missing:
+        return
+    present = len(tracks) - len(missing)
+    partial = (f"{len(missing):,} of the {len(tracks):,} clips of FMA {subset_name} ({len(missing) / len(tracks):.0%}) "
+               f"are missing from {data_dir}/fma_{subset_name}/ (e.g. {missing[0]}): the download is incomplete. "
+               f"Complete it with `{complete_command}` (what --download=True runs)")
+    if not config["allow_partial"]:
+        raise DataError(f"{partial}, or train on the {present:,} clips present with --allow_partial=True.")
+    banner = "!" * 80
+    print(f"\n{banner}\nwarning: {partial}. allow_partial=True: training on the {present:,} clips present.\n"
+          f"{banner}\n", flush=True)
+
+
+def missing_files(tracks):
+    """The audio files of ``tracks`` that do not exist, when they are over MAX_MISSING_FRACTION of them; else []."""
+    missing = [path for path in tracks["path"] if not os.path.isfile(path)]
+    return missing if len(missing) > MAX_MISSING_FRACTION * len(tracks) else []
 
 
 def load_fma(config):

@@ -11,6 +11,8 @@
 # Environment:
 #   FMA_BASE_URL   download server (default https://os.unil.cloud.switch.ch/fma)
 #   FMA_CHECKSUMS  a `sha1sum`-format file that replaces the built-in SHA1 table (mirrors, tests)
+#   FMA_COMPLETE   1: fill in the clips missing from an existing (partial) fma_<subset>/ from the verified
+#                  archive, keeping every file already there (main.py does this for a partial download)
 set -euo pipefail
 
 BASE_URL="${FMA_BASE_URL:-https://os.unil.cloud.switch.ch/fma}"
@@ -189,10 +191,52 @@ named by FMA_CHECKSUMS."
     fi
 }
 
+# The first entry of zip $1 whose name is absolute or climbs out with '..', if any: unzip would strip
+# those parts (or refuse the entry), a crafted archive's way to write outside the data folder.
+unsafe_entry() {
+    local name
+    if command -v unzip > /dev/null; then unzip -Z1 "$1"; else
+        python3 -c 'import sys, zipfile; print(*zipfile.ZipFile(sys.argv[1]).namelist(), sep="\n")' "$1"
+    fi 2> /dev/null | while IFS= read -r name; do
+        case "/$name/" in
+            //* | */../*) echo "$name"; return ;;
+        esac
+    done
+}
+
+refuse_unsafe() {
+    local unsafe
+    unsafe="$(unsafe_entry "$DATA_DIR/$1")"
+    [ -z "$unsafe" ] || die "$DATA_DIR/$1 holds entries with unsafe paths (absolute, or climbing out \
+with '..'), e.g. $unsafe. It was not unpacked, so nothing was written outside $DATA_DIR (or inside \
+it). FMA's archives hold no such paths: delete it and download it again from a server you trust \
+(FMA_BASE_URL), checking its SHA1."
+}
+
+# FMA_COMPLETE=1: unpack only the entries missing from the existing DATA_DIR/$folder, never replacing a file
+# there, then mark it complete.
+fill_in() {
+    local archive="$1" folder="$2" rc=0
+    refuse_unsafe "$archive"
+    echo "$archive: filling in the files missing from $DATA_DIR/$folder/ ..."
+    if command -v unzip > /dev/null; then
+        unzip -q -n "$DATA_DIR/$archive" -d "$DATA_DIR" || rc=$?
+    else
+        python3 -c 'import os, sys, zipfile
+archive, root = zipfile.ZipFile(sys.argv[1]), sys.argv[2]
+archive.extractall(root, [n for n in archive.namelist() if not os.path.exists(os.path.join(root, n))])' \
+            "$DATA_DIR/$archive" "$DATA_DIR" || rc=$?
+    fi
+    [ "$rc" -eq 0 ] || die "filling in $DATA_DIR/$folder from $DATA_DIR/$archive failed (see the message \
+above). Check the free space in $DATA_DIR and rerun; the verified archive is reused."
+    echo "$(expected_sha1 "$archive")  $archive" > "$DATA_DIR/$folder/$MARKER"
+}
+
 # Unpack into DATA_DIR/$folder.extracting, write the marker there, then rename it into place: the
 # rename is atomic, so DATA_DIR/$folder either is complete or does not exist.
 extract() {
     local archive="$1" folder="$2" tmp="$DATA_DIR/$2.extracting" rc=0
+    refuse_unsafe "$archive"
     EXTRACTING="$tmp"
     rm -rf "$tmp"  # left by an interrupted run; the name is ours alone
     mkdir -p "$tmp"
@@ -234,18 +278,26 @@ EXTRACTING=""
 trap '[ -z "$EXTRACTING" ] || rm -rf "$EXTRACTING"' EXIT
 
 mkdir -p "$DATA_DIR"
+COMPLETE="${FMA_COMPLETE:-0}"
 for folder in "${FOLDERS[@]}"; do
-    check_foreign_folder "$folder"
+    [ "$COMPLETE" = 1 ] || check_foreign_folder "$folder"
 done
 
 done_any=0
 for folder in "${FOLDERS[@]}"; do
-    if [ -f "$DATA_DIR/$folder/$MARKER" ]; then
+    if [ "$COMPLETE" = 1 ] && [ "$folder" = fma_metadata ] && [ -d "$DATA_DIR/$folder" ]; then
+        echo "$folder: kept as it is in $DATA_DIR/$folder/ (FMA_COMPLETE=1 fills in the audio)"
+        continue
+    elif [ "$COMPLETE" = 1 ] && [ -d "$DATA_DIR/$folder" ]; then
+        get_verified "$folder.zip"
+        fill_in "$folder.zip" "$folder"
+    elif [ -f "$DATA_DIR/$folder/$MARKER" ]; then
         echo "$folder: already in place in $DATA_DIR/$folder/"
         continue
+    else
+        get_verified "$folder.zip"
+        extract "$folder.zip" "$folder"
     fi
-    get_verified "$folder.zip"
-    extract "$folder.zip" "$folder"
     done_any=1
 done
 

@@ -48,6 +48,16 @@ def split_settings(args, checkpoint, path=None):
     return settings
 
 
+def recorded_data_dir(members):
+    """The data folder the (first) member was trained on, which --evaluate uses unless --data_dir is given."""
+    path, _, checkpoint = members[0]
+    data_dir = (checkpoint.get("config") or {}).get("data_dir")
+    if not data_dir:  # the original's bare state_dicts record nothing
+        raise UsageError(f"{path} does not record the data it was trained on: give --data_dir, the folder holding "
+                         f"fma_metadata/ and fma_<subset>/ (the layout download_data.sh writes).")
+    return data_dir
+
+
 def split_identity(settings):
     """What decides which clips are test clips: the subset for FMA's official split; else the sizes and seed."""
     if settings["dataset"] == "fma" and settings["split"] == "official":
@@ -87,7 +97,14 @@ def report(args, members, model, checkpoint, settings, device):
     write metrics.json and figures like training does, print the summary; returns the exit status 0."""
     multi = checkpoint.get("target") == "genres_all"  # its genres: those of its training split (multilabel.load_fma)
     labels = {key: checkpoint["config"][key] for key in ("target", "min_genre_tracks")} if multi else {}
-    data = datasets.load({**settings, **labels, "data_dir": args.data_dir, "cache_dir": args.cache_dir or ""})
+    recorded = (checkpoint.get("config") or {}).get("data_dir")
+    try:
+        data = datasets.load({**settings, **labels, "data_dir": args.data_dir, "cache_dir": args.cache_dir or ""})
+    except utils.DataError as error:
+        if not recorded or recorded == args.data_dir:
+            raise
+        raise utils.DataError(f"{error} Note: {args.checkpoint} was trained on the data in {recorded}, which "
+                              f"--evaluate uses when --data_dir is not given.") from None
     class_names, test_tracks = data["class_names"], data["splits"]["test"]
     if list(class_names) != list(checkpoint["class_names"]):
         raise UsageError(f"The checkpoint was trained on the genres {checkpoint['class_names']} but "

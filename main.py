@@ -54,7 +54,8 @@ data_dir = "data"            # FMA: holds fma_metadata/ and fma_<subset>/ (downl
 subset = "small"             # FMA subset: small (8 balanced genres) | medium (16, unbalanced) | large
 target = "genre_top"         # genre_top: one top genre per clip | genres_all: every genre of FMA's tree, multi-label (multilabel.py)
 min_genre_tracks = 10        # target=genres_all: genres with fewer training clips are dropped (and counted)
-download = True              # run download_data.sh when the data is missing (fma_small: 7.2 GiB)
+download = True              # run download_data.sh when the data is missing or partial (fma_small: 7.2 GiB)
+allow_partial = False        # FMA: train on the clips present when over 1% of the subset's audio files are missing
 cache_dir = ""               # spectrogram cache; "" = <data_dir>/cache for FMA, data/cache for folder and csv
 split = "official"           # official: FMA's artist-filtered train/val/test | random: the original's (val == test)
 train_size = 0.8             # training fraction of FMA's random split (the official split ignores it)
@@ -99,7 +100,7 @@ out_dir = ""                 # checkpoints and reports; "" = a new runs/<model>/
 overwrite = False            # allow a new run in an out_dir that already holds one (its files are replaced)
 resume = False               # continue <out_dir>/last.pt (out_dir "": the latest run of the model): exact
 save_interval = 0            # optimiser steps between mid-epoch saves of last.pt; 0 = at epoch ends only
-demo = False                 # the synthetic demo dataset (data/demo) with the DEMO settings below
+demo = False                 # the synthetic demo dataset (data/demo), offline, with the demo settings (DEMO; the end of --help)
 prepare_only = False         # download and build the cache, print its summary, exit
 wandb_project = "MusicGenreClassificationDefinitive"  # the original's W&B project
 wandb_mode = None            # online | offline | disabled; None: $WANDB_MODE, else online iff an API key is set
@@ -183,6 +184,14 @@ def make_config(overrides, defaults=CONFIG):
     return config
 
 
+def demo_help():
+    """The demo settings, for --help."""
+    def options(settings):
+        return " ".join(f"--{key}={value}" for key, value in settings.items())
+    return (f"\nWith --demo=True, keys not given on the command line take the demo settings: {options(DEMO)}; "
+            f"with --target=genres_all also {options(DEMO_GENRES_ALL)}.")
+
+
 def resolve_auto(config, key, auto_value):
     """A key taking auto/True/False as a bool: "auto" means ``auto_value``."""
     text = str(config[key]).lower()
@@ -235,6 +244,8 @@ def build_data(config, device):
         datasets.ensure_fma(config, DEMO_TRACKS_PER_GENRE)
     dataset = datasets.load(config)
     tracks, class_names, splits = dataset["tracks"], dataset["class_names"], dataset["splits"]
+    if config["dataset"] == "fma" and not config["demo"]:
+        distributed.from_main(datasets.ensure_complete, config, tracks)  # a partial download: before any caching
     preprocessing = finetune.checked_preprocessing(config, {**utils.PREPROCESSING, "n_frames": config["n_frames"]})
     # Under torchrun each process of a machine decodes its share of the chunks, then waits for the rest.
     cache = mel_cache.build_cache(tracks, dataset["cache_root"], dataset["identity"], preprocessing,
@@ -363,7 +374,7 @@ def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, devi
             raise preemption.stopped(stop)
 
 
-def evaluate_best(config, data, state, device, n_parameters):
+def evaluate_best(config, data, state, device, counts):
     """The reported checkpoint (best.pt, or last.pt with report_epoch=last) on the test split ->
     metrics.json and PNGs; returns (metrics, test result, files written)."""
     best = distributed.from_main(models_utils.load_checkpoint, Path(config["out_dir"]) / f"{config['report_epoch']}.pt")
@@ -374,7 +385,7 @@ def evaluate_best(config, data, state, device, n_parameters):
                "report_epoch": config["report_epoch"], "best_epoch": state["best_epoch"],
                "select_metric": config["select_metric"], "best_val_score": state["best_val_score"],
                "best_val_accuracy": state["best_val_accuracy"], "epochs": state["epoch"],
-               "training_seconds": round(state["training_seconds"], 1), "parameters": n_parameters,
+               "training_seconds": round(state["training_seconds"], 1), **counts,
                **{k: config[k] for k in ("model", "faithful", "subset", "split")},
                **({"labels": data["label_report"]} if data["label_report"] else {}),
                "val_is_test": config["split"] == "random", "provenance": state["provenance"]}
@@ -396,9 +407,11 @@ def run(config, overrides, provenance):
         return 0
     raw_model, optimizer, scheduler, state = build_training(config, data, device, checkpoint, overrides)
     state["provenance"] = provenance
-    n_parameters = models_utils.count_parameters(raw_model)
-    print(f"model: {config['model']} ({'faithful' if config['faithful'] else 'corrected'}), {n_parameters:,} "
-          f"parameters, on {device}" + (f"; resuming after epoch {state['epoch']}" if checkpoint else ""))
+    n_parameters = models_utils.count_parameters(raw_model)  # trainable: all but the frozen ones (freeze)
+    counts = {"parameters": n_parameters, "total_parameters": models_utils.count_parameters(raw_model, trainable=False)}
+    print(f"model: {config['model']} ({'faithful' if config['faithful'] else 'corrected'}), "
+          f"{models_utils.describe_parameters(counts['parameters'], counts['total_parameters'])}, "
+          f"on {device}" + (f"; resuming after epoch {state['epoch']}" if checkpoint else ""))
     config["world_size"] = distributed.world_size()  # recorded in the checkpoints, not a key
     for line in (distributed.describe(config), checkpoint and distributed.resume_note(checkpoint["config"])):
         if line:
@@ -416,7 +429,7 @@ def run(config, overrides, provenance):
     try:
         with RunSignals(defer_sigint=distributed.active()).installed() as signals:
             run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_log, signals)
-        metrics, result, files = evaluate_best(config, data, state, device, n_parameters)
+        metrics, result, files = evaluate_best(config, data, state, device, counts)
         wandb_log.final(config, data, metrics, result, files)
         print(models_utils.format_summary(config, state["history"], metrics, data["genres"]))
         exit_code = 0
@@ -433,11 +446,12 @@ def run(config, overrides, provenance):
 def main(argv=None):
     """Parse ``argv`` (default sys.argv[1:]), run, and turn every expected failure into a clear exit."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    overrides, config_file = configurator.parse_command_line(argv, CONFIG, __file__)
+    overrides, config_file = configurator.parse_command_line(argv, CONFIG, __file__, demo_help())
     config = make_config(overrides)
     with distributed.joined(config):  # under torchrun: this process joins the job; a plain run: nothing
         if not config["prepare_only"]:
-            config["out_dir"] = distributed.from_main(configurator.prepare_out_dir, config, RUNS_ROOT)
+            config["out_dir"] = distributed.from_main(configurator.prepare_out_dir, config, RUNS_ROOT,
+                                                      distributed.launched())
         provenance = configurator.provenance(argv, config_file, launcher=distributed.launcher())
         try:
             return run(config, overrides, provenance)
@@ -455,6 +469,10 @@ def main(argv=None):
             sys.exit(1)
         except (CheckpointError, utils.DataError) as error:
             fail(distributed.named(str(error)))
+        except utils.DiskFullError as error:  # a checkpoint, report or split file (the cache's is a DataError)
+            go_on = (f"Then continue the run with: {run_state.resume_command(argv, config_file, config['out_dir'])}"
+                     if (Path(config["out_dir"]) / "last.pt").is_file() else "Then rerun the same command.")
+            fail(distributed.named(f"{error} {go_on}"))
         except RuntimeError as error:
             if not distributed.peer_lost(error):
                 raise

@@ -4,6 +4,7 @@ Checkpoints are self-describing dicts (model name and arguments, class names, pr
 normalisation, config, ...) written atomically and read with ``torch.load(weights_only=True)``, so
 a checkpoint can never run code. Figures are drawn headless (Agg) and returned as matplotlib Figures.
 """
+import os
 import warnings
 from pathlib import Path
 
@@ -53,9 +54,9 @@ def init_weights(model, method="kaiming"):
     return model
 
 
-def count_parameters(model):
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+def count_parameters(model, trainable=True):
+    """Number of trainable parameters (trainable=False: all of them, frozen ones included)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
 
 
 # torch.compile mode, measured on a 2-core CPU (CRNN training step, batch 50, same run): the default
@@ -64,8 +65,20 @@ def count_parameters(model):
 COMPILE_MODE = "max-autotune-no-cudagraphs"
 
 
+# Inductor's autotuning writes its benchmark tables ("AUTOTUNE addmm(...)", "SingleProcess AUTOTUNE
+# benchmarking takes ...", "Autotune Choices Stats") straight to stderr, 8 blocks into a CRNN run's
+# output on a CPU. Off unless asked for with inductor's own environment variable.
+AUTOTUNE_REPORTS = {"autotune_num_choices_displayed": ("TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED", 0),
+                    "max_autotune_report_choices_stats": ("TORCHINDUCTOR_MAX_AUTOTUNE_REPORT_CHOICES_STATS", False)}
+
+
 def compile_model(model, backend="inductor"):
     """``torch.compile(model)`` as main.py runs it (a backend other than inductor takes no mode)."""
+    import torch._inductor.config as inductor_config
+
+    for setting, (variable, quiet) in AUTOTUNE_REPORTS.items():
+        if variable not in os.environ:
+            setattr(inductor_config, setting, quiet)
     return torch.compile(model, backend=backend, mode=COMPILE_MODE if backend == "inductor" else None)
 
 
@@ -317,13 +330,26 @@ def format_metrics(metrics):
     return "\n".join(lines)
 
 
+def describe_data(config):
+    """What a run trained on, in words, from its config: the demo, FMA's subset and split, or the folder/CSV."""
+    if config.get("demo"):
+        return f"the synthetic demo data ({config.get('data_dir', 'data/demo')}, not FMA)"
+    if config.get("dataset", "fma") == "fma":
+        return f"FMA {config['subset']} ({config.get('split', 'official')} split)"
+    return f"{config['dataset']} {config['data_dir']}"
+
+
+def describe_parameters(trainable, total):
+    """'438,808 parameters', or with frozen layers '1,032 trainable of 438,808 parameters'."""
+    return f"{total:,} parameters" if trainable == total else f"{trainable:,} trainable of {total:,} parameters"
+
+
 def format_summary(config, history, metrics, genres=None):
     """The run's closing text: the per-epoch table, then the reported checkpoint's test result per genre
     (multi-label: ``genres``, the checkpoint's, gives the tree of multilabel.format_table)."""
-    data = (f"FMA {config['subset']} ({config['split']} split)" if config.get("dataset", "fma") == "fma"
-            else f"{config['dataset']} {config['data_dir']}")
+    parameters = describe_parameters(metrics["parameters"], metrics.get("total_parameters", metrics["parameters"]))
     lines = [f"\n=== {config['model']} ({'faithful' if config['faithful'] else 'corrected'}), "
-             f"{metrics['parameters']:,} parameters, {data} ===",
+             f"{parameters}, {describe_data(config)} ===",
              f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>9} {'val acc':>8} {'lr':>8} {'s':>7}"]
     lines += [f"{row['epoch']:5d} {row['train_loss']:10.4f} {row['train_accuracy']:9.3f} {row['val_loss']:9.4f} "
               f"{row['val_accuracy']:8.3f} {row['lr']:8.1e} {row['seconds']:7.1f}" for row in history]

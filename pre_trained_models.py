@@ -23,7 +23,7 @@ every genre's probability; --evaluate reports the multi-label metrics (multilabe
     # the original project's bare state_dicts need the model's name
     python pre_trained_models.py --checkpoint=../shared/reference/original_weights/CRNN.pt --model=crnn song.mp3
     # the original's use of this script: metrics.json and figures for the test split
-    python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --evaluate=True --data_dir=data --subset=small
+    python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --evaluate=True   # its own data_dir and split
     # per track, the input of the model's last Linear layer averaged over windows (inference.py lists the sizes)
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --embeddings=music.npz music/
     # an ensemble: the mean of the members' probabilities (same genres and preprocessing; --evaluate: same split)
@@ -299,11 +299,9 @@ def run_export(args):
 
 def run_evaluation(args):
     """Evaluate the checkpoint (or the ensemble of --checkpoint's) on the test split it was trained with."""
-    if not args.data_dir:
-        raise UsageError("--evaluate=True needs --data_dir: the folder holding fma_metadata/ and "
-                         "fma_<subset>/ (the layout download_data.sh writes).")
     device = choose_device(args.device)
     members = load_members(args, device)
+    args.data_dir = args.data_dir or evaluate_checkpoint.recorded_data_dir(members)
     settings = evaluate_checkpoint.shared_split_settings(args, members)
     return evaluate_checkpoint.report(args, members, *as_one_model(members), settings, device)
 
@@ -352,7 +350,7 @@ def parse_args(argv=None):
     parser.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=False,
                         help="evaluate on the test split of --data_dir instead of predicting files")
     parser.add_argument("--data_dir", help="with --evaluate: folder with fma_metadata/ and fma_<subset>/, or the "
-                                           "genre folder or CSV of a folder or csv dataset")
+                                           "genre folder or CSV of a folder or csv dataset (default: the checkpoint's)")
     # The test split is the checkpoint's own (its training config); these are for the original's weights.
     parser.add_argument("--subset", choices=utils.SUBSETS, help="with --evaluate: FMA subset (default: the checkpoint's)")
     parser.add_argument("--split", choices=utils.SPLIT_MODES, help="with --evaluate: (default: the checkpoint's)")
@@ -387,7 +385,7 @@ def main(argv=None):
            else run_embeddings if args.embeddings else run_prediction)
     try:
         return run(args)
-    except (UsageError, CheckpointError, utils.DataError) as error:
+    except (UsageError, CheckpointError, utils.DataError, utils.DiskFullError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -22,8 +22,8 @@ from models_utils import CheckpointError
 
 # On resume the checkpoint's config wins; only these keys may be changed on the command line.
 RESUME_MAY_CHANGE = {"epochs", "log_interval", "lr", "weight_decay", "num_workers", "cache_workers", "preload",
-                     "device", "amp", "compile", "data_dir", "cache_dir", "download", "out_dir", "resume",
-                     "overwrite", "wandb_mode", "wandb_project", "save_interval", "wandb_group", "watch",
+                     "device", "amp", "compile", "data_dir", "cache_dir", "download", "allow_partial", "out_dir",
+                     "resume", "overwrite", "wandb_mode", "wandb_project", "save_interval", "wandb_group", "watch",
                      "hardest_clips", "upload_audio", "upload_checkpoints"}
 # Run state saved in every checkpoint's "training" entry besides the epoch, optimizer and scheduler.
 RUN_STATE = ("history", "best_val_score", "best_val_accuracy", "best_val_loss", "best_epoch", "examples_seen",

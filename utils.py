@@ -4,8 +4,11 @@ SPEC.md sections 2, 3 and 5 are the reference. A library for main.py, pre_traine
 cache.py (the float16 spectrogram cache, built from clip_spectrogram below); its tests:
 python -m pytest tests/test_utils*.py -q
 """
+import errno
+import io
 import math
 import os
+import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -69,10 +72,44 @@ class AudioError(DataError):
     """An audio file that cannot be decoded, is empty or is too short."""
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """A file that did not fit the free space of its disk (ENOSPC); str() is the one-paragraph message, to
+    which the entry point adds how to go on (main.py: the command that resumes the run)."""
+
+    def __init__(self, path, needed, free):
+        super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        self.path, self.needed, self.free = Path(path), needed, free
+
+    def __str__(self):
+        needed = f"needs {format_bytes(self.needed)}" if self.needed else "did not fit"
+        return (f"the disk holding {self.path.parent} is full: writing {self.path.name} {needed} but "
+                f"{format_bytes(self.free)} is free there. {self.path.name} and the files written before are "
+                f"as they were (each write goes to a temporary file, renamed into place only once complete). "
+                f"Free some space there, or move the folder to a bigger disk.")
+
+
+def format_bytes(n):
+    """1.50 GiB or 12.3 MiB: sizes in messages."""
+    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
+
+
 # ----------------------------------------------------------------------------- audio
 
 # File types the audio loader (libsndfile) decodes: what prediction and the folder/CSV datasets accept.
 AUDIO_EXTENSIONS = {".mp3", ".wav", ".au", ".snd", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff"}
+
+
+def undecodable(path, error):
+    """The AudioError for a file libsndfile cannot open. It says "File does not exist or is not a regular
+    file" for any data it does not recognise (FMA's broken 108925.mp3, 1,371 bytes), so what is wrong comes
+    first, in our words, and libsndfile's text only as the detail."""
+    detail = getattr(error, "error_string", str(error))
+    return AudioError(f"{path}: could not decode it as audio: no audio frames could be read from its "
+                      f"{Path(path).stat().st_size:,} bytes (not audio, or a corrupt or cut-off file; libsndfile: "
+                      f"{detail}). Replace it with a good copy (download or convert it again), or leave it out.")
 
 
 def load_audio(path, sample_rate=22050):
@@ -85,11 +122,8 @@ def load_audio(path, sample_rate=22050):
         raise AudioError(f"{path}: empty file (0 bytes). Download it again or remove it.")
     try:
         audio, native_rate = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError) as e:
-        # libsndfile says "File does not exist" for any unknown format: hence our own wording first.
-        detail = getattr(e, "error_string", str(e))
-        raise AudioError(f"{path}: cannot decode it: not audio, or corrupt (libsndfile: {detail}). "
-                         f"Download it again or remove it.") from e
+    except (sf.SoundFileError, RuntimeError) as error:
+        raise undecodable(path, error) from None
     if audio.shape[0] == 0:
         raise AudioError(f"{path}: decodes to no audio at all. Download it again or remove it.")
     return resample(audio.mean(axis=1), native_rate, sample_rate)
@@ -254,9 +288,46 @@ def atomic_write(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        full = disk_full(path, write, error)
+        if full:
+            raise full from error
         raise
+
+
+class _ByteCounter(io.RawIOBase):
+    """A file that only counts the bytes written to it."""
+
+    def __init__(self):
+        self.size = 0
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        written = memoryview(data).nbytes
+        self.size += written
+        return written
+
+    def tell(self):
+        return self.size
+
+
+def disk_full(path, write, error):
+    """A DiskFullError when ``error`` (raised by ``write`` into a temp file beside ``path``) is the disk filling
+    up, else None. torch.save reports a short write as a RuntimeError, not ENOSPC: then the file's size,
+    counted by writing it again into nothing, must exceed the free space."""
+    if not isinstance(error, (OSError, RuntimeError)) or isinstance(error, DiskFullError):
+        return None
+    free, counter = shutil.disk_usage(path.parent).free, _ByteCounter()
+    try:
+        write(counter)
+    except Exception:  # the size stays unknown
+        counter.size = 0
+    if getattr(error, "errno", None) in DISK_FULL or counter.size > free:
+        return DiskFullError(path, counter.size, free)
+    return None
 
 
 # ----------------------------------------------------------------------------- datasets and loaders

@@ -100,6 +100,13 @@ def test_header_names_model_genres_and_training(tiny):
         assert text in header
 
 
+def test_a_demo_checkpoint_is_described_as_trained_on_the_demo_data(tiny, tmp_path):
+    _, checkpoint = ptm.load_predictor(tiny / "run" / "best.pt")
+    checkpoint["config"].update(demo=True, data_dir="data/demo")
+    header = app.checkpoint_summary(checkpoint, tmp_path / "best.pt")
+    assert "trained on the synthetic demo data (data/demo, not FMA)" in header and "FMA small" not in header
+
+
 def test_app_without_gradio_says_how_to_install_it(tiny, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)  # what `import gradio` meets where it is not installed
     assert app.main([f"--checkpoint={tiny / 'run' / 'best.pt'}"]) == 2

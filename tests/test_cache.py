@@ -18,6 +18,7 @@ import pytest
 
 import cache as mel_cache
 from cache import build_cache
+from audio_windows import track_windows
 from conftest import write_mp3
 from utils import (PREPROCESSING, AudioError, DataError, clip_spectrogram, fix_width, load_audio,
                    load_metadata, mel_spectrogram_db)
@@ -77,12 +78,27 @@ def test_fix_width_crops_or_pads_with_minimum():
     assert padded == 3 and wide.shape == (2, 9) and np.all(wide[:, 6:] == -50)
 
 
-@pytest.mark.parametrize("name, message", [("empty", "empty file"), ("text", "cannot decode"),
+@pytest.mark.parametrize("name, message", [("empty", "empty file"), ("text", "could not decode it as audio"),
                                            ("missing", "not found")])
 def test_load_audio_errors_name_the_file(clips, name, message):
     with pytest.raises(AudioError, match=message) as err:
         load_audio(clips[name])
     assert str(clips[name]) in str(err.value)
+
+
+@pytest.mark.parametrize("decode", [load_audio, lambda path: next(track_windows(path, PREPROCESSING, hop=645))],
+                         ids=["training", "prediction"])
+def test_a_small_non_audio_mp3_is_described_by_what_is_wrong(tmp_path, decode):
+    """FMA's broken 108925.mp3 (1,371 bytes, no audio frames): libsndfile calls it a file that does not exist."""
+    path = tmp_path / "108925.mp3"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 1371, dtype=np.uint8).tobytes())
+    with pytest.raises(AudioError) as err:
+        decode(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: could not decode it as audio: no audio frames could be read from its "
+                              f"1,371 bytes")
+    assert message.index("1,371 bytes") < message.index("libsndfile: File does not exist")  # only the detail
+    assert "Replace it with a good copy" in message
 
 
 def test_full_width_cache_matches_librosa_and_reports_broken(clips, tmp_path, capsys):
@@ -105,7 +121,7 @@ def test_full_width_cache_matches_librosa_and_reports_broken(clips, tmp_path, ca
     assert report.loc[ids["slightly_short"], "status"] == "padded"
     assert f"padded {1291 - width} frames" in report.loc[ids["slightly_short"], "reason"]
     expected = {"truncated": "far shorter", "short": "far shorter", "empty": "empty file",
-                "text": "cannot decode", "missing": "not found"}
+                "text": "could not decode it as audio", "missing": "not found"}
     for name, reason in expected.items():
         assert reason in report.loc[ids[name], "reason"]
         assert report.loc[ids[name], "path"] == str(clips[name])

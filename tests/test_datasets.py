@@ -1,8 +1,14 @@
 """datasets.py: a folder per genre and a CSV (real audio files of several formats written here), their
 splits (stratified, artist-grouped, given, split_seed), duplicates, clear errors, splits.csv, and a whole
 main.py run plus --evaluate on a folder dataset."""
+import functools
+import hashlib
+import http.server
 import json
+import os
 import shutil
+import threading
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -183,3 +189,63 @@ def test_fma_keeps_its_splits_and_its_random_split_takes_split_seed(fma_small):
     for keys in ({"seed": 3}, {"seed": 0, "split_seed": 3}):  # split_seed=-1 (default): the seed, as before
         data = datasets.load(config(fma_small, "fma", split="random", train_size=0.75, **keys))
         assert sorted(data["splits"]["test"].index) == expected, keys
+
+
+# ----------------------------------------------------------------------------- a partial FMA download
+
+@pytest.fixture
+def partial(fma_small, tmp_path):
+    """fma_small's metadata with 5 of its 32 clips: what an interrupted copy or unzip leaves."""
+    data = tmp_path / "data"
+    shutil.copytree(fma_small / "fma_metadata", data / "fma_metadata")
+    for clip in sorted((fma_small / "fma_small").rglob("*.mp3"))[:5]:
+        target = data / clip.relative_to(fma_small)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(clip, target)
+    return data
+
+
+def run_partial(data, *extra):
+    return main.main([f"--data_dir={data}", "--n_frames=100", "--prepare_only=True", "--wandb_mode=disabled", *extra])
+
+
+def test_a_partial_download_is_refused_with_the_command_that_completes_it(partial):
+    with pytest.raises(SystemExit) as info:
+        run_partial(partial, "--download=False")
+    message = " ".join(str(info.value.code).split())
+    assert "27 of the 32 clips of FMA small (84%) are missing from" in message
+    assert f"Complete it with `FMA_COMPLETE=1 bash download_data.sh small {partial}`" in message
+    assert "train on the 5 clips present with --allow_partial=True" in message
+    assert not (partial / "cache").exists()  # refused before any caching
+
+
+def test_allow_partial_trains_on_the_clips_present_after_a_warning(partial, capsys):
+    assert run_partial(partial, "--download=False", "--allow_partial=True") == 0
+    out = capsys.readouterr().out
+    warning = out.index("warning: 27 of the 32 clips of FMA small (84%) are missing")
+    assert "allow_partial=True: training on the 5 clips present" in out and out.index("5 ok") > warning
+
+
+def test_download_true_completes_a_partial_download(fma_small, partial, tmp_path, monkeypatch, capsys):
+    served = tmp_path / "served"
+    served.mkdir()
+    with zipfile.ZipFile(served / "fma_small.zip", "w") as archive:
+        for clip in sorted((fma_small / "fma_small").rglob("*.mp3")):
+            archive.write(clip, clip.relative_to(fma_small).as_posix())
+    (tmp_path / "SHA1SUMS").write_text(f"{hashlib.sha1((served / 'fma_small.zip').read_bytes()).hexdigest()}  "
+                                       f"fma_small.zip\n")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for name in [k for k in os.environ if "proxy" in k.lower()]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("FMA_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("FMA_CHECKSUMS", str(tmp_path / "SHA1SUMS"))
+    try:
+        assert run_partial(partial, "--download=True") == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    out = capsys.readouterr().out
+    assert f"27 of 32 clips of fma_small are missing from {partial}; completing the download" in out
+    assert len(list((partial / "fma_small").rglob("*.mp3"))) == 32 and "32 ok" in out

@@ -111,9 +111,9 @@ def checksums(tmp_path, archives):
     return path
 
 
-def run_script(data_dir, base_url, checksums, *args, path=None):
+def run_script(data_dir, base_url, checksums, *args, path=None, **environment):
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    env.update(FMA_BASE_URL=base_url, FMA_CHECKSUMS=str(checksums))
+    env.update(FMA_BASE_URL=base_url, FMA_CHECKSUMS=str(checksums), **environment)
     if path is not None:
         env["PATH"] = path
     args = args or ("small", str(data_dir))
@@ -407,3 +407,38 @@ def test_usage_errors(tmp_path, checksums, args):
     assert result.returncode == 2
     assert "usage:" in result.stderr
     assert args != ("tiny",) or "unknown FMA subset 'tiny'" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["fma_small/../../escaped.mp3", "/tmp/absolute.mp3"])
+def test_an_archive_with_unsafe_paths_is_named_as_such(tmp_path, server, checksums, archives, name):
+    """An entry with '..' or an absolute name (which unzip refuses or rewrites) is named, nothing is unpacked, and
+    the message does not say 'check the free space'."""
+    raw = make_zip(tmp_path / "unsafe.zip", "fma_small", TRACKS)
+    with zipfile.ZipFile(tmp_path / "unsafe.zip", "a") as zf:
+        zf.writestr(name, b"not where it belongs")
+    raw = (tmp_path / "unsafe.zip").read_bytes()
+    server.httpd.files["fma/fma_small.zip"] = raw
+    checksums.write_text(f"{hashlib.sha1(raw).hexdigest()}  fma_small.zip\n"
+                         f"{hashlib.sha1(archives['fma_metadata.zip']).hexdigest()}  fma_metadata.zip\n")
+    data = tmp_path / "work" / "data"
+    result = run_script(data, server.url, checksums)
+    assert result.returncode != 0
+    message = " ".join(result.stderr.split())
+    assert f"fma_small.zip holds entries with unsafe paths (absolute, or climbing out with '..'), e.g. {name}." in message
+    assert f"It was not unpacked, so nothing was written outside {data}" in message and "free space" not in message
+    assert not (tmp_path / "work" / "escaped.mp3").exists() and not (data / "fma_small").exists()
+    assert not list(data.glob("*.extracting"))
+
+
+def test_fma_complete_fills_in_a_partial_folder_and_keeps_its_files(tmp_path, server, checksums):
+    data = tmp_path / "data"
+    assert run_script(data, server.url, checksums).returncode == 0
+    (data / "fma_small" / "000" / "000005.mp3").unlink()  # a partial copy: one clip lost, one of the user's own
+    (data / "fma_small" / ".complete").unlink()
+    (data / "fma_small" / "000" / "000002.mp3").write_bytes(b"kept as it is")
+    result = run_script(data, server.url, checksums, FMA_COMPLETE="1")
+    assert result.returncode == 0, result.stderr
+    assert "filling in the files missing from" in result.stdout
+    assert (data / "fma_small" / "000" / "000005.mp3").read_bytes() == TRACKS["000/000005.mp3"]
+    assert (data / "fma_small" / "000" / "000002.mp3").read_bytes() == b"kept as it is"
+    assert (data / "fma_small" / ".complete").is_file()

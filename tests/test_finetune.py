@@ -87,8 +87,10 @@ def test_other_genres_get_a_new_classifier_on_loaded_frozen_features(source, tmp
     out = capsys.readouterr().out
     assert (f"init_from={source}: loaded layer1.0, layer1.3, layer2.0, layer2.3, layer3.0, layer3.3; new (its genres "
             f"['a_high', 'a_low', 'a_mid'] are not this dataset's): fc1") in out
-    assert "cnn1d (corrected), 258 parameters" in out  # trainable: the classifier, 2 x 128 + 2
     tuned, before = models_utils.load_checkpoint(out_dir / "last.pt"), models_utils.load_checkpoint(source)
+    total = models_utils.count_parameters(models_utils.model_from_checkpoint(tuned), trainable=False)
+    counts = f"258 trainable of {total:,} parameters"  # trainable: the classifier, 2 x 128 + 2
+    assert f"model: cnn1d (corrected), {counts}, on cpu" in out and f"=== cnn1d (corrected), {counts}, " in out
     assert tuned["class_names"] == ["x_low", "y_mid"] and tuned["training"]["epoch"] == 2
     assert tuned["config"]["init_from"] == str(source) and tuned["config"]["freeze"] == "features"
     for key, value in before["state_dict"].items():  # weights and BatchNorm statistics: the source's, unchanged

@@ -69,8 +69,8 @@ def test_compile_is_on_where_it_pays_unless_forced(argv, expected):
 
 @pytest.mark.parametrize("argv, expected", [
     (["--compile=sometimes"], "choose auto, True or False"),
-    (["--epochs=five"], "expected a int"),
-    (["--epochs=2.5"], "expected a int"),
+    (["--epochs=five"], "expected an int"),
+    (["--epochs=2.5"], "expected an int"),
     (["--lr=fast"], "expected a float"),
     (["--faithful=yes"], "expected a bool"),
     (["--epochs", "5"], "write --key=value"),
@@ -174,6 +174,8 @@ def test_help_prints_every_key_with_its_default_and_comment():
         assert line is not None, f"--help lacks {key}"
         assert line.strip().startswith(f"--{key}={default}") and len(line.split(None, 1)) == 2, line
     assert "--cache_workers=-1" in result.stdout and "every core this process may use" in result.stdout
+    demo = next(line for line in lines if line.startswith("With --demo=True"))  # what --demo's comment points to
+    assert "--data_dir=data/demo --epochs=25 --batch_size=8" in demo and "--min_genre_tracks=2" in demo
 
 
 def test_a_config_file_applies_its_keys_then_the_command_line_wins(tmp_path):
@@ -195,7 +197,7 @@ def test_a_config_file_with_an_unknown_key_names_the_file_and_the_key(tmp_path):
     message = error_of([str(config_file)])
     assert str(config_file) in message and "'learning_rate'" in message and "Valid keys" in message
     (tmp_path / "bad.py").write_text("epochs = 'many'\n")
-    assert "expected a int" in error_of([str(tmp_path / "bad.py")])
+    assert "expected an int" in error_of([str(tmp_path / "bad.py")])
 
 
 @pytest.fixture
@@ -215,6 +217,20 @@ def test_each_run_gets_its_own_folder_and_latest_points_at_the_newest(runs_root)
     assert Path(resumed) == second.resolve()  # --resume=True alone continues the latest run
     demo = Path(configurator.prepare_out_dir(main.make_config({"model": "cnn1d", "demo": True}), main.RUNS_ROOT))
     assert demo.parent == runs_root / "demo_cnn1d"
+
+
+def test_the_quick_starts_demo_link_is_the_plain_demos_own(runs_root):
+    """README's quick start predicts with runs/demo_crnn/latest: a multi-label or torchrun demo run after it keeps
+    its own folder and link."""
+    demo = {"demo": True}
+    plain = Path(configurator.prepare_out_dir(main.make_config(demo), main.RUNS_ROOT))
+    multi = Path(configurator.prepare_out_dir(main.make_config({**demo, "target": "genres_all"}), main.RUNS_ROOT))
+    both = Path(configurator.prepare_out_dir(main.make_config({**demo, "target": "genres_all"}), main.RUNS_ROOT,
+                                             launched=True))
+    torchrun = Path(configurator.prepare_out_dir(main.make_config(demo), main.RUNS_ROOT, launched=True))
+    assert [p.parent.name for p in (plain, multi, both, torchrun)] == [
+        "demo_crnn", "demo_genres_all_crnn", "demo_genres_all_torchrun_crnn", "demo_torchrun_crnn"]
+    assert (runs_root / "demo_crnn" / "latest").resolve() == plain.resolve()
 
 
 def test_resume_without_any_earlier_run_says_where_it_looked(runs_root):

@@ -16,6 +16,8 @@ import demo_data
 import main
 from conftest import clean_env, default_sigint
 import models_utils
+import run_state
+import utils
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -244,3 +246,51 @@ def test_a_compiled_crnn_with_augmentation_and_workers_resumes_exactly(data_dir,
         assert torch.equal(resumed["state_dict"][key], value), key
     strip = lambda history: [{k: v for k, v in row.items() if k != "seconds"} for row in history]
     assert strip(resumed["training"]["history"]) == strip(straight["training"]["history"])
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(size): a tmpfs of that many bytes, unmounted after the test; skipped where mounting is refused."""
+    mounts = []
+
+    def mount(size):
+        point = tmp_path / f"disk{len(mounts)}"
+        point.mkdir()
+        refused = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                                 capture_output=True, text=True)
+        if refused.returncode:
+            pytest.skip(f"cannot mount a small tmpfs here (root and CAP_SYS_ADMIN needed): {refused.stderr.strip()}")
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", str(point)], check=True)
+
+
+def test_a_full_disk_stops_with_the_space_needed_and_keeps_a_resumable_last_pt(data_dir, two_epochs, small_disk,
+                                                                                tmp_path):
+    size = (two_epochs / "last.pt").stat().st_size
+    # Room for epoch 1's best.pt, last.pt, history.csv and splits.csv, not for epoch 2's next checkpoint.
+    out_dir = small_disk(2 * size + size // 2)
+    argv = args(data_dir, out_dir, "--epochs=2")
+    message = error_of(argv)
+    assert f"the disk holding {out_dir} is full: writing " in message
+    assert f"needs {utils.format_bytes(size)} but " in message and " is free there" in message
+    assert message.endswith(f"Then continue the run with: {run_state.resume_command(argv, None, str(out_dir))}")
+    assert models_utils.load_checkpoint(out_dir / "last.pt")["training"]["epoch"] == 1  # intact
+    assert not list(out_dir.glob("*.tmp"))
+    roomy = tmp_path / "roomy"
+    shutil.copytree(out_dir, roomy)  # what freeing space (or moving the folder) does
+    run_main(args(data_dir, roomy, "--epochs=2", "--resume=True"))
+    assert [row["epoch"] for row in read_history(roomy)] == ["1", "2"]
+
+
+def test_a_report_write_that_does_not_fit_is_a_disk_full_error_naming_its_size(small_disk):
+    disk = small_disk(64 * 1024)  # metrics.json, figures, history.csv: plain writes, which fail with ENOSPC
+    (disk / "metrics.json").write_bytes(b"the previous report")
+    with pytest.raises(utils.DiskFullError) as info:
+        utils.atomic_write(disk / "metrics.json", lambda f: f.write(b"x" * 300_000))
+    assert info.value.needed == 300_000 and info.value.free < 64 * 1024
+    assert str(info.value).startswith(f"the disk holding {disk} is full: writing metrics.json needs 0.3 MiB")
+    assert (disk / "metrics.json").read_bytes() == b"the previous report" and not list(disk.glob("*.tmp"))

@@ -5,6 +5,8 @@ import json
 import os
 import pickle
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -17,6 +19,8 @@ import models_utils
 from models_utils import (CheckpointError, compile_model, init_weights, load_checkpoint,
                           model_from_checkpoint, plot_confusion_matrix, plot_roc_curves,
                           plot_training_curves, save_checkpoint)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def conv_and_linear(model):
@@ -208,6 +212,36 @@ def test_compile_model_gives_the_eager_results_and_trains():
     assert not torch.equal(before, model.fc1.weight)  # gradients reach the original module's weights
 
 
+COMPILE_A_LINEAR = """
+import torch, models_utils
+import torch._inductor.config as inductor_config
+compiled = models_utils.compile_model(torch.nn.Linear(64, 8))
+if {run}:
+    with torch.no_grad():
+        compiled(torch.randn(16, 64))
+print(inductor_config.autotune_num_choices_displayed)
+"""
+
+
+def compile_a_linear(tmp_path, run=True, **environment):
+    """A fresh process compiling a Linear as main.py compiles, with an empty inductor cache (so autotuning runs)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+           "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1", **environment}
+    return subprocess.run([sys.executable, "-c", COMPILE_A_LINEAR.format(run=run)], env=env, capture_output=True,
+                          text=True, timeout=600, check=True)
+
+
+@pytest.mark.slow  # inductor compiles and autotunes the matmul: ~30 s on 2 busy cores
+def test_compiling_keeps_inductors_autotuning_tables_out_of_the_output(tmp_path):
+    result = compile_a_linear(tmp_path)
+    assert "AUTOTUNE" not in result.stderr and "Autotune Choices Stats" not in result.stderr, result.stderr
+
+
+def test_inductors_own_variable_still_asks_for_the_autotuning_tables(tmp_path):
+    result = compile_a_linear(tmp_path, run=False, TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED="5")
+    assert result.stdout.split() == ["5"]  # what inductor read from it: compile_model leaves it
+
+
 @pytest.mark.slow  # inductor compiles forward and backward to C++: ~30 s per model on 2 cores
 @pytest.mark.parametrize("name", ["cnn2d", "crnn"])
 def test_compiled_channels_last_model_gives_the_eager_logits_and_gradients(name):
@@ -276,3 +310,21 @@ def test_written_files_get_the_usual_permissions_not_mkstemps_private_ones(tmp_p
     path = tmp_path / "best.pt"
     save_checkpoint(make_checkpoint(CNN1D(n_frames=431, n_classes=4)), path)
     assert path.stat().st_mode & 0o777 == 0o666 & ~utils.UMASK  # e.g. 0644 under the common umask 022
+
+
+@pytest.mark.parametrize("config, described", [
+    ({"demo": True, "data_dir": "data/demo", "subset": "small", "split": "official"},
+     "the synthetic demo data (data/demo, not FMA)"),
+    ({"demo": False, "dataset": "fma", "subset": "small", "split": "official"}, "FMA small (official split)"),
+    ({"demo": False, "dataset": "folder", "data_dir": "genres", "subset": "small"}, "folder genres")])
+def test_the_summary_names_the_data_a_run_trained_on(config, described):
+    class_names = ["a", "b"]
+    scores = models_utils.classification_metrics([0, 1], [[0.9, 0.1], [0.2, 0.8]], class_names)
+    metrics = {**scores, "parameters": 258, "total_parameters": 1_000, "report_epoch": "best", "reported_epoch": 1,
+               "select_metric": "accuracy", "best_val_score": 1.0, "best_epoch": 1, "test_loss": 0.2,
+               "test_accuracy": 1.0, "test_examples": 2, "training_seconds": 3.0}
+    history = [{"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.5, "val_loss": 0.4, "val_accuracy": 1.0,
+                "lr": 1e-3, "seconds": 3.0}]
+    summary = models_utils.format_summary({**config, "model": "cnn1d", "faithful": True, "out_dir": "runs/x"},
+                                          history, metrics)
+    assert f"=== cnn1d (faithful), 258 trainable of 1,000 parameters, {described} ===" in summary

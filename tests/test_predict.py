@@ -218,6 +218,18 @@ def test_evaluate_writes_the_training_report(fma_small, tiny_run, tmp_path):
         assert (report / name).read_bytes().startswith(b"\x89PNG")
 
 
+def test_evaluate_reads_the_data_folder_the_checkpoint_records(fma_small, tiny_run, tmp_path, capsys):
+    status, out, err = run_main(capsys, f"--checkpoint={tiny_run}", "--evaluate=True",
+                                f"--cache_dir={tmp_path / 'cache'}", f"--out_dir={tmp_path / 'report'}")
+    assert status == 0, err
+    assert "\ntest split of FMA small (official): " in out
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["test_examples"] == 8
+    status, out, err = run_main(capsys, f"--checkpoint={tiny_run}", "--evaluate=True", f"--data_dir={tmp_path}",
+                                f"--cache_dir={tmp_path / 'cache'}")  # given, it wins; the error names both
+    assert status == 2 and f"{tmp_path}/fma_metadata/tracks.csv not found" in err
+    assert f"was trained on the data in {fma_small}, which --evaluate uses when --data_dir is not given" in err
+
+
 def with_config(tiny_run, path, **changes):
     """A copy of the tiny run's checkpoint, as if trained with other config values."""
     checkpoint = torch.load(tiny_run, weights_only=True)
