@@ -188,7 +188,7 @@ def search_space(space_file, main_args):
         for key in [key for key in space if key in fixed]:
             clashes.setdefault(fixed[key], []).append(key)
         if clashes:
-            fail(" ".join(f"{', '.join(keys)} {'is' if len(keys) == 1 else 'are'} both fixed {where} and searched by "
+            fail(" ".join(f"{and_list(keys)} {'is' if len(keys) == 1 else 'are'} both fixed {where} and searched by "
                           f"{space_file}: drop one." for where, keys in clashes.items()))
         return space
     left = {key: choice for key, choice in space.items() if key not in fixed}
@@ -197,6 +197,11 @@ def search_space(space_file, main_args):
              f"{', '.join(f'{key} {fixed[key]}' for key in space)}). Leave one of them unset, or search keys of "
              f"your choice with --space=FILE.py (a Python file defining SPACE = {{...}}).")
     return left
+
+
+def and_list(words):
+    """"a", "a and b", "a, b and c"."""
+    return " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
 
 
 def suggest(trial, space):

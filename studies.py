@@ -51,7 +51,7 @@ def open_storage(url):
 
 
 def find_study(url, name):
-    """(storage, main.py arguments recorded in study ``name``), (storage, None) when there is no such study, or
+    """(storage, main.py arguments recorded in study ``name``), (storage, None) when there are none, or
     (None, None) when the default SQLite file does not exist: nothing is created for a command that may
     yet be refused."""
     import sqlalchemy
@@ -64,7 +64,7 @@ def find_study(url, name):
         study_id = storage.get_study_id_from_name(name)
     except KeyError:
         return storage, None
-    return storage, storage.get_study_user_attrs(study_id).get("main_args", [])
+    return storage, storage.get_study_user_attrs(study_id).get("main_args")  # None: created by other means
 
 
 def requeue_orphans(study, lock_path):
