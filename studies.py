@@ -8,6 +8,7 @@ an existing study found without creating anything, and the trials of processes t
 PostgreSQL needs its driver: pip install -r requirements-postgres.txt (README, "Experiments").
 """
 import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -20,6 +21,9 @@ HEARTBEAT_SECONDS = 60
 # How to install the driver of a database URL, by the module SQLAlchemy failed to import (its default
 # driver for postgresql:// in SQLAlchemy 2.1 is psycopg 3); other modules: pip install <module>.
 DRIVER_INSTALL = {"psycopg": "pip install -r requirements-postgres.txt", "MySQLdb": "pip install mysqlclient"}
+# A main.py whose experiments.py died got SIGTERM (child_processes) and is saving last.pt: waited for this
+# long before its trial is queued again (else it is left to the heartbeat).
+SAVING_SECONDS = 60
 
 
 def open_storage(url):
@@ -68,18 +72,28 @@ def find_study(url, name):
 
 
 def requeue_orphans(study, lock_path):
-    """Queue again at once this machine's running trials whose experiments.py and main.py have both ended
-    without a word (kill -9, a crash): each resumes from its last.pt. Another machine's trial waits until
-    its heartbeat is stale (2 x HEARTBEAT_SECONDS)."""
+    """Queue again at once this machine's running trials whose experiments.py ended without a word (kill -9,
+    a crash), once their main.py has saved last.pt and exited: each resumes from there. Another machine's
+    trial waits until its heartbeat is stale (2 x HEARTBEAT_SECONDS)."""
     import optuna
 
     host = socket.gethostname()
     with FileLock(lock_path):  # one process of this machine requeues each trial
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             owner = trial.user_attrs
-            if "pid" not in owner or owner["host"] != host or alive(owner["pid"]) or alive(owner.get("main_pid", 0)):
+            if "pid" not in owner or owner["host"] != host or alive(owner["pid"]) or not ended(owner.get("main_pid")):
                 continue
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
             study.enqueue_trial(trial.params, user_attrs={"out_dir": owner["out_dir"]})
             print(f"trial {trial.number}: its processes ended without a word; queued again, to resume from "
                   f"{owner['out_dir']}/last.pt", flush=True)
+
+
+def ended(pid, seconds=SAVING_SECONDS):
+    """Whether process ``pid`` (None: never started) has ended, waiting up to ``seconds`` for it."""
+    deadline = time.monotonic() + seconds
+    while pid and alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
