@@ -6,7 +6,8 @@ main.py's, the fixed part of every run.
     python experiments.py tune --model=crnn --epochs=30 --trials=50           # runs/experiments/tune_crnn/
     python experiments.py tune configs/x.py --trials=50 --parallel=4          # 4 trials at once (one per GPU)
     python experiments.py tune --model=crnn --space=my_space.py --trials=20   # SPACE below, replaced
-    python experiments.py tune --model=crnn --trials=50 --storage=postgresql://user@host/optuna  # many machines
+    python experiments.py tune --model=crnn --trials=50 --storage=postgresql://user@host/optuna  # many machines:
+    #   pip install -r requirements-postgres.txt (the driver) on each
     python experiments.py tune --model=crnn --report                          # best trial, trials.csv, figures
     python experiments.py repeat --model=cnn1d --epochs=30 --seeds=0,1,2,3,4  # runs/experiments/repeat_cnn1d/
 
