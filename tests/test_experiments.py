@@ -1,8 +1,8 @@
 """experiments.py on the tiny FMA-format dataset (conftest's fma_small; CNN1D, 96 frames): an interrupted
 Optuna study continued, with a resumed trial and a pruned one; README's tune commands (the default space
-narrowed by the fixed keys, refusals that leave nothing behind); two processes on one SQLite study;
-repeat over seeds (summary statistics by hand, reruns); ensembles in pre_trained_models.py; sweep.yaml's
-keys. Killed processes and PostgreSQL: test_studies.py."""
+narrowed by the fixed keys, refusals that leave nothing behind); repeat over seeds (summary statistics
+by hand, reruns); ensembles in pre_trained_models.py; sweep.yaml's keys. Several processes on one
+study, killed ones, PostgreSQL: test_studies.py."""
 import csv
 import json
 import math
@@ -191,24 +191,6 @@ def test_a_bad_search_space_is_one_clear_error_naming_its_file(fma_small, tmp_pa
         experiments.run(tune_args(fma_small, tmp_path, "--trials=1"))
     assert str(tmp_path / "space.py") in info.value.code and error in info.value.code
     assert not list(tmp_path.glob("trial_*"))
-
-
-def test_two_processes_share_one_sqlite_study_without_losing_or_duplicating_trials(fma_small, tmp_path):
-    (tmp_path / "space.py").write_text(f"SPACE = {{'lr': [{GOOD_LR}, 1e-3]}}\n")
-    argv = [*tune_args(fma_small, tmp_path, "--trials=2"), "--epochs=1"]
-    for i in range(2):
-        (tmp_path / str(i)).mkdir()
-    processes = [subprocess.Popen([sys.executable, "experiments.py", *argv], cwd=ROOT, env=clean_env(tmp_path / str(i)),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
-    for process in processes:
-        assert process.wait(timeout=300) == 0, process.stderr.read().decode()[-2000:]
-    trials = load_study(tmp_path).trials
-    finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
-    assert len(finished) == len(trials) and 2 <= len(trials) <= 3  # a process may start one while the other ends
-    assert [t.number for t in trials] == list(range(len(trials)))
-    out_dirs = [t.user_attrs["out_dir"] for t in trials]
-    assert sorted(out_dirs) == sorted(str(p) for p in tmp_path.glob("trial_*"))  # one run per trial, each once
-    assert all(epochs_of(out_dir) == [1] for out_dir in out_dirs)
 
 
 # -----------------------------------------------------------------------------
