@@ -6,44 +6,51 @@ main.py's, the fixed part of every run.
     python experiments.py tune --model=crnn --epochs=30 --trials=50           # runs/experiments/tune_crnn/
     python experiments.py tune configs/x.py --trials=50 --parallel=4          # 4 trials at once (one per GPU)
     python experiments.py tune --model=crnn --space=my_space.py --trials=20   # SPACE below, replaced
-    python experiments.py tune --model=crnn --trials=50 --storage=postgresql://user@host/optuna  # many machines
+    python experiments.py tune --model=crnn --trials=50 --storage=postgresql://user@host/optuna  # many machines:
+    #   pip install -r requirements-postgres.txt (the driver) on each
     python experiments.py tune --model=crnn --report                          # best trial, trials.csv, figures
     python experiments.py repeat --model=cnn1d --epochs=30 --seeds=0,1,2,3,4  # runs/experiments/repeat_cnn1d/
 
-tune: the study lives in <dir>/study.db (or --storage=URL), so rerunning continues it up to --trials
-finished trials, also from several processes at once. A median pruner, fed each epoch's
-val_<select_metric> from history.csv, stops hopeless trials with SIGTERM (main.py saves last.pt); so
-do Ctrl-C and SIGTERM, and the next run resumes those trials. Validation scores only choose.
-repeat: one run per seed on one split, summary.csv/.md (mean, std, 95% Student-t interval) and the
-seeds' ensemble (pre_trained_models.py --evaluate). Reruns skip finished seeds and resume the rest.
+tune: searches SPACE less the keys the fixed part sets (or --space's SPACE). The study lives in
+<dir>/study.db (or --storage=URL), so rerunning continues it up to --trials finished trials, also from
+several processes at once. A median pruner, fed each epoch's val_<select_metric> from history.csv,
+stops hopeless trials with SIGTERM (main.py saves last.pt); so do Ctrl-C and SIGTERM, and the next run
+resumes those trials. main.py runs end with experiments.py even after kill -9 (child_processes.py), and
+the next run resumes their trials at once. A finished trial keeps best.pt, not last.pt (--keep_last).
+Validation scores only choose.
+repeat: one run per seed on one split, summary.csv/.md (mean, std, 95% Student-t interval, clipped to
+the metric's range) and the seeds' ensemble (pre_trained_models.py --evaluate). Reruns skip finished
+seeds and resume the rest.
 README, "Experiments", says more.
 """
 import csv
 import io
 import json
+import logging
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
-import numpy as np
-
+import child_processes
 import configurator
 import datasets
 import main
 import models_utils
+import seed_summary
+import studies
 import utils
 import wandb_logging
 from configurator import fail
 from locks import FileLock
 
 # The search space: key -> a list (categorical) or {"low", "high", "log"} (ints if both bounds are ints).
-# --space=FILE.py replaces it with the SPACE dict that FILE.py defines.
+# A key fixed by the config file or a --key=value is left out; --space=FILE.py replaces it with FILE.py's SPACE.
 SPACE = {
     "lr": {"low": 1e-5, "high": 1e-2, "log": True},
     "weight_decay": [0.0, 1e-5, 1e-4, 1e-3],
@@ -52,7 +59,7 @@ SPACE = {
     "model": ["cnn1d", "cnn2d", "crnn"],
 }
 # experiments.py's own options; every other --key=value is main.py's
-OPTIONS = {"trials": 20, "parallel": 1, "space": "", "storage": "", "report": False,  # tune
+OPTIONS = {"trials": 20, "parallel": 1, "space": "", "storage": "", "report": False, "keep_last": False,  # tune
            "seeds": "0,1,2",                                                          # repeat
            "name": "", "dir": ""}  # name: <command>_<model>; dir: runs/experiments/<name>
 MANAGED = ("out_dir", "resume", "overwrite")  # each run's own, set here
@@ -79,29 +86,37 @@ def main_command(main_args, **keys):
             *(f"--{key}={value}" for key, value in keys.items())]
 
 
-def run_main(command, out_dir, on_row=None, slot=None):
-    """Run main.py (output appended to <out_dir>/main.log), calling on_row(row) for each new history.csv
-    row; on_row returns True to stop the run (SIGTERM: main.py saves last.pt). Returns the exit status.
-    ``slot``: ("cuda", id) for one GPU, or ("cpu", cores) to share the CPU with other runs."""
+def run_main(command, out_dir, on_row=None, slot=None, on_start=None):
+    """Run main.py (output appended to <out_dir>/main.log), calling on_start(pid) once it runs and on_row(row)
+    for each new history.csv row; on_row returns True to stop the run (SIGTERM: main.py saves last.pt).
+    Returns the exit status. ``slot``: ("cuda", id) for one GPU, or ("cpu", cores) to share the CPU with
+    other runs. main.py ends with this process (child_processes), and with this call when it fails."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     if slot and slot[0] == "cuda":
         env["CUDA_VISIBLE_DEVICES"] = str(slot[1])
     with open(Path(out_dir) / "main.log", "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if slot and slot[0] == "cpu":  # before torch starts: main.py sizes its threads by its affinity
-        os.sched_setaffinity(process.pid, slot[1])
-    seen, stopping = 0, False
-    while True:
-        ended = process.poll() is not None
-        rows = read_history(out_dir)[seen:]
-        seen += len(rows)
-        if not stopping and (STOP.is_set() or on_row and any(on_row(row) for row in rows)):
-            process.terminate()
-            stopping = True
-        if ended:
-            return process.returncode
-        time.sleep(POLL_SECONDS)
+        process = child_processes.start(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        if slot and slot[0] == "cpu":  # before torch starts: main.py sizes its threads by its affinity
+            os.sched_setaffinity(process.pid, slot[1])
+        if on_start:
+            on_start(process.pid)
+        seen, stopping = 0, False
+        while True:
+            ended = process.poll() is not None
+            rows = read_history(out_dir)[seen:]
+            seen += len(rows)
+            if not stopping and (STOP.is_set() or on_row and any(on_row(row) for row in rows)):
+                process.terminate()
+                stopping = True
+            if ended:
+                return process.returncode
+            time.sleep(POLL_SECONDS)
+    except BaseException:  # e.g. the study's database failed: the run must not go on unobserved
+        process.terminate()
+        process.wait()
+        raise
 
 
 def read_history(out_dir):
@@ -157,6 +172,39 @@ def load_space(path):
     return space
 
 
+def fixed_keys(main_args):
+    """main.py's keys that ``main_args`` fix -> where: "by <config file>" or "on the command line"."""
+    config_file, overrides = configurator.split_arguments(main_args)
+    from_file = configurator.read_config_file(config_file, main.CONFIG) if config_file else {}
+    return {**{key: f"by {config_file}" for key in from_file},
+            **{key: "on the command line" for key in configurator.parse_overrides(overrides, main.CONFIG)}}
+
+
+def search_space(space_file, main_args):
+    """The keys a study searches: SPACE without the keys main_args fix, or --space's SPACE, which must not
+    search a fixed key (the user wrote both: which one is meant is theirs to say)."""
+    space, fixed = load_space(space_file), fixed_keys(main_args)
+    if space_file:
+        clashes = {}
+        for key in [key for key in space if key in fixed]:
+            clashes.setdefault(fixed[key], []).append(key)
+        if clashes:
+            fail(" ".join(f"{and_list(keys)} {'is' if len(keys) == 1 else 'are'} both fixed {where} and searched by "
+                          f"{space_file}: drop one." for where, keys in clashes.items()))
+        return space
+    left = {key: choice for key, choice in space.items() if key not in fixed}
+    if not left:
+        fail(f"nothing is left to search: every key of experiments.py's SPACE is fixed ("
+             f"{', '.join(f'{key} {fixed[key]}' for key in space)}). Leave one of them unset, or search keys of "
+             f"your choice with --space=FILE.py (a Python file defining SPACE = {{...}}).")
+    return left
+
+
+def and_list(words):
+    """"a", "a and b", "a, b and c"."""
+    return " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
+
+
 def suggest(trial, space):
     """The trial's main.py keys drawn from ``space``."""
     params = {}
@@ -170,26 +218,31 @@ def suggest(trial, space):
     return params
 
 
-def open_study(opts, main_args):
-    """The study (created, or loaded to continue it), its runs' fixed main.py arguments recorded in it."""
+def check_fixed_part(opts, main_args, recorded):
+    """The study's main.py arguments: the recorded ones (none given, or --report), else ``main_args``,
+    which must be the recorded ones when the study exists."""
+    if recorded is None or opts["report"] or not main_args:
+        return main_args if recorded is None else recorded
+    if recorded != main_args:
+        fail(f"study {opts['name']} runs main.py with {' '.join(recorded) or 'its defaults'}, not "
+             f"{' '.join(main_args)}. Continue it with the same arguments, or start another with --name=NEW.")
+    return main_args
+
+
+def open_study(opts, url, storage, main_args, space):
+    """The study (created, or loaded to continue it), its fixed main.py arguments and searched keys recorded."""
     import optuna
 
-    url = opts["storage"] or f"sqlite:///{Path(opts['dir']) / 'study.db'}"
-    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: experimental since 2.8
+    Path(opts["dir"]).mkdir(parents=True, exist_ok=True)
     with FileLock(Path(opts["dir"]) / "study.lock"):  # processes starting at once would race to create the tables
-        # a dead process's trial (no heartbeat for 2 minutes) is queued again with its user attributes (out_dir)
-        storage = optuna.storages.RDBStorage(
-            url, heartbeat_interval=60, heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
-            engine_kwargs={"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {})
         pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=0)
-        study = optuna.create_study(study_name=opts["name"], storage=storage, direction="maximize", pruner=pruner,
-                                    load_if_exists=True)
-        recorded = study.user_attrs.setdefault("main_args", main_args)
-        study.set_user_attr("main_args", recorded)
-    if main_args and recorded != main_args and not opts["report"]:  # none given: the recorded ones
-        fail(f"study {opts['name']} ({url}) runs main.py with {' '.join(recorded) or 'its defaults'}, not "
-             f"{' '.join(main_args)}. Continue it with the same arguments, or start another with --name=NEW.")
-    return study, recorded
+        study = optuna.create_study(study_name=opts["name"], storage=storage or studies.open_storage(url),
+                                    direction="maximize", pruner=pruner, load_if_exists=True)
+        if "main_args" not in study.user_attrs:
+            study.set_user_attr("main_args", main_args)
+            study.set_user_attr("searched", list(space))
+    check_fixed_part(opts, main_args, study.user_attrs["main_args"])  # another process created it meanwhile
+    return study
 
 
 def objective(study, opts, main_args, space, metric, places):
@@ -199,6 +252,8 @@ def objective(study, opts, main_args, space, metric, places):
     def run_trial(trial):
         out_dir = trial.user_attrs.get("out_dir") or str(Path(opts["dir"]) / f"trial_{trial.number}")
         trial.set_user_attr("out_dir", out_dir)
+        trial.set_user_attr("host", socket.gethostname())  # who runs it: see requeue_orphans
+        trial.set_user_attr("pid", os.getpid())
         params = suggest(trial, space)
         pruned = []
 
@@ -216,40 +271,74 @@ def objective(study, opts, main_args, space, metric, places):
         slot = places.get()
         try:
             status = 0 if finished else run_main(main_command(main_args, **params, wandb_group=opts["name"],
-                                                               **run_args(out_dir)), out_dir, on_row, slot)
+                                                               **run_args(out_dir)), out_dir, on_row, slot,
+                                                  on_start=lambda pid: trial.set_user_attr("main_pid", pid))
         finally:
             places.put(slot)
         if pruned:
+            drop_resume_state(out_dir, opts)
             raise optuna.TrialPruned(f"{pruned[0]}, below the median of the finished trials")
         if STOP.is_set() and not read_metrics(out_dir):
             study.enqueue_trial(trial.params, user_attrs={"out_dir": out_dir})  # resumed from its last.pt
             study.stop()
             raise Interrupted(f"trial {trial.number} stopped; it resumes from {out_dir}/last.pt on the next run")
         if status != 0:
-            raise TrialError(f"main.py exited with status {status}: see {out_dir}/main.log")
+            raise TrialError(f"trial {trial.number}: main.py exited with status {status}: see {out_dir}/main.log")
+        drop_resume_state(out_dir, opts)
         return read_metrics(out_dir)["best_val_score"]
 
     return run_trial
+
+
+def drop_resume_state(out_dir, opts):
+    """A finished trial keeps best.pt, metrics and logs; its last.pt (the full resume state) only with --keep_last."""
+    if not opts["keep_last"]:
+        (Path(out_dir) / "last.pt").unlink(missing_ok=True)
+
+
+class OneLineTrialErrors(logging.Filter):
+    """Optuna logs a trial that ended in TrialError or Interrupted with a traceback and a second line ("failed
+    with value None"); the error's own message says all there is, in one line."""
+
+    def filter(self, record):
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, (TrialError, Interrupted)):
+            record.msg, record.args, record.exc_info = str(error), (), None
+            return True
+        return not record.getMessage().endswith("failed with value None.")
+
+
+ONE_LINE_TRIAL_ERRORS = OneLineTrialErrors()
 
 
 def tune(opts, main_args, config):
     """Run the study until it holds opts["trials"] finished trials (or only report); returns the exit status."""
     import optuna
 
-    study, main_args = open_study(opts, main_args)
+    url = opts["storage"] or f"sqlite:///{Path(opts['dir']) / 'study.db'}"
+    storage, recorded = studies.find_study(url, opts["name"])
+    if opts["report"] and recorded is None:
+        fail(f"there is no study {opts['name']} in {opts['storage'] or opts['dir']} to report on: start it "
+             f"without --report (or give the --name, --dir or --storage it was started with).")
+    main_args = check_fixed_part(opts, main_args, recorded)
+    if opts["report"]:
+        report(optuna.load_study(study_name=opts["name"], storage=storage), opts)
+        return 0
+    space = search_space(opts["space"], main_args)
+    study = open_study(opts, url, storage, main_args, space)
+    studies.requeue_orphans(study, Path(opts["dir"]) / "study.lock")
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=states))
-    if not opts["report"] and done < opts["trials"]:
-        space = load_space(opts["space"])
-        overrides = configurator.parse_command_line(main_args, main.CONFIG, "main.py")[0]
-        config = main.make_config(overrides)  # the study's own: its arguments may come from its record
-        clash = sorted(set(space) & set(overrides))
-        if clash:
-            fail(f"{', '.join(clash)} are both fixed (config file or --key=value) and searched: drop one.")
-        print(f"study {opts['name']}: {done} of {opts['trials']} trials finished; runs in {opts['dir']}/trial_<n>")
+    if done < opts["trials"]:
+        config = main.make_config(configurator.parse_command_line(main_args, main.CONFIG, "main.py")[0])
+        fixed = [key for key in SPACE if key not in space] if not opts["space"] else []
+        print(f"study {opts['name']}: searches {', '.join(space)}{'; fixed: ' + ', '.join(fixed) if fixed else ''}; "
+              f"{done} of {opts['trials']} trials finished; runs in {opts['dir']}/trial_<n>", flush=True)
+        logging.getLogger("optuna.study._optimize").addFilter(ONE_LINE_TRIAL_ERRORS)
         run_trial = objective(study, opts, main_args, space, config["select_metric"], slots(opts["parallel"]))
         study.optimize(run_trial, n_trials=opts["trials"] - done, n_jobs=opts["parallel"], catch=(TrialError, Interrupted),
-                       callbacks=[optuna.study.MaxTrialsCallback(opts["trials"], states=states)])
+                       callbacks=[optuna.study.MaxTrialsCallback(opts["trials"], states=states),
+                                  lambda study, trial: studies.requeue_orphans(study, Path(opts["dir"]) / "study.lock")])
         if STOP.is_set():
             print(f"interrupted: rerun the same command to continue study {opts['name']}.", file=sys.stderr)
             return 128 + STOP.signum
@@ -313,6 +402,7 @@ def repeat(opts, main_args, config):
     """One run per seed on one split, summary.csv/.md and the seeds' ensemble; returns the exit status."""
     seeds = parse_seeds(opts["seeds"])
     folder = Path(opts["dir"])
+    folder.mkdir(parents=True, exist_ok=True)
     split_seed = datasets.split_seed(config)  # -1 would follow each training seed: one split for all instead
     for seed in seeds:
         out_dir = str(folder / f"seed_{seed}")
@@ -330,9 +420,9 @@ def repeat(opts, main_args, config):
             fail(f"seed {seed}: main.py exited with status {status}; see {out_dir}/main.log. Rerun the same "
                  f"command to retry it (finished seeds are skipped).")
     runs = {seed: read_metrics(folder / f"seed_{seed}") for seed in seeds}
-    table = summarise(runs)
+    table = seed_summary.summarise(runs)
     ensemble = ensemble_of_seeds(folder, config, seeds)
-    write_summary(folder, table, seeds, ensemble)
+    seed_summary.write_summary(folder, table, seeds, ensemble)
     print((folder / "summary.md").read_text())
     wandb_logging.summary_run(config, opts["name"], "summary", {f"{metric}_{key}": value for metric, row in table.items()
                                                                 for key, value in row.items() if key in ("mean", "std")})
@@ -349,30 +439,6 @@ def parse_seeds(text):
     return seeds
 
 
-def seed_metrics(metrics):
-    """The figures summarised per seed: test accuracy, macro F1, test loss, and each genre's F1."""
-    return {"test_accuracy": metrics["test_accuracy"], "macro_f1": metrics["macro_f1"],
-            "balanced_accuracy": metrics["balanced_accuracy"], "test_loss": metrics["test_loss"],
-            **{f"f1_{genre}": scores["f1"] for genre, scores in metrics["per_class"].items()}}
-
-
-def summarise(runs):
-    """metric -> {"mean", "std" (n-1), "ci95_low", "ci95_high" (Student's t, n-1 degrees of freedom),
-    "seed_<s>": each seed's value}."""
-    from scipy import stats
-
-    values = {seed: seed_metrics(metrics) for seed, metrics in runs.items()}
-    table = {}
-    for metric in next(iter(values.values())):
-        column = np.array([row[metric] for row in values.values()], dtype=float)
-        n, mean = len(column), float(column.mean())
-        std = float(column.std(ddof=1)) if n > 1 else float("nan")
-        half = float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)) if n > 1 else float("nan")
-        table[metric] = {"mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half,
-                         **{f"seed_{seed}": row[metric] for seed, row in values.items()}}
-    return table
-
-
 def ensemble_of_seeds(folder, config, seeds):
     """The seeds' reported checkpoints as one ensemble on the test split (pre_trained_models.py
     --evaluate); its metrics.json, or None when it could not be evaluated."""
@@ -386,26 +452,6 @@ def ensemble_of_seeds(folder, config, seeds):
         print("note: the ensemble of the seeds could not be evaluated (see the error above).", file=sys.stderr)
         return None
     return read_metrics(folder / "ensemble")
-
-
-def write_summary(folder, table, seeds, ensemble):
-    """summary.csv (one row per metric) and summary.md (the same as a table, and the ensemble), atomically."""
-    columns = ["mean", "std", "ci95_low", "ci95_high", *(f"seed_{s}" for s in seeds)]
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(["metric", *columns])
-    writer.writerows([metric, *(f"{row[c]:.6g}" for c in columns)] for metric, row in table.items())
-    utils.atomic_write(folder / "summary.csv", lambda f: f.write(text.getvalue().encode()))
-    lines = [f"# {len(seeds)} seeds ({', '.join(map(str, seeds))}), one split; test split figures", "",
-             f"| metric | mean | std | 95% interval | {' | '.join(f'seed {s}' for s in seeds)} |",
-             "|---" * (4 + len(seeds)) + "|"]
-    lines += [f"| {metric} | {row['mean']:.4f} | {row['std']:.4f} | {row['ci95_low']:.4f} .. {row['ci95_high']:.4f} | "
-              + " | ".join(f"{row[f'seed_{s}']:.4f}" for s in seeds) + " |" for metric, row in table.items()]
-    if ensemble:
-        lines += ["", f"Ensemble of the {len(seeds)} seeds (mean of their probabilities): test accuracy "
-                      f"{ensemble['test_accuracy']:.4f}, macro F1 {ensemble['macro_f1']:.4f}, test loss "
-                      f"{ensemble['test_loss']:.4f} ({folder / 'ensemble'}/metrics.json)."]
-    utils.atomic_write(folder / "summary.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
 
 
 # -----------------------------------------------------------------------------
@@ -446,7 +492,6 @@ def stop_runs(signum, frame):
 
 def run(argv=None):
     command, opts, main_args, config = parse(sys.argv[1:] if argv is None else list(argv))
-    Path(opts["dir"]).mkdir(parents=True, exist_ok=True)
     STOP.clear()
     handlers = {number: signal.signal(number, stop_runs) for number in (signal.SIGINT, signal.SIGTERM)}
     try:

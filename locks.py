@@ -21,14 +21,18 @@ STALE_LOCK_SECONDS = 600.0  # far longer than any lock is held (the cache's long
 POLL_SECONDS, NOTICE_SECONDS = 0.2, 1.0  # a waiting process looks again, and says once what it waits for
 
 
-def _alive(pid):
+def alive(pid):
+    """Whether process ``pid`` of this host still runs (a zombie, ended but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
         return True
-    return True
+    try:  # Linux: the state after the command's name in /proc/<pid>/stat, Z (zombie) or X (dead) when ended
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):  # no /proc (macOS): os.kill's answer
+        return True
 
 
 def notice_due(waited):
@@ -99,7 +103,7 @@ class FileLock:
             return True
         try:
             owner = json.loads(raw)
-            since, gone = owner["time"], owner["host"] == socket.gethostname() and not _alive(owner["pid"])
+            since, gone = owner["time"], owner["host"] == socket.gethostname() and not alive(owner["pid"])
         except (ValueError, KeyError, TypeError):  # being written this instant, or garbage
             since, gone = mtime, False
         if not gone and time.time() - since < STALE_LOCK_SECONDS:

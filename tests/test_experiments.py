@@ -1,6 +1,8 @@
 """experiments.py on the tiny FMA-format dataset (conftest's fma_small; CNN1D, 96 frames): an interrupted
-Optuna study continued, with a resumed trial and a pruned one; two processes on one SQLite study; repeat
-over seeds (summary statistics by hand, reruns); ensembles in pre_trained_models.py; sweep.yaml's keys."""
+Optuna study continued, with a resumed trial and a pruned one; README's tune commands (the default space
+narrowed by the fixed keys, refusals that leave nothing behind); repeat over seeds (summary statistics
+by hand, reruns); ensembles in pre_trained_models.py; sweep.yaml's keys. Several processes on one
+study, killed ones, PostgreSQL: test_studies.py."""
 import csv
 import json
 import math
@@ -68,6 +70,7 @@ def study(fma_small, tmp_path_factory):
 def test_an_interrupted_trial_resumes_from_its_last_checkpoint(study):
     assert study["status"] == 143, study["stderr"][-2000:]
     assert "rerun the same command" in study["stderr"]
+    assert "trial 0 stopped; it resumes from" in study["stderr"] and "Traceback" not in study["stderr"]  # one line
     trials = load_study(study["folder"]).trials
     assert trials[0].state == optuna.trial.TrialState.FAIL
     resumed = trials[2]
@@ -83,8 +86,10 @@ def test_a_trial_that_reports_badly_is_pruned_early(study):
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE", "PRUNED"]
     assert trials[1].intermediate_values[1] == trials[2].intermediate_values[1] > trials[3].intermediate_values[1]
     assert list(trials[3].intermediate_values) == [1]  # stopped after its first epoch (SIGTERM: main.py saved)
-    assert (study["folder"] / "trial_3" / "last.pt").is_file()
     assert not (study["folder"] / "trial_3" / "metrics.json").exists()
+    # a finished (complete or pruned) trial keeps best.pt and drops its resume state
+    assert all((study["folder"] / f"trial_{n}" / "best.pt").is_file() for n in (0, 1, 3))
+    assert not list(study["folder"].glob("trial_*/last.pt"))
     # the objective is the run's best validation score, never a test figure
     metrics = json.loads((study["folder"] / "trial_1" / "metrics.json").read_text())
     assert trials[1].value == metrics["best_val_score"]
@@ -104,7 +109,7 @@ def test_the_report_gives_the_best_trial_as_a_config_and_the_study_as_csv_and_fi
     assert experiments.run(["tune", "--model=cnn1d", f"--dir={folder}", "--name=test", "--report=True"]) == 0
     assert experiments.run(["tune", f"--space={folder / 'space.py'}", f"--dir={folder}", "--name=test",
                             "--trials=5"]) == 0
-    config = models_utils.load_checkpoint(folder / "trial_4" / "last.pt")["config"]
+    config = models_utils.load_checkpoint(folder / "trial_4" / "best.pt")["config"]
     assert (config["epochs"], config["n_frames"], config["batch_size"]) == (3, 96, 2)
 
 
@@ -114,8 +119,68 @@ def test_repeat_refuses_multi_label_runs():
 
 
 def test_a_continued_study_refuses_other_fixed_arguments(study):
+    trials = len(load_study(study["folder"]).trials)
     with pytest.raises(SystemExit, match="--name=NEW"):
-        experiments.run([*study["argv"], "--trials=5", "--seed=3"])
+        experiments.run([*study["argv"], "--trials=9", "--seed=3"])
+    assert len(load_study(study["folder"]).trials) == trials  # refused before any trial
+
+
+# -----------------------------------------------------------------------------
+# README's tune commands (each with tiny data, 1 epoch): the default space less the fixed keys
+
+def tiny(data_dir):
+    return [f"--data_dir={data_dir}", "--n_frames=96", "--download=False", "--wandb_mode=disabled", "--num_workers=0",
+            "--compile=False"]
+
+
+def searched(folder, name):
+    trials = optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'study.db'}").trials
+    return [set(t.params) for t in trials]
+
+
+@pytest.mark.slow
+def test_readme_tune_commands_search_what_is_not_fixed(fma_small, tmp_path, capsys):
+    folder = tmp_path / "crnn"  # python experiments.py tune --model=crnn --epochs=30 --trials=50
+    assert experiments.run(["tune", "--model=crnn", "--epochs=1", "--trials=1", *tiny(fma_small), f"--dir={folder}"]) == 0
+    assert "searches lr, weight_decay, batch_size, data_augmentation; fixed: model" in capsys.readouterr().out
+    assert searched(folder, "tune_crnn") == [{"lr", "weight_decay", "batch_size", "data_augmentation"}]
+    assert (folder / "trial_0" / "best.pt").is_file() and not (folder / "trial_0" / "last.pt").exists()
+    # python experiments.py tune --model=crnn --report: the recorded arguments
+    assert experiments.run(["tune", "--model=crnn", "--report", f"--dir={folder}"]) == 0
+    assert "best of 1 finished trials" in capsys.readouterr().out
+    # python experiments.py tune configs/original_crnn.py --trials=50 --parallel=4 (it fixes batch_size, lr, model)
+    folder = tmp_path / "original"
+    assert experiments.run(["tune", str(ROOT / "configs" / "original_crnn.py"), "--trials=2", "--parallel=2", "--epochs=1",
+                            "--train_size=0.5", *tiny(fma_small), f"--dir={folder}", "--keep_last=True"]) == 0
+    assert searched(folder, "tune_crnn") == [{"weight_decay", "data_augmentation"}] * 2
+    assert len(list(folder.glob("trial_*/last.pt"))) == 2  # --keep_last
+
+
+def test_a_space_of_ones_own_that_searches_a_fixed_key_is_refused_and_leaves_nothing_behind(fma_small, tmp_path):
+    (tmp_path / "my_space.py").write_text("SPACE = {'model': ['cnn1d', 'crnn'], 'lr': [1e-3, 1e-4]}\n")
+    folder = tmp_path / "study"  # python experiments.py tune --model=crnn --space=my_space.py --trials=20
+    argv = ["tune", "--model=crnn", f"--space={tmp_path / 'my_space.py'}", "--trials=1", *tiny(fma_small),
+            f"--dir={folder}"]
+    with pytest.raises(SystemExit) as info:
+        experiments.run([*argv, "--epochs=2"])
+    assert f"model is both fixed on the command line and searched by {tmp_path / 'my_space.py'}: drop one." in info.value.code
+    with pytest.raises(SystemExit) as info:
+        experiments.run(["tune", str(ROOT / "configs" / "original_crnn.py"), *argv[2:]])
+    assert (f"model and lr are both fixed by {ROOT / 'configs' / 'original_crnn.py'} and searched by "
+            f"{tmp_path / 'my_space.py'}: drop one.") in info.value.code
+    assert not folder.exists()  # no study.db recording the refused arguments
+    (tmp_path / "my_space.py").write_text("SPACE = {'lr': [1e-3, 1e-4]}\n")
+    assert experiments.run([*argv, "--epochs=1"]) == 0  # other arguments than the refused command's
+    assert searched(folder, "tune_crnn") == [{"lr"}]
+
+
+def test_nothing_left_to_search_is_an_error_naming_the_fixed_keys(fma_small, tmp_path):
+    fixed = ["--model=crnn", "--lr=0.001", "--weight_decay=0", "--batch_size=8", "--data_augmentation=True"]
+    with pytest.raises(SystemExit) as info:
+        experiments.run(["tune", *fixed, "--trials=1", *tiny(fma_small), f"--dir={tmp_path / 'study'}"])
+    assert "nothing is left to search" in info.value.code and "--space=FILE.py" in info.value.code
+    assert all(f"{arg[2:].partition('=')[0]} on the command line" in info.value.code for arg in fixed)
+    assert not (tmp_path / "study").exists()
 
 
 @pytest.mark.parametrize("space, error", [("{'learning_rate': [0.1]}", "'learning_rate'"),
@@ -126,24 +191,6 @@ def test_a_bad_search_space_is_one_clear_error_naming_its_file(fma_small, tmp_pa
         experiments.run(tune_args(fma_small, tmp_path, "--trials=1"))
     assert str(tmp_path / "space.py") in info.value.code and error in info.value.code
     assert not list(tmp_path.glob("trial_*"))
-
-
-def test_two_processes_share_one_sqlite_study_without_losing_or_duplicating_trials(fma_small, tmp_path):
-    (tmp_path / "space.py").write_text(f"SPACE = {{'lr': [{GOOD_LR}, 1e-3]}}\n")
-    argv = [*tune_args(fma_small, tmp_path, "--trials=2"), "--epochs=1"]
-    for i in range(2):
-        (tmp_path / str(i)).mkdir()
-    processes = [subprocess.Popen([sys.executable, "experiments.py", *argv], cwd=ROOT, env=clean_env(tmp_path / str(i)),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
-    for process in processes:
-        assert process.wait(timeout=300) == 0, process.stderr.read().decode()[-2000:]
-    trials = load_study(tmp_path).trials
-    finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
-    assert len(finished) == len(trials) and 2 <= len(trials) <= 3  # a process may start one while the other ends
-    assert [t.number for t in trials] == list(range(len(trials)))
-    out_dirs = [t.user_attrs["out_dir"] for t in trials]
-    assert sorted(out_dirs) == sorted(str(p) for p in tmp_path.glob("trial_*"))  # one run per trial, each once
-    assert all(epochs_of(out_dir) == [1] for out_dir in out_dirs)
 
 
 # -----------------------------------------------------------------------------
@@ -175,7 +222,9 @@ def test_repeat_summarises_each_metric_over_the_seeds(repeated):
         row = summary[metric]
         assert [row[f"seed_{s}"] for s in range(3)] == pytest.approx(values, abs=1e-5)
         assert row["mean"] == pytest.approx(mean, abs=1e-5) and row["std"] == pytest.approx(std, abs=1e-5)
-        assert row["ci95_high"] - row["mean"] == pytest.approx(t_975_2 * std / math.sqrt(3), abs=1e-5)
+        high = 1.0 if metric != "test_loss" else math.inf  # clipped to the metric's range
+        assert row["ci95_high"] == pytest.approx(min(mean + t_975_2 * std / math.sqrt(3), high), abs=1e-5)
+        assert row["ci95_low"] == pytest.approx(max(mean - t_975_2 * std / math.sqrt(3), 0.0), abs=1e-5)
     assert {"macro_f1", "balanced_accuracy"} <= set(summary)
     splits = {(folder / f"seed_{s}" / "splits.csv").read_text() for s in range(3)}
     assert len(splits) == 1  # one split for every seed
