@@ -27,8 +27,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import soxr
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -80,6 +78,8 @@ class MonoStream:
         self.resampler = self.new_resampler()
 
     def new_resampler(self):
+        import soxr  # here, as soundfile below: only decoding needs them (benchmarks/gpu.py runs without)
+
         return None if self.native == self.rate else soxr.ResampleStream(
             self.native, self.rate, 1, dtype="float32", quality="HQ")
 
@@ -98,6 +98,8 @@ class MonoStream:
     def seek(self, sample):
         """Continue from a point at most `sample` (at `rate`) where both grids meet; returns that point,
         or None when the file cannot seek (reading on is then the only way there)."""
+        import soundfile as sf
+
         m = sample // self.step
         try:
             self.file.seek(m * self.native_step)
@@ -116,6 +118,8 @@ class MonoStream:
 
 def open_audio(path):
     """A SoundFile; AudioError with the reason when the file is empty or not audio."""
+    import soundfile as sf
+
     if path.stat().st_size == 0:
         raise utils.AudioError(f"{path}: empty file (0 bytes). Download it again or remove it.")
     try:

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
-import soxr
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -77,6 +75,9 @@ AUDIO_EXTENSIONS = {".mp3", ".wav", ".au", ".snd", ".flac", ".ogg", ".oga", ".op
 
 def load_audio(path, sample_rate=22050):
     """Mono float32 at sample_rate, exactly as librosa.load (soundfile, channel mean, soxr_hq)."""
+    import soundfile as sf  # here, as soxr below: only decoding needs them (benchmarks/gpu.py runs without)
+    import soxr
+
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: audio file not found. Check the path (and --data_dir), or download "
