@@ -18,7 +18,7 @@ from tqdm import tqdm
 import distributed
 import models_utils
 import multilabel
-from train import batch_loss
+from train import batch_loss, mark_batch_dynamic
 
 
 def test(model, loader, device, amp=False, desc="eval", gather=None):
@@ -39,6 +39,7 @@ def test(model, loader, device, amp=False, desc="eval", gather=None):
                                           disable=not distributed.is_main()):
             inputs = inputs.to(device, non_blocking=True)
             batch_targets = batch_targets.to(device, non_blocking=True)
+            mark_batch_dynamic(inputs)  # the split's last, smaller batch: no second compile
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
                 logits, _ = model(inputs)
             logits = logits.float()  # softmax and loss in float32 even under autocast

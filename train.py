@@ -85,6 +85,14 @@ def flush_interval(progress, on_log):
     progress["interval_loss"], progress["interval_batches"] = 0.0, 0
 
 
+def mark_batch_dynamic(inputs):
+    """One compiled graph for every batch size: torch.compile would otherwise compile again for the epoch's
+    last, smaller batch (the CRNN on a CPU: 352 s against a 60 s step under load, benchmarks/gpu.py part c;
+    marked dynamic from the start, that batch is an ordinary step and steps are no slower). A hint only:
+    eager models ignore it, and a batch of one stays specialised."""
+    torch._dynamo.maybe_mark_dynamic(inputs, 0)
+
+
 def step_figures(loss, logits, targets, class_weights, sync):
     """(float64 [loss, examples, correct] of the batch on the device, the loss to back-propagate); under
     torchrun (``sync``) the global batch's figures, every process's loss scaled to the global mean's."""
@@ -135,7 +143,7 @@ def settle(progress, pending, bar):
 
 
 def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=False, desc="train",
-          progress=None, on_step=None, class_weights=None, sync=None, pos_weight=None):
+          progress=None, on_step=None, class_weights=None, sync=None, pos_weight=None, dynamic_batch=True):
     """Train ``model`` for one pass over ``loader``; returns mean loss, accuracy and example count.
 
     ``amp`` runs the forward pass under bfloat16 autocast (CUDA only; no loss scaling is needed
@@ -151,7 +159,8 @@ def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=Fa
     The step never waits for the host: each batch's figures stay on the device until a read (every
     ``log_interval`` batches, a settled() call, the epoch's end). A non-finite loss skips its step and
     every later one on the device (skippable_step), so it never reaches the weights, and the next read
-    raises NonFiniteLossError naming the batch.
+    raises NonFiniteLossError naming the batch. ``dynamic_batch``: a compiled model takes every batch
+    size with one graph (mark_batch_dynamic); False lets the epoch's last, smaller batch compile again.
     """
     model.train()
     device = torch.device(device)
@@ -163,6 +172,8 @@ def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=Fa
         for inputs, targets in bar:
             inputs = inputs.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
+            if dynamic_batch:
+                mark_batch_dynamic(inputs)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
                 logits, _ = model(inputs)
                 loss = batch_loss(logits.float(), targets, class_weights, pos_weight)

@@ -331,11 +331,9 @@ def last_batch_rows(size, report, device, deadline):
                                                                   "class_names": list("01234567")}, device)
         model, seconds = main.compiled(config, raw_model, size["backend"]), []
         for inputs, targets in batches:
-            if dynamic:
-                torch._dynamo.mark_dynamic(inputs, 0)
             start = time.perf_counter()
             with contextlib.redirect_stderr(io.StringIO()):
-                train(model, [(inputs, targets)], optimizer, device, amp=config["amp"])
+                train(model, [(inputs, targets)], optimizer, device, amp=config["amp"], dynamic_batch=dynamic)
             synchronize()
             seconds.append(time.perf_counter() - start)
         report.add("c crnn", f"{config['model']}, last smaller batch ({smaller} of {shape[0]}), {label}",

@@ -150,3 +150,20 @@ def test_a_non_finite_loss_skips_its_step_on_the_device_and_raises_at_the_next_r
         state, clean_state = optimizer.state[param], clean_optimizer.state[reference]
         for key in ("step", "exp_avg", "exp_avg_sq"):  # nor Adam's step count or moments
             assert torch.equal(state[key], clean_state[key]), key
+
+
+@pytest.mark.parametrize("dynamic_batch, graphs", [(True, 1), (False, 2)])
+def test_the_epochs_last_smaller_batch_compiles_no_second_graph(dynamic_batch, graphs):
+    compiled = []
+
+    def counting_backend(graph, example_inputs):  # torch.compile calls it once per graph it compiles
+        compiled.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    model = make_model()
+    batches = fixed_batches(3)
+    batches[-1] = (batches[-1][0][:3], batches[-1][1][:3])  # 4, 4, then 3 examples
+    optimizer = torch.optim.Adam(model.parameters(), fused=True)
+    train(torch.compile(model, backend=counting_backend), batches, optimizer, "cpu", dynamic_batch=dynamic_batch)
+    assert len(compiled) == graphs
