@@ -30,8 +30,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import soxr
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -83,7 +81,11 @@ class MonoStream:
         self.resampler = self.new_resampler()
 
     def new_resampler(self):  # a file read in one call is resampled in one call, by load_audio's code
-        return None if self.native == self.rate or self.block < 0 else soxr.ResampleStream(
+        if self.native == self.rate or self.block < 0:
+            return None
+        import soxr  # here, as soundfile below: only decoding needs them (benchmarks/gpu.py runs without)
+
+        return soxr.ResampleStream(
             self.native, self.rate, 1, dtype="float32", quality="HQ")
 
     def read(self):
@@ -103,6 +105,8 @@ class MonoStream:
     def seek(self, sample):
         """Continue from a point at most `sample` (at `rate`) where both grids meet; returns that point,
         or None when the file cannot seek (reading on is then the only way there)."""
+        import soundfile as sf
+
         m = sample // self.step
         try:
             self.file.seek(m * self.native_step)
@@ -121,6 +125,8 @@ class MonoStream:
 
 def open_audio(path):
     """A SoundFile; AudioError with the reason when the file is empty or not audio."""
+    import soundfile as sf
+
     if path.stat().st_size == 0:
         raise utils.AudioError(f"{path}: empty file (0 bytes). Download it again or remove it.")
     try:

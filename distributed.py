@@ -12,8 +12,8 @@ function here acts for the one process. What the processes share:
   and trains on its slice of each batch (ShardSampler); batch_size is the global batch. Evaluation
   splits whole batches into one block per process (EvalShard) and gather() puts them back in order,
   so every figure equals a single-process evaluation.
-- decisions: sync_step() sums each step's loss, examples and correct answers (a NaN anywhere stops
-  every process at the same step); agree() takes the strongest stop/save request of the signals
+- decisions: sync_step() sums each step's loss, examples and correct answers on the device (a NaN
+  anywhere stops every process at the same step); agree() takes the strongest stop/save request of the signals
   over the processes; from_main() hands rank 0's result (the run folder, a checkpoint) or its
   failure to every process.
 - output: rank 0 alone prints to stdout, shows progress bars, logs to W&B and writes files.
@@ -273,16 +273,18 @@ def _device():
 
 
 def sync_step(loss, weight, examples, correct):
-    """(mean loss, examples, correct, scale) of the global batch from this process's part: its mean
-    ``loss`` (a tensor) over a total ``weight`` (its examples, or their class weights), ``examples`` and
-    ``correct`` predictions. DDP averages gradients over the processes, so each process's loss times
-    ``scale`` (its weight's share of the global weight x processes) gives exactly the gradient of the
-    global batch's mean loss, whatever the split. One all-reduce; every process gets the same figures."""
-    part = (loss.detach().double() * weight, weight, examples, correct)
-    totals = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=loss.device) for v in part])
+    """(float64 [mean loss, examples, correct] of the global batch, scale), both on the device, from this
+    process's part: its mean ``loss`` (a tensor) over a total ``weight`` (its examples, or their class
+    weights), ``examples`` and ``correct`` predictions (a tensor). DDP averages gradients over the processes,
+    so each process's loss times ``scale`` (its weight's share of the global weight x processes) gives
+    exactly the gradient of the global batch's mean loss, whatever the split. One all-reduce, and no wait
+    for the host (train.py reads the figures at its log intervals); every process gets the same figures."""
+    on_device = lambda value: value.double() if torch.is_tensor(value) else correct.new_full((), value, dtype=torch.float64)
+    weight = on_device(weight)
+    totals = torch.stack([loss.detach().double() * weight, weight, on_device(examples), correct.double()])
     dist.all_reduce(totals)
-    loss_sum, weight_sum, total, right = totals.tolist()
-    return loss_sum / weight_sum, int(total), int(right), float(weight) * world_size() / weight_sum
+    figures = torch.stack([totals[0] / totals[1], totals[2], totals[3]])
+    return figures, weight * world_size() / totals[1]
 
 
 def agree(*values):

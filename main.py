@@ -92,7 +92,7 @@ seed = 0                     # seeds everything; each epoch reseeds from (seed, 
 log_interval = 25            # batches between train-loss logs to W&B (the original's 25)
 # system
 device = "auto"              # auto: cuda, then mps, then cpu; or a torch device string ("cuda:1")
-amp = False                  # bfloat16 autocast for speed (CUDA only, ignored elsewhere)
+amp = "auto"                 # bfloat16 autocast: auto = on CUDA, off elsewhere (README: Performance); True/False force it (CUDA only)
 compile = "auto"             # torch.compile: auto = on for crnn/cnn2d (+ channels_last), off for cnn1d; True/False force it
 sync_batchnorm = False       # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA); False: per process
 # run
@@ -153,6 +153,7 @@ def make_config(overrides, defaults=CONFIG):
     config["standardise"] = resolve_auto(config, "standardise", not config["faithful"])
     config["upload_audio"] = resolve_auto(config, "upload_audio", wandb_logging.audio_shareable(config))
     config["preload"] = resolve_auto(config, "preload", "auto")  # decided by build_data, by the memory free
+    config["amp"] = resolve_auto(config, "amp", "auto")  # decided by run, by the device
     if config["select_metric"] == "auto":
         config["select_metric"] = "pr_auc_macro" if config["target"] == "genres_all" else "accuracy"
     for key, valid in CHOICES.items():
@@ -293,12 +294,23 @@ def build_training(config, data, device, checkpoint=None, overrides=()):
         finetune.load_features(model, config["init_from"], config["model"], data["class_names"])
     model = finetune.freeze(model, config["freeze"]).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=config["lr"], weight_decay=config["weight_decay"])
+    # fused: one kernel per step, and it skips a non-finite loss's step on the device (train.skippable_step)
+    optimizer = torch.optim.Adam(trainable, lr=config["lr"], weight_decay=config["weight_decay"], fused=True)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
     state = run_state.new_state(model_args, checkpoint)
     if checkpoint is not None:
         run_state.restore(checkpoint, model, optimizer, scheduler, state, config, overrides)
     return model, optimizer, scheduler, state
+
+
+def compiled(config, raw_model, backend="inductor"):
+    """raw_model as config["compile"] runs it: compiled (the first steps pay the compile time; see
+    COMPILED_MODELS), the 4-D models in channels_last layout, which speeds their convolutions."""
+    if not config["compile"]:
+        return raw_model
+    if config["model"] in COMPILED_MODELS:
+        raw_model.to(memory_format=torch.channels_last)
+    return models_utils.compile_model(raw_model, backend)
 
 
 # -----------------------------------------------------------------------------
@@ -315,14 +327,14 @@ def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, devi
             progress, done = continue_epoch(position, loaders["train"], config["batch_size"])
         start, seen, lr_now = time.time() - done, state["examples_seen"], optimizer.param_groups[0]["lr"]
 
-        def on_step(progress):  # after every optimiser step: a mid-epoch save when due or asked for
-            due = config["save_interval"] and progress["batches"] % config["save_interval"] == 0
+        def on_step(batches, settled):  # after every optimiser step: a mid-epoch save when due or asked for
+            due = config["save_interval"] and batches % config["save_interval"] == 0
             stop, save = distributed.agree(signals.stop, signals.save)  # every process decides alike
             if due or save or stop:
                 run_state.save_epoch(config, data, raw_model, optimizer, scheduler, state,
-                           position=epoch_position(epoch, progress, time.time() - start))
+                           position=epoch_position(epoch, settled(), time.time() - start))
                 if save and distributed.is_main():
-                    print(f"\nSIGUSR1: saved {config['out_dir']}/last.pt at step {progress['batches']} of epoch "
+                    print(f"\nSIGUSR1: saved {config['out_dir']}/last.pt at step {batches} of epoch "
                           f"{epoch}; training goes on.", file=sys.stderr, flush=True)
                 signals.save = False
             if stop:
@@ -402,6 +414,7 @@ def run(config, overrides, provenance):
     if config["resume"]:
         checkpoint, config = run_state.load_resume(config, overrides)
     device = pick_device(distributed.local_device(config["device"]))
+    config["amp"] = resolve_auto(config, "amp", device.type == "cuda")  # bf16 autocast: this project's GPU recipe
     data = build_data(config, device)
     if data is None:
         return 0
@@ -416,12 +429,7 @@ def run(config, overrides, provenance):
     for line in (distributed.describe(config), checkpoint and distributed.resume_note(checkpoint["config"])):
         if line:
             print(line)
-    model = raw_model
-    if config["compile"]:  # the first steps pay the compile time; see COMPILED_MODELS
-        if config["model"] in COMPILED_MODELS:  # 4-D activations: channels_last speeds the convolutions
-            raw_model.to(memory_format=torch.channels_last)
-        model = models_utils.compile_model(raw_model)
-    model = distributed.wrap(model, raw_model, device, config["sync_batchnorm"])
+    model = distributed.wrap(compiled(config, raw_model), raw_model, device, config["sync_batchnorm"])
     defaults = make_config({"demo": config["demo"], "model": config["model"]})  # W&B names runs by what differs
     wandb_log = (wandb_logging.start(config, state, raw_model, n_parameters, defaults) if distributed.is_main()
                  else wandb_logging.WandbLog(None))

@@ -18,7 +18,7 @@ from tqdm import tqdm
 import distributed
 import models_utils
 import multilabel
-from train import batch_loss
+from train import batch_loss, mark_batch_dynamic
 
 
 def test(model, loader, device, amp=False, desc="eval", gather=None):
@@ -33,18 +33,21 @@ def test(model, loader, device, amp=False, desc="eval", gather=None):
     """
     model.eval()
     device = torch.device(device)
-    batches = []  # (summed loss, targets, probabilities) per batch
+    losses, targets, probabilities = [], [], []  # per batch, on the device until the pass ends: no wait per batch
     with torch.inference_mode():
-        for inputs, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
-                                    disable=not distributed.is_main()):
+        for inputs, batch_targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
+                                          disable=not distributed.is_main()):
             inputs = inputs.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
+            batch_targets = batch_targets.to(device, non_blocking=True)
+            mark_batch_dynamic(inputs)  # the split's last, smaller batch: no second compile
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
                 logits, _ = model(inputs)
             logits = logits.float()  # softmax and loss in float32 even under autocast
             # multi-label targets (0/1 genre rows): independent sigmoid probabilities, BCE (train.batch_loss)
-            probabilities = F.softmax(logits, dim=1) if targets.dim() == 1 else torch.sigmoid(logits)
-            batches.append((batch_loss(logits, targets, reduction="sum").item(), targets.cpu(), probabilities.cpu()))
+            probabilities.append(F.softmax(logits, dim=1) if batch_targets.dim() == 1 else torch.sigmoid(logits))
+            losses.append(batch_loss(logits, batch_targets, reduction="sum"))
+            targets.append(batch_targets)
+    batches = host_batches(losses, targets, probabilities)  # (summed loss, targets, probabilities) per batch
     if gather is not None:
         batches = gather(batches)
     if not batches:
@@ -58,6 +61,16 @@ def test(model, loader, device, amp=False, desc="eval", gather=None):
             "batch_loss": float(np.mean([loss / len(batch) for loss, batch, _ in batches])),
             "accuracy": float(np.mean(predictions == targets)), "examples": len(targets), "targets": targets,
             "predictions": predictions, "probabilities": probabilities}
+
+
+def host_batches(losses, targets, probabilities):
+    """[(summed loss, targets, probabilities)] per batch on the host, read in one go after the pass."""
+    if not losses:
+        return []
+    sizes = [len(batch) for batch in targets]
+    # each batch its own copy: gather pickles them, and a view would carry the whole pass's storage along
+    pieces = lambda tensors: [piece.clone() for piece in torch.cat(tensors).cpu().split(sizes)]
+    return list(zip(torch.stack(losses).double().tolist(), pieces(targets), pieces(probabilities)))
 
 
 def evaluate(model, loader, device, class_names, amp=False, split="test", gather=None, genres=None):

@@ -33,7 +33,8 @@ EPOCH_LOSSES = {"per_example": "loss", "per_batch": "batch_loss"}  # config epoc
 
 
 class NonFiniteLossError(ArithmeticError):
-    """The training loss became NaN or infinite; raised before the optimizer step that would spread it."""
+    """The training loss became NaN or infinite; its optimiser step (and every later one) was skipped on the
+    device, so the weights are those from before it."""
 
 
 def new_progress():
@@ -84,59 +85,112 @@ def flush_interval(progress, on_log):
     progress["interval_loss"], progress["interval_batches"] = 0.0, 0
 
 
+def mark_batch_dynamic(inputs):
+    """One compiled graph for every batch size: torch.compile would otherwise compile again for the epoch's
+    last, smaller batch (the CRNN on a CPU: 352 s against a 60 s step under load, benchmarks/gpu.py part c;
+    marked dynamic from the start, that batch is an ordinary step and steps are no slower). A hint only:
+    eager models ignore it, and a batch of one stays specialised."""
+    torch._dynamo.maybe_mark_dynamic(inputs, 0)
+
+
+def step_figures(loss, logits, targets, class_weights, sync):
+    """(float64 [loss, examples, correct] of the batch on the device, the loss to back-propagate); under
+    torchrun (``sync``) the global batch's figures, every process's loss scaled to the global mean's."""
+    n, correct = targets.size(0), correct_decisions(logits, targets).double()
+    if sync is None:
+        return torch.stack([loss.detach().double(), correct.new_full((), n), correct]), loss
+    # the weight a weighted mean divides by: the batch's class weights
+    weight = n if class_weights is None or targets.dim() > 1 else class_weights[targets].sum()
+    figures, scale = sync(loss, weight, n, correct)
+    return figures, loss * scale.to(loss.dtype)
+
+
+def skippable_step(optimizer, healthy):
+    """optimizer.step() unless ``healthy`` (a bool tensor on the device) is False. A fused optimiser (main.py's
+    Adam) skips on the device: its found_inf, as torch.amp.GradScaler uses it, leaves the weights, the
+    moments and the step count as they were, and the host never waits. Any other optimiser (an unfused
+    checkpoint's, a test's) is checked on the host: one sync per step."""
+    if all(group.get("fused") for group in optimizer.param_groups):
+        optimizer.found_inf = (~healthy).float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif healthy:
+        optimizer.step()
+
+
+def settle(progress, pending, bar):
+    """The steps since the last read (``pending``: step_figures' tensors) added to ``progress`` in one host
+    sync; NonFiniteLossError naming the first batch whose loss was not finite (its step and every later one
+    were skipped on the device: skippable_step)."""
+    p = progress
+    for value, n, correct in torch.stack(pending).tolist() if pending else ():
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"the training loss became {value} at batch {p['batches'] + 1} "
+                                     f"(after {p['examples']} examples of this epoch)")
+        p["batches"] += 1
+        p["examples"] += int(n)
+        p["loss_sum"] += value * n
+        p["batch_loss_sum"] += value
+        p["correct"] += correct
+        p["interval_loss"] += value
+        p["interval_batches"] += 1
+    pending.clear()
+    if p["examples"]:
+        bar.set_postfix(loss=f"{p['loss_sum'] / p['examples']:.4f}")
+    return p
+
+
 def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=False, desc="train",
-          progress=None, on_step=None, class_weights=None, sync=None, pos_weight=None):
+          progress=None, on_step=None, class_weights=None, sync=None, pos_weight=None, dynamic_batch=True):
     """Train ``model`` for one pass over ``loader``; returns mean loss, accuracy and example count.
 
     ``amp`` runs the forward pass under bfloat16 autocast (CUDA only; no loss scaling is needed
     for bf16). ``progress`` continues an epoch that a mid-epoch checkpoint interrupted (the loader
-    then yields only its remaining batches); ``on_step(progress)`` is called after every optimiser
-    step (main.py saves mid-epoch checkpoints there). ``class_weights`` (one per class) weigh the
+    then yields only its remaining batches); ``on_step(batches, settled)`` is called after every optimiser
+    step with the epoch's batch count and a function returning the settled progress (main.py saves
+    mid-epoch checkpoints there). ``class_weights`` (one per class) weigh the
     cross-entropy; multi-label targets (0/1 rows) train with BCE-with-logits, ``pos_weight`` (one per
     genre) weighing their positives (batch_loss). ``sync`` (distributed.sync_step, under torchrun) turns this process's part of a
     batch into the global batch's figures before the backward pass, so the loss, the NaN check and
-    the gradient are the global batch's in every process. Raises NonFiniteLossError naming the batch
-    if the loss is not finite.
+    the gradient are the global batch's in every process.
+
+    The step never waits for the host: each batch's figures stay on the device until a read (every
+    ``log_interval`` batches, a settled() call, the epoch's end). A non-finite loss skips its step and
+    every later one on the device (skippable_step), so it never reaches the weights, and the next read
+    raises NonFiniteLossError naming the batch. ``dynamic_batch``: a compiled model takes every batch
+    size with one graph (mark_batch_dynamic); False lets the epoch's last, smaller batch compile again.
     """
     model.train()
     device = torch.device(device)
     p = progress if progress is not None else new_progress()
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, initial=p["batches"],
                total=p["batches"] + len(loader), disable=not distributed.is_main())
-    for inputs, targets in bar:
-        inputs = inputs.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            logits, _ = model(inputs)
-            loss = batch_loss(logits.float(), targets, class_weights, pos_weight)
-        n, correct = targets.size(0), correct_decisions(logits, targets)
-        if sync is None:
-            value, correct = loss.item(), correct.item()
-        else:  # the weight a weighted mean divides by: the batch's class weights
-            weight = n if class_weights is None or targets.dim() > 1 else class_weights[targets].sum()
-            value, n, correct, scale = sync(loss, weight, n, correct)
-            loss = loss * scale
-        if not math.isfinite(value):
-            bar.close()
-            raise NonFiniteLossError(f"the training loss became {value} at batch {p['batches'] + 1} "
-                                     f"(after {p['examples']} examples of this epoch)")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-        p["batches"] += 1
-        p["examples"] += n
-        p["loss_sum"] += value * n
-        p["batch_loss_sum"] += value
-        p["correct"] += correct
-        p["interval_loss"] += value
-        p["interval_batches"] += 1
-        bar.set_postfix(loss=f"{p['loss_sum'] / p['examples']:.4f}")
-        if p["batches"] % log_interval == 0:
-            flush_interval(p, on_log)
-        if on_step is not None:
-            on_step(p)
-    bar.close()
+    healthy, pending = torch.ones((), dtype=torch.bool, device=device), []
+    try:
+        for inputs, targets in bar:
+            inputs = inputs.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            if dynamic_batch:
+                mark_batch_dynamic(inputs)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+                logits, _ = model(inputs)
+                loss = batch_loss(logits.float(), targets, class_weights, pos_weight)
+            figures, loss = step_figures(loss, logits, targets, class_weights, sync)
+            healthy = healthy & torch.isfinite(figures[0])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            skippable_step(optimizer, healthy)
+            pending.append(figures)
+            batches = p["batches"] + len(pending)
+            if batches % log_interval == 0:
+                flush_interval(settle(p, pending, bar), on_log)
+            if on_step is not None:
+                on_step(batches, lambda: settle(p, pending, bar))
+        settle(p, pending, bar)
+    finally:
+        bar.close()
     if p["examples"] == 0:
         raise ValueError("the training loader yielded no batches: the training split is empty")
     if p["interval_batches"]:  # the epoch's last, partial interval

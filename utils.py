@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
-import soxr
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -114,6 +112,8 @@ def undecodable(path, error):
 
 def load_audio(path, sample_rate=22050):
     """Mono float32 at sample_rate, exactly as librosa.load (soundfile, channel mean, soxr_hq)."""
+    import soundfile as sf  # here, as soxr in resample: only decoding needs them (benchmarks/gpu.py runs without)
+
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: audio file not found. Check the path (and --data_dir), or download "
@@ -133,6 +133,8 @@ def resample(mono, native_rate, sample_rate):
     """float32 mono at sample_rate, exactly as librosa.resample(res_type="soxr_hq") (also audio_windows')."""
     if native_rate == sample_rate:
         return mono
+    import soxr  # here: only decoding needs it (benchmarks/gpu.py runs without)
+
     # librosa's length rule, without its scipy/numba imports (~2 s per process).
     length = math.ceil(len(mono) * sample_rate / native_rate)
     resampled = soxr.resample(mono, native_rate, sample_rate, quality="soxr_hq")[:length]

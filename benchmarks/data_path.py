@@ -1,4 +1,5 @@
 """Benchmarks of issue 15: the training data path (DataLoader against preload.py) and start-up imports.
+On CUDA, the GPU's share of time waiting for data is benchmarks/gpu.py's (the one GPU check).
 
     python benchmarks/data_path.py                    # full size; writes benchmarks/results_data_path.md
     python benchmarks/data_path.py --size=tiny        # smoke test in seconds: every row, numbers meaningless
@@ -10,9 +11,6 @@ Parts:
             on a CPU), without and with augmentation (standardised input, main.py's faithful=False).
             The contenders alternate epoch by epoch; each row is its best epoch (the least disturbed
             by other load). The preloaded tensor is filled before (its one-time copy is in the notes).
-  h gpu     CUDA only: CRNN training samples/s (bf16 autocast + torch.compile, batch 50, full input)
-            fed by the DataLoader (4 workers) and by preload, and the fraction of the time the GPU waits
-            for data: 1 - (samples/s with the loader) / (samples/s on one batch kept on the GPU).
   i startup seconds to import main.py and pre_trained_models.py, minus `import torch` alone, each
             in fresh processes (warm file cache: one untimed import first), median over rounds.
 
@@ -33,15 +31,10 @@ import run as bench  # benchmarks/run.py (this folder is first on sys.path); it 
 import cache as mel_cache  # noqa: E402
 import preload  # noqa: E402
 import utils  # noqa: E402
-from models import build_model  # noqa: E402
-from models_utils import compile_model  # noqa: E402
-from train import train  # noqa: E402
 
 SIZES = {
-    "full": dict(clips=(200, 2000), n_frames=1291, batch_size=50, epochs=6, gpu_steps=40, import_rounds=7,
-                 warm_imports=True),
-    "tiny": dict(clips=(20, 40), n_frames=150, batch_size=4, epochs=1, gpu_steps=3, import_rounds=1,
-                 warm_imports=False),
+    "full": dict(clips=(200, 2000), n_frames=1291, batch_size=50, epochs=6, import_rounds=7, warm_imports=True),
+    "tiny": dict(clips=(20, 40), n_frames=150, batch_size=4, epochs=1, import_rounds=1, warm_imports=False),
 }
 TARGETS = {"preload_speedup": 10.0, "import_s": 0.5}
 WORKERS = (0, 1, 2)
@@ -94,53 +87,6 @@ def bench_loader(size, work, rows):
                                 + bench.verdict(best[preloaded] / top, (">=", TARGETS["preload_speedup"]), "x", ".1f")))
 
 
-def gpu_rate(model, optimizer, loader, steps):
-    """Training samples/s over ``steps`` batches of ``loader``, after 3 untimed batches (compile, workers)."""
-    train(model, Limited(loader, 3), optimizer, "cuda", amp=True)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = train(model, Limited(loader, steps), optimizer, "cuda", amp=True)
-    torch.cuda.synchronize()
-    return result["examples"] / (time.perf_counter() - start)
-
-
-class Limited:
-    """The first ``count`` batches of a loader (a fresh pass each time), as a sized iterable for train()."""
-
-    def __init__(self, loader, count):
-        self.loader, self.count = loader, count
-
-    def __len__(self):
-        return self.count
-
-    def __iter__(self):
-        return (batch for _, batch in zip(range(self.count), self.loader))
-
-
-def bench_gpu(size, work, rows):
-    if not torch.cuda.is_available():
-        bench.report(rows, ("h gpu", "crnn bf16 + compile, training samples/s and time waiting for data",
-                            "skipped", "", "CUDA only (no GPU here)"))
-        return
-    n = size["clips"][-1]
-    cache = mel_cache.MelCache(bench.synthetic_cache(work / f"synthetic-cache-{n}x{size['n_frames']}", n,
-                                                     size["n_frames"]))
-    model = build_model("crnn", n_mels=128, n_frames=size["n_frames"], n_classes=8).cuda()
-    model = compile_model(model.to(memory_format=torch.channels_last))
-    optimizer = torch.optim.Adam(model.parameters())
-    one = next(iter(train_split_loader(cache, size["batch_size"], False, 0)))
-    resident = [(one[0].cuda(), one[1].cuda())] * size["gpu_steps"]
-    ceiling = gpu_rate(model, optimizer, resident, size["gpu_steps"])
-    feeds = {"DataLoader, 4 workers": train_split_loader(cache, size["batch_size"], True, 4)}
-    feeds["preload"] = preload.preloaded(train_split_loader(cache, size["batch_size"], True, 0), True,
-                                         torch.device("cuda"))
-    for name, loader in feeds.items():
-        rate = gpu_rate(model, optimizer, loader, size["gpu_steps"])
-        bench.report(rows, ("h gpu", f"crnn bf16 + compile, augmented, {name}", f"{rate:.0f} samples/s",
-                            f"waits for data {max(0.0, 1 - rate / ceiling):.0%} of the time",
-                            f"one batch kept on the GPU: {ceiling:.0f} samples/s"))
-
-
 def import_seconds(module):
     """Wall seconds of a fresh `python -c "import <module>"` in the repository."""
     start = time.perf_counter()
@@ -188,7 +134,6 @@ def main(argv=None):
     print(bench.machine(), flush=True)
     bench_startup(size, rows)  # first: nothing of ours runs beside the fresh processes
     bench_loader(size, work, rows)
-    bench_gpu(size, work, rows)
     write_results(out, args.size, rows, time.perf_counter() - start)
     print(f"\n{bench.table(rows)}\n\nwritten to {out}", flush=True)
 

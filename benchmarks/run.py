@@ -14,7 +14,8 @@ Parts (issue 6):
             values), against reading every spectrogram into memory as the original did.
   training  samples/s of train.train, batch 50, full 128 x 1291 input, per model: eager against
             torch.compile (what main.py's compile=True does), plus the compile time, the steps it takes
-            to pay it back, and the eval-mode logit difference; on CUDA also amp. Measured under the
+            to pay it back, and the eval-mode logit difference (CUDA, amp included: benchmarks/gpu.py,
+            the one GPU check). Measured under the
             project's allocator setting (allocator.py), as main.py trains.
   predict   tracks/s of inference.predict on the 30 s clips: one track per forward pass in
             one process against batches of 32 decoded by one worker per core.
@@ -266,16 +267,12 @@ def bench_loading(size, work, rows):
 
 # ----------------------------------------------------------------------------- c. training
 
-def variants_for(name, device, backend):
-    """{label: (compile backend or None, channels_last, amp)}: eager, compiled, then the layout and
-    precision options where they apply (channels_last needs 4-D activations: CNN2D and CRNN)."""
+def variants_for(name, backend):
+    """{label: (compile backend or None, channels_last, amp)}: eager, compiled, then the layout options
+    where they apply (channels_last needs 4-D activations: CNN2D and CRNN); amp is benchmarks/gpu.py's."""
     variants = {"eager": (None, False, False), "compile": (backend, False, False)}
     if name != "cnn1d":
         variants.update({"channels_last": (None, True, False), "compile + channels_last": (backend, True, False)})
-    if device == "cuda":
-        variants.update({"amp": (None, False, True), "amp + compile": (backend, False, True)})
-        if name != "cnn1d":
-            variants["amp + compile + channels_last"] = (backend, True, True)
     return variants
 
 
@@ -288,11 +285,11 @@ class Contender:
         if channels_last:
             self.raw = self.raw.to(memory_format=torch.channels_last)
         self.model = compile_model(self.raw, backend) if backend else self.raw
-        self.optimizer = torch.optim.Adam(self.raw.parameters(), lr=1e-3)
+        self.optimizer = torch.optim.Adam(self.raw.parameters(), lr=1e-3, fused=True)  # main.py's
         self.amp = amp
 
     def step(self, batch):
-        """Seconds for one training step (train() syncs on loss.item(), so this includes the device)."""
+        """Seconds for one training step (train() reads its figures at the end, so this includes the device)."""
         start = time.perf_counter()
         with contextlib.redirect_stderr(io.StringIO()):  # train()'s progress bar
             train(self.model, [batch], self.optimizer, batch[0].device, amp=self.amp)
@@ -333,7 +330,7 @@ def bench_training(size, rows, device):
     batch = (torch.randn(size["batch_size"], 128, size["n_frames"], device=device) * 20 - 40,
              torch.randint(0, 8, (size["batch_size"],), device=device))
     for name in MODELS:
-        variants = variants_for(name, device, size["compile_backend"])
+        variants = variants_for(name, size["compile_backend"])
         contenders = {v: Contender(name, size["n_frames"], device, *options) for v, options in variants.items()}
         first = {v: c.step(batch) for v, c in contenders.items()}
         times = {v: [] for v in contenders}
@@ -350,9 +347,6 @@ def bench_training(size, rows, device):
             report(rows, ("c training", f"{name} {v}", f"{size['batch_size'] / seconds[v]:.1f} samples/s "
                          f"({seconds[v]:.2f} s/step)", f"{seconds['eager'] / seconds[v]:.2f}x",
                          training_note(name, v, seconds, compile_seconds, difference)))
-    if device != "cuda":
-        report(rows, ("c training", "amp (bf16 autocast)", "skipped", "",
-                     "CUDA only (no GPU here); train.py ignores amp on the CPU"))
 
 
 def training_note(name, v, seconds, compile_seconds, difference):

@@ -12,3 +12,4 @@ faithful = True               # its forward pass (raw dB input, CNN1D's ReLU on 
 init = "kaiming"
 batch_size = 50
 wandb_project = "MusicGenreClassificationDefinitive"
+amp = False                   # float32 throughout, as it trained (amp=auto would use bf16 autocast on CUDA)

@@ -7,7 +7,6 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-import soundfile as sf
 
 # FMA's real ids and titles of its 16 top-level genres, the 8 of fma_small first.
 GENRE_IDS = {"Electronic": 15, "Experimental": 38, "Folk": 17, "Hip-Hop": 21, "Instrumental": 1235,
@@ -18,6 +17,8 @@ SMALL_GENRES = sorted(list(GENRE_IDS)[:8])
 
 def write_mp3(path, seconds, seed=0, pitch=220.0, rate=44100):
     """A stereo 44.1 kHz MP3 of a noisy chord (distinct per seed), written by libsndfile."""
+    import soundfile as sf  # here: the GPU runners, which run tests/test_cuda.py, have no soundfile
+
     path.parent.mkdir(parents=True, exist_ok=True)
     t = np.arange(int(seconds * rate)) / rate
     rng = np.random.default_rng(seed)
@@ -108,3 +109,4 @@ def wait_for(path, process, seconds=300):
         assert process.poll() is None, f"{process.args[:2]} ended before writing {path}"
         assert time.monotonic() < deadline, f"no {path} after {seconds} s"
         time.sleep(0.05)
+

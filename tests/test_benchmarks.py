@@ -1,8 +1,10 @@
-"""The benchmark command runs end to end at its tiny size and reports every row, each verdict agreeing
-with the figures it judges (no timing assertions).
+"""The benchmark commands run end to end at their tiny size and report every row, each verdict agreeing
+with the figures it judges (no timing assertions); the GPU check runs without the packages its GPU
+runners lack.
 
     python -m pytest tests/test_benchmarks.py -q
 """
+import os
 import re
 import subprocess
 import sys
@@ -24,7 +26,6 @@ EXPECTED_ROWS = [
     *[f"c training | {model} {variant} |" for model in ("cnn1d", "cnn2d", "crnn") for variant in ("eager", "compile")],
     *[f"c training | {model} {variant} |" for model in ("cnn2d", "crnn")
       for variant in ("channels_last", "compile + channels_last")],
-    "c training | amp (bf16 autocast)",
     "d predict | crnn, one track per forward pass",
     "d predict | crnn, batches of 32",
     "e ddp | cnn1d, 1 process, ",
@@ -69,11 +70,11 @@ def test_tiny_benchmark_prints_and_writes_every_row(tmp_path):
 DATA_PATH_ROWS = [
     *[f"g loader | {n} clips, {augment}, {feed}" for n in (20, 40) for augment in ("no augmentation", "augmented")
       for feed in ("DataLoader, 0 workers", "DataLoader, 1 workers", "DataLoader, 2 workers", "preload (cpu)")],
-    "h gpu | crnn bf16 + compile", "i startup | import torch alone", "i startup | import main, minus import torch",
+    "i startup | import torch alone", "i startup | import main, minus import torch",
     "i startup | import pre_trained_models, minus import torch"]
 
 
-def test_tiny_data_path_benchmark_writes_the_loader_gpu_and_startup_rows(tmp_path):
+def test_tiny_data_path_benchmark_writes_the_loader_and_startup_rows(tmp_path):
     out = tmp_path / "results_data_path.md"
     result = subprocess.run([sys.executable, "benchmarks/data_path.py", "--size=tiny", f"--work_dir={tmp_path}",
                              f"--out={out}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -96,3 +97,57 @@ def test_unknown_part_is_a_clear_usage_error():
 def test_a_verdict_that_contradicts_its_figures_fails_the_check(text):
     with pytest.raises(AssertionError):
         check_verdicts(text)
+
+
+GPU_ROWS = [
+    *[f"t tests | {name} | skipped" for name in ("test_preload_on_the_gpu_gives_the_cpu_batches_and_masks",
+                                                 "test_nccl_runs_main_pys_ddp_step_on_every_gpu")],
+    "a data | synthetic cache: 26 + 8 clips of 128 x 150 float16 dB",
+    *[f"b epochs | {model}, this project's defaults | " for model in ("cnn1d", "cnn2d", "crnn")],
+    "c crnn | crnn, amp off | ", "c crnn | crnn, preload off | ",
+    "c crnn | cnn1d, last smaller batch (3 of 4), static shapes | ",
+    "c crnn | cnn1d, last smaller batch (3 of 4), batch dimension dynamic | ",
+    "d torchrun | cnn1d, plain process, batch 4 | ", "d torchrun | cnn1d, torchrun, 1 gloo process(es), global batch 4 | ",
+    "e predict | crnn, model alone, batches of 8 windows | ",
+]
+RUNNERS_LACK = ("soundfile", "soxr", "librosa", "wandb", "optuna")
+
+
+def blocking(tmp_path, modules):
+    """An environment whose Python processes (and their children: torchrun's) cannot import ``modules``."""
+    folder = tmp_path / "blocked"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Blocked:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.partition('.')[0] in {set(modules)!r}:\n"
+        "            raise ImportError(f'{name} is blocked: the GPU runners lack it')\n"
+        "sys.meta_path.insert(0, Blocked())\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(ROOT)])}
+
+
+def gpu_check(tmp_path, blocked, *options):
+    result = subprocess.run([sys.executable, "benchmarks/gpu.py", "--size=tiny", f"--work_dir={tmp_path / 'work'}",
+                             f"--out={tmp_path}", *options], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                            env=blocking(tmp_path, blocked))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.rsplit("| part | measurement |", 1)[1], (tmp_path / "results_gpu.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_every_part_without_the_packages_gpu_runners_lack(tmp_path):
+    printed, written = gpu_check(tmp_path, RUNNERS_LACK)
+    for row in GPU_ROWS + ["e predict | crnn, 2 tracks of 3.5 s generated audio | "]:
+        assert row in printed and row in written, f"row {row!r} missing:\n{written}"
+    assert "Command: `python benchmarks/gpu.py --size=tiny" in written and "Machine: " in written
+    for line in [line for line in printed.splitlines()[2:] if line.startswith("| ")]:  # measured or skipped
+        result = line.split("|")[3]
+        assert re.search(r"\d", result) or "skipped" in result or "cut at" in result, line
+    assert "cut at" not in written, written
+
+
+def test_the_gpu_checks_prediction_part_says_why_it_skips_audio_without_torchaudio(tmp_path):
+    printed, _ = gpu_check(tmp_path, (*RUNNERS_LACK, "torchaudio"), "--only=e")
+    assert "e predict | crnn, model alone, batches of 8 windows | " in printed
+    assert "| e predict | crnn, tracks from generated audio | skipped |  | torchaudio is missing here" in printed

@@ -1,11 +1,14 @@
 """train.py and test.py on small real tensors: one epoch's statistics, logging, a falling loss,
-the non-finite-loss stop, and evaluation outputs."""
+the non-finite-loss stop (skipped on the device, raised at the next read), the host reads of an
+epoch, and evaluation outputs."""
 import math
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+
+from host_reads import host_reads
 
 from models import build_model
 from test import test
@@ -101,3 +104,66 @@ def test_epoch_losses_per_example_and_per_batch_differ_by_the_short_last_batch()
     assert result["loss"] != pytest.approx(result["batch_loss"], rel=1e-4)
     stats = train(model, loader, torch.optim.SGD(model.parameters(), lr=0.0), "cpu")  # lr 0: weights kept
     assert stats["batch_loss"] != pytest.approx(stats["loss"], rel=1e-4) and math.isfinite(stats["batch_loss"])
+
+
+def fixed_batches(n_batches=12, batch_size=4, bad_batch=None):
+    """A list of separable_loader's batches (no sampler of its own to read); ``bad_batch`` (1-based) holds inf."""
+    batches = [(inputs, targets) for inputs, targets in DataLoader(separable_loader(n=n_batches * batch_size).dataset,
+                                                                   batch_size=batch_size)]
+    if bad_batch is not None:
+        batches[bad_batch - 1][0][0, 0, 0] = float("inf")
+    return batches
+
+
+def test_an_epoch_reads_the_device_once_per_log_interval():
+    batches, logged = fixed_batches(12), []
+    model = make_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # main.py's: it skips on the device
+    with host_reads("cpu") as reads:
+        stats = train(model, batches, optimizer, "cpu", log_interval=4, on_log=lambda *row: logged.append(row))
+    assert 1 <= reads["reads"] <= 12 // 4, reads  # one read per interval, none per step
+    assert [examples for examples, _ in logged] == [16, 32, 48] and stats["examples"] == 48
+    # the counter sees per-step reads: an unfused optimiser's skip is decided on the host at every step
+    unfused = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with host_reads("cpu") as control:
+        train(model, batches, unfused, "cpu", log_interval=4)
+    assert control["reads"] >= 12
+
+
+def test_a_non_finite_loss_skips_its_step_on_the_device_and_raises_at_the_next_read():
+    def trained(batches, log_interval):
+        model = make_model()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4, fused=True)
+        try:
+            train(model, batches, optimizer, "cpu", log_interval=log_interval)
+        except NonFiniteLossError as error:
+            return model, optimizer, str(error)
+        return model, optimizer, None
+
+    model, optimizer, message = trained(fixed_batches(12, bad_batch=6), log_interval=5)
+    assert "loss became nan at batch 6 (after 20 examples of this epoch)" in message
+    clean, clean_optimizer, none = trained(fixed_batches(12)[:5], log_interval=5)  # only the batches before it
+    assert none is None
+    for (name, weight), reference in zip(model.named_parameters(), clean.parameters()):
+        assert torch.equal(weight, reference), name  # batches 6-10 ran, yet none of them moved a weight
+    for param, reference in zip(model.parameters(), clean.parameters()):
+        state, clean_state = optimizer.state[param], clean_optimizer.state[reference]
+        for key in ("step", "exp_avg", "exp_avg_sq"):  # nor Adam's step count or moments
+            assert torch.equal(state[key], clean_state[key]), key
+
+
+@pytest.mark.parametrize("dynamic_batch, graphs", [(True, 1), (False, 2)])
+def test_the_epochs_last_smaller_batch_compiles_no_second_graph(dynamic_batch, graphs):
+    compiled = []
+
+    def counting_backend(graph, example_inputs):  # torch.compile calls it once per graph it compiles
+        compiled.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    model = make_model()
+    batches = fixed_batches(3)
+    batches[-1] = (batches[-1][0][:3], batches[-1][1][:3])  # 4, 4, then 3 examples
+    optimizer = torch.optim.Adam(model.parameters(), fused=True)
+    train(torch.compile(model, backend=counting_backend), batches, optimizer, "cpu", dynamic_batch=dynamic_batch)
+    assert len(compiled) == graphs
