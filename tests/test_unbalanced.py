@@ -4,7 +4,10 @@ report gives balanced accuracy and per-genre support, and prediction shows the 1
 
 The case is made to show it: Rock (30 training clips) sounds like the 13 rare genres (one training clip
 each), a few of its clips at each rare genre's pitch, so an unweighted model learns that such a clip is
-most likely Rock; Electronic (10) and Experimental (6) have sounds of their own.
+most likely Rock; Electronic (10) and Experimental (6) have sounds of their own. How far 5 epochs of plain
+training get towards that prior depends on the seed and the CPU's float path (rare recall 0.38 to 0.89
+over seeds 0-3 on an AMD EPYC, 0.62 for seed 0 on an Intel Xeon), while balancing gave 0.92 to 1.0 on
+every seed: so the comparison is of means over SEEDS, with margins that hold on any CPU.
 
     python -m pytest tests/test_unbalanced.py -q
 """
@@ -25,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GENRES = sorted(GENRE_IDS)
 TRAINING_CLIPS = {"Rock": 30, "Electronic": 10, "Experimental": 6}  # every other genre: 1
 RARE = [genre for genre in GENRES if genre not in TRAINING_CLIPS]
+SEEDS = (0, 1, 2)
 
 
 @pytest.fixture(scope="module")
@@ -59,23 +63,35 @@ def rare_recall(metrics):
     return sum(metrics["per_class"][genre]["recall"] for genre in RARE) / len(RARE)
 
 
+def over_seeds(data_dir, tmp_path, *extra):
+    """metrics.json of one run per seed of SEEDS."""
+    return [trained(data_dir, tmp_path / f"seed{seed}", f"--seed={seed}", *extra) for seed in SEEDS]
+
+
+def mean(runs, figure):
+    return sum(figure(metrics) for metrics in runs) / len(runs)
+
+
 @pytest.fixture(scope="module")
 def plain(medium, tmp_path_factory):
-    return trained(medium, tmp_path_factory.mktemp("plain"))
+    return over_seeds(medium, tmp_path_factory.mktemp("plain"))
 
 
 @pytest.mark.parametrize("option", ["--class_weights=True", "--balanced_sampler=True"])
 def test_balancing_raises_the_rare_genres_recall(option, medium, plain, tmp_path):
-    balanced = trained(medium, tmp_path, option)
-    assert rare_recall(plain) <= 0.5 < 0.8 <= rare_recall(balanced), (rare_recall(plain), rare_recall(balanced))
-    assert balanced["balanced_accuracy"] > plain["balanced_accuracy"]
+    balanced = over_seeds(medium, tmp_path, option)
+    recalls = [round(mean(runs, rare_recall), 3) for runs in (plain, balanced)]  # EPYC: 0.69 -> 0.96 and 1.0
+    assert recalls[1] >= 0.85 and recalls[1] >= recalls[0] + 0.1, recalls
+    balanced_accuracy = [mean(runs, lambda metrics: metrics["balanced_accuracy"]) for runs in (plain, balanced)]
+    assert balanced_accuracy[1] > balanced_accuracy[0], balanced_accuracy
 
 
-def test_the_report_has_16_genres_balanced_accuracy_and_support(medium, plain, tmp_path, capsys):
-    assert plain["class_names"] == GENRES and len(plain["confusion_matrix"]) == 16
-    recalls = [row["recall"] for row in plain["per_class"].values() if row["support"]]
-    assert plain["balanced_accuracy"] == pytest.approx(sum(recalls) / len(recalls))
-    assert {genre: row["support"] for genre, row in plain["per_class"].items()} == dict.fromkeys(GENRES, 2)
+def test_the_report_has_16_genres_balanced_accuracy_and_support(plain):
+    metrics = plain[0]
+    assert metrics["class_names"] == GENRES and len(metrics["confusion_matrix"]) == 16
+    recalls = [row["recall"] for row in metrics["per_class"].values() if row["support"]]
+    assert metrics["balanced_accuracy"] == pytest.approx(sum(recalls) / len(recalls))
+    assert {genre: row["support"] for genre, row in metrics["per_class"].items()} == dict.fromkeys(GENRES, 2)
 
 
 def test_prediction_shows_the_16_genres(medium, tmp_path, capsys):
@@ -100,11 +116,11 @@ def test_class_weights_are_inverse_frequencies_and_the_sampler_draws_classes_eve
 
 
 @pytest.mark.slow
-def test_both_options_together_work_under_torchrun(medium, plain, tmp_path):
+def test_both_options_together_work_under_torchrun(medium, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "main.py",
                *args(medium, tmp_path, "--class_weights=True", "--balanced_sampler=True")]
     result = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdin=subprocess.DEVNULL,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "global batch 8 = 2 x 4 per process" in result.stdout
-    assert rare_recall(json.loads((tmp_path / "metrics.json").read_text())) > rare_recall(plain)
+    assert rare_recall(json.loads((tmp_path / "metrics.json").read_text())) >= 0.8  # plain: 0.69 on average
