@@ -168,10 +168,11 @@ def build_page(gr, model, checkpoint, args):
                             type="filepath", elem_id="audio_files")
             microphone = gr.Audio(label="Or record", sources=["microphone"], type="filepath", elem_id="microphone")
         results = gr.State([])
-        # progress on the input: "queue: 2/3" while an upload waits, "processing" while it is predicted
-        files.upload(on_files, inputs=[files, results], outputs=results, show_progress_on=files)
+        # one queue for both inputs; progress on the input: "queue: 2/3" while waiting, then "processing"
+        files.upload(on_files, inputs=[files, results], outputs=results, show_progress_on=files,
+                     concurrency_id="predict")
         microphone.stop_recording(on_recording, inputs=[microphone, results], outputs=results,
-                                  show_progress_on=microphone)
+                                  show_progress_on=microphone, concurrency_id="predict")
         page.unload(on_end)
 
         @gr.render(inputs=results)

@@ -4,7 +4,9 @@ The browser tests start `python app.py` as a real server on a free loopback port
 chromium through its packaged driver (/usr/bin/chromedriver; .ci/run installs both), with the helpers
 of tools/app_screenshot.py (which draws README's picture). They are skipped,
 with the reason, where gradio, selenium or chromium is missing. The checkpoint is a small untrained
-CNN1D (96 frames: a 12 s track has 10 windows), so the genres are arbitrary but deterministic.
+CNN1D (96 frames: a 12 s track has 10 windows), so the genres are arbitrary but deterministic; the
+server takes 1 MB uploads and one waiting upload; several sessions are tabs of one chromium, whose fake
+microphone plays a tone. A second server serves a multi-label checkpoint.
 
     python -m pytest tests/test_app.py -q
 """
