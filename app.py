@@ -11,9 +11,11 @@ The page is served on 127.0.0.1 only (this computer), with Gradio's analytics an
 nothing leaves the machine. The genres come from pre_trained_models.py's own code (load_predictor,
 window_outputs, inference.predict, shown_genres), so a file gets exactly the genres
 `python pre_trained_models.py --checkpoint=... FILE` prints; the pictures are plots.py's, as --plot
-draws them. A file that cannot be
-used (not audio, empty, truncated, over --max_mb) gets a message on the page and the server goes on
-serving. Files are predicted one request at a time (Gradio's queue), each in the server's own process.
+draws them. A file over --max_mb is refused by the server while it arrives (nothing is stored);
+one that cannot be used (not audio, empty, truncated) gets a message on the page, and the server goes on
+serving. Each upload predicts only its new files, below the session's earlier results; a session's
+uploads are deleted when its tab closes. Uploads are predicted one at a time through a queue of at
+most --max_queue waiting; beyond it a user is told the page is busy.
 """
 import os
 
@@ -22,7 +24,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio i
 import argparse
 import html
 import json
+import shutil
 import sys
+import threading
 from pathlib import Path
 
 import inference
@@ -73,33 +77,50 @@ def read_metrics(path):
         return {}
 
 
-def analyse(paths, model, checkpoint, top_k=None, max_mb=200.0, device="cpu"):
+def analyse(paths, model, checkpoint, top_k=None, device="cpu"):
     """One dict per file: name, path, error (None when predicted), predictions [(label, p)] and figure."""
     paths = [Path(p) for p in paths]
-    results = [{"name": p.name, "path": str(p), "error": too_large(p, max_mb), "predictions": None, "figure": None}
-               for p in paths]
-    todo = [i for i, result in enumerate(results) if result["error"] is None]
+    results = [{"name": p.name, "path": str(p), "error": None, "predictions": None, "figure": None} for p in paths]
     hop = inference.default_hop(checkpoint)  # pre_trained_models.py's default
     recorder = plots.WindowRecorder(hop)
     # num_workers=0: the windows are decoded in this process (the page serves one request at a time)
-    predicted = inference.predict(model, checkpoint, [paths[i] for i in todo], hop, device=device,
+    predicted = inference.predict(model, checkpoint, paths, hop, device=device,
                                   outputs=ptm.window_outputs(checkpoint), on_window=recorder)
-    for k, (i, (_, probabilities, _, error)) in enumerate(zip(todo, predicted)):
+    for k, (result, (_, probabilities, _, error)) in enumerate(zip(results, predicted)):
         windows = recorder.pop(k)
         if error:
-            results[i]["error"] = error
+            result["error"] = error
             continue
-        results[i]["predictions"] = ptm.shown_genres(probabilities, checkpoint, top_k)
-        results[i]["figure"] = plots.track_figure(None, *windows, checkpoint, hop)  # the page names the track
+        result["predictions"] = ptm.shown_genres(probabilities, checkpoint, top_k)
+        result["figure"] = plots.track_figure(None, *windows, checkpoint, hop)  # the page names the track
     return results
 
 
-def too_large(path, max_mb):
-    size_mb = path.stat().st_size / 1e6
-    if size_mb > max_mb:
-        return (f"{size_mb:.1f} MB is over this page's limit of {max_mb:g} MB: restart app.py with a larger "
-                f"--max_mb, or use pre_trained_models.py, which has no limit.")
-    return None
+def new_files(paths, shown):
+    """The uploaded paths not yet analysed in this session (the file input keeps every earlier upload)."""
+    seen = {result["path"] for result in shown}
+    return [str(p) for p in paths or [] if str(p) not in seen]
+
+
+class SessionUploads:
+    """The files each browser session uploaded, deleted when the session ends (its tab closes), so a
+    long-running page keeps no one's music. Gradio stores an upload as <temp dir>/<content hash>/<name>
+    (with a converted .wav beside a recording), so the folder goes, unless another session uploaded
+    the same content."""
+
+    def __init__(self):
+        self.folders, self.lock = {}, threading.Lock()
+
+    def add(self, session, paths):
+        with self.lock:
+            self.folders.setdefault(session, set()).update(str(Path(p).parent) for p in paths)
+
+    def end(self, session):
+        with self.lock:
+            mine = self.folders.pop(session, set())
+            kept = set().union(*self.folders.values())
+        for folder in mine - kept:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def genre_bars(predictions):
@@ -118,24 +139,42 @@ def error_html(result):
 # the page
 
 def build_page(gr, model, checkpoint, args):
-    """The Gradio Blocks: header, inputs (files, microphone), then one section per analysed file."""
-    def on_files(paths):
-        return analyse(paths or [], model, checkpoint, args.top_k, args.max_mb, args.device)
+    """The Gradio Blocks: header, inputs (files, microphone), then one section per analysed file, kept for
+    the browser session (gr.State); a session's uploads are deleted when it ends."""
+    uploads = SessionUploads()
 
-    def on_recording(path):
-        results = on_files([path] if path else [])
-        for result in results:
-            result["name"] = "microphone recording"
-        return results
+    def add_results(paths, shown, session, name=None):
+        todo = new_files(paths, shown)
+        uploads.add(session, todo)
+        results = analyse(todo, model, checkpoint, args.top_k, args.device)
+        for result in results if name else []:
+            result["name"] = name
+        return shown + results
 
-    with gr.Blocks(title="Music genres") as page:
+    def on_files(paths, shown, request: gr.Request):
+        return add_results(paths, shown, request.session_hash)
+
+    def on_recording(path, shown, request: gr.Request):
+        return add_results([path] if path else [], shown, request.session_hash, "microphone recording")
+
+    def on_end(request: gr.Request):
+        uploads.end(request.session_hash)
+
+    # delete_cache: uploads no session claimed (refused by a full queue, then abandoned) go after a day,
+    # and every upload when the server stops
+    with gr.Blocks(title="Music genres", delete_cache=(3600, 86400)) as page:
         gr.Markdown("## Music genres\n" + checkpoint_summary(checkpoint, args.checkpoint), elem_id="checkpoint")
         with gr.Row():
-            files = gr.File(label="Audio files", file_count="multiple", type="filepath", elem_id="audio_files")
-            microphone = gr.Audio(label="Or record", sources=["microphone"], type="filepath")
+            files = gr.File(label=f"Audio files (up to {args.max_mb:g} MB each)", file_count="multiple",
+                            type="filepath", elem_id="audio_files")
+            microphone = gr.Audio(label="Or record", sources=["microphone"], type="filepath", elem_id="microphone")
         results = gr.State([])
-        files.upload(on_files, inputs=files, outputs=results)
-        microphone.stop_recording(on_recording, inputs=microphone, outputs=results)
+        # one queue for both inputs; progress on the input: "queue: 2/3" while waiting, then "processing"
+        files.upload(on_files, inputs=[files, results], outputs=results, show_progress_on=files,
+                     concurrency_id="predict")
+        microphone.stop_recording(on_recording, inputs=[microphone, results], outputs=results,
+                                  show_progress_on=microphone, concurrency_id="predict")
+        page.unload(on_end)
 
         @gr.render(inputs=results)
         def show(results):
@@ -148,7 +187,9 @@ def build_page(gr, model, checkpoint, args):
                     gr.HTML(genre_bars(result["predictions"]))
                     gr.Audio(value=result["path"], label=result["name"], interactive=False)
                     gr.Plot(value=result["figure"], format="png", show_label=False)
-    return page
+    # One prediction at a time: it already uses every core. Waiting uploads beyond max_queue are refused
+    # at once (the page says "This application is currently busy. Please try again.") rather than hanging.
+    return page.queue(max_size=args.max_queue, default_concurrency_limit=1)
 
 
 def parse_args(argv=None):
@@ -157,12 +198,14 @@ def parse_args(argv=None):
     parser.add_argument("--model", choices=sorted(MODELS), help="model of a bare state_dict (the original project's weights)")
     parser.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1")
     parser.add_argument("--max_mb", type=float, default=200.0, help="largest audio file accepted, in MB")
+    parser.add_argument("--max_queue", type=int, default=20, help="uploads waiting to be predicted at most; "
+                        "more are told the page is busy")
     parser.add_argument("--top_k", type=int, help=f"genres shown per track (default {ptm.DEFAULT_TOP_K}); multi-label: "
                         "the genres above their thresholds unless given")
     parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, ...")
     args = parser.parse_args(argv)
-    if (args.top_k is not None and args.top_k < 1) or args.max_mb <= 0:
-        parser.error("--top_k must be at least 1 and --max_mb above 0")
+    if (args.top_k is not None and args.top_k < 1) or args.max_mb <= 0 or args.max_queue < 1:
+        parser.error("--top_k and --max_queue must be at least 1 and --max_mb above 0")
     return args
 
 
@@ -181,12 +224,15 @@ def main(argv=None):
         return 2
     page = build_page(gr, model, checkpoint, args)
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=["ui-monospace", "monospace"])
-    try:
+    try:  # quiet: Gradio's own lines would suggest share=True, a public link this page never makes
         page.launch(server_name="127.0.0.1", server_port=args.port, share=False, ssr_mode=False, theme=theme,
-                    css=CSS, footer_links=[])
+                    css=CSS, footer_links=[], max_file_size=int(args.max_mb * 1e6), quiet=True,
+                    prevent_thread_lock=True)
     except OSError as error:  # Gradio's "Cannot find empty port": another program serves on it
         print(f"error: cannot serve on 127.0.0.1:{args.port} ({error}). Give another --port.", file=sys.stderr)
         return 2
+    print(f"The page is at http://127.0.0.1:{args.port} (this computer only). Ctrl-C stops it.", flush=True)
+    page.block_thread()
     return 0
 
 

@@ -20,6 +20,9 @@ from utils import atomic_write
 CHECKPOINT_FORMAT = "fma-genre-classifier"
 CHECKPOINT_VERSION = 2
 CHECKPOINT_KEYS = ("model", "model_args", "state_dict", "class_names", "preprocessing", "normalisation")
+# What only resuming needs: best.pt leaves it out (Adam's two moments per weight make a checkpoint three times
+# its weights' size: a CNN2D's last.pt is 455 MB, its best.pt 152 MB). last.pt keeps the full state.
+RESUME_KEYS = ("optimizer", "scheduler", "position")
 # Format 1 kept these beside the model; format 2 groups them under "training".
 TRAINING_KEYS_V1 = ("epoch", "metrics", "optimizer", "scheduler", "history", "best_val_accuracy", "best_val_loss",
                     "best_epoch", "examples_seen", "training_seconds", "wandb_run_id")
@@ -105,6 +108,13 @@ def make_checkpoint(model, model_args, state_dict, class_names, preprocessing, n
     if genres is not None:
         checkpoint.update(target="genres_all", genres=dict(genres))
     return checkpoint
+
+
+def without_resume_state(checkpoint):
+    """``checkpoint`` as best.pt keeps it: everything prediction, evaluation and fine-tuning read (weights,
+    config, preprocessing, genres and thresholds, the training record and its metrics), no RESUME_KEYS."""
+    training = checkpoint["training"]
+    return {**checkpoint, "training": training and {k: v for k, v in training.items() if k not in RESUME_KEYS}}
 
 
 def migrate_checkpoint(checkpoint):

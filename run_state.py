@@ -41,9 +41,10 @@ def new_state(model_args, checkpoint=None):
 def load_resume(config, overrides):
     """The checkpoint <out_dir>/last.pt and the config to continue with (the checkpoint's own)."""
     checkpoint = distributed.from_main(models_utils.load_checkpoint, Path(config["out_dir"]) / "last.pt")
-    if not checkpoint.get("training"):
-        raise CheckpointError(f"{config['out_dir']}/last.pt holds no training state (an exported model?); "
-                              f"it can predict but not resume. Start a new run instead.")
+    if not (checkpoint.get("training") or {}).get("optimizer"):
+        raise CheckpointError(f"{config['out_dir']}/last.pt holds no training state to resume (an exported model, "
+                              f"or a copy of a best.pt, which keeps the weights but not the optimizer); it can "
+                              f"predict but not resume. Start a new run instead.")
     saved = {**config, **checkpoint["config"]}
     conflicts = [f"{k}={v!r} (checkpoint: {saved[k]!r})" for k, v in overrides.items()
                  if k not in RESUME_MAY_CHANGE and saved[k] != v]
@@ -77,8 +78,8 @@ def save_epoch(config, data, model, optimizer, scheduler, state, position=None):
     """best.pt (when this epoch is the best so far), last.pt and history.csv, each written atomically;
     with ``position`` (a mid-epoch save: where the next epoch stands, train.epoch_position) last.pt only.
 
-    A checkpoint (models_utils.make_checkpoint) holds what rebuilds the model and what resumes the run.
-    Under torchrun only rank 0 writes.
+    A checkpoint (models_utils.make_checkpoint) holds what rebuilds the model and what resumes the run;
+    best.pt leaves out the resume state (models_utils.without_resume_state). Under torchrun only rank 0 writes.
     """
     if not distributed.is_main():
         return
@@ -91,7 +92,7 @@ def save_epoch(config, data, model, optimizer, scheduler, state, position=None):
         data["normalisation"], config, state["provenance"], training,
         genres=data["genres"] and {**data["genres"], "thresholds": state["thresholds"]})
     if position is None and state["best_epoch"] == state["epoch"]:
-        models_utils.save_checkpoint(checkpoint, out_dir / "best.pt")
+        models_utils.save_checkpoint(models_utils.without_resume_state(checkpoint), out_dir / "best.pt")
     models_utils.save_checkpoint(checkpoint, out_dir / "last.pt")
     if position is not None:
         return

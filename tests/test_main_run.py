@@ -14,6 +14,7 @@ import torch
 
 import demo_data
 import main
+import pre_trained_models
 from conftest import clean_env, default_sigint
 import models_utils
 import run_state
@@ -117,6 +118,11 @@ def test_checkpoints_hold_everything_to_rebuild_and_resume(full_run):
     for record in (last["provenance"], metrics["provenance"]):  # what produced the run
         assert record["command"].startswith("python main.py --data_dir=") and record["versions"]["torch"]
         assert record["hardware"]["cpu_cores"] >= 1 and "git_commit" in record
+    # best.pt: what prediction, evaluation and fine-tuning read, without last.pt's optimizer and scheduler
+    assert set(best) == set(last) and best["config"] == last["config"]
+    assert not set(best["training"]) & set(models_utils.RESUME_KEYS)
+    assert set(best["training"]) | set(models_utils.RESUME_KEYS) == set(last["training"])
+    assert (full_run / "best.pt").stat().st_size < 0.6 * (full_run / "last.pt").stat().st_size  # Adam: 2 moments a weight
     model = models_utils.model_from_checkpoint(best)
     logits, probs = model(torch.full((2, 128, 96), -40.0))
     assert probs.shape == (2, 8)
@@ -136,6 +142,22 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(data_dir, full_run
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (out_dir, full_run))
     assert a["test_accuracy"] == b["test_accuracy"] and a["test_loss"] == pytest.approx(b["test_loss"], abs=1e-6)
     assert a["confusion_matrix"] == b["confusion_matrix"]
+
+
+def test_a_best_pt_cannot_be_resumed_and_an_old_full_one_still_predicts_and_fine_tunes(data_dir, full_run,
+                                                                                         tmp_path, capsys):
+    shutil.copytree(full_run, tmp_path / "run")
+    shutil.copy(full_run / "best.pt", tmp_path / "run" / "last.pt")  # best.pt keeps no optimizer
+    message = error_of(args(data_dir, tmp_path / "run", "--epochs=5", "--resume=True"))
+    assert "holds no training state to resume" in message and "a copy of a best.pt" in message
+    (tmp_path / "old").mkdir()  # a best.pt written before it left out the resume state: last.pt's layout
+    shutil.copy(full_run / "last.pt", tmp_path / "old" / "best.pt")
+    song = next((Path(data_dir) / "fma_small").rglob("*.mp3"))
+    capsys.readouterr()
+    assert pre_trained_models.main([f"--checkpoint={tmp_path / 'old' / 'best.pt'}", "--num_workers=0", str(song)]) == 0
+    assert str(song) in capsys.readouterr().out
+    run_main(args(data_dir, tmp_path / "tuned", "--epochs=1", f"--init_from={tmp_path / 'old' / 'best.pt'}"))
+    assert "init_from=" in capsys.readouterr().out
 
 
 def test_resume_refuses_a_different_model(data_dir, two_epochs, tmp_path):

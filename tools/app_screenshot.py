@@ -23,8 +23,11 @@ import utils  # noqa: E402  (the project's, from its root)
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 # No connections but to the page: this machine's network may be closed, and Chromium's own would be refused.
+# No throttling of tabs in the background: the tests run several sessions of the page at once, one per tab.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+                  "--disable-backgrounding-occluded-windows")
 FILE_INPUT = "#audio_files input[type=file]"
 
 
@@ -55,33 +58,49 @@ def start_app(checkpoint, *options, env=None, cwd=None, seconds=120):
 
 
 def stop_app(process):
+    """Stop app.py; returns what it printed."""
     process.terminate()
-    process.wait(timeout=30)
-    process.stdout.close()
+    output, _ = process.communicate(timeout=30)
+    return output
 
 
-def headless_chromium(user_data_dir, width=1200, height=1600):
-    """A selenium driver of Debian's chromium through its packaged chromedriver (never a downloaded browser)."""
+def headless_chromium(user_data_dir, width=1200, height=1600, microphone=None):
+    """A selenium driver of Debian's chromium through its packaged chromedriver (never a downloaded browser).
+    microphone: a WAV file that chromium's fake capture device plays as the microphone (permission granted)."""
     from selenium import webdriver
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in (*CHROMIUM_FLAGS, f"--window-size={width},{height}", f"--user-data-dir={user_data_dir}"):
+    fake_microphone = ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                       f"--use-file-for-fake-audio-capture={Path(microphone).resolve()}") if microphone else ()
+    for flag in (*CHROMIUM_FLAGS, *fake_microphone, f"--window-size={width},{height}", f"--user-data-dir={user_data_dir}"):
         options.add_argument(flag)
     return webdriver.Chrome(service=webdriver.ChromeService(str(CHROMEDRIVER)), options=options)
 
 
-def upload(driver, paths, sections, seconds=60):
-    """Upload `paths` through the page's file input (the page keeps earlier uploads, each with its
-    section) and wait for `sections` result sections; returns them."""
+def send_files(driver, paths, seconds=60):
+    """Give `paths` to the page's file input (the page keeps earlier uploads, each with its section)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(driver, seconds)
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, FILE_INPUT))
+    WebDriverWait(driver, seconds).until(lambda d: d.find_elements(By.CSS_SELECTOR, FILE_INPUT))
     driver.find_element(By.CSS_SELECTOR, FILE_INPUT).send_keys("\n".join(str(Path(p).resolve()) for p in paths))
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".genres, .track-error")) == sections)
+
+
+def wait_sections(driver, sections, seconds=60):
+    """The page's result sections, once there are `sections` of them."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, seconds).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".genres, .track-error")) == sections)
     return driver.find_elements(By.CSS_SELECTOR, ".track")
+
+
+def upload(driver, paths, sections, seconds=60):
+    """Upload `paths` and wait for `sections` result sections in all; returns them."""
+    send_files(driver, paths, seconds)
+    return wait_sections(driver, sections, seconds)
 
 
 def save_small_png(png, path):
