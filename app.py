@@ -8,8 +8,8 @@ checkpoint's model, genres and training summary. Built with Gradio, an optional 
     python app.py --checkpoint=runs/crnn/latest/best.pt --port=8080 --max_mb=50 --top_k=5
 
 The page is served on 127.0.0.1 only (this computer), with Gradio's analytics and share links off, so
-nothing leaves the machine. The genres come from pre_trained_models.py's own code (load_predictor,
-window_outputs, inference.predict, shown_genres), so a file gets exactly the genres
+nothing leaves the machine. The genres come from pre_trained_models.py's own code (inference.py's load_predictor,
+window_outputs, predict, shown_genres), so a file gets exactly the genres
 `python pre_trained_models.py --checkpoint=... FILE` prints; the pictures are plots.py's, as --plot
 draws them. A file over --max_mb is refused by the server while it arrives (nothing is stored);
 one that cannot be used (not audio, empty, truncated) gets a message on the page, and the server goes on
@@ -17,22 +17,21 @@ serving. Each upload predicts only its new files, below the session's earlier re
 uploads are deleted when its tab closes. Uploads are predicted one at a time through a queue of at
 most --max_queue waiting; beyond it a user is told the page is busy.
 """
-import os
-
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported: no calls home
-
 import argparse
 import html
 import json
+import os
 import shutil
 import sys
 import threading
 from pathlib import Path
 
+import allocator
 import inference
 import models_utils
 import plots
-import pre_trained_models as ptm
+import utils
+from errors import ConfigError
 from models import MODELS
 from models_utils import CheckpointError
 
@@ -85,13 +84,13 @@ def analyse(paths, model, checkpoint, top_k=None, device="cpu"):
     recorder = plots.WindowRecorder(hop)
     # num_workers=0: the windows are decoded in this process (the page serves one request at a time)
     predicted = inference.predict(model, checkpoint, paths, hop, device=device,
-                                  outputs=ptm.window_outputs(checkpoint), on_window=recorder)
+                                  outputs=inference.window_outputs(checkpoint), on_window=recorder)
     for k, (result, (_, probabilities, _, error)) in enumerate(zip(results, predicted)):
         windows = recorder.pop(k)
         if error:
             result["error"] = error
             continue
-        result["predictions"] = ptm.shown_genres(probabilities, checkpoint, top_k)
+        result["predictions"] = inference.shown_genres(probabilities, checkpoint, top_k)
         result["figure"] = plots.track_figure(None, *windows, checkpoint, hop)  # the page names the track
     return results
 
@@ -200,7 +199,7 @@ def parse_args(argv=None):
     parser.add_argument("--max_mb", type=float, default=200.0, help="largest audio file accepted, in MB")
     parser.add_argument("--max_queue", type=int, default=20, help="uploads waiting to be predicted at most; "
                         "more are told the page is busy")
-    parser.add_argument("--top_k", type=int, help=f"genres shown per track (default {ptm.DEFAULT_TOP_K}); multi-label: "
+    parser.add_argument("--top_k", type=int, help=f"genres shown per track (default {inference.DEFAULT_TOP_K}); multi-label: "
                         "the genres above their thresholds unless given")
     parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, ...")
     args = parser.parse_args(argv)
@@ -211,15 +210,16 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported: no calls home
     try:
-        import gradio as gr
+        import gradio as gr  # here: an optional dependency, and seconds of start-up
     except ImportError:
         print(f"error: app.py needs Gradio, which the core install leaves out: {INSTALL_HINT}", file=sys.stderr)
         return 2
     try:
-        args.device = ptm.choose_device(args.device)
-        model, checkpoint = ptm.load_predictor(args.checkpoint, args.model, args.device)
-    except (ptm.UsageError, CheckpointError) as error:
+        args.device = utils.pick_device(args.device)
+        model, checkpoint = inference.load_predictor(args.checkpoint, args.model, args.device)
+    except (ConfigError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     page = build_page(gr, model, checkpoint, args)
@@ -237,4 +237,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    allocator.keep_large_allocations()  # as pre_trained_models.py: prediction keeps freed tensors (allocator.py)
     sys.exit(main())

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
-from configurator import fail
+from errors import ConfigError, PeerFailed
 
 TIMEOUT = datetime.timedelta(minutes=30)  # a collective waits this long; the cache build waits on files instead
 
@@ -76,8 +76,8 @@ def local_device(name):
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name in ("cuda", "cpu"):
         return f"cuda:{local_rank()}" if name == "cuda" else name
-    fail(f"device={name!r} cannot be used under torchrun: each process takes the GPU of its local rank "
-         f"(device=auto or cuda; CUDA_VISIBLE_DEVICES chooses the GPUs) or the CPU (device=cpu).")
+    raise ConfigError(f"device={name!r} cannot be used under torchrun: each process takes the GPU of its local rank "
+                      f"(device=auto or cuda; CUDA_VISIBLE_DEVICES chooses the GPUs) or the CPU (device=cpu).")
 
 
 @contextlib.contextmanager
@@ -89,15 +89,15 @@ def joined(config):
         return
     device = local_device(config["device"])
     if config["sync_batchnorm"] and not device.startswith("cuda"):
-        fail("sync_batchnorm=True needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only): drop it, or run "
-             "on GPUs.")
+        raise ConfigError("sync_batchnorm=True needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only): drop it, or run "
+                          "on GPUs.")
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=TIMEOUT)
     try:
         if config["batch_size"] % world_size():
-            fail(f"batch_size={config['batch_size']} is the global batch, split evenly across the "
-                 f"{world_size()} processes: choose a multiple of {world_size()}.")
+            raise ConfigError(f"batch_size={config['batch_size']} is the global batch, split evenly across the "
+                              f"{world_size()} processes: choose a multiple of {world_size()}.")
         if not is_main():  # one copy of every line; errors still reach stderr, named by rank
             sys.stdout = open(os.devnull, "w")
         yield
@@ -114,7 +114,7 @@ def exit_process(main):
         sys.exit(main())
     try:
         code = main()
-    except SystemExit as stop:  # fail(): its message to stderr and status 1, as sys.exit would
+    except SystemExit as stop:  # sys.exit("error: ..."): the message to stderr and status 1, as sys.exit does
         code = stop.code
         if isinstance(code, str):
             print(code, file=sys.stderr)
@@ -192,9 +192,9 @@ class ShardSampler(Sampler):
         if 0 < rest < world_size:
             better = next(b for b in range(batch_size + world_size, 2 * len(base) + world_size, world_size)
                           if len(base) % b == 0 or len(base) % b >= world_size)
-            fail(f"the training split has {len(base)} examples: with batch_size={batch_size} the last batch "
-                 f"of an epoch holds {rest}, fewer than the {world_size} processes, and one of them would "
-                 f"have none. Choose a batch size that leaves no such remainder (e.g. batch_size={better}).")
+            raise ConfigError(f"the training split has {len(base)} examples: with batch_size={batch_size} the last batch "
+                              f"of an epoch holds {rest}, fewer than the {world_size} processes, and one of them would "
+                              f"have none. Choose a batch size that leaves no such remainder (e.g. batch_size={better}).")
 
     @property
     def generator(self):
@@ -309,7 +309,7 @@ def gather(items):
 def from_main(function, *args):
     """``function(*args)`` computed by rank 0 alone and handed to every process (the run's folder, a
     checkpoint: only rank 0 writes, and other machines may not see its disk). When it fails, rank 0
-    raises its error and the others exit with status 1, leaving the message to rank 0."""
+    raises its error and the others raise PeerFailed (status 1), leaving the message to rank 0."""
     if not active():
         return function(*args)
     outcome = [None, False]  # result, failed
@@ -322,7 +322,7 @@ def from_main(function, *args):
             raise
     dist.broadcast_object_list(outcome)
     if outcome[1]:
-        raise SystemExit(1)
+        raise PeerFailed(named("rank 0 failed; its message says why"))
     return outcome[0]
 
 
@@ -338,5 +338,5 @@ def first_on_each_machine(function, *args):
         gather([False])
         raise
     if not all(gather([True])):
-        raise SystemExit(1)  # a first process failed and says why
+        raise PeerFailed(named("a first process failed; its message says why"))
     return result if first else function(*args)

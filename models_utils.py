@@ -14,8 +14,8 @@ import torch.nn as nn
 
 import multilabel
 import preemption
-from models import build_model
-from utils import atomic_write
+from models import MODELS, build_model
+from utils import FMA_SMALL_GENRES, PREPROCESSING, atomic_write
 
 CHECKPOINT_FORMAT = "fma-genre-classifier"
 CHECKPOINT_VERSION = 2
@@ -173,6 +173,40 @@ def model_from_checkpoint(checkpoint, device="cpu"):
         raise CheckpointError(f"The weights in the checkpoint do not fit model {checkpoint['model']!r} "
                               f"{checkpoint['model_args']}: {str(error).splitlines()[0]}") from None
     return model.to(device).eval()
+
+
+def read_bare_state_dict(path, device="cpu"):
+    """The original project's checkpoint format: a plain dict of tensors without a "format" key, else None."""
+    try:
+        state_dict = torch.load(path, map_location=device, weights_only=True)
+    except Exception:  # load_checkpoint has already explained why the file cannot be read
+        return None
+    if (isinstance(state_dict, dict) and state_dict and "format" not in state_dict
+            and all(isinstance(v, torch.Tensor) for v in state_dict.values())):
+        return state_dict
+    return None
+
+
+def original_checkpoint(state_dict, model_name, path):
+    """A checkpoint dict describing the original's bare weights: FMA small genres, faithful forward pass."""
+    if model_name is None:
+        fits = [name for name in MODELS if weights_fit(name, {"state_dict": state_dict, "model_args": {}})]
+        hint = f" (these weights fit --model={fits[0]})" if fits else ""
+        raise CheckpointError(f"{path} is a bare state_dict (the original project's format), which does not "
+                              f"say which model it belongs to: add --model=cnn1d|crnn{hint}.")
+    model_args = {"n_mels": PREPROCESSING["n_mels"], "n_frames": PREPROCESSING["n_frames"],
+                  "n_classes": len(FMA_SMALL_GENRES), "faithful": True}
+    return make_checkpoint(model_name, model_args, state_dict, FMA_SMALL_GENRES, PREPROCESSING,
+                           {"mean": None, "std": None})
+
+
+def weights_fit(name, checkpoint):
+    """Whether checkpoint's state_dict loads into model `name` (used only to suggest the right --model)."""
+    try:
+        MODELS[name](**checkpoint["model_args"]).load_state_dict(checkpoint["state_dict"])
+        return True
+    except (RuntimeError, TypeError, ValueError):
+        return False
 
 
 # -----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ server's threads share no global figure state):
     for i, (path, probabilities, n_windows, error) in enumerate(
             inference.predict(model, checkpoint, files, hop, on_window=recorder)):
         spectrogram, window_probabilities = recorder.pop(i)
-        shown = pre_trained_models.shown_genres(probabilities, checkpoint, k)
+        shown = inference.shown_genres(probabilities, checkpoint, k)
         figure = plots.track_figure(path.name, spectrogram, window_probabilities, checkpoint, hop, shown)
         plots.save_png(figure, "song.png")
 
@@ -62,7 +62,7 @@ class WindowRecorder:
 
 def track_figure(title, spectrogram, window_probabilities, checkpoint, hop, predictions=None):
     """The figure of one track; title: None for none; predictions: [(label, probability)] bars
-    (pre_trained_models.shown_genres), or None for none."""
+    (inference.shown_genres), or None for none."""
     from matplotlib.figure import Figure  # here, not at start-up: a one-file prediction needs no plot
 
     timeline = len(window_probabilities) > 1

@@ -34,10 +34,6 @@ every genre's probability; --evaluate reports the multi-label metrics (multilabe
 Exit status: 0 when every file was predicted (or embedded, or the export verified), 1 when any failed
 (each failure has an error line on stderr), 2 for a usage error (bad checkpoint, no audio files, ...).
 """
-import allocator
-
-allocator.keep_large_allocations()  # before torch allocates: evaluation keeps freed tensors (allocator.py)
-
 import argparse
 import csv
 import io
@@ -45,106 +41,23 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
 from tqdm import tqdm
 
+import allocator
 import evaluate_checkpoint
 import export
 import inference
-import models_utils
 import multilabel
 import plots
 import utils
-from main import pick_device  # cuda, then mps, then cpu; a clear error for an unusable device
 from models import MODELS
 from configurator import UsageError
+from errors import ConfigError
 from models_utils import CheckpointError
 
 
 # -----------------------------------------------------------------------------
-# model loading
-
-def load_predictor(path, model_name=None, device="cpu"):
-    """(model in eval mode, checkpoint dict) from a checkpoint of this project or an original bare state_dict.
-
-    Both are read with torch.load(weights_only=True), so a checkpoint can never run code.
-    """
-    try:
-        checkpoint = models_utils.load_checkpoint(path, device)
-    except CheckpointError:
-        state_dict = read_bare_state_dict(path, device)
-        if state_dict is None:
-            raise
-        checkpoint = original_checkpoint(state_dict, model_name, path)
-    if model_name is not None and model_name != checkpoint["model"]:
-        raise CheckpointError(f"{path} holds a {checkpoint['model']!r} model but --model={model_name} was given. "
-                              f"Drop --model (this project's checkpoints name their model) or give the right one.")
-    try:
-        model = models_utils.model_from_checkpoint(checkpoint, device)
-    except CheckpointError:
-        fits = [name for name in MODELS if name != checkpoint["model"] and weights_fit(name, checkpoint)]
-        hint = f" They fit --model={fits[0]}." if fits else ""
-        raise CheckpointError(f"The weights in {path} do not fit model {checkpoint['model']!r} "
-                              f"{checkpoint['model_args']}.{hint}") from None
-    normalisation = checkpoint["normalisation"]
-    if normalisation.get("mean") is not None:
-        model = Standardised(model, normalisation["mean"], normalisation["std"])
-    return model, checkpoint
-
-
-class Standardised(torch.nn.Module):
-    """A model trained on standardised dB (faithful=False) made to take raw dB like every other model."""
-
-    def __init__(self, model, mean, std):
-        super().__init__()
-        self.model, self.mean, self.std = model, float(mean), float(std)
-
-    def forward(self, x):
-        return self.model((x - self.mean) / self.std)
-
-
-def read_bare_state_dict(path, device="cpu"):
-    """The original project's checkpoint format: a plain dict of tensors without a "format" key, else None."""
-    try:
-        state_dict = torch.load(path, map_location=device, weights_only=True)
-    except Exception:  # load_checkpoint has already explained why the file cannot be read
-        return None
-    if (isinstance(state_dict, dict) and state_dict and "format" not in state_dict
-            and all(isinstance(v, torch.Tensor) for v in state_dict.values())):
-        return state_dict
-    return None
-
-
-def original_checkpoint(state_dict, model_name, path):
-    """A checkpoint dict describing the original's bare weights: FMA small genres, faithful forward pass."""
-    if model_name is None:
-        fits = [name for name in MODELS if weights_fit(name, {"state_dict": state_dict, "model_args": {}})]
-        hint = f" (these weights fit --model={fits[0]})" if fits else ""
-        raise CheckpointError(f"{path} is a bare state_dict (the original project's format), which does not "
-                              f"say which model it belongs to: add --model=cnn1d|crnn{hint}.")
-    model_args = {"n_mels": utils.PREPROCESSING["n_mels"], "n_frames": utils.PREPROCESSING["n_frames"],
-                  "n_classes": len(utils.FMA_SMALL_GENRES), "faithful": True}
-    return models_utils.make_checkpoint(model_name, model_args, state_dict, utils.FMA_SMALL_GENRES,
-                                        utils.PREPROCESSING, {"mean": None, "std": None})
-
-
-def weights_fit(name, checkpoint):
-    """Whether checkpoint's state_dict loads into model `name` (used only to suggest the right --model)."""
-    try:
-        MODELS[name](**checkpoint["model_args"]).load_state_dict(checkpoint["state_dict"])
-        return True
-    except (RuntimeError, TypeError, ValueError):
-        return False
-
-
-# -----------------------------------------------------------------------------
 # output
-
-def top_k(probabilities, class_names, k):
-    order = np.argsort(-probabilities, kind="stable")[:k]
-    return [(class_names[j], float(probabilities[j])) for j in order]
-
 
 def table_line(path, predictions, path_width, genre_width):
     return f"{str(path):<{path_width}}" + "".join(f"  {genre:<{genre_width}} {p:5.3f}" for genre, p in predictions)
@@ -160,28 +73,6 @@ def write_csv(path, rows, class_names):
         writer.writerow([str(track), n_windows, *values, error or ""])
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     utils.atomic_write(Path(path), lambda f: f.write(text.getvalue().encode()))
-
-
-def choose_device(name):
-    """main.pick_device, its refusal of an unusable device being a usage error here (exit status 2)."""
-    try:
-        return pick_device(name)
-    except SystemExit as refusal:
-        raise UsageError(str(refusal.code).removeprefix("error: ")) from None
-
-
-def window_outputs(checkpoint):
-    """What inference.predict takes from the model for each window of this checkpoint's tracks: genre
-    probabilities, independent sigmoids for a multi-label checkpoint (target=genres_all)."""
-    return inference.sigmoid_probabilities if checkpoint.get("target") == "genres_all" else inference.probabilities
-
-
-def shown_genres(probabilities, checkpoint, k):
-    """[(label, probability)]: what a track's prediction shows (--plot's bars, app.py's page). Multi-label:
-    the genres above their thresholds as tree paths, most specific first, or the k most probable (k given)."""
-    if checkpoint.get("target") == "genres_all":
-        return multilabel.predicted_genres(probabilities, checkpoint["genres"], k)
-    return top_k(probabilities, checkpoint["class_names"], k or DEFAULT_TOP_K)
 
 
 def audio_files(inputs, task):
@@ -211,7 +102,7 @@ def exit_status(failed, total, what):
 
 def load_members(args, device):
     """[(path, model, checkpoint)] of every --checkpoint given."""
-    return [(path, *load_predictor(path, args.model, device)) for path in args.checkpoints]
+    return [(path, *inference.load_predictor(path, args.model, device)) for path in args.checkpoints]
 
 
 def as_one_model(members):
@@ -229,34 +120,34 @@ def as_one_model(members):
 
 def run_prediction(args):
     """Predict every file named on the command line (with an ensemble's mean probabilities); returns the exit status."""
-    device = choose_device(args.device)
+    device = utils.pick_device(args.device)
     model, checkpoint = as_one_model(load_members(args, device))
     files = audio_files(args.inputs, "predict")
     class_names = checkpoint["class_names"]
     path_width, genre_width = max(len(str(f)) for f in files), max(map(len, class_names))
     multi = checkpoint.get("target") == "genres_all"
-    k = args.top_k or DEFAULT_TOP_K
+    k = args.top_k or inference.DEFAULT_TOP_K
     hop = args.hop or inference.default_hop(checkpoint)
     recorder = plots.WindowRecorder(hop) if args.plot else None
     rows, figure_names = [], set()
     for track, probabilities, n_windows, error in each_track(args, model, checkpoint, files, device,
-                                                             window_outputs(checkpoint), recorder):
+                                                             inference.window_outputs(checkpoint), recorder):
         rows.append((track, probabilities, n_windows, error))
         windows = recorder.pop(len(rows) - 1) if recorder else None  # a failed file's windows are dropped too
         if error:
             continue
         if recorder:
             figure = plots.track_figure(track.name, *windows, checkpoint, hop,
-                                        shown_genres(probabilities, checkpoint, args.top_k))
+                                        inference.shown_genres(probabilities, checkpoint, args.top_k))
             plots.save_png(figure, Path(args.plot) / plots.png_name(track, figure_names))
         if multi:
             tqdm.write(multilabel.prediction_line(track, probabilities, checkpoint, args.top_k, args.json), file=sys.stdout)
         elif args.json:
             predictions = [{"genre": genre, "probability": round(p, 6)}
-                           for genre, p in top_k(probabilities, class_names, k)]
+                           for genre, p in inference.top_k(probabilities, class_names, k)]
             tqdm.write(json.dumps({"path": str(track), "predictions": predictions}), file=sys.stdout)
         else:
-            line = table_line(track, top_k(probabilities, class_names, k), path_width, genre_width)
+            line = table_line(track, inference.top_k(probabilities, class_names, k), path_width, genre_width)
             tqdm.write(line, file=sys.stdout)
     if args.output:
         write_csv(args.output, rows, class_names)
@@ -265,8 +156,8 @@ def run_prediction(args):
 
 def run_embeddings(args):
     """Write the embedding of every file named on the command line to args.embeddings; returns the exit status."""
-    device = choose_device(args.device)
-    model, checkpoint = load_predictor(args.checkpoint, args.model, device)
+    device = utils.pick_device(args.device)
+    model, checkpoint = inference.load_predictor(args.checkpoint, args.model, device)
     files = audio_files(args.inputs, "embed")
     rows = [(track, vector, n_windows) for track, vector, n_windows, error
             in each_track(args, model, checkpoint, files, device, inference.embeddings) if error is None]
@@ -279,7 +170,7 @@ def run_embeddings(args):
 
 def run_export(args):
     """Write the checkpoint's model as ONNX to args.export, checked against PyTorch; returns the exit status."""
-    model, checkpoint = load_predictor(args.checkpoint, args.model)
+    model, checkpoint = inference.load_predictor(args.checkpoint, args.model)
     if checkpoint.get("target") == "genres_all":
         raise UsageError(f"{args.checkpoint} is a multi-label model (target=genres_all): the ONNX graph gives softmax "
                          f"probabilities of one genre per clip, which would be wrong for it. Export a single-label model.")
@@ -299,7 +190,7 @@ def run_export(args):
 
 def run_evaluation(args):
     """Evaluate the checkpoint (or the ensemble of --checkpoint's) on the test split it was trained with."""
-    device = choose_device(args.device)
+    device = utils.pick_device(args.device)
     members = load_members(args, device)
     args.data_dir = args.data_dir or evaluate_checkpoint.recorded_data_dir(members)
     settings = evaluate_checkpoint.shared_split_settings(args, members)
@@ -310,7 +201,6 @@ def run_evaluation(args):
 # command line
 
 BOOLEAN_FLAGS = ("json", "evaluate")
-DEFAULT_TOP_K = 3  # genres shown per track of a single-label model
 
 
 def expand_boolean_flags(argv, parser):
@@ -333,7 +223,7 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint", required=True, action="append", dest="checkpoints",
                         help="a .pt written by main.py, or an original bare state_dict; several: their ensemble")
     parser.add_argument("--model", choices=sorted(MODELS), help="model of a bare state_dict (original weights)")
-    parser.add_argument("--top_k", type=int, help=f"genres shown per track (default {DEFAULT_TOP_K}); multi-label: "
+    parser.add_argument("--top_k", type=int, help=f"genres shown per track (default {inference.DEFAULT_TOP_K}); multi-label: "
                                                   f"the K most probable instead of those above their thresholds")
     parser.add_argument("--hop", type=int, help="frames between window starts (default: half a window)")
     parser.add_argument("--max_windows", type=int, help="at most this many evenly spaced windows per track")
@@ -385,10 +275,11 @@ def main(argv=None):
            else run_embeddings if args.embeddings else run_prediction)
     try:
         return run(args)
-    except (UsageError, CheckpointError, utils.DataError, utils.DiskFullError) as error:
+    except (UsageError, ConfigError, CheckpointError, utils.DataError, utils.DiskFullError) as error:  # --device too
         print(f"error: {error}", file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":
+    allocator.keep_large_allocations()  # before the model allocates: evaluation keeps freed tensors (allocator.py)
     sys.exit(main())

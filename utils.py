@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 import distributed
 import preemption
+from errors import ConfigError
 
 PREPROCESSING = {"sample_rate": 22050, "n_fft": 2048, "hop_length": 512, "n_mels": 128,
                  "n_frames": 1291, "top_db": 80.0}
@@ -60,6 +61,20 @@ def cpu_share():
     """The cores this process should keep busy: available_cpus(), split evenly among the processes that
     torchrun started on this machine (all of them for a plain run)."""
     return max(1, available_cpus() // distributed.local_world_size())
+
+
+def pick_device(name):
+    """The torch device for ``name``; "auto" prefers CUDA, then Apple MPS, then the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as error:
+        raise ConfigError(f"device={name!r} cannot be used ({str(error).splitlines()[0]}). Use device=auto or cpu.")
+    if device.type == "cpu":  # the cores this process may use, not the host's (its share under torchrun)
+        torch.set_num_threads(cpu_share())
+    return device
 
 
 class DataError(Exception):

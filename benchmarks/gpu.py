@@ -11,7 +11,7 @@ Parts, each with a time cap (a cut part says so in its row; rows reach results_g
   t tests    tests/test_cuda.py (every CUDA path against the CPU), run as a script: the runners have no pytest.
   a data     a synthetic fma_small-sized training set written straight into the cache's format
              (6,400 training + 800 validation clips of 128 x 1291 dB, float16; no audio), reused when present.
-  b epochs   per model, one timed epoch after warm-up through main.py's own code (make_config's defaults:
+  b epochs   per model, one timed epoch after warm-up through main.py's own code (configurator.make_config's defaults:
              compile, amp, preload and workers auto; build_training's fused Adam; train.train), and one
              validation pass: samples/s, seconds per epoch, the share of the epoch the GPU waited for the
              next batch (CUDA events around each fetch), peak GPU memory, compile time, and 30 epochs
@@ -50,6 +50,7 @@ import torch  # noqa: E402
 
 import audio_windows  # noqa: E402
 import cache as mel_cache  # noqa: E402
+import configurator  # noqa: E402
 import inference  # noqa: E402
 import main  # noqa: E402
 import utils  # noqa: E402
@@ -241,9 +242,9 @@ def data(size, work, report, deadline, device, preload="auto"):
 
 def recipe(name, size, **overrides):
     """main.py's config for ``name`` with its defaults (the auto keys as main.py resolves them here)."""
-    config = main.make_config({"model": name, "batch_size": size["batch_size"], "n_frames": size["n_frames"],
-                               "compile": size["compile"], **overrides})
-    config["amp"] = main.resolve_auto(config, "amp", cuda())
+    config = configurator.make_config({"model": name, "batch_size": size["batch_size"], "n_frames": size["n_frames"],
+                                       "compile": size["compile"], **overrides}, main.CONFIG)
+    config["amp"] = configurator.resolve_auto(config, "amp", cuda())
     return config
 
 

@@ -73,7 +73,7 @@ def cli_predictions(checkpoint, path, capsys):
 # ----------------------------------------------------------------------------- without a browser
 
 def test_windows_recorded_are_those_the_model_saw_and_average_to_the_prediction(tiny):
-    model, checkpoint = ptm.load_predictor(tiny / "run" / "best.pt")
+    model, checkpoint = inference.load_predictor(tiny / "run" / "best.pt")
     hop = 40  # not a divisor of the window: each window adds its last 40 columns
     recorder = plots.WindowRecorder(hop)
     [(_, probabilities, n_windows, error)] = inference.predict(model, checkpoint, [tiny / "song.mp3"], hop,
@@ -89,7 +89,7 @@ def test_windows_recorded_are_those_the_model_saw_and_average_to_the_prediction(
 
 
 def test_bad_files_get_a_message_naming_the_fix_and_good_ones_are_still_predicted(tiny):
-    model, checkpoint = ptm.load_predictor(tiny / "run" / "best.pt")
+    model, checkpoint = inference.load_predictor(tiny / "run" / "best.pt")
     names = ["broken.mp3", "empty.mp3", "truncated.mp3", "song.mp3"]
     results = app.analyse([tiny / name for name in names], model, checkpoint, top_k=2)
     errors = {result["name"]: result["error"] for result in results}
@@ -100,7 +100,7 @@ def test_bad_files_get_a_message_naming_the_fix_and_good_ones_are_still_predicte
 
 
 def test_header_names_model_genres_and_training(tiny):
-    _, checkpoint = ptm.load_predictor(tiny / "run" / "best.pt")
+    _, checkpoint = inference.load_predictor(tiny / "run" / "best.pt")
     header = app.checkpoint_summary(checkpoint, tiny / "run" / "best.pt")
     for text in ("cnn1d", "corrected", ", ".join(utils.FMA_SMALL_GENRES), "FMA small", "epoch 7",
                  "best validation macro_f1 0.432", "test accuracy 0.375, macro F1 0.250"):
@@ -108,7 +108,7 @@ def test_header_names_model_genres_and_training(tiny):
 
 
 def test_a_demo_checkpoint_is_described_as_trained_on_the_demo_data(tiny, tmp_path):
-    _, checkpoint = ptm.load_predictor(tiny / "run" / "best.pt")
+    _, checkpoint = inference.load_predictor(tiny / "run" / "best.pt")
     checkpoint["config"].update(demo=True, data_dir="data/demo")
     header = app.checkpoint_summary(checkpoint, tmp_path / "best.pt")
     assert "trained on the synthetic demo data (data/demo, not FMA)" in header and "FMA small" not in header

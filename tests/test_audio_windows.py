@@ -124,8 +124,8 @@ def test_a_truncated_file_is_an_error_not_a_short_track(tmp_path):
 MEMORY_PROBE = textwrap.dedent("""
     import json, resource, sys, tracemalloc
     from pathlib import Path
-    import inference, pre_trained_models as ptm
-    model, checkpoint = ptm.load_predictor(sys.argv[1])
+    import inference
+    model, checkpoint = inference.load_predictor(sys.argv[1])
     hop = checkpoint["preprocessing"]["n_frames"]  # windows side by side: half the work of the default hop
     peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     for _ in range(2):  # warm-up: every buffer, and the allocators' caches, once

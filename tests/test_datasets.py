@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+import configurator
 import datasets
 import main
 import pre_trained_models
@@ -177,8 +178,8 @@ def test_main_trains_on_a_folder_dataset_and_evaluate_reads_its_split(folder, tm
 
 
 def test_your_own_music_is_never_uploaded_to_wandb_by_default():
-    assert main.make_config({"dataset": "folder"})["upload_audio"] is False  # it may not be yours to share
-    assert main.make_config({})["upload_audio"] is True  # FMA: Creative Commons clips
+    assert configurator.make_config({"dataset": "folder"}, main.CONFIG)["upload_audio"] is False  # it may not be yours to share
+    assert configurator.make_config({}, main.CONFIG)["upload_audio"] is True  # FMA: Creative Commons clips
 
 
 def test_fma_keeps_its_splits_and_its_random_split_takes_split_seed(fma_small):

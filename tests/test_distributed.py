@@ -26,6 +26,7 @@ from conftest import wait_for
 import models_utils
 import pre_trained_models
 import utils
+from errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -233,7 +234,7 @@ def test_shards_split_every_global_batch_and_evaluation_blocks_keep_the_order():
         assert order[start:start + 4][1::2] == parts[1][2 * b:2 * b + 2]
     blocks = [list(distributed.EvalShard(11, 3, r, 2)) for r in (0, 1)]
     assert blocks == [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]  # whole batches of 3, in order
-    with pytest.raises(SystemExit, match="the last batch of an epoch holds 1, fewer than the 2 processes"):
+    with pytest.raises(ConfigError, match="the last batch of an epoch holds 1, fewer than the 2 processes"):
         distributed.ShardSampler(utils.train_sampler(9, 0, True, False, "per_epoch"), 4, 0, 2)
 
 

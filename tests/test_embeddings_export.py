@@ -88,7 +88,7 @@ def test_embedding_is_the_last_linear_input_averaged_over_windows(name, tmp_path
     long_track, short_track = tmp_path / "long.wav", tmp_path / "short.flac"
     sf.write(long_track, tone(8, 22050, seed=1), 22050)       # 8 s: several 100-frame windows
     sf.write(short_track, tone(1, 44100, seed=2, channels=2), 44100)  # shorter than a window: padded
-    model, checkpoint = ptm.load_predictor(write_checkpoint(tmp_path / "model.pt", name, faithful=False))
+    model, checkpoint = inference.load_predictor(write_checkpoint(tmp_path / "model.pt", name, faithful=False))
     results = list(inference.predict(model, checkpoint, [long_track, short_track], batch_size=3,
                                      outputs=inference.embeddings))
     assert [(path, n, error) for path, _, n, error in results] == [(long_track, 5, None), (short_track, 1, None)]

@@ -13,11 +13,13 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+import configurator
 import demo_data
 import main
 import models_utils
 import multilabel
 import pre_trained_models
+from errors import ConfigError
 from train import batch_loss
 
 # A hand-made tree: Rock > Punk > Hardcore, Rock > Indie, Jazz > Bebop.
@@ -148,17 +150,17 @@ def test_bce_loss_with_pos_weight():
     (["--dataset=folder"], "needs FMA's genre tree"),
 ])
 def test_nonsense_multilabel_combinations_are_refused(extra, message):
-    overrides = main.configurator.parse_command_line(["--target=genres_all", *extra], main.CONFIG, main.__file__)[0]
-    with pytest.raises(SystemExit, match=message):
-        main.make_config(overrides)
+    overrides = configurator.parse_command_line(["--target=genres_all", *extra], main.CONFIG, main.__file__)[0]
+    with pytest.raises(ConfigError, match=message):
+        configurator.make_config(overrides, main.CONFIG)
 
 
 def test_single_label_keys_keep_their_meaning():
-    assert main.make_config({})["select_metric"] == "accuracy"
-    assert main.make_config({"target": "genres_all", "model": "crnn"})["select_metric"] == "pr_auc_macro"
+    assert configurator.make_config({}, main.CONFIG)["select_metric"] == "accuracy"
+    assert configurator.make_config({"target": "genres_all", "model": "crnn"}, main.CONFIG)["select_metric"] == "pr_auc_macro"
     for bad in ({"select_metric": "pr_auc_macro"}, {"pos_weight": True}):
-        with pytest.raises(SystemExit, match="target=genre_top"):
-            main.make_config(bad)
+        with pytest.raises(ConfigError, match="target=genre_top"):
+            configurator.make_config(bad, main.CONFIG)
 
 
 # ----------------------------------------------------------------------------- end to end on the demo's tree

@@ -109,7 +109,7 @@ def test_window_starts():
 
 
 def test_window_average_equals_mean_of_direct_window_probabilities(music, wide_checkpoint):
-    model, checkpoint = ptm.load_predictor(wide_checkpoint)
+    model, checkpoint = inference.load_predictor(wide_checkpoint)
     files = [music / "short_mono_22k.wav", music / "nested/LONG_STEREO_48K.WAV", music / "clip_mono_22k.wav"]
     # batch_size 4: the long track's 11 windows share batches with the other tracks' windows; two
     # workers (files 0 and 2 in one, file 1 in the other) send their windows interleaved
@@ -178,7 +178,7 @@ def test_original_weights_reproduce_expected_outputs():
     b, m, t = np.meshgrid(np.arange(2), np.arange(128), np.arange(1291), indexing="ij")
     x = torch.from_numpy((-30 + 20 * np.sin(0.3 * t + 0.2 * m * (b + 1)) - 0.3 * m).astype(np.float32))
     for name, file in (("cnn1d", "CNNGH1D"), ("crnn", "CRNN")):
-        model, checkpoint = ptm.load_predictor(REFERENCE / f"{file}.pt", name)
+        model, checkpoint = inference.load_predictor(REFERENCE / f"{file}.pt", name)
         assert checkpoint["class_names"] == utils.FMA_SMALL_GENRES
         assert checkpoint["preprocessing"] == utils.PREPROCESSING
         assert checkpoint["normalisation"] == {"mean": None, "std": None} and model.faithful
