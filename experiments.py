@@ -38,16 +38,14 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-import child_processes
-import configurator
-import datasets
-import models_utils
-import seed_summary
-import studies
-import utils
-import wandb_logging
-from errors import ConfigError
-from locks import FileLock
+from fma_genres import configurator
+from fma_genres.data import datasets
+from fma_genres.experiments import seed_summary, studies
+from fma_genres.reporting import wandb_logging
+from fma_genres.runtime import atomic, child_processes
+from fma_genres.runtime.errors import ConfigError
+from fma_genres.runtime.figures import pyplot
+from fma_genres.runtime.locks import FileLock
 
 # The search space: key -> a list (categorical) or {"low", "high", "log"} (ints if both bounds are ints).
 # A key fixed by the config file or a --key=value is left out; --space=FILE.py replaces it with FILE.py's SPACE.
@@ -371,7 +369,7 @@ def report(study, opts):
     folder = Path(opts["dir"])
     folder.mkdir(parents=True, exist_ok=True)
     frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
-    utils.atomic_write(folder / "trials.csv", lambda f: f.write(frame.to_csv(index=False).encode()))
+    atomic.atomic_write(folder / "trials.csv", lambda f: f.write(frame.to_csv(index=False).encode()))
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         print(f"study {opts['name']}: no finished trial yet; {folder}/trials.csv lists them.")
@@ -384,7 +382,7 @@ def report(study, opts):
     text = (f"# The best trial ({best.number}, val {config['select_metric']} {best.value:.4f}) of study "
             f"{opts['name']}, as a main.py config:\n#   python main.py {folder / 'best_config.py'}\n# or: {command}\n"
             + "".join(f"{key} = {value!r}\n" for key, value in keys.items()))
-    utils.atomic_write(folder / "best_config.py", lambda f: f.write(text.encode()))
+    atomic.atomic_write(folder / "best_config.py", lambda f: f.write(text.encode()))
     figures = {"optimization_history.png": plots.plot_optimization_history}
     if len(complete) > 1:
         figures["param_importances.png"] = plots.plot_param_importances
@@ -399,7 +397,7 @@ def report(study, opts):
 
 def save_figure(path, draw, study):
     """One of Optuna's matplotlib figures as a PNG, or None (with a note) when it cannot be drawn."""
-    plt = models_utils.pyplot()  # headless
+    plt = pyplot()  # headless
     try:
         axes = draw(study)
     except (ValueError, RuntimeError) as error:  # e.g. importances of parameters that never varied
@@ -407,7 +405,7 @@ def save_figure(path, draw, study):
         return None
     figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
     figure.tight_layout()
-    utils.atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+    atomic.atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=100, bbox_inches="tight"))
     plt.close(figure)
     return path
 

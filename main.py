@@ -23,23 +23,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import allocator
-import cache as mel_cache
-import configurator
-import datasets
-import distributed
-import finetune
 import models_utils
-import multilabel
-import preemption
-import run_state
 import utils
-import wandb_logging
-from errors import ConfigError, PeerFailed
+from fma_genres import configurator, multilabel
+from fma_genres.data import cache as mel_cache, datasets
+from fma_genres.data.preload import preloaded  # a function: main's key `preload` would shadow the module
+from fma_genres.reporting import wandb_logging
+from fma_genres.runtime import allocator, devices, distributed, errors, preemption
+from fma_genres.runtime.errors import ConfigError, PeerFailed
+from fma_genres.runtime.preemption import Preempted, RunSignals
+from fma_genres.training import finetune, run_state
 from models import build_model
 from models_utils import CheckpointError
-from preemption import Preempted, RunSignals
-from preload import preloaded  # a function: main's key `preload` would shadow the module
 from test import evaluate, test  # the project's test.py (it comes first on sys.path), not the stdlib package
 from train import EPOCH_LOSSES, NonFiniteLossError, continue_epoch, epoch_position, train
 
@@ -136,7 +131,7 @@ def loader_workers(requested, device):
     and loads in the main process on a CPU, whose cores the model already uses."""
     if requested >= 0:
         return requested
-    return min(4, max(1, utils.available_cpus() - 1)) if device.type == "cuda" else 0
+    return min(4, max(1, devices.available_cpus() - 1)) if device.type == "cuda" else 0
 
 
 def build_data(config, device):
@@ -150,7 +145,7 @@ def build_data(config, device):
     preprocessing = finetune.checked_preprocessing(config, {**utils.PREPROCESSING, "n_frames": config["n_frames"]})
     # Under torchrun each process of a machine decodes its share of the chunks, then waits for the rest.
     cache = mel_cache.build_cache(tracks, dataset["cache_root"], dataset["identity"], preprocessing,
-                                  workers=config["cache_workers"] if config["cache_workers"] > 0 else utils.cpu_share(),
+                                  workers=config["cache_workers"] if config["cache_workers"] > 0 else devices.cpu_share(),
                                   progress=distributed.is_main(),
                                   shard=(distributed.local_rank(), distributed.local_world_size()))
     if config["prepare_only"]:  # build_cache has printed the cache's summary
@@ -313,7 +308,7 @@ def run(config, overrides, provenance):
     checkpoint = None
     if config["resume"]:
         checkpoint, config = run_state.load_resume(config, overrides)
-    device = utils.pick_device(distributed.local_device(config["device"]))
+    device = devices.pick_device(distributed.local_device(config["device"]))
     config["amp"] = configurator.resolve_auto(config, "amp", device.type == "cuda")  # bf16 autocast: this project's GPU recipe
     data = build_data(config, device)
     if data is None:
@@ -388,9 +383,9 @@ def train_command(argv):
             return getattr(interrupt, "exit_code", 130)
         except NonFiniteLossError as error:  # every process stopped at the same step: rank 0 says why
             sys.exit(f"error: {error}" if distributed.is_main() else 1)
-        except (CheckpointError, utils.DataError) as error:
+        except (CheckpointError, errors.DataError) as error:
             sys.exit(f"error: {distributed.named(str(error))}")
-        except utils.DiskFullError as error:  # a checkpoint, report or split file (the cache's is a DataError)
+        except errors.DiskFullError as error:  # a checkpoint, report or split file (the cache's is a DataError)
             go_on = (f"Then continue the run with: {run_state.resume_command(argv, config_file, config['out_dir'])}"
                      if (Path(config["out_dir"]) / "last.pt").is_file() else "Then rerun the same command.")
             sys.exit(f"error: {distributed.named(f'{error} {go_on}')}")

@@ -12,10 +12,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-import multilabel
-import preemption
+from fma_genres import multilabel
+from fma_genres.data.fma import FMA_SMALL_GENRES
+from fma_genres.runtime import preemption
+from fma_genres.runtime.atomic import atomic_write
+from fma_genres.runtime.figures import pyplot
 from models import MODELS, build_model
-from utils import FMA_SMALL_GENRES, PREPROCESSING, atomic_write
+from utils import PREPROCESSING
 
 CHECKPOINT_FORMAT = "fma-genre-classifier"
 CHECKPOINT_VERSION = 2
@@ -212,13 +215,6 @@ def weights_fit(name, checkpoint):
 # -----------------------------------------------------------------------------
 # figures
 
-def pyplot():
-    """matplotlib.pyplot, headless: imported when the first figure is drawn, not at start-up (~0.35 s)."""
-    import matplotlib
-    matplotlib.use("Agg")  # figures are saved to PNG and sent to W&B, never shown
-    import matplotlib.pyplot as plt
-    return plt
-
 
 def plot_confusion_matrix(cm, class_names, normalize=False):
     """Confusion matrix (rows: true genre, columns: predicted), as counts or normalised by row."""
@@ -347,7 +343,7 @@ def save_report(out_dir, metrics, targets, probabilities, class_names, history=N
     written = [out_dir / "metrics.json"]
     atomic_write(written[0], lambda f: f.write(text.encode()))
     if metrics.get("target") == "genres_all":  # multi-label: no confusion matrix; AP per genre, PR curves
-        import multilabel_report  # matplotlib with it: at the first figure, not at start-up
+        from fma_genres import multilabel_report  # matplotlib with it: at the first figure, not at start-up
         figures = multilabel_report.figures(metrics, targets, probabilities)
     else:
         cm = metrics.get("confusion_matrix") or classification_metrics(targets, probabilities, class_names)[

@@ -43,16 +43,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-import allocator
-import evaluate_checkpoint
-import export
-import inference
-import multilabel
-import plots
 import utils
+from fma_genres import multilabel
+from fma_genres.data import fma
+from fma_genres.inference import evaluation, export, predict
+from fma_genres.reporting import plots
+from fma_genres.runtime import allocator, atomic, devices, errors
+from fma_genres.runtime.errors import ConfigError, UsageError
 from models import MODELS
-from configurator import UsageError
-from errors import ConfigError
 from models_utils import CheckpointError
 
 
@@ -72,20 +70,20 @@ def write_csv(path, rows, class_names):
         values = [""] * len(class_names) if probabilities is None else [f"{p:.6f}" for p in probabilities]
         writer.writerow([str(track), n_windows, *values, error or ""])
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    utils.atomic_write(Path(path), lambda f: f.write(text.getvalue().encode()))
+    atomic.atomic_write(Path(path), lambda f: f.write(text.getvalue().encode()))
 
 
 def audio_files(inputs, task):
-    files = inference.find_audio_files(inputs)
+    files = predict.find_audio_files(inputs)
     if not files:
         raise UsageError(f"No audio files to {task} in {' '.join(inputs)}: give audio files or folders "
                          f"containing {', '.join(sorted(utils.AUDIO_EXTENSIONS))} files.")
     return files
 
 
-def each_track(args, model, checkpoint, files, device, outputs=inference.probabilities, on_window=None):
+def each_track(args, model, checkpoint, files, device, outputs=predict.probabilities, on_window=None):
     """inference.predict's results, with a progress bar on many files and an error line for each failure."""
-    results = inference.predict(model, checkpoint, files, args.hop, args.max_windows, args.batch_size, device,
+    results = predict.predict(model, checkpoint, files, args.hop, args.max_windows, args.batch_size, device,
                                 min(args.num_workers, len(files)), outputs, on_window)
     for track, vector, n_windows, error in tqdm(results, total=len(files), unit="track",
                                                 disable=len(files) < 10 or None, file=sys.stderr):
@@ -102,7 +100,7 @@ def exit_status(failed, total, what):
 
 def load_members(args, device):
     """[(path, model, checkpoint)] of every --checkpoint given."""
-    return [(path, *inference.load_predictor(path, args.model, device)) for path in args.checkpoints]
+    return [(path, *predict.load_predictor(path, args.model, device)) for path in args.checkpoints]
 
 
 def as_one_model(members):
@@ -113,41 +111,41 @@ def as_one_model(members):
         raise UsageError("an ensemble averages softmax probabilities of one genre per clip; multi-label checkpoints "
                          "(target=genres_all) cannot form one yet: give one --checkpoint.")
     try:
-        return inference.ensemble(members)
+        return predict.ensemble(members)
     except ValueError as error:
         raise UsageError(str(error)) from None
 
 
 def run_prediction(args):
     """Predict every file named on the command line (with an ensemble's mean probabilities); returns the exit status."""
-    device = utils.pick_device(args.device)
+    device = devices.pick_device(args.device)
     model, checkpoint = as_one_model(load_members(args, device))
     files = audio_files(args.inputs, "predict")
     class_names = checkpoint["class_names"]
     path_width, genre_width = max(len(str(f)) for f in files), max(map(len, class_names))
     multi = checkpoint.get("target") == "genres_all"
-    k = args.top_k or inference.DEFAULT_TOP_K
-    hop = args.hop or inference.default_hop(checkpoint)
+    k = args.top_k or predict.DEFAULT_TOP_K
+    hop = args.hop or predict.default_hop(checkpoint)
     recorder = plots.WindowRecorder(hop) if args.plot else None
     rows, figure_names = [], set()
     for track, probabilities, n_windows, error in each_track(args, model, checkpoint, files, device,
-                                                             inference.window_outputs(checkpoint), recorder):
+                                                             predict.window_outputs(checkpoint), recorder):
         rows.append((track, probabilities, n_windows, error))
         windows = recorder.pop(len(rows) - 1) if recorder else None  # a failed file's windows are dropped too
         if error:
             continue
         if recorder:
             figure = plots.track_figure(track.name, *windows, checkpoint, hop,
-                                        inference.shown_genres(probabilities, checkpoint, args.top_k))
+                                        predict.shown_genres(probabilities, checkpoint, args.top_k))
             plots.save_png(figure, Path(args.plot) / plots.png_name(track, figure_names))
         if multi:
             tqdm.write(multilabel.prediction_line(track, probabilities, checkpoint, args.top_k, args.json), file=sys.stdout)
         elif args.json:
             predictions = [{"genre": genre, "probability": round(p, 6)}
-                           for genre, p in inference.top_k(probabilities, class_names, k)]
+                           for genre, p in predict.top_k(probabilities, class_names, k)]
             tqdm.write(json.dumps({"path": str(track), "predictions": predictions}), file=sys.stdout)
         else:
-            line = table_line(track, inference.top_k(probabilities, class_names, k), path_width, genre_width)
+            line = table_line(track, predict.top_k(probabilities, class_names, k), path_width, genre_width)
             tqdm.write(line, file=sys.stdout)
     if args.output:
         write_csv(args.output, rows, class_names)
@@ -156,13 +154,13 @@ def run_prediction(args):
 
 def run_embeddings(args):
     """Write the embedding of every file named on the command line to args.embeddings; returns the exit status."""
-    device = utils.pick_device(args.device)
-    model, checkpoint = inference.load_predictor(args.checkpoint, args.model, device)
+    device = devices.pick_device(args.device)
+    model, checkpoint = predict.load_predictor(args.checkpoint, args.model, device)
     files = audio_files(args.inputs, "embed")
     rows = [(track, vector, n_windows) for track, vector, n_windows, error
-            in each_track(args, model, checkpoint, files, device, inference.embeddings) if error is None]
+            in each_track(args, model, checkpoint, files, device, predict.embeddings) if error is None]
     if rows:
-        inference.save_embeddings(args.embeddings, rows, checkpoint)
+        predict.save_embeddings(args.embeddings, rows, checkpoint)
         print(f"{args.embeddings}: {len(rows)} embeddings of size {rows[0][1].size} (the input of "
               f"{checkpoint['model']}'s last Linear layer, averaged over windows)", file=sys.stderr)
     return exit_status(len(files) - len(rows), len(files), "embedded")
@@ -170,7 +168,7 @@ def run_embeddings(args):
 
 def run_export(args):
     """Write the checkpoint's model as ONNX to args.export, checked against PyTorch; returns the exit status."""
-    model, checkpoint = inference.load_predictor(args.checkpoint, args.model)
+    model, checkpoint = predict.load_predictor(args.checkpoint, args.model)
     if checkpoint.get("target") == "genres_all":
         raise UsageError(f"{args.checkpoint} is a multi-label model (target=genres_all): the ONNX graph gives softmax "
                          f"probabilities of one genre per clip, which would be wrong for it. Export a single-label model.")
@@ -190,11 +188,11 @@ def run_export(args):
 
 def run_evaluation(args):
     """Evaluate the checkpoint (or the ensemble of --checkpoint's) on the test split it was trained with."""
-    device = utils.pick_device(args.device)
+    device = devices.pick_device(args.device)
     members = load_members(args, device)
-    args.data_dir = args.data_dir or evaluate_checkpoint.recorded_data_dir(members)
-    settings = evaluate_checkpoint.shared_split_settings(args, members)
-    return evaluate_checkpoint.report(args, members, *as_one_model(members), settings, device)
+    args.data_dir = args.data_dir or evaluation.recorded_data_dir(members)
+    settings = evaluation.shared_split_settings(args, members)
+    return evaluation.report(args, members, *as_one_model(members), settings, device)
 
 
 # -----------------------------------------------------------------------------
@@ -223,7 +221,7 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint", required=True, action="append", dest="checkpoints",
                         help="a .pt written by main.py, or an original bare state_dict; several: their ensemble")
     parser.add_argument("--model", choices=sorted(MODELS), help="model of a bare state_dict (original weights)")
-    parser.add_argument("--top_k", type=int, help=f"genres shown per track (default {inference.DEFAULT_TOP_K}); multi-label: "
+    parser.add_argument("--top_k", type=int, help=f"genres shown per track (default {predict.DEFAULT_TOP_K}); multi-label: "
                                                   f"the K most probable instead of those above their thresholds")
     parser.add_argument("--hop", type=int, help="frames between window starts (default: half a window)")
     parser.add_argument("--max_windows", type=int, help="at most this many evenly spaced windows per track")
@@ -232,7 +230,7 @@ def parse_args(argv=None):
     parser.add_argument("--output", help="CSV file for all genre probabilities per track")
     parser.add_argument("--plot", metavar="DIR", help="write a PNG per track into DIR: genres, spectrogram, timeline")
     parser.add_argument("--batch_size", type=int, default=32, help="windows per forward pass")
-    parser.add_argument("--num_workers", type=int, default=max(1, min(8, utils.available_cpus() - 1)),
+    parser.add_argument("--num_workers", type=int, default=max(1, min(8, devices.available_cpus() - 1)),
                         help="audio decoding processes (default: one core left for the model)")
     parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
     parser.add_argument("--embeddings", metavar="FILE.npz", help="write each file's embedding instead of its genres")
@@ -242,8 +240,8 @@ def parse_args(argv=None):
     parser.add_argument("--data_dir", help="with --evaluate: folder with fma_metadata/ and fma_<subset>/, or the "
                                            "genre folder or CSV of a folder or csv dataset (default: the checkpoint's)")
     # The test split is the checkpoint's own (its training config); these are for the original's weights.
-    parser.add_argument("--subset", choices=utils.SUBSETS, help="with --evaluate: FMA subset (default: the checkpoint's)")
-    parser.add_argument("--split", choices=utils.SPLIT_MODES, help="with --evaluate: (default: the checkpoint's)")
+    parser.add_argument("--subset", choices=fma.SUBSETS, help="with --evaluate: FMA subset (default: the checkpoint's)")
+    parser.add_argument("--split", choices=fma.SPLIT_MODES, help="with --evaluate: (default: the checkpoint's)")
     parser.add_argument("--seed", type=int, help="with --evaluate and a random split (default: the checkpoint's)")
     parser.add_argument("--train_size", type=float, help="with --evaluate and a random split (default: the checkpoint's)")
     parser.add_argument("--cache_dir", help="with --evaluate: spectrogram cache (default: <data_dir>/cache)")
@@ -275,7 +273,7 @@ def main(argv=None):
            else run_embeddings if args.embeddings else run_prediction)
     try:
         return run(args)
-    except (UsageError, ConfigError, CheckpointError, utils.DataError, utils.DiskFullError) as error:  # --device too
+    except (UsageError, ConfigError, CheckpointError, errors.DataError, errors.DiskFullError) as error:  # --device too
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import distributed
 import models_utils
-import multilabel
+from fma_genres import multilabel
+from fma_genres.runtime import distributed
 from train import batch_loss, mark_batch_dynamic
 
 

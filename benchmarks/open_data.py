@@ -22,8 +22,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import cache as mel_cache  # noqa: E402
+from fma_genres.data import cache as mel_cache  # noqa: E402
 import utils  # noqa: E402
+from fma_genres.data import fma
 
 BATCH_SIZE = 50
 
@@ -42,7 +43,7 @@ def official_splits(track_ids):
     frame = pd.DataFrame({"label": [t % 8 for t in track_ids],
                           "split": names[np.arange(len(track_ids)) % 10]},
                          index=pd.Index(track_ids, name="track_id"))
-    return utils.split_tracks(frame, "official")
+    return fma.split_tracks(frame, "official")
 
 
 def loader_from_cache(folder, faithful):

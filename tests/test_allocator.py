@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import allocator
+from fma_genres.runtime import allocator
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = (256 << 20) // os.sysconf("SC_PAGE_SIZE")  # of the 256 MiB tensor the probe measures
@@ -22,7 +22,7 @@ PAGES = (256 << 20) // os.sysconf("SC_PAGE_SIZE")  # of the 256 MiB tensor the p
 # than the tensor and so cannot reuse a hole of exactly the same size.)
 PROBE = r"""
 import json, resource, runpy, sys
-import allocator
+from fma_genres.runtime import allocator
 import torch
 from torch.utils.data import DataLoader, Dataset
 

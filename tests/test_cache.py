@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import cache as mel_cache
-from cache import build_cache
-from audio_windows import track_windows
 from conftest import write_mp3
-from utils import (PREPROCESSING, AudioError, DataError, clip_spectrogram, fix_width, load_audio,
-                   load_metadata, mel_spectrogram_db)
+from fma_genres.data import cache as mel_cache
+from fma_genres.data.cache import build_cache
+from fma_genres.data.fma import load_metadata
+from fma_genres.inference.audio_windows import track_windows
+from fma_genres.runtime.errors import AudioError, DataError
+from utils import PREPROCESSING, clip_spectrogram, fix_width, load_audio, mel_spectrogram_db
 
 SMALL = dict(PREPROCESSING, n_frames=100)  # the 2.5 s fixture clips have 107 frames
 

@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-import demo_data
-import distributed
 import main
-from conftest import wait_for
 import models_utils
 import pre_trained_models
 import utils
-from errors import ConfigError
+from conftest import wait_for
+from fma_genres.data import demo_data, fma
+from fma_genres.runtime import distributed
+from fma_genres.runtime.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -183,7 +183,7 @@ def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(straight, data_dir,
     holds it computes a NaN loss, yet the summed step loss stops both before the backward pass."""
     (folder,) = (data_dir / "cache").iterdir()  # built by the straight run
     shutil.copytree(folder, tmp_path / "cache" / folder.name, ignore=shutil.ignore_patterns("locks"))
-    tracks, _ = utils.load_metadata(data_dir, "small")
+    tracks, _ = fma.load_metadata(data_dir, "small")
     row = json.loads((folder / "params.json").read_text())["track_ids"].index(
         int(tracks.index[tracks["split"] == "training"][0]))
     mels = np.load(tmp_path / "cache" / folder.name / "mels.npy", mmap_mode="r+")

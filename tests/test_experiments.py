@@ -16,12 +16,12 @@ import pytest
 import torch
 import yaml
 
-import configurator
 import experiments
 import main
 import models_utils
 import pre_trained_models
 from conftest import clean_env, wait_for
+from fma_genres import configurator
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -8,11 +8,11 @@ import pytest
 import soundfile as sf
 import torch
 
-import configurator
-import finetune
 import main
 import models_utils
-from errors import ConfigError
+from fma_genres import configurator
+from fma_genres.runtime.errors import ConfigError
+from fma_genres.training import finetune
 from models import build_model
 from models_utils import CheckpointError
 

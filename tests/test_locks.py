@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-import locks
+from fma_genres.runtime import locks
 
 
 def write_lock(path, pid, host=None, age=0.0):
@@ -43,7 +43,7 @@ def test_a_stale_lock_is_taken_over_and_a_live_one_is_not(tmp_path):
 HOLDER = """
 import sys, time
 from pathlib import Path
-import locks
+from fma_genres.runtime import locks
 lock = locks.FileLock(sys.argv[1])
 lock.acquire()
 print("held", flush=True)

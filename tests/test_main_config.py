@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import configurator
 import main
 import models_utils
 import utils
+from fma_genres import configurator
+from fma_genres.data import fma
 from models import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,9 +160,9 @@ def test_loader_workers_overlap_loading_on_cuda_by_default():
 
 
 def test_valid_choices_come_from_the_registries_that_define_them():
-    assert configurator.CHOICES["model"] == tuple(MODELS) and configurator.CHOICES["subset"] == utils.SUBSETS
+    assert configurator.CHOICES["model"] == tuple(MODELS) and configurator.CHOICES["subset"] == fma.SUBSETS
     assert configurator.CHOICES["init"] == tuple(models_utils.INITIALISERS)
-    assert configurator.CHOICES["split"] == utils.SPLIT_MODES and configurator.CHOICES["mask_draw"] == utils.MASK_DRAWS
+    assert configurator.CHOICES["split"] == fma.SPLIT_MODES and configurator.CHOICES["mask_draw"] == utils.MASK_DRAWS
 
 
 def test_help_prints_every_key_with_its_default_and_comment():

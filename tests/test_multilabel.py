@@ -13,13 +13,12 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-import configurator
-import demo_data
 import main
 import models_utils
-import multilabel
 import pre_trained_models
-from errors import ConfigError
+from fma_genres import configurator, multilabel
+from fma_genres.data import demo_data
+from fma_genres.runtime.errors import ConfigError
 from train import batch_loss
 
 # A hand-made tree: Rock > Punk > Hardcore, Rock > Indie, Jazz > Bebop.
@@ -91,7 +90,7 @@ def test_top_genre_accuracy_counts_only_clips_with_one_top_genre():
 
 
 def test_wandb_entries_and_figures_of_a_multilabel_report():
-    import multilabel_report
+    from fma_genres import multilabel_report
 
     genres = {"ids": [1, 2, 5, 4], "tree": TREE, "thresholds": [0.5, 0.5, 0.5, 0.5]}  # Rock, Punk, Jazz, Indie
     metrics = {**multilabel.evaluation_scores(TARGETS, PROBABILITIES, genres), "test_loss": 0.3}
@@ -118,7 +117,7 @@ def test_the_summary_table_nests_sub_genres_under_their_parent_by_support():
 
 
 def test_a_genre_title_with_a_slash_makes_one_wandb_key():
-    import multilabel_report
+    from fma_genres import multilabel_report
 
     tree = {**TREE, "title": ["Old-Time / Historic", *TREE["title"][1:]]}
     genres = {"ids": [1, 2, 5], "tree": tree, "thresholds": [0.5] * 3}

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import configurator
 import main
 import models_utils
 from conftest import clean_env
-from errors import ConfigError
+from fma_genres import configurator
+from fma_genres.runtime.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_CLIPS, BATCH_SIZE, N_FRAMES = 16, 2, 96  # fma_small: 2 training clips per genre

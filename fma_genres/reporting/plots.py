@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-import utils
+from fma_genres.runtime import atomic
 
 TIMELINE_GENRES = 5  # genres drawn over time: more lines would not be readable
 
@@ -131,4 +131,4 @@ def save_png(figure, path):
     """Write the figure to path as PNG, atomically."""
     data = png_bytes(figure)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    utils.atomic_write(Path(path), lambda f: f.write(data))
+    atomic.atomic_write(Path(path), lambda f: f.write(data))

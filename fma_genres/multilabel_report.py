@@ -8,7 +8,7 @@ probabilities: (N, G) sigmoid outputs. Tests: python -m pytest tests/test_multil
 """
 import numpy as np
 
-from models_utils import pyplot  # headless, imported at the first figure
+from fma_genres.runtime.figures import pyplot  # headless, imported at the first figure
 
 PR_CURVES = 8  # the most frequent genres get a PR curve (more would be unreadable)
 

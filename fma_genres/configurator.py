@@ -11,9 +11,9 @@ and ``provenance()`` records what produced a run: commit, library versions, hard
 """
 import ast
 import importlib.metadata
+import os
 import platform
 import re
-import os
 import shlex
 import subprocess
 import sys
@@ -23,13 +23,14 @@ from pathlib import Path
 
 import torch
 
-import datasets
-import finetune
 import models_utils
-import multilabel
 import utils
-import wandb_logging
-from errors import ConfigError
+from fma_genres import multilabel
+from fma_genres.data import datasets, fma
+from fma_genres.reporting import wandb_logging
+from fma_genres.runtime import devices
+from fma_genres.runtime.errors import ConfigError
+from fma_genres.training import finetune
 from models import MODELS
 from train import EPOCH_LOSSES
 
@@ -37,11 +38,6 @@ ROOT = Path(__file__).resolve().parent
 # One line of main.py's constants block: name = value  # comment
 CONSTANT_LINE = re.compile(r"^(\w+)\s*=\s*(.+?)\s+#\s?(.*)$")
 RULER = "# " + "-" * 77
-
-
-class UsageError(Exception):
-    """A problem the user must fix before anything can run (a command's wrong options or unusable input);
-    str() is the whole message, which the command prints with exit status 2."""
 
 
 def convert(key, text, default):
@@ -179,7 +175,7 @@ DEMO_GENRES_ALL = {"data_dir": "data/demo_genres_all", "min_genre_tracks": 2}
 COMPILED_MODELS = ("crnn", "cnn2d")
 
 # Valid values of the keys that take a name, from the registries that define them.
-CHOICES = {"dataset": tuple(datasets.DATASETS), "subset": utils.SUBSETS, "split": utils.SPLIT_MODES, "model": tuple(MODELS),
+CHOICES = {"dataset": tuple(datasets.DATASETS), "subset": fma.SUBSETS, "split": fma.SPLIT_MODES, "model": tuple(MODELS),
            "target": multilabel.TARGETS,
            "freeze": finetune.FREEZE, "init": tuple(models_utils.INITIALISERS), "epoch_loss": tuple(EPOCH_LOSSES),
            "augment_masks": utils.AUGMENT_MASKS,
@@ -339,7 +335,7 @@ def hardware():
     except (OSError, StopIteration):
         pass
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    return {"cpu": cpu, "cpu_cores": utils.available_cpus(), "gpus": gpus, "platform": platform.platform()}
+    return {"cpu": cpu, "cpu_cores": devices.available_cpus(), "gpus": gpus, "platform": platform.platform()}
 
 
 def provenance(argv, config_file=None, script="main.py", launcher=("python",)):

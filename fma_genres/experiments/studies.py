@@ -12,8 +12,8 @@ import time
 import warnings
 from pathlib import Path
 
-from errors import ConfigError
-from locks import FileLock, alive
+from fma_genres.runtime.errors import ConfigError
+from fma_genres.runtime.locks import FileLock, alive
 
 # A trial whose process sent no heartbeat for twice this is queued again (other machines' trials; this
 # machine's are queued at once when their processes are gone, see requeue_orphans).

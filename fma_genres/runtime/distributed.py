@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
-from errors import ConfigError, PeerFailed
+from fma_genres.runtime.errors import ConfigError, PeerFailed
 
 TIMEOUT = datetime.timedelta(minutes=30)  # a collective waits this long; the cache build waits on files instead
 

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-import audio_windows
 import models_utils
-import multilabel
 import utils
+from fma_genres import multilabel
+from fma_genres.inference import audio_windows
+from fma_genres.runtime import atomic
 from models import MODELS
 from models_utils import CheckpointError
-
 
 
 def find_audio_files(inputs):
@@ -255,4 +255,4 @@ def save_embeddings(path, rows, checkpoint):
               "windows": np.array(windows), "class_names": np.array(checkpoint["class_names"]),
               "model": np.array(checkpoint["model"])}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    utils.atomic_write(Path(path), lambda f: np.savez(f, **arrays))
+    atomic.atomic_write(Path(path), lambda f: np.savez(f, **arrays))

@@ -1,6 +1,6 @@
 """Keep large freed memory in the process: glibc's malloc tuned for CPU training (issue 16).
 
-    import allocator
+    from fma_genres.runtime import allocator
     allocator.keep_large_allocations()   # first thing in a script, before torch allocates anything
 
 Why: glibc's malloc serves every block above its mmap threshold (128 KiB, growing by itself to at most

@@ -14,10 +14,9 @@ import csv
 import io
 from pathlib import Path
 
-import distributed
 import models_utils
-import utils
-from errors import ConfigError
+from fma_genres.runtime import atomic, distributed
+from fma_genres.runtime.errors import ConfigError
 from models_utils import CheckpointError
 
 # On resume the checkpoint's config wins; only these keys may be changed on the command line.
@@ -100,7 +99,7 @@ def save_epoch(config, data, model, optimizer, scheduler, state, position=None):
     writer = csv.DictWriter(text, fieldnames=list(state["history"][0]))
     writer.writeheader()
     writer.writerows(state["history"])
-    utils.atomic_write(out_dir / "history.csv", lambda f: f.write(text.getvalue().encode()))
+    atomic.atomic_write(out_dir / "history.csv", lambda f: f.write(text.getvalue().encode()))
     state["saved_epoch"] = state["epoch"]
 
 

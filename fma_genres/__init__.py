@@ -1,0 +1,1 @@
+"""The FMA genre classification suite, by layer."""
