@@ -1,4 +1,5 @@
-"""Data pipeline: FMA metadata -> audio -> mel-spectrogram (dB) -> DataLoaders over the cache.
+"""Data pipeline: audio -> mel-spectrogram (dB) -> SpecAugment -> DataLoaders over the cache (FMA's metadata:
+fma_genres/data/fma.py).
 
 SPEC.md sections 2, 3 and 5 are the reference. A library for main.py, pre_trained_models.py and
 cache.py (the float16 spectrogram cache, built from clip_spectrogram below); its tests:
@@ -12,8 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fma_genres.runtime import distributed, preemption
-from fma_genres.runtime.errors import AudioError, DataError
+from fma_genres.runtime import preemption
+from fma_genres.runtime.errors import AudioError, ConfigError, DataError
 
 PREPROCESSING = {"sample_rate": 22050, "n_fft": 2048, "hop_length": 512, "n_mels": 128,
                  "n_frames": 1291, "top_db": 80.0}
@@ -283,6 +284,64 @@ class ResumableSampler(Sampler):
         return sampler_items(*self.plan())
 
 
+class ShardSampler(Sampler):
+    """This process's part of every global batch of ``base`` (a ResumableSampler): item j of a
+    batch goes to process j % world_size. Every process thus trains on the same global batches, in the
+    same order and with the same masks, as one process would. ``start`` (in items of the global order,
+    so a mid-epoch checkpoint resumes on any number of processes) and ``generator`` are the base's."""
+
+    def __init__(self, base, batch_size, rank, world_size):
+        self.base, self.batch_size, self.rank, self.world = base, batch_size, rank, world_size
+        rest = len(base) % batch_size
+        if 0 < rest < world_size:
+            better = next(b for b in range(batch_size + world_size, 2 * len(base) + world_size, world_size)
+                          if len(base) % b == 0 or len(base) % b >= world_size)
+            raise ConfigError(f"the training split has {len(base)} examples: with batch_size={batch_size} the last batch "
+                              f"of an epoch holds {rest}, fewer than the {world_size} processes, and one of them would "
+                              f"have none. Choose a batch size that leaves no such remainder (e.g. batch_size={better}).")
+
+    @property
+    def generator(self):
+        return self.base.generator
+
+    @property
+    def start(self):
+        return self.base.start
+
+    @start.setter
+    def start(self, value):
+        self.base.start = value
+
+    def __len__(self):
+        full, rest = divmod(len(self.base), self.batch_size)
+        return full * (self.batch_size // self.world) + len(range(self.rank, rest, self.world))
+
+    def plan(self):
+        """The base's plan (order, mask uniforms or None), cut to this process's items, as __iter__ yields them."""
+        order, masks = self.base.plan()
+        mine = torch.arange(len(order)) % self.batch_size % self.world == self.rank
+        return order[mine], None if masks is None else masks[mine]
+
+    def __iter__(self):
+        return sampler_items(*self.plan())
+
+
+class EvalShard(Sampler):
+    """One contiguous block of whole batches of an evaluation split per process (rank 0 the first), so
+    that gather() restores the split's order and its batches: the same losses to the last bit."""
+
+    def __init__(self, size, batch_size, rank, world_size):
+        batches = -(-size // batch_size)
+        first, end = batches * rank // world_size, batches * (rank + 1) // world_size
+        self.indices = range(first * batch_size, min(end * batch_size, size))
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+
 def class_balanced_weights(labels):
     """Per example, 1 / the number of examples of its class: drawn in proportion to these, every class
     comes up equally often (balanced_sampler)."""
@@ -317,7 +376,7 @@ def make_loaders(cache, splits, batch_size, num_workers=0, standardise=False, au
     draws the training clips class-balanced. The train order (and masks) depend only on
     loaders["train"].sampler.generator, seeded from seed. shard=(rank, processes) under torchrun: this
     process's part of every global batch of batch_size, and its block of the evaluation splits
-    (distributed.ShardSampler, EvalShard)."""
+    (ShardSampler, EvalShard)."""
     unknown = [t for frame in splits.values() for t in frame.index if t not in cache._rows]
     if unknown:
         raise DataError(f"{len(unknown)} tracks of the splits (e.g. {unknown[0]}) are not in the cache "
@@ -340,9 +399,9 @@ def make_loaders(cache, splits, batch_size, num_workers=0, standardise=False, au
             labels = [data.labels[i % len(data.labels)] for i in range(len(data))] if balanced else None
             sampler = train_sampler(len(data), seed, shuffle, augment, augment_masks, labels)
             if processes > 1:
-                sampler = distributed.ShardSampler(sampler, batch_size, rank, processes)
+                sampler = ShardSampler(sampler, batch_size, rank, processes)
         else:
-            sampler = distributed.EvalShard(len(data), batch_size, rank, processes) if processes > 1 else None
+            sampler = EvalShard(len(data), batch_size, rank, processes) if processes > 1 else None
         # The loader draws its worker seeds from a generator of its own, never from torch's global one.
         loaders[name] = DataLoader(data, sampler=sampler, generator=torch.Generator().manual_seed(seed),
                                    batch_size=batch_size // processes if train else batch_size,

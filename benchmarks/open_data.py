@@ -38,7 +38,7 @@ def memory_mib(field):
 
 
 def official_splits(track_ids):
-    """An 80/10/10 training/validation/test split over synthetic labels, through utils.split_tracks."""
+    """An 80/10/10 training/validation/test split over synthetic labels, through fma.split_tracks."""
     names = np.array(["training"] * 8 + ["validation", "test"])
     frame = pd.DataFrame({"label": [t % 8 for t in track_ids],
                           "split": names[np.arange(len(track_ids)) % 10]},

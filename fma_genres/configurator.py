@@ -34,7 +34,7 @@ from fma_genres.training import finetune
 from models import MODELS
 from train import EPOCH_LOSSES
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 # One line of main.py's constants block: name = value  # comment
 CONSTANT_LINE = re.compile(r"^(\w+)\s*=\s*(.+?)\s+#\s?(.*)$")
 RULER = "# " + "-" * 77

@@ -75,7 +75,7 @@ def test_the_users_mmap_threshold_wins():
 
 
 def test_importing_an_entry_point_leaves_the_allocator_alone():
-    code = "import allocator, app, experiments, main, pre_trained_models; print(allocator.status)"
+    code = "from fma_genres.runtime import allocator; import app, experiments, main, pre_trained_models; print(allocator.status)"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.split() == ["not", "called"], result.stderr[-3000:]
 

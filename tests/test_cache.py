@@ -168,7 +168,8 @@ def test_clear_errors_for_missing_audio_and_parameters(fma_small, tmp_path):
 KILLED_BUILD = """
 import json, sys
 import pandas as pd
-import cache, utils
+import utils
+from fma_genres.data import cache
 cache.CHUNK_ROWS, cache.SAVE_EVERY_ROWS = 2, 4  # small steps, so a kill lands mid-build
 paths = json.loads(sys.argv[1])
 tracks = pd.DataFrame({"path": paths}, index=pd.Index(range(1, len(paths) + 1), name="track_id"))
@@ -181,7 +182,7 @@ def test_resume_after_kill_9(fma_small, tmp_path):
     paths = [tracks["path"].iloc[i % 32] for i in range(120)]  # 120 rows, reusing the 32 clips
     reference = {p: clip_spectrogram(p, SMALL)[0] for p in set(paths)}
     build = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, json.dumps(paths), str(tmp_path)],
-                             cwd=Path(mel_cache.__file__).parent, stderr=subprocess.DEVNULL)
+                             cwd=Path(mel_cache.__file__).resolve().parents[2], stderr=subprocess.DEVNULL)
     done, deadline = 0, time.monotonic() + 120
     while done < 12 and build.poll() is None and time.monotonic() < deadline:
         for status_file in tmp_path.glob("small-*/status.npy"):
@@ -239,7 +240,9 @@ def test_refuses_to_start_without_disk_space(fma_small, tmp_path, monkeypatch):
 FULL_DISK_BUILD = """
 import json, subprocess, sys
 import pandas as pd
-import cache, utils
+import utils
+from fma_genres.data import cache
+from fma_genres.runtime.errors import DataError
 cache.SAVE_EVERY_ROWS = 4  # saves progress often, as a long build does
 paths, disk = json.loads(sys.argv[1]), sys.argv[2]
 tracks = pd.DataFrame({"path": paths}, index=pd.Index(range(1, len(paths) + 1), name="track_id"))
@@ -247,7 +250,7 @@ build = lambda: cache.build_cache(tracks, disk, "small", dict(utils.PREPROCESSIN
                                   progress=False)
 try:
     build()
-except utils.DataError as e:
+except DataError as e:
     print("ERROR", e, flush=True)
 subprocess.run(["mount", "-o", "remount,size=4m", disk], check=True)  # the user frees some space
 print("COMPUTED", build().computed, flush=True)
@@ -266,7 +269,7 @@ def test_disk_full_during_the_build_says_so_and_resumes(fma_small, tmp_path):
     probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"no private mount namespace here: {probe.stderr.decode().strip()}")
-    result = subprocess.run(command, cwd=Path(mel_cache.__file__).parent, capture_output=True, text=True,
+    result = subprocess.run(command, cwd=Path(mel_cache.__file__).resolve().parents[2], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
     error = next(line for line in result.stdout.splitlines() if line.startswith("ERROR"))
@@ -341,7 +344,8 @@ def test_a_new_track_list_copies_the_rows_other_folders_have(fma_small, tmp_path
 BUILDER = """
 import json, os, sys, time
 import pandas as pd
-import cache, utils
+import utils
+from fma_genres.data import cache
 paths, root, go, shard = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 tracks = pd.DataFrame({"path": paths}, index=pd.Index(range(1, len(paths) + 1), name="track_id"))
 print("ready", flush=True)
@@ -355,7 +359,7 @@ print("COMPUTED", built.computed, flush=True)
 
 def start_builder(paths, root, go, shard=None):
     builder = subprocess.Popen([sys.executable, "-c", BUILDER, json.dumps(paths), str(root), str(go),
-                                json.dumps(shard)], cwd=Path(mel_cache.__file__).parent,
+                                json.dumps(shard)], cwd=Path(mel_cache.__file__).resolve().parents[2],
                                stdout=subprocess.PIPE, text=True)
     assert builder.stdout.readline().strip() == "ready"
     return builder

@@ -56,7 +56,7 @@ lock.release()
 def test_a_live_holder_makes_others_wait_and_say_so_once(tmp_path, capsys):
     path, released = tmp_path / "folder.lock", tmp_path / "released"
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(released)],
-                              cwd=Path(locks.__file__).parent, stdout=subprocess.PIPE, text=True)
+                              cwd=Path(locks.__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     lock = locks.FileLock(path)
     lock.acquire()

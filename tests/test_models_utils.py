@@ -305,7 +305,6 @@ def test_a_checkpoint_from_a_newer_version_is_refused_with_the_fix(tmp_path):
 
 
 def test_written_files_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):
-    import utils
     path = tmp_path / "best.pt"
     save_checkpoint(make_checkpoint(CNN1D(n_frames=431, n_classes=4)), path)
     assert path.stat().st_mode & 0o777 == 0o666 & ~atomic.UMASK  # e.g. 0644 under the common umask 022

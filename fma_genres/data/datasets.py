@@ -90,7 +90,7 @@ def ensure_fma(config, demo_tracks_per_genre):
 
 def run_download(subset_name, data_dir, complete=False):
     """download_data.sh (it resumes); complete=True: FMA_COMPLETE=1, filling in a partial fma_<subset>/."""
-    script = Path(__file__).resolve().with_name("download_data.sh")
+    script = Path(__file__).resolve().parents[2] / "download_data.sh"  # the repository's
     env = {**os.environ, **({"FMA_COMPLETE": "1"} if complete else {})}
     if subprocess.run(["bash", str(script), subset_name, str(data_dir)], env=env).returncode != 0:
         raise DataError(f"download_data.sh could not fetch fma_{subset_name} into {data_dir} (its message is "
@@ -133,7 +133,7 @@ def missing_files(tracks):
 
 
 def load_fma(config):
-    """FMA's metadata (utils.load_metadata) and its official or random split (utils.split_tracks); with
+    """FMA's metadata (fma.load_metadata) and its official or random split (fma.split_tracks); with
     target=genres_all, every genre of the tree (multilabel.load_fma)."""
     if config.get("target", "genre_top") == "genres_all":
         data = multilabel.load_fma(config, split_seed(config))

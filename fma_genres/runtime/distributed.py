@@ -9,8 +9,8 @@ LOCAL_WORLD_SIZE set; without them (a plain ``python main.py``) there is no proc
 function here acts for the one process. What the processes share:
 
 - data: every process reads the same global order of batches (utils.train_sampler, reseeded per epoch)
-  and trains on its slice of each batch (ShardSampler); batch_size is the global batch. Evaluation
-  splits whole batches into one block per process (EvalShard) and gather() puts them back in order,
+  and trains on its slice of each batch (utils.ShardSampler); batch_size is the global batch. Evaluation
+  splits whole batches into one block per process (utils.EvalShard) and gather() puts them back in order,
   so every figure equals a single-process evaluation.
 - decisions: sync_step() sums each step's loss, examples and correct answers on the device (a NaN
   anywhere stops every process at the same step); agree() takes the strongest stop/save request of the signals
@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Sampler
 
 from fma_genres.runtime.errors import ConfigError, PeerFailed
 
@@ -175,69 +174,6 @@ def launcher():
     except (OSError, StopIteration, ValueError):  # not Linux, or launched another way: what the job looks like
         nodes, per_node = int(os.environ["WORLD_SIZE"]) // local_world_size(), local_world_size()
         return ["torchrun", *(["--standalone"] if nodes == 1 else [f"--nnodes={nodes}"]), f"--nproc_per_node={per_node}"]
-
-
-# -----------------------------------------------------------------------------
-# data
-
-class ShardSampler(Sampler):
-    """This process's part of every global batch of ``base`` (a utils.ResumableSampler): item j of a
-    batch goes to process j % world_size. Every process thus trains on the same global batches, in the
-    same order and with the same masks, as one process would. ``start`` (in items of the global order,
-    so a mid-epoch checkpoint resumes on any number of processes) and ``generator`` are the base's."""
-
-    def __init__(self, base, batch_size, rank, world_size):
-        self.base, self.batch_size, self.rank, self.world = base, batch_size, rank, world_size
-        rest = len(base) % batch_size
-        if 0 < rest < world_size:
-            better = next(b for b in range(batch_size + world_size, 2 * len(base) + world_size, world_size)
-                          if len(base) % b == 0 or len(base) % b >= world_size)
-            raise ConfigError(f"the training split has {len(base)} examples: with batch_size={batch_size} the last batch "
-                              f"of an epoch holds {rest}, fewer than the {world_size} processes, and one of them would "
-                              f"have none. Choose a batch size that leaves no such remainder (e.g. batch_size={better}).")
-
-    @property
-    def generator(self):
-        return self.base.generator
-
-    @property
-    def start(self):
-        return self.base.start
-
-    @start.setter
-    def start(self, value):
-        self.base.start = value
-
-    def __len__(self):
-        full, rest = divmod(len(self.base), self.batch_size)
-        return full * (self.batch_size // self.world) + len(range(self.rank, rest, self.world))
-
-    def plan(self):
-        """The base's plan (order, mask uniforms or None), cut to this process's items, as __iter__ yields them."""
-        order, masks = self.base.plan()
-        mine = torch.arange(len(order)) % self.batch_size % self.world == self.rank
-        return order[mine], None if masks is None else masks[mine]
-
-    def __iter__(self):
-        import utils  # here, not at the top: utils imports this module
-
-        return utils.sampler_items(*self.plan())
-
-
-class EvalShard(Sampler):
-    """One contiguous block of whole batches of an evaluation split per process (rank 0 the first), so
-    that gather() restores the split's order and its batches: the same losses to the last bit."""
-
-    def __init__(self, size, batch_size, rank, world_size):
-        batches = -(-size // batch_size)
-        first, end = batches * rank // world_size, batches * (rank + 1) // world_size
-        self.indices = range(first * batch_size, min(end * batch_size, size))
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __iter__(self):
-        return iter(self.indices)
 
 
 # -----------------------------------------------------------------------------

@@ -22,6 +22,11 @@ class AudioError(DataError):
     """An audio file that cannot be decoded, is empty or is too short."""
 
 
+class UsageError(Exception):
+    """A problem the user must fix before anything can run (a command's wrong options or unusable input);
+    str() is the whole message, which the command prints with exit status 2."""
+
+
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -44,8 +49,3 @@ class DiskFullError(OSError):
 def format_bytes(n):
     """1.50 GiB or 12.3 MiB: sizes in messages."""
     return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
-
-
-class UsageError(Exception):
-    """A problem the user must fix before anything can run (a command's wrong options or unusable input);
-    str() is the whole message, which the command prints with exit status 2."""
