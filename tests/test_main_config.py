@@ -165,6 +165,14 @@ def test_valid_choices_come_from_the_registries_that_define_them():
     assert configurator.CHOICES["split"] == fma.SPLIT_MODES and configurator.CHOICES["mask_draw"] == utils.MASK_DRAWS
 
 
+def test_main_pys_defaults_read_from_its_file_are_its_config():
+    """experiments.py runs main.py and never imports it: it reads main.py's constants with script_defaults,
+    which must give exactly main.CONFIG (every key, its value and type, in order)."""
+    defaults = configurator.script_defaults(Path(main.__file__))
+    assert defaults == main.CONFIG and list(defaults) == list(main.CONFIG)
+    assert [type(value) for value in defaults.values()] == [type(value) for value in main.CONFIG.values()]
+
+
 def test_help_prints_every_key_with_its_default_and_comment():
     result = subprocess.run([sys.executable, "main.py", "--help"], cwd=ROOT, capture_output=True, text=True,
                             stdin=subprocess.DEVNULL)
