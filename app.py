@@ -9,9 +9,9 @@ checkpoint's model, genres and training summary. Built with Gradio, an optional 
     python app.py --checkpoint=runs/crnn/latest/best.pt --port=8080 --max_mb=50 --top_k=5
 
 The page is served on 127.0.0.1 only (this computer), with Gradio's analytics and share links off, so
-nothing leaves the machine. The genres come from pre_trained_models.py's own code (inference.py's load_predictor,
-window_outputs, predict, shown_genres), so a file gets exactly the genres
-`python pre_trained_models.py --checkpoint=... FILE` prints; the pictures are plots.py's, as --plot
+nothing leaves the machine. The genres come from pre_trained_models.py's own code (load_predictor,
+window_outputs, predict and shown_genres of fma_genres/inference/predict.py), so a file gets exactly the
+genres `python pre_trained_models.py --checkpoint=... FILE` prints; the pictures are plots.py's, as --plot
 draws them. A file over --max_mb is refused by the server while it arrives (nothing is stored);
 one that cannot be used (not audio, empty, truncated) gets a message on the page, and the server goes on
 serving. Each upload predicts only its new files, below the session's earlier results; a session's

@@ -1,6 +1,6 @@
 """Predict the genres of audio files with a trained model, write their embeddings, export the model to
-ONNX, or evaluate a checkpoint on FMA's test split. The command line only: the work is in inference.py
-(windows, batching, embeddings), export.py (ONNX) and evaluate_checkpoint.py (--evaluate).
+ONNX, or evaluate a checkpoint on FMA's test split. The command line only: the work is in fma_genres/inference/:
+predict.py (windows, batching, embeddings), export.py (ONNX) and evaluation.py (--evaluate).
 
 Each track is cut into windows as wide as the model's input (hop: half a window by default), each
 window's own stretch of audio is turned into dB by training's clip function (utils.mel_spectrogram_db:
@@ -24,7 +24,7 @@ every genre's probability; --evaluate reports the multi-label metrics (multilabe
     python pre_trained_models.py --checkpoint=../shared/reference/original_weights/CRNN.pt --model=crnn song.mp3
     # the original's use of this script: metrics.json and figures for the test split
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --evaluate=True   # its own data_dir and split
-    # per track, the input of the model's last Linear layer averaged over windows (inference.py lists the sizes)
+    # per track, the input of the model's last Linear layer averaged over windows (fma_genres/inference/predict.py lists the sizes)
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --embeddings=music.npz music/
     # an ensemble: the mean of the members' probabilities (same genres and preprocessing; --evaluate: same split)
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --checkpoint=runs/cnn1d/latest/best.pt song.mp3
@@ -184,7 +184,7 @@ def run_export(args):
 
 
 # -----------------------------------------------------------------------------
-# evaluation on the test split (evaluate_checkpoint.py)
+# evaluation on the test split (fma_genres/inference/evaluation.py)
 
 def run_evaluation(args):
     """Evaluate the checkpoint (or the ensemble of --checkpoint's) on the test split it was trained with."""

@@ -29,9 +29,8 @@ import run as bench  # benchmarks/run.py (this folder is first on sys.path); it 
 import torch
 
 import utils  # noqa: E402
-from fma_genres.data import cache as mel_cache  # noqa: E402
-from fma_genres.data import preload  # noqa: E402
-from fma_genres.runtime import atomic
+from fma_genres.data import cache as mel_cache, preload  # noqa: E402
+from fma_genres.runtime import atomic  # noqa: E402
 
 SIZES = {
     "full": dict(clips=(200, 2000), n_frames=1291, batch_size=50, epochs=6, import_rounds=7, warm_imports=True),

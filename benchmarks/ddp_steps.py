@@ -17,10 +17,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fma_genres.runtime import distributed  # noqa: E402
+from fma_genres.runtime import devices, distributed  # noqa: E402
 from models import build_model  # noqa: E402
 from train import train  # noqa: E402
-from fma_genres.runtime import devices
 
 
 def main(model_name, batch_size, n_frames, steps, threads=None):

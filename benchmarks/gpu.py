@@ -48,17 +48,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from fma_genres.inference import audio_windows  # noqa: E402
-from fma_genres.data import cache as mel_cache  # noqa: E402
-from fma_genres import configurator  # noqa: E402
-from fma_genres.inference import predict  # noqa: E402
 import main  # noqa: E402
 import utils  # noqa: E402
-from models import MODELS  # noqa: E402
+from fma_genres import configurator  # noqa: E402
+from fma_genres.data import cache as mel_cache  # noqa: E402
 from fma_genres.data.preload import preloaded  # noqa: E402
+from fma_genres.inference import audio_windows, predict  # noqa: E402
+from fma_genres.runtime import atomic  # noqa: E402
+from models import MODELS  # noqa: E402
 from test import test  # noqa: E402
 from train import train  # noqa: E402
-from fma_genres.runtime import atomic
 
 PARTS = ("t", "a", "b", "c", "d", "e")
 SIZES = {

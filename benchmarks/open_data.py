@@ -22,9 +22,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fma_genres.data import cache as mel_cache  # noqa: E402
 import utils  # noqa: E402
-from fma_genres.data import fma
+from fma_genres.data import cache as mel_cache, fma  # noqa: E402
 
 BATCH_SIZE = 50
 

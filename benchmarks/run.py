@@ -56,14 +56,13 @@ import pandas as pd  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
-from fma_genres.data import cache as mel_cache  # noqa: E402
-from fma_genres.inference import predict  # noqa: E402
 import utils  # noqa: E402
+from fma_genres.data import cache as mel_cache, fma  # noqa: E402
+from fma_genres.inference import predict  # noqa: E402
+from fma_genres.runtime import atomic  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 from models_utils import compile_model  # noqa: E402
 from train import train  # noqa: E402
-from fma_genres.runtime import atomic
-from fma_genres.data import fma
 
 PARTS = ("cache", "loading", "training", "predict", "ddp", "allocator")
 SIZES = {

@@ -23,15 +23,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # as pytest.ini's pythonpath, for the script
-from fma_genres.data import cache as mel_cache  # noqa: E402
-from fma_genres.inference import predict  # noqa: E402
 import models_utils  # noqa: E402
 import utils  # noqa: E402
+from fma_genres.data import cache as mel_cache  # noqa: E402
+from fma_genres.data.preload import preloaded  # noqa: E402
+from fma_genres.inference import predict  # noqa: E402
+from fma_genres.runtime import atomic  # noqa: E402
 from host_reads import host_reads  # noqa: E402
 from models import build_model  # noqa: E402
-from fma_genres.data.preload import preloaded  # noqa: E402
 from train import train  # noqa: E402
-from fma_genres.runtime import atomic
 
 try:
     import pytest

@@ -292,9 +292,10 @@ def small_disk(tmp_path):
 
 def test_a_full_disk_stops_with_the_space_needed_and_keeps_a_resumable_last_pt(data_dir, two_epochs, small_disk,
                                                                                 tmp_path):
-    size = (two_epochs / "last.pt").stat().st_size
-    # Room for epoch 1's best.pt, last.pt, history.csv and splits.csv, not for epoch 2's next checkpoint.
-    out_dir = small_disk(2 * size + size // 2)
+    size, best = (two_epochs / "last.pt").stat().st_size, (two_epochs / "best.pt").stat().st_size
+    # Room for epoch 1's best.pt (no resume state: about a third of last.pt), last.pt, history.csv and
+    # splits.csv, and for epoch 2's best.pt beside them, not for its last.pt beside the previous one.
+    out_dir = small_disk(best + size + size // 2)
     argv = args(data_dir, out_dir, "--epochs=2")
     message = error_of(argv)
     assert f"the disk holding {out_dir} is full: writing " in message
