@@ -24,10 +24,10 @@ WATCH_LOG_FREQ = 10  # batches between gradient and parameter histograms: the or
 # synthetic. A user's own recordings are uploaded only with upload_audio=True.
 SHAREABLE_AUDIO = ("fma", "demo")
 # Keys that change where or how a run executes and logs, not what it learns: left out of run names.
-NOT_IN_NAME = {"model", "seed", "data_dir", "cache_dir", "download", "allow_partial", "cache_workers", "num_workers", "device",
-               "compile", "out_dir", "overwrite", "resume", "save_interval", "demo", "prepare_only", "log_interval",
-               "wandb_project", "wandb_mode", "wandb_group", "watch", "hardest_clips", "upload_audio",
-               "upload_checkpoints"}
+NOT_IN_NAME = {"model", "seed", "data_dir", "cache_dir", "download", "allow_partial", "cache_workers", "num_workers",
+               "preload", "device", "amp", "compile", "out_dir", "overwrite", "resume", "save_interval", "demo",
+               "prepare_only", "log_interval", "wandb_project", "wandb_mode", "wandb_group", "watch",
+               "hardest_clips", "upload_audio", "upload_checkpoints"}
 # history.csv column -> W&B key of the per-epoch row
 EPOCH_KEYS = {"epoch": "train/epoch", "train_loss": "train/epoch_loss", "train_accuracy": "train/accuracy",
               "lr": "train/lr", "seconds": "train/epoch_seconds", "val_loss": "val/loss", "val_accuracy": "val/accuracy"}
