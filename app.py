@@ -1,5 +1,6 @@
 """A local web page for trying a trained model on your own music: upload songs (several at once) or record
-from the microphone, and see for each its top genres as bars, the mel-spectrogram the model saw, for a
+from the microphone, and see for each its top genres as bars, the mel-spectrogram the model saw, for a import 
+
 track longer than one window the genre probabilities over time, and an audio player. A header names the
 checkpoint's model, genres and training summary. Built with Gradio, an optional dependency:
 
@@ -9,32 +10,31 @@ checkpoint's model, genres and training summary. Built with Gradio, an optional 
 
 The page is served on 127.0.0.1 only (this computer), with Gradio's analytics and share links off, so
 nothing leaves the machine. The genres come from pre_trained_models.py's own code (load_predictor,
-window_outputs, inference.predict, shown_genres), so a file gets exactly the genres
-`python pre_trained_models.py --checkpoint=... FILE` prints; the pictures are plots.py's, as --plot
+window_outputs, predict and shown_genres of fma_genres/inference/predict.py), so a file gets exactly the
+genres `python pre_trained_models.py --checkpoint=... FILE` prints; the pictures are plots.py's, as --plot
 draws them. A file over --max_mb is refused by the server while it arrives (nothing is stored);
 one that cannot be used (not audio, empty, truncated) gets a message on the page, and the server goes on
 serving. Each upload predicts only its new files, below the session's earlier results; a session's
 uploads are deleted when its tab closes. Uploads are predicted one at a time through a queue of at
 most --max_queue waiting; beyond it a user is told the page is busy.
 """
-import os
-
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported: no calls home
-
 import argparse
 import html
 import json
+import os
 import shutil
 import sys
 import threading
 from pathlib import Path
 
-import inference
+from fma_genres.runtime import allocator
+from fma_genres.inference import predict
 import models_utils
-import plots
-import pre_trained_models as ptm
+from fma_genres.reporting import plots
+from fma_genres.runtime.errors import ConfigError
 from models import MODELS
 from models_utils import CheckpointError
+from fma_genres.runtime import devices
 
 INSTALL_HINT = "pip install -r requirements-app.txt"
 # Gradio's default theme loads its fonts from Google; the page must work offline.
@@ -81,17 +81,17 @@ def analyse(paths, model, checkpoint, top_k=None, device="cpu"):
     """One dict per file: name, path, error (None when predicted), predictions [(label, p)] and figure."""
     paths = [Path(p) for p in paths]
     results = [{"name": p.name, "path": str(p), "error": None, "predictions": None, "figure": None} for p in paths]
-    hop = inference.default_hop(checkpoint)  # pre_trained_models.py's default
+    hop = predict.default_hop(checkpoint)  # pre_trained_models.py's default
     recorder = plots.WindowRecorder(hop)
     # num_workers=0: the windows are decoded in this process (the page serves one request at a time)
-    predicted = inference.predict(model, checkpoint, paths, hop, device=device,
-                                  outputs=ptm.window_outputs(checkpoint), on_window=recorder)
+    predicted = predict.predict(model, checkpoint, paths, hop, device=device,
+                                  outputs=predict.window_outputs(checkpoint), on_window=recorder)
     for k, (result, (_, probabilities, _, error)) in enumerate(zip(results, predicted)):
         windows = recorder.pop(k)
         if error:
             result["error"] = error
             continue
-        result["predictions"] = ptm.shown_genres(probabilities, checkpoint, top_k)
+        result["predictions"] = predict.shown_genres(probabilities, checkpoint, top_k)
         result["figure"] = plots.track_figure(None, *windows, checkpoint, hop)  # the page names the track
     return results
 
@@ -200,7 +200,7 @@ def parse_args(argv=None):
     parser.add_argument("--max_mb", type=float, default=200.0, help="largest audio file accepted, in MB")
     parser.add_argument("--max_queue", type=int, default=20, help="uploads waiting to be predicted at most; "
                         "more are told the page is busy")
-    parser.add_argument("--top_k", type=int, help=f"genres shown per track (default {ptm.DEFAULT_TOP_K}); multi-label: "
+    parser.add_argument("--top_k", type=int, help=f"genres shown per track (default {predict.DEFAULT_TOP_K}); multi-label: "
                         "the genres above their thresholds unless given")
     parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, ...")
     args = parser.parse_args(argv)
@@ -211,15 +211,16 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported: no calls home
     try:
-        import gradio as gr
+        import gradio as gr  # here: an optional dependency, and seconds of start-up
     except ImportError:
         print(f"error: app.py needs Gradio, which the core install leaves out: {INSTALL_HINT}", file=sys.stderr)
         return 2
     try:
-        args.device = ptm.choose_device(args.device)
-        model, checkpoint = ptm.load_predictor(args.checkpoint, args.model, args.device)
-    except (ptm.UsageError, CheckpointError) as error:
+        args.device = devices.pick_device(args.device)
+        model, checkpoint = predict.load_predictor(args.checkpoint, args.model, args.device)
+    except (ConfigError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     page = build_page(gr, model, checkpoint, args)
@@ -237,4 +238,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    allocator.keep_large_allocations()  # as pre_trained_models.py: prediction keeps freed tensors (allocator.py)
     sys.exit(main())

@@ -35,19 +35,17 @@ import subprocess
 import sys
 import threading
 import time
+from functools import lru_cache
 from pathlib import Path
 
-import child_processes
-import configurator
-import datasets
-import main
-import models_utils
-import seed_summary
-import studies
-import utils
-import wandb_logging
-from configurator import fail
-from locks import FileLock
+from fma_genres import configurator
+from fma_genres.data import datasets
+from fma_genres.experiments import seed_summary, studies
+from fma_genres.reporting import wandb_logging
+from fma_genres.runtime import atomic, child_processes
+from fma_genres.runtime.errors import ConfigError
+from fma_genres.runtime.figures import pyplot
+from fma_genres.runtime.locks import FileLock
 
 # The search space: key -> a list (categorical) or {"low", "high", "log"} (ints if both bounds are ints).
 # A key fixed by the config file or a --key=value is left out; --space=FILE.py replaces it with FILE.py's SPACE.
@@ -67,6 +65,23 @@ POLL_SECONDS = 0.2  # how often a running main.py's history.csv is read
 # Median pruning from the 3rd trial on (2 finished ones give a median), from the first epoch.
 PRUNER_STARTUP_TRIALS = 2
 STOP = threading.Event()  # set by Ctrl-C or SIGTERM (STOP.signum): running main.py processes are stopped and saved
+MAIN_PY, PREDICT_PY = Path(__file__).with_name("main.py"), Path(__file__).with_name("pre_trained_models.py")
+
+
+def fail(message):
+    """Stop the experiment with a one-paragraph message and exit status 1, no traceback."""
+    raise SystemExit(f"error: {message}")
+
+
+@lru_cache(maxsize=1)
+def main_defaults():
+    """main.py's CONFIG, read from its constants block (an entry point is run, never imported)."""
+    return configurator.script_defaults(MAIN_PY)
+
+
+def main_config(overrides):
+    """main.py's config for ``overrides``, resolved and checked as main.py resolves it."""
+    return configurator.make_config(overrides, main_defaults())
 
 
 class TrialError(Exception):
@@ -82,7 +97,7 @@ class Interrupted(Exception):
 
 def main_command(main_args, **keys):
     """python main.py <the fixed config file and overrides> --key=value for ``keys``."""
-    return [sys.executable, str(Path(__file__).with_name("main.py")), *main_args,
+    return [sys.executable, str(MAIN_PY), *main_args,
             *(f"--{key}={value}" for key, value in keys.items())]
 
 
@@ -164,7 +179,7 @@ def load_space(path):
         space = namespace.get("SPACE")
     for key, choice in (space or {}).items():
         ranged = isinstance(choice, dict) and {"low", "high"} <= set(choice) and set(choice) <= {"low", "high", "log"}
-        if key not in main.CONFIG or key in MANAGED or not (ranged or isinstance(choice, list) and choice):
+        if key not in main_defaults() or key in MANAGED or not (ranged or isinstance(choice, list) and choice):
             fail(f"search space {path or 'SPACE'}: {key!r}: {choice!r} is not valid. Each key must be one of "
                  f"main.py's (not {', '.join(MANAGED)}), with a list of values or {{'low': .., 'high': .., 'log': ..}}.")
     if not space:
@@ -175,9 +190,9 @@ def load_space(path):
 def fixed_keys(main_args):
     """main.py's keys that ``main_args`` fix -> where: "by <config file>" or "on the command line"."""
     config_file, overrides = configurator.split_arguments(main_args)
-    from_file = configurator.read_config_file(config_file, main.CONFIG) if config_file else {}
+    from_file = configurator.read_config_file(config_file, main_defaults()) if config_file else {}
     return {**{key: f"by {config_file}" for key in from_file},
-            **{key: "on the command line" for key in configurator.parse_overrides(overrides, main.CONFIG)}}
+            **{key: "on the command line" for key in configurator.parse_overrides(overrides, main_defaults())}}
 
 
 def search_space(space_file, main_args):
@@ -330,7 +345,7 @@ def tune(opts, main_args, config):
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=states))
     if done < opts["trials"]:
-        config = main.make_config(configurator.parse_command_line(main_args, main.CONFIG, "main.py")[0])
+        config = main_config(configurator.parse_command_line(main_args, main_defaults(), "main.py")[0])
         fixed = [key for key in SPACE if key not in space] if not opts["space"] else []
         print(f"study {opts['name']}: searches {', '.join(space)}{'; fixed: ' + ', '.join(fixed) if fixed else ''}; "
               f"{done} of {opts['trials']} trials finished; runs in {opts['dir']}/trial_<n>", flush=True)
@@ -354,20 +369,20 @@ def report(study, opts):
     folder = Path(opts["dir"])
     folder.mkdir(parents=True, exist_ok=True)
     frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
-    utils.atomic_write(folder / "trials.csv", lambda f: f.write(frame.to_csv(index=False).encode()))
+    atomic.atomic_write(folder / "trials.csv", lambda f: f.write(frame.to_csv(index=False).encode()))
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         print(f"study {opts['name']}: no finished trial yet; {folder}/trials.csv lists them.")
         return
     best = max(complete, key=lambda t: t.value)
     main_args = study.user_attrs["main_args"]
-    keys = {**configurator.parse_command_line(main_args, main.CONFIG, "main.py")[0], **best.params}
-    config = main.make_config(keys)  # the study's, whatever this command gave
+    keys = {**configurator.parse_command_line(main_args, main_defaults(), "main.py")[0], **best.params}
+    config = main_config(keys)  # the study's, whatever this command gave
     command = " ".join(["python main.py", *main_args, *(f"--{k}={v}" for k, v in best.params.items())])
     text = (f"# The best trial ({best.number}, val {config['select_metric']} {best.value:.4f}) of study "
             f"{opts['name']}, as a main.py config:\n#   python main.py {folder / 'best_config.py'}\n# or: {command}\n"
             + "".join(f"{key} = {value!r}\n" for key, value in keys.items()))
-    utils.atomic_write(folder / "best_config.py", lambda f: f.write(text.encode()))
+    atomic.atomic_write(folder / "best_config.py", lambda f: f.write(text.encode()))
     figures = {"optimization_history.png": plots.plot_optimization_history}
     if len(complete) > 1:
         figures["param_importances.png"] = plots.plot_param_importances
@@ -382,7 +397,7 @@ def report(study, opts):
 
 def save_figure(path, draw, study):
     """One of Optuna's matplotlib figures as a PNG, or None (with a note) when it cannot be drawn."""
-    plt = models_utils.pyplot()  # headless
+    plt = pyplot()  # headless
     try:
         axes = draw(study)
     except (ValueError, RuntimeError) as error:  # e.g. importances of parameters that never varied
@@ -390,7 +405,7 @@ def save_figure(path, draw, study):
         return None
     figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
     figure.tight_layout()
-    utils.atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+    atomic.atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=100, bbox_inches="tight"))
     plt.close(figure)
     return path
 
@@ -442,13 +457,12 @@ def parse_seeds(text):
 def ensemble_of_seeds(folder, config, seeds):
     """The seeds' reported checkpoints as one ensemble on the test split (pre_trained_models.py
     --evaluate); its metrics.json, or None when it could not be evaluated."""
-    import pre_trained_models
-
     checkpoints = [f"--checkpoint={folder / f'seed_{seed}' / (config['report_epoch'] + '.pt')}" for seed in seeds]
     args = [*checkpoints, "--evaluate=True", f"--data_dir={config['data_dir']}",
             f"--out_dir={folder / 'ensemble'}", "--num_workers=0",
             *([f"--cache_dir={config['cache_dir']}"] if config["cache_dir"] else [])]
-    if pre_trained_models.main(args) != 0:
+    sys.stdout.flush()  # this command's lines before the evaluation's
+    if subprocess.run([sys.executable, str(PREDICT_PY), *args]).returncode != 0:
         print("note: the ensemble of the seeds could not be evaluated (see the error above).", file=sys.stderr)
         return None
     return read_metrics(folder / "ensemble")
@@ -459,7 +473,7 @@ def ensemble_of_seeds(folder, config, seeds):
 
 def parse(argv):
     """(command, experiments.py's options, main.py's arguments, the resolved main.py config)."""
-    asks_help = any(a in ("-h", "--help") for a in argv)
+    asks_help = configurator.asks_help(argv)
     if asks_help or not argv or argv[0] not in ("tune", "repeat"):
         print(__doc__ + "\nmain.py's keys: python main.py --help")
         raise SystemExit(0 if asks_help else 2)
@@ -472,8 +486,8 @@ def parse(argv):
             fail(f"--{key} is set by experiments.py for each run (<dir>/trial_<n> or seed_<s>); use --dir=FOLDER.")
         else:
             main_args.append(arg)
-    overrides, _ = configurator.parse_command_line(main_args, main.CONFIG, "main.py")
-    config = main.make_config(overrides)
+    overrides, _ = configurator.parse_command_line(main_args, main_defaults(), "main.py")
+    config = main_config(overrides)
     opts["name"] = opts["name"] or f"{command}_{config['model']}"
     opts["dir"] = opts["dir"] or str(Path("runs") / "experiments" / opts["name"])
     if command == "repeat" and config["target"] == "genres_all":
@@ -491,7 +505,15 @@ def stop_runs(signum, frame):
 
 
 def run(argv=None):
-    command, opts, main_args, config = parse(sys.argv[1:] if argv is None else list(argv))
+    try:
+        return experiment(sys.argv[1:] if argv is None else list(argv))
+    except ConfigError as error:  # main.py's keys or a config file, refused by configurator
+        fail(str(error))
+
+
+def experiment(argv):
+    """The tune or repeat command that ``argv`` asks for; returns the exit status."""
+    command, opts, main_args, config = parse(argv)
     STOP.clear()
     handlers = {number: signal.signal(number, stop_runs) for number in (signal.SIGINT, signal.SIGTERM)}
     try:

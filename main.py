@@ -15,10 +15,6 @@ Writes last.pt, best.pt, metrics.json, history.csv and PNG figures to out_dir (d
 runs/<model>/<date-time>, with runs/<model>/latest pointing at the newest run) and logs the run to
 Weights & Biases (offline unless an API key is configured).
 """
-import allocator
-
-allocator.keep_large_allocations()  # before numpy and torch allocate: glibc keeps freed tensors (allocator.py)
-
 import random
 import sys
 import time
@@ -27,22 +23,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import cache as mel_cache
-import configurator
-import datasets
-import distributed
-import finetune
 import models_utils
-import multilabel
-import preemption
-import run_state
 import utils
-import wandb_logging
-from configurator import fail
-from models import MODELS, build_model
+from fma_genres import configurator, multilabel
+from fma_genres.data import cache as mel_cache, datasets
+from fma_genres.data.preload import preloaded  # a function: main's key `preload` would shadow the module
+from fma_genres.reporting import wandb_logging
+from fma_genres.runtime import allocator, devices, distributed, errors, preemption
+from fma_genres.runtime.errors import ConfigError, PeerFailed
+from fma_genres.runtime.preemption import Preempted, RunSignals
+from fma_genres.training import finetune, run_state
+from models import build_model
 from models_utils import CheckpointError
-from preemption import Preempted, RunSignals
-from preload import preloaded  # a function: main's key `preload` would shadow the module
 from test import evaluate, test  # the project's test.py (it comes first on sys.path), not the stdlib package
 from train import EPOCH_LOSSES, NonFiniteLossError, continue_epoch, epoch_position, train
 
@@ -100,7 +92,7 @@ out_dir = ""                 # checkpoints and reports; "" = a new runs/<model>/
 overwrite = False            # allow a new run in an out_dir that already holds one (its files are replaced)
 resume = False               # continue <out_dir>/last.pt (out_dir "": the latest run of the model): exact
 save_interval = 0            # optimiser steps between mid-epoch saves of last.pt; 0 = at epoch ends only
-demo = False                 # the synthetic demo dataset (data/demo), offline, with the demo settings (DEMO; the end of --help)
+demo = False                 # the synthetic demo dataset (data/demo), offline, with configurator.DEMO's settings (the end of --help)
 prepare_only = False         # download and build the cache, print its summary, exit
 wandb_project = "MusicGenreClassificationDefinitive"  # the original's W&B project
 wandb_mode = None            # online | offline | disabled; None: $WANDB_MODE, else online iff an API key is set
@@ -113,109 +105,12 @@ upload_checkpoints = True    # the reported checkpoint (best.pt, or last.pt) as 
 CONFIG = {k: v for k, v in globals().items()
           if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}
 
-# With demo=True these replace the defaults of keys not given on the command line. The demo dataset
-# (demo_data.py) has 80 clips of 30 s, 64/8/8 train/val/test. Batch 8 gives 8 optimiser steps an epoch;
-# 25 epochs reach at least 0.75 test accuracy on any CPU (tests/test_demo_data.py checks it; 0.875 on a
-# 2-core AMD EPYC, 2026-12); ~5 s an epoch with freed memory kept (allocator.py).
-DEMO = {"data_dir": "data/demo", "epochs": 25, "batch_size": 8, "download": False, "compile": "False"}
-# The demo with target=genres_all: its own folder (clips with sub-genres, demo_data.py), whose sub-genres
-# have 2-3 training clips each.
-DEMO_GENRES_ALL = {"data_dir": "data/demo_genres_all", "min_genre_tracks": 2}
-# compile=auto compiles these models, in channels_last layout. Measured on a 2-core CPU with freed
-# memory kept (allocator.py; benchmarks/results_training.md): CRNN training steps 1.50x faster, CNN2D
-# 1.20x, after an 11-29 s compile repaid within 21 steps (an fma_small epoch has 128), and the compiled
-# CRNN peaks at 8.8 GB where the eager one reaches 13 GB; CNN1D 0.75x, hence off. The demo's few short
-# epochs never repay the compile time.
-COMPILED_MODELS = ("crnn", "cnn2d")
 DEMO_TRACKS_PER_GENRE = 10
 RUNS_ROOT = Path("runs")  # runs/<model>/<date-time>/, runs/<model>/latest -> the newest
-# Valid values of the keys that take a name, from the registries that define them.
-CHOICES = {"dataset": tuple(datasets.DATASETS), "subset": utils.SUBSETS, "split": utils.SPLIT_MODES, "model": tuple(MODELS),
-           "target": multilabel.TARGETS,
-           "freeze": finetune.FREEZE, "init": tuple(models_utils.INITIALISERS), "epoch_loss": tuple(EPOCH_LOSSES),
-           "augment_masks": utils.AUGMENT_MASKS,
-           "select_metric": models_utils.SELECT_METRICS + multilabel.SELECT_METRICS, "mask_draw": utils.MASK_DRAWS, "report_epoch": ("best", "last"),
-           "wandb_mode": (None, "online", "offline", "disabled")}
 
 
 # -----------------------------------------------------------------------------
 # configuration
-
-def make_config(overrides, defaults=CONFIG):
-    """Defaults, then the demo settings (with demo=True), then the overrides (config file and
-    command line); names, ranges and the auto keys resolved and checked."""
-    config = dict(defaults)
-    if overrides.get("demo", defaults["demo"]):
-        config.update(DEMO, **(DEMO_GENRES_ALL if overrides.get("target") == "genres_all" else {}))
-    config.update(overrides)
-    # W&B's watch hooks would make torch.compile recompile at every step, hence no auto compile with watch
-    config["compile"] = resolve_auto(config, "compile", config["model"] in COMPILED_MODELS and not config["watch"])
-    config["standardise"] = resolve_auto(config, "standardise", not config["faithful"])
-    config["upload_audio"] = resolve_auto(config, "upload_audio", wandb_logging.audio_shareable(config))
-    config["preload"] = resolve_auto(config, "preload", "auto")  # decided by build_data, by the memory free
-    config["amp"] = resolve_auto(config, "amp", "auto")  # decided by run, by the device
-    if config["select_metric"] == "auto":
-        config["select_metric"] = "pr_auc_macro" if config["target"] == "genres_all" else "accuracy"
-    for key, valid in CHOICES.items():
-        if config[key] not in valid:
-            fail(f"{key}={config[key]!r} is not valid: choose one of {', '.join(map(str, valid))}.")
-    problem = multilabel.config_problem(config, models_utils.SELECT_METRICS)
-    if problem:
-        fail(problem)
-    for key in ("epochs", "batch_size", "n_frames", "log_interval"):
-        if config[key] < 1:
-            fail(f"{key} must be at least 1, got {config[key]}.")
-    if config["balanced_sampler"] and not config["shuffle"]:
-        fail("balanced_sampler=True draws a new class-balanced sample every epoch; it cannot keep shuffle=False's "
-             "fixed order. Drop one of them.")
-    for key, zero in (("save_interval", "epoch ends only"), ("hardest_clips", "no table")):
-        if config[key] < 0:
-            fail(f"{key} must be 0 ({zero}) or more, got {config[key]}.")
-    for key in ("num_workers", "cache_workers"):
-        if config[key] < -1 or config[key] == 0 and key == "cache_workers":
-            fail(f"{key}={config[key]} is not valid: -1 (auto) or a number of processes"
-                 f"{' (at least 1)' if key == 'cache_workers' else ''}.")
-    if not (config["lr"] > 0 and 0 < config["train_size"] < 1 and config["weight_decay"] >= 0):
-        fail("lr must be > 0, weight_decay >= 0 and train_size between 0 and 1.")
-    if not (config["val_size"] > 0 and config["test_size"] > 0 and config["val_size"] + config["test_size"] < 1):
-        fail(f"val_size and test_size must be > 0 and leave tracks for training (sum < 1), got "
-             f"{config['val_size']} and {config['test_size']}.")
-    if config["freeze"] != "none" and not config["init_from"]:
-        fail(f"freeze={config['freeze']} needs init_from=<a trained checkpoint>: frozen random layers learn nothing.")
-    return config
-
-
-def demo_help():
-    """The demo settings, for --help."""
-    def options(settings):
-        return " ".join(f"--{key}={value}" for key, value in settings.items())
-    return (f"\nWith --demo=True, keys not given on the command line take the demo settings: {options(DEMO)}; "
-            f"with --target=genres_all also {options(DEMO_GENRES_ALL)}.")
-
-
-def resolve_auto(config, key, auto_value):
-    """A key taking auto/True/False as a bool: "auto" means ``auto_value``."""
-    text = str(config[key]).lower()
-    if text == "auto":
-        return auto_value
-    if text in ("true", "1", "false", "0"):
-        return text in ("true", "1")
-    fail(f"{key}={config[key]!r} is not valid: choose auto, True or False.")
-
-
-def pick_device(name):
-    """The torch device for ``name``; "auto" prefers CUDA, then Apple MPS, then the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-        torch.empty(1, device=device)
-    except (RuntimeError, AssertionError) as error:
-        fail(f"device={name!r} cannot be used ({str(error).splitlines()[0]}). Use device=auto or cpu.")
-    if device.type == "cpu":  # the cores this process may use, not the host's (its share under torchrun)
-        torch.set_num_threads(utils.cpu_share())
-    return device
-
 
 def reseed(seed, epoch=0, loader=None):
     """Seed python, numpy, torch and the loader's shuffling from (seed, epoch)."""
@@ -236,7 +131,7 @@ def loader_workers(requested, device):
     and loads in the main process on a CPU, whose cores the model already uses."""
     if requested >= 0:
         return requested
-    return min(4, max(1, utils.available_cpus() - 1)) if device.type == "cuda" else 0
+    return min(4, max(1, devices.available_cpus() - 1)) if device.type == "cuda" else 0
 
 
 def build_data(config, device):
@@ -250,7 +145,7 @@ def build_data(config, device):
     preprocessing = finetune.checked_preprocessing(config, {**utils.PREPROCESSING, "n_frames": config["n_frames"]})
     # Under torchrun each process of a machine decodes its share of the chunks, then waits for the rest.
     cache = mel_cache.build_cache(tracks, dataset["cache_root"], dataset["identity"], preprocessing,
-                                  workers=config["cache_workers"] if config["cache_workers"] > 0 else utils.cpu_share(),
+                                  workers=config["cache_workers"] if config["cache_workers"] > 0 else devices.cpu_share(),
                                   progress=distributed.is_main(),
                                   shard=(distributed.local_rank(), distributed.local_world_size()))
     if config["prepare_only"]:  # build_cache has printed the cache's summary
@@ -289,7 +184,7 @@ def build_training(config, data, device, checkpoint=None, overrides=()):
     try:
         model = models_utils.init_weights(build_model(config["model"], **model_args), config["init"])
     except ValueError as error:
-        fail(str(error))
+        raise ConfigError(str(error)) from None
     if config["init_from"] and checkpoint is None:  # a resumed run has its own weights
         finetune.load_features(model, config["init_from"], config["model"], data["class_names"])
     model = finetune.freeze(model, config["freeze"]).to(device)
@@ -305,10 +200,10 @@ def build_training(config, data, device, checkpoint=None, overrides=()):
 
 def compiled(config, raw_model, backend="inductor"):
     """raw_model as config["compile"] runs it: compiled (the first steps pay the compile time; see
-    COMPILED_MODELS), the 4-D models in channels_last layout, which speeds their convolutions."""
+    configurator.COMPILED_MODELS), the 4-D models in channels_last layout, which speeds their convolutions."""
     if not config["compile"]:
         return raw_model
-    if config["model"] in COMPILED_MODELS:
+    if config["model"] in configurator.COMPILED_MODELS:
         raw_model.to(memory_format=torch.channels_last)
     return models_utils.compile_model(raw_model, backend)
 
@@ -413,8 +308,8 @@ def run(config, overrides, provenance):
     checkpoint = None
     if config["resume"]:
         checkpoint, config = run_state.load_resume(config, overrides)
-    device = pick_device(distributed.local_device(config["device"]))
-    config["amp"] = resolve_auto(config, "amp", device.type == "cuda")  # bf16 autocast: this project's GPU recipe
+    device = devices.pick_device(distributed.local_device(config["device"]))
+    config["amp"] = configurator.resolve_auto(config, "amp", device.type == "cuda")  # bf16 autocast: this project's GPU recipe
     data = build_data(config, device)
     if data is None:
         return 0
@@ -430,7 +325,8 @@ def run(config, overrides, provenance):
         if line:
             print(line)
     model = distributed.wrap(compiled(config, raw_model), raw_model, device, config["sync_batchnorm"])
-    defaults = make_config({"demo": config["demo"], "model": config["model"]})  # W&B names runs by what differs
+    # W&B names a run by the keys that differ from these defaults
+    defaults = configurator.make_config({"demo": config["demo"], "model": config["model"]}, CONFIG)
     wandb_log = (wandb_logging.start(config, state, raw_model, n_parameters, defaults) if distributed.is_main()
                  else wandb_logging.WandbLog(None))
     exit_code = 1
@@ -452,10 +348,24 @@ def run(config, overrides, provenance):
 
 
 def main(argv=None):
-    """Parse ``argv`` (default sys.argv[1:]), run, and turn every expected failure into a clear exit."""
+    """Parse ``argv`` (default sys.argv[1:]), run, and turn every expected failure into a clear exit:
+    its message on stderr and status 1 (the library raises them; this entry point ends the process)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    overrides, config_file = configurator.parse_command_line(argv, CONFIG, __file__, demo_help())
-    config = make_config(overrides)
+    if configurator.asks_help(argv):
+        print(configurator.help_text(__file__, CONFIG, configurator.demo_help()))
+        return 0
+    try:
+        return train_command(argv)
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+    except PeerFailed:  # rank 0 (or a machine's first process) failed and says why
+        sys.exit(1)
+
+
+def train_command(argv):
+    """The run ``argv`` asks for, from its configuration to its exit status."""
+    overrides, config_file = configurator.parse_command_line(argv, CONFIG, __file__)
+    config = configurator.make_config(overrides, CONFIG)
     with distributed.joined(config):  # under torchrun: this process joins the job; a plain run: nothing
         if not config["prepare_only"]:
             config["out_dir"] = distributed.from_main(configurator.prepare_out_dir, config, RUNS_ROOT,
@@ -472,20 +382,19 @@ def main(argv=None):
                            f"build resumes).", file=sys.stderr)
             return getattr(interrupt, "exit_code", 130)
         except NonFiniteLossError as error:  # every process stopped at the same step: rank 0 says why
-            if distributed.is_main():
-                fail(str(error))
-            sys.exit(1)
-        except (CheckpointError, utils.DataError) as error:
-            fail(distributed.named(str(error)))
-        except utils.DiskFullError as error:  # a checkpoint, report or split file (the cache's is a DataError)
+            sys.exit(f"error: {error}" if distributed.is_main() else 1)
+        except (CheckpointError, errors.DataError) as error:
+            sys.exit(f"error: {distributed.named(str(error))}")
+        except errors.DiskFullError as error:  # a checkpoint, report or split file (the cache's is a DataError)
             go_on = (f"Then continue the run with: {run_state.resume_command(argv, config_file, config['out_dir'])}"
                      if (Path(config["out_dir"]) / "last.pt").is_file() else "Then rerun the same command.")
-            fail(distributed.named(f"{error} {go_on}"))
+            sys.exit(f"error: {distributed.named(f'{error} {go_on}')}")
         except RuntimeError as error:
             if not distributed.peer_lost(error):
                 raise
-            fail(distributed.lost_peer_message(error))
+            sys.exit(f"error: {distributed.lost_peer_message(error)}")
 
 
 if __name__ == "__main__":
+    allocator.keep_large_allocations()  # before the run allocates: glibc keeps freed tensors (allocator.py)
     distributed.exit_process(main)

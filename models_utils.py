@@ -12,10 +12,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-import multilabel
-import preemption
-from models import build_model
-from utils import atomic_write
+from fma_genres import multilabel
+from fma_genres.data.fma import FMA_SMALL_GENRES
+from fma_genres.runtime import preemption
+from fma_genres.runtime.atomic import atomic_write
+from fma_genres.runtime.figures import pyplot
+from models import MODELS, build_model
+from utils import PREPROCESSING
 
 CHECKPOINT_FORMAT = "fma-genre-classifier"
 CHECKPOINT_VERSION = 2
@@ -175,15 +178,42 @@ def model_from_checkpoint(checkpoint, device="cpu"):
     return model.to(device).eval()
 
 
+def read_bare_state_dict(path, device="cpu"):
+    """The original project's checkpoint format: a plain dict of tensors without a "format" key, else None."""
+    try:
+        state_dict = torch.load(path, map_location=device, weights_only=True)
+    except Exception:  # load_checkpoint has already explained why the file cannot be read
+        return None
+    if (isinstance(state_dict, dict) and state_dict and "format" not in state_dict
+            and all(isinstance(v, torch.Tensor) for v in state_dict.values())):
+        return state_dict
+    return None
+
+
+def original_checkpoint(state_dict, model_name, path):
+    """A checkpoint dict describing the original's bare weights: FMA small genres, faithful forward pass."""
+    if model_name is None:
+        fits = [name for name in MODELS if weights_fit(name, {"state_dict": state_dict, "model_args": {}})]
+        hint = f" (these weights fit --model={fits[0]})" if fits else ""
+        raise CheckpointError(f"{path} is a bare state_dict (the original project's format), which does not "
+                              f"say which model it belongs to: add --model=cnn1d|crnn{hint}.")
+    model_args = {"n_mels": PREPROCESSING["n_mels"], "n_frames": PREPROCESSING["n_frames"],
+                  "n_classes": len(FMA_SMALL_GENRES), "faithful": True}
+    return make_checkpoint(model_name, model_args, state_dict, FMA_SMALL_GENRES, PREPROCESSING,
+                           {"mean": None, "std": None})
+
+
+def weights_fit(name, checkpoint):
+    """Whether checkpoint's state_dict loads into model `name` (used only to suggest the right --model)."""
+    try:
+        MODELS[name](**checkpoint["model_args"]).load_state_dict(checkpoint["state_dict"])
+        return True
+    except (RuntimeError, TypeError, ValueError):
+        return False
+
+
 # -----------------------------------------------------------------------------
 # figures
-
-def pyplot():
-    """matplotlib.pyplot, headless: imported when the first figure is drawn, not at start-up (~0.35 s)."""
-    import matplotlib
-    matplotlib.use("Agg")  # figures are saved to PNG and sent to W&B, never shown
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def plot_confusion_matrix(cm, class_names, normalize=False):
@@ -313,7 +343,7 @@ def save_report(out_dir, metrics, targets, probabilities, class_names, history=N
     written = [out_dir / "metrics.json"]
     atomic_write(written[0], lambda f: f.write(text.encode()))
     if metrics.get("target") == "genres_all":  # multi-label: no confusion matrix; AP per genre, PR curves
-        import multilabel_report  # matplotlib with it: at the first figure, not at start-up
+        from fma_genres import multilabel_report  # matplotlib with it: at the first figure, not at start-up
         figures = multilabel_report.figures(metrics, targets, probabilities)
     else:
         cm = metrics.get("confusion_matrix") or classification_metrics(targets, probabilities, class_names)[

@@ -1,6 +1,6 @@
 """Predict the genres of audio files with a trained model, write their embeddings, export the model to
-ONNX, or evaluate a checkpoint on FMA's test split. The command line only: the work is in inference.py
-(windows, batching, embeddings), export.py (ONNX) and evaluate_checkpoint.py (--evaluate).
+ONNX, or evaluate a checkpoint on FMA's test split. The command line only: the work is in fma_genres/inference/:
+predict.py (windows, batching, embeddings), export.py (ONNX) and evaluation.py (--evaluate).
 
 Each track is cut into windows as wide as the model's input (hop: half a window by default), each
 window's own stretch of audio is turned into dB by training's clip function (utils.mel_spectrogram_db:
@@ -24,7 +24,7 @@ every genre's probability; --evaluate reports the multi-label metrics (multilabe
     python pre_trained_models.py --checkpoint=../shared/reference/original_weights/CRNN.pt --model=crnn song.mp3
     # the original's use of this script: metrics.json and figures for the test split
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --evaluate=True   # its own data_dir and split
-    # per track, the input of the model's last Linear layer averaged over windows (inference.py lists the sizes)
+    # per track, the input of the model's last Linear layer averaged over windows (fma_genres/inference/predict.py lists the sizes)
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --embeddings=music.npz music/
     # an ensemble: the mean of the members' probabilities (same genres and preprocessing; --evaluate: same split)
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --checkpoint=runs/cnn1d/latest/best.pt song.mp3
@@ -34,10 +34,6 @@ every genre's probability; --evaluate reports the multi-label metrics (multilabe
 Exit status: 0 when every file was predicted (or embedded, or the export verified), 1 when any failed
 (each failure has an error line on stderr), 2 for a usage error (bad checkpoint, no audio files, ...).
 """
-import allocator
-
-allocator.keep_large_allocations()  # before torch allocates: evaluation keeps freed tensors (allocator.py)
-
 import argparse
 import csv
 import io
@@ -45,106 +41,21 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
 from tqdm import tqdm
 
-import evaluate_checkpoint
-import export
-import inference
-import models_utils
-import multilabel
-import plots
 import utils
-from main import pick_device  # cuda, then mps, then cpu; a clear error for an unusable device
+from fma_genres import multilabel
+from fma_genres.data import fma
+from fma_genres.inference import evaluation, export, predict
+from fma_genres.reporting import plots
+from fma_genres.runtime import allocator, atomic, devices, errors
+from fma_genres.runtime.errors import ConfigError, UsageError
 from models import MODELS
-from configurator import UsageError
 from models_utils import CheckpointError
 
 
 # -----------------------------------------------------------------------------
-# model loading
-
-def load_predictor(path, model_name=None, device="cpu"):
-    """(model in eval mode, checkpoint dict) from a checkpoint of this project or an original bare state_dict.
-
-    Both are read with torch.load(weights_only=True), so a checkpoint can never run code.
-    """
-    try:
-        checkpoint = models_utils.load_checkpoint(path, device)
-    except CheckpointError:
-        state_dict = read_bare_state_dict(path, device)
-        if state_dict is None:
-            raise
-        checkpoint = original_checkpoint(state_dict, model_name, path)
-    if model_name is not None and model_name != checkpoint["model"]:
-        raise CheckpointError(f"{path} holds a {checkpoint['model']!r} model but --model={model_name} was given. "
-                              f"Drop --model (this project's checkpoints name their model) or give the right one.")
-    try:
-        model = models_utils.model_from_checkpoint(checkpoint, device)
-    except CheckpointError:
-        fits = [name for name in MODELS if name != checkpoint["model"] and weights_fit(name, checkpoint)]
-        hint = f" They fit --model={fits[0]}." if fits else ""
-        raise CheckpointError(f"The weights in {path} do not fit model {checkpoint['model']!r} "
-                              f"{checkpoint['model_args']}.{hint}") from None
-    normalisation = checkpoint["normalisation"]
-    if normalisation.get("mean") is not None:
-        model = Standardised(model, normalisation["mean"], normalisation["std"])
-    return model, checkpoint
-
-
-class Standardised(torch.nn.Module):
-    """A model trained on standardised dB (faithful=False) made to take raw dB like every other model."""
-
-    def __init__(self, model, mean, std):
-        super().__init__()
-        self.model, self.mean, self.std = model, float(mean), float(std)
-
-    def forward(self, x):
-        return self.model((x - self.mean) / self.std)
-
-
-def read_bare_state_dict(path, device="cpu"):
-    """The original project's checkpoint format: a plain dict of tensors without a "format" key, else None."""
-    try:
-        state_dict = torch.load(path, map_location=device, weights_only=True)
-    except Exception:  # load_checkpoint has already explained why the file cannot be read
-        return None
-    if (isinstance(state_dict, dict) and state_dict and "format" not in state_dict
-            and all(isinstance(v, torch.Tensor) for v in state_dict.values())):
-        return state_dict
-    return None
-
-
-def original_checkpoint(state_dict, model_name, path):
-    """A checkpoint dict describing the original's bare weights: FMA small genres, faithful forward pass."""
-    if model_name is None:
-        fits = [name for name in MODELS if weights_fit(name, {"state_dict": state_dict, "model_args": {}})]
-        hint = f" (these weights fit --model={fits[0]})" if fits else ""
-        raise CheckpointError(f"{path} is a bare state_dict (the original project's format), which does not "
-                              f"say which model it belongs to: add --model=cnn1d|crnn{hint}.")
-    model_args = {"n_mels": utils.PREPROCESSING["n_mels"], "n_frames": utils.PREPROCESSING["n_frames"],
-                  "n_classes": len(utils.FMA_SMALL_GENRES), "faithful": True}
-    return models_utils.make_checkpoint(model_name, model_args, state_dict, utils.FMA_SMALL_GENRES,
-                                        utils.PREPROCESSING, {"mean": None, "std": None})
-
-
-def weights_fit(name, checkpoint):
-    """Whether checkpoint's state_dict loads into model `name` (used only to suggest the right --model)."""
-    try:
-        MODELS[name](**checkpoint["model_args"]).load_state_dict(checkpoint["state_dict"])
-        return True
-    except (RuntimeError, TypeError, ValueError):
-        return False
-
-
-# -----------------------------------------------------------------------------
 # output
-
-def top_k(probabilities, class_names, k):
-    order = np.argsort(-probabilities, kind="stable")[:k]
-    return [(class_names[j], float(probabilities[j])) for j in order]
-
 
 def table_line(path, predictions, path_width, genre_width):
     return f"{str(path):<{path_width}}" + "".join(f"  {genre:<{genre_width}} {p:5.3f}" for genre, p in predictions)
@@ -159,42 +70,20 @@ def write_csv(path, rows, class_names):
         values = [""] * len(class_names) if probabilities is None else [f"{p:.6f}" for p in probabilities]
         writer.writerow([str(track), n_windows, *values, error or ""])
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    utils.atomic_write(Path(path), lambda f: f.write(text.getvalue().encode()))
-
-
-def choose_device(name):
-    """main.pick_device, its refusal of an unusable device being a usage error here (exit status 2)."""
-    try:
-        return pick_device(name)
-    except SystemExit as refusal:
-        raise UsageError(str(refusal.code).removeprefix("error: ")) from None
-
-
-def window_outputs(checkpoint):
-    """What inference.predict takes from the model for each window of this checkpoint's tracks: genre
-    probabilities, independent sigmoids for a multi-label checkpoint (target=genres_all)."""
-    return inference.sigmoid_probabilities if checkpoint.get("target") == "genres_all" else inference.probabilities
-
-
-def shown_genres(probabilities, checkpoint, k):
-    """[(label, probability)]: what a track's prediction shows (--plot's bars, app.py's page). Multi-label:
-    the genres above their thresholds as tree paths, most specific first, or the k most probable (k given)."""
-    if checkpoint.get("target") == "genres_all":
-        return multilabel.predicted_genres(probabilities, checkpoint["genres"], k)
-    return top_k(probabilities, checkpoint["class_names"], k or DEFAULT_TOP_K)
+    atomic.atomic_write(Path(path), lambda f: f.write(text.getvalue().encode()))
 
 
 def audio_files(inputs, task):
-    files = inference.find_audio_files(inputs)
+    files = predict.find_audio_files(inputs)
     if not files:
         raise UsageError(f"No audio files to {task} in {' '.join(inputs)}: give audio files or folders "
                          f"containing {', '.join(sorted(utils.AUDIO_EXTENSIONS))} files.")
     return files
 
 
-def each_track(args, model, checkpoint, files, device, outputs=inference.probabilities, on_window=None):
+def each_track(args, model, checkpoint, files, device, outputs=predict.probabilities, on_window=None):
     """inference.predict's results, with a progress bar on many files and an error line for each failure."""
-    results = inference.predict(model, checkpoint, files, args.hop, args.max_windows, args.batch_size, device,
+    results = predict.predict(model, checkpoint, files, args.hop, args.max_windows, args.batch_size, device,
                                 min(args.num_workers, len(files)), outputs, on_window)
     for track, vector, n_windows, error in tqdm(results, total=len(files), unit="track",
                                                 disable=len(files) < 10 or None, file=sys.stderr):
@@ -211,7 +100,7 @@ def exit_status(failed, total, what):
 
 def load_members(args, device):
     """[(path, model, checkpoint)] of every --checkpoint given."""
-    return [(path, *load_predictor(path, args.model, device)) for path in args.checkpoints]
+    return [(path, *predict.load_predictor(path, args.model, device)) for path in args.checkpoints]
 
 
 def as_one_model(members):
@@ -222,41 +111,41 @@ def as_one_model(members):
         raise UsageError("an ensemble averages softmax probabilities of one genre per clip; multi-label checkpoints "
                          "(target=genres_all) cannot form one yet: give one --checkpoint.")
     try:
-        return inference.ensemble(members)
+        return predict.ensemble(members)
     except ValueError as error:
         raise UsageError(str(error)) from None
 
 
 def run_prediction(args):
     """Predict every file named on the command line (with an ensemble's mean probabilities); returns the exit status."""
-    device = choose_device(args.device)
+    device = devices.pick_device(args.device)
     model, checkpoint = as_one_model(load_members(args, device))
     files = audio_files(args.inputs, "predict")
     class_names = checkpoint["class_names"]
     path_width, genre_width = max(len(str(f)) for f in files), max(map(len, class_names))
     multi = checkpoint.get("target") == "genres_all"
-    k = args.top_k or DEFAULT_TOP_K
-    hop = args.hop or inference.default_hop(checkpoint)
+    k = args.top_k or predict.DEFAULT_TOP_K
+    hop = args.hop or predict.default_hop(checkpoint)
     recorder = plots.WindowRecorder(hop) if args.plot else None
     rows, figure_names = [], set()
     for track, probabilities, n_windows, error in each_track(args, model, checkpoint, files, device,
-                                                             window_outputs(checkpoint), recorder):
+                                                             predict.window_outputs(checkpoint), recorder):
         rows.append((track, probabilities, n_windows, error))
         windows = recorder.pop(len(rows) - 1) if recorder else None  # a failed file's windows are dropped too
         if error:
             continue
         if recorder:
             figure = plots.track_figure(track.name, *windows, checkpoint, hop,
-                                        shown_genres(probabilities, checkpoint, args.top_k))
+                                        predict.shown_genres(probabilities, checkpoint, args.top_k))
             plots.save_png(figure, Path(args.plot) / plots.png_name(track, figure_names))
         if multi:
             tqdm.write(multilabel.prediction_line(track, probabilities, checkpoint, args.top_k, args.json), file=sys.stdout)
         elif args.json:
             predictions = [{"genre": genre, "probability": round(p, 6)}
-                           for genre, p in top_k(probabilities, class_names, k)]
+                           for genre, p in predict.top_k(probabilities, class_names, k)]
             tqdm.write(json.dumps({"path": str(track), "predictions": predictions}), file=sys.stdout)
         else:
-            line = table_line(track, top_k(probabilities, class_names, k), path_width, genre_width)
+            line = table_line(track, predict.top_k(probabilities, class_names, k), path_width, genre_width)
             tqdm.write(line, file=sys.stdout)
     if args.output:
         write_csv(args.output, rows, class_names)
@@ -265,13 +154,13 @@ def run_prediction(args):
 
 def run_embeddings(args):
     """Write the embedding of every file named on the command line to args.embeddings; returns the exit status."""
-    device = choose_device(args.device)
-    model, checkpoint = load_predictor(args.checkpoint, args.model, device)
+    device = devices.pick_device(args.device)
+    model, checkpoint = predict.load_predictor(args.checkpoint, args.model, device)
     files = audio_files(args.inputs, "embed")
     rows = [(track, vector, n_windows) for track, vector, n_windows, error
-            in each_track(args, model, checkpoint, files, device, inference.embeddings) if error is None]
+            in each_track(args, model, checkpoint, files, device, predict.embeddings) if error is None]
     if rows:
-        inference.save_embeddings(args.embeddings, rows, checkpoint)
+        predict.save_embeddings(args.embeddings, rows, checkpoint)
         print(f"{args.embeddings}: {len(rows)} embeddings of size {rows[0][1].size} (the input of "
               f"{checkpoint['model']}'s last Linear layer, averaged over windows)", file=sys.stderr)
     return exit_status(len(files) - len(rows), len(files), "embedded")
@@ -279,7 +168,7 @@ def run_embeddings(args):
 
 def run_export(args):
     """Write the checkpoint's model as ONNX to args.export, checked against PyTorch; returns the exit status."""
-    model, checkpoint = load_predictor(args.checkpoint, args.model)
+    model, checkpoint = predict.load_predictor(args.checkpoint, args.model)
     if checkpoint.get("target") == "genres_all":
         raise UsageError(f"{args.checkpoint} is a multi-label model (target=genres_all): the ONNX graph gives softmax "
                          f"probabilities of one genre per clip, which would be wrong for it. Export a single-label model.")
@@ -295,22 +184,21 @@ def run_export(args):
 
 
 # -----------------------------------------------------------------------------
-# evaluation on the test split (evaluate_checkpoint.py)
+# evaluation on the test split (fma_genres/inference/evaluation.py)
 
 def run_evaluation(args):
     """Evaluate the checkpoint (or the ensemble of --checkpoint's) on the test split it was trained with."""
-    device = choose_device(args.device)
+    device = devices.pick_device(args.device)
     members = load_members(args, device)
-    args.data_dir = args.data_dir or evaluate_checkpoint.recorded_data_dir(members)
-    settings = evaluate_checkpoint.shared_split_settings(args, members)
-    return evaluate_checkpoint.report(args, members, *as_one_model(members), settings, device)
+    args.data_dir = args.data_dir or evaluation.recorded_data_dir(members)
+    settings = evaluation.shared_split_settings(args, members)
+    return evaluation.report(args, members, *as_one_model(members), settings, device)
 
 
 # -----------------------------------------------------------------------------
 # command line
 
 BOOLEAN_FLAGS = ("json", "evaluate")
-DEFAULT_TOP_K = 3  # genres shown per track of a single-label model
 
 
 def expand_boolean_flags(argv, parser):
@@ -333,7 +221,7 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint", required=True, action="append", dest="checkpoints",
                         help="a .pt written by main.py, or an original bare state_dict; several: their ensemble")
     parser.add_argument("--model", choices=sorted(MODELS), help="model of a bare state_dict (original weights)")
-    parser.add_argument("--top_k", type=int, help=f"genres shown per track (default {DEFAULT_TOP_K}); multi-label: "
+    parser.add_argument("--top_k", type=int, help=f"genres shown per track (default {predict.DEFAULT_TOP_K}); multi-label: "
                                                   f"the K most probable instead of those above their thresholds")
     parser.add_argument("--hop", type=int, help="frames between window starts (default: half a window)")
     parser.add_argument("--max_windows", type=int, help="at most this many evenly spaced windows per track")
@@ -342,7 +230,7 @@ def parse_args(argv=None):
     parser.add_argument("--output", help="CSV file for all genre probabilities per track")
     parser.add_argument("--plot", metavar="DIR", help="write a PNG per track into DIR: genres, spectrogram, timeline")
     parser.add_argument("--batch_size", type=int, default=32, help="windows per forward pass")
-    parser.add_argument("--num_workers", type=int, default=max(1, min(8, utils.available_cpus() - 1)),
+    parser.add_argument("--num_workers", type=int, default=max(1, min(8, devices.available_cpus() - 1)),
                         help="audio decoding processes (default: one core left for the model)")
     parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
     parser.add_argument("--embeddings", metavar="FILE.npz", help="write each file's embedding instead of its genres")
@@ -352,8 +240,8 @@ def parse_args(argv=None):
     parser.add_argument("--data_dir", help="with --evaluate: folder with fma_metadata/ and fma_<subset>/, or the "
                                            "genre folder or CSV of a folder or csv dataset (default: the checkpoint's)")
     # The test split is the checkpoint's own (its training config); these are for the original's weights.
-    parser.add_argument("--subset", choices=utils.SUBSETS, help="with --evaluate: FMA subset (default: the checkpoint's)")
-    parser.add_argument("--split", choices=utils.SPLIT_MODES, help="with --evaluate: (default: the checkpoint's)")
+    parser.add_argument("--subset", choices=fma.SUBSETS, help="with --evaluate: FMA subset (default: the checkpoint's)")
+    parser.add_argument("--split", choices=fma.SPLIT_MODES, help="with --evaluate: (default: the checkpoint's)")
     parser.add_argument("--seed", type=int, help="with --evaluate and a random split (default: the checkpoint's)")
     parser.add_argument("--train_size", type=float, help="with --evaluate and a random split (default: the checkpoint's)")
     parser.add_argument("--cache_dir", help="with --evaluate: spectrogram cache (default: <data_dir>/cache)")
@@ -385,10 +273,11 @@ def main(argv=None):
            else run_embeddings if args.embeddings else run_prediction)
     try:
         return run(args)
-    except (UsageError, CheckpointError, utils.DataError, utils.DiskFullError) as error:
+    except (UsageError, ConfigError, CheckpointError, errors.DataError, errors.DiskFullError) as error:  # --device too
         print(f"error: {error}", file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":
+    allocator.keep_large_allocations()  # before the model allocates: evaluation keeps freed tensors (allocator.py)
     sys.exit(main())

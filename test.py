@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import distributed
 import models_utils
-import multilabel
+from fma_genres import multilabel
+from fma_genres.runtime import distributed
 from train import batch_loss, mark_batch_dynamic
 
 
@@ -28,7 +28,7 @@ def test(model, loader, device, amp=False, desc="eval", gather=None):
 
     Returns {"loss", "batch_loss", "accuracy", "examples", "targets" (N,), "predictions" (N,),
     "probabilities" (N, C)} with NumPy arrays in loader order. Under torchrun each process evaluates
-    its block of whole batches (distributed.EvalShard) and ``gather`` (distributed.gather) puts every
+    its block of whole batches (utils.EvalShard) and ``gather`` (distributed.gather) puts every
     process's batches back in order: the result is then the whole split's, in every process.
     """
     model.eval()

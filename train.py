@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import distributed
-
+from fma_genres.runtime import distributed
 
 EPOCH_LOSSES = {"per_example": "loss", "per_batch": "batch_loss"}  # config epoch_loss -> result key
 

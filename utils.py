@@ -1,32 +1,23 @@
-"""Data pipeline: FMA metadata -> audio -> mel-spectrogram (dB) -> DataLoaders over the cache.
+"""Data pipeline: audio -> mel-spectrogram (dB) -> SpecAugment -> DataLoaders over the cache (FMA's metadata:
+fma_genres/data/fma.py).
 
 SPEC.md sections 2, 3 and 5 are the reference. A library for main.py, pre_trained_models.py and
 cache.py (the float16 spectrogram cache, built from clip_spectrogram below); its tests:
 python -m pytest tests/test_utils*.py -q
 """
-import errno
-import io
 import math
-import os
-import shutil
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-import distributed
-import preemption
+from fma_genres.runtime import preemption
+from fma_genres.runtime.errors import AudioError, ConfigError, DataError
 
 PREPROCESSING = {"sample_rate": 22050, "n_fft": 2048, "hop_length": 512, "n_mels": 128,
                  "n_frames": 1291, "top_db": 80.0}
-FMA_SMALL_GENRES = ["Electronic", "Experimental", "Folk", "Hip-Hop", "Instrumental",
-                    "International", "Pop", "Rock"]
-SUBSETS = ("small", "medium", "large")  # ('set','subset') is the smallest subset a track is in
-SPLITS = {"train": "training", "val": "validation", "test": "test"}
 
 # A clip decoding to fewer than 90% of the window's frames (26.98 s of the 29.98 s window) is broken;
 # a clip between 90% and 100% is padded at the end with its own minimum dB (its silence floor).
@@ -42,56 +33,6 @@ MASK_DRAWS = ("inclusive", "original")
 # When masks are drawn. per_epoch: fresh masks for every epoch; fixed: one masked copy of each clip,
 # drawn once, as the original made its augmented copies before training.
 AUGMENT_MASKS = ("per_epoch", "fixed")
-SPLIT_MODES = ("official", "random")
-
-
-UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it) and put back
-os.umask(UMASK)
-
-
-def available_cpus():
-    """The cores this process may run on: its CPU affinity (taskset, SLURM, containers), not the host's."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
-
-def cpu_share():
-    """The cores this process should keep busy: available_cpus(), split evenly among the processes that
-    torchrun started on this machine (all of them for a plain run)."""
-    return max(1, available_cpus() // distributed.local_world_size())
-
-
-class DataError(Exception):
-    """A problem with the user's data; str() is a one-paragraph message naming the file and the fix."""
-
-
-class AudioError(DataError):
-    """An audio file that cannot be decoded, is empty or is too short."""
-
-
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-class DiskFullError(OSError):
-    """A file that did not fit the free space of its disk (ENOSPC); str() is the one-paragraph message, to
-    which the entry point adds how to go on (main.py: the command that resumes the run)."""
-
-    def __init__(self, path, needed, free):
-        super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        self.path, self.needed, self.free = Path(path), needed, free
-
-    def __str__(self):
-        needed = f"needs {format_bytes(self.needed)}" if self.needed else "did not fit"
-        return (f"the disk holding {self.path.parent} is full: writing {self.path.name} {needed} but "
-                f"{format_bytes(self.free)} is free there. {self.path.name} and the files written before are "
-                f"as they were (each write goes to a temporary file, renamed into place only once complete). "
-                f"Free some space there, or move the folder to a bigger disk.")
-
-
-def format_bytes(n):
-    """1.50 GiB or 12.3 MiB: sizes in messages."""
-    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
 
 
 # ----------------------------------------------------------------------------- audio
@@ -197,139 +138,8 @@ def clip_spectrogram(path, preprocessing=PREPROCESSING):
 
 # ----------------------------------------------------------------------------- metadata
 
-def audio_path(data_dir, subset, track_id):
-    tid = f"{int(track_id):06d}"
-    return Path(data_dir) / f"fma_{subset}" / tid[:3] / f"{tid}.mp3"
-
-
-def _read_metadata_csv(path, data_dir, subset, **read_csv_args):
-    if not path.is_file():
-        raise DataError(f"{path} not found. Download FMA with `bash download_data.sh {subset} {data_dir}` "
-                        f"(or unzip fma_metadata.zip there), or run offline on the demo dataset with "
-                        f"`python main.py --demo=True`.")
-    try:
-        return pd.read_csv(path, **read_csv_args)
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DataError(f"{path} is not a readable FMA metadata CSV ({e}). Download fma_metadata.zip "
-                        f"again with download_data.sh.") from e
-
-
-def load_metadata(data_dir, subset="small"):
-    """Tracks of the subset with a top genre: DataFrame (index track_id; path, genre, label, split,
-    artist_id) and the alphabetical class names (label = index)."""
-    if subset not in SUBSETS:
-        raise DataError(f"Unknown FMA subset '{subset}': choose one of {', '.join(SUBSETS)}.")
-    meta = Path(data_dir) / "fma_metadata"
-    tracks_csv, genres_csv = meta / "tracks.csv", meta / "genres.csv"
-    tracks = _read_metadata_csv(tracks_csv, data_dir, subset, index_col=0, header=[0, 1])
-    genres = _read_metadata_csv(genres_csv, data_dir, subset, index_col=0)
-    needed = [("set", "subset"), ("set", "split"), ("track", "genre_top"), ("artist", "id")]
-    missing = [c for c in needed if c not in tracks.columns]
-    if missing or "title" not in genres.columns:
-        raise DataError(f"{tracks_csv if missing else genres_csv} lacks the FMA columns "
-                        f"{missing or ['title']}: it is not FMA's metadata (tracks.csv needs two header "
-                        f"rows). Download fma_metadata.zip again with download_data.sh.")
-    rank = tracks[("set", "subset")].map({name: i for i, name in enumerate(SUBSETS)})
-    chosen = tracks[(rank <= SUBSETS.index(subset)) & tracks[("track", "genre_top")].notna()]
-    if chosen.empty:
-        raise DataError(f"{tracks_csv} has no track with a top genre in subset '{subset}' (subset values "
-                        f"found: {sorted(tracks[('set', 'subset')].dropna().unique())}).")
-    unknown = set(chosen[("track", "genre_top")]) - set(genres["title"])
-    if unknown:
-        raise DataError(f"{tracks_csv} uses genres missing from {genres_csv}: {sorted(unknown)}. The "
-                        f"metadata files do not belong together; download fma_metadata.zip again.")
-    class_names = sorted(chosen[("track", "genre_top")].unique())
-    ids = chosen.index.astype(int)
-    frame = pd.DataFrame({
-        "path": [str(audio_path(data_dir, subset, t)) for t in ids],
-        "genre": chosen[("track", "genre_top")].to_numpy(),
-        "split": chosen[("set", "split")].to_numpy(),
-        "artist_id": chosen[("artist", "id")].astype(int).to_numpy(),
-    }, index=pd.Index(ids, name="track_id"))
-    frame.insert(2, "label", frame["genre"].map(class_names.index).astype(int))
-    return frame, class_names
-
-
-def split_tracks(tracks, mode="official", train_size=0.8, seed=0):
-    """{"train", "val", "test"} frames: FMA's official artist-filtered split, or the original's random
-    stratified split whose held-out part serves as both val and test."""
-    if mode == "official":
-        splits = {key: tracks[tracks["split"] == name] for key, name in SPLITS.items()}
-        empty = [SPLITS[key] for key, frame in splits.items() if frame.empty]
-        if empty:
-            raise DataError(f"The official split has no {' or '.join(empty)} tracks in this selection "
-                            f"({len(tracks)} tracks); use the random split (--split=random) instead.")
-        return splits
-    if mode == "random":
-        from sklearn.model_selection import train_test_split  # here: scikit-learn takes ~0.9 s to import
-
-        try:
-            train, held_out = train_test_split(tracks, train_size=train_size, random_state=seed,
-                                               stratify=tracks["label"])
-        except ValueError as e:
-            raise DataError(f"Cannot split {len(tracks)} tracks at random with train_size={train_size} "
-                            f"stratified by genre ({e}); use more tracks or the official split.") from e
-        # train keeps train_test_split's order: the original's fixed training order (shuffle=False)
-        return {"train": train, "val": held_out.sort_index(), "test": held_out.sort_index()}
-    raise ValueError(f"Unknown split mode '{mode}': choose one of {', '.join(SPLIT_MODES)}.")
-
 
 # ----------------------------------------------------------------------------- files
-
-def atomic_write(path, write):
-    """Call ``write(file)`` on a temp file beside ``path``, fsync it, then rename it over ``path``:
-    a crash or Ctrl-C never leaves a half-written file under the real name. Used for every file the
-    project writes (cache status and report, checkpoints, metrics, history, figures, CSVs)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        if hasattr(os, "fchmod"):  # POSIX: mkstemp's 0600 would hide checkpoints and reports from a group
-            os.fchmod(fd, 0o666 & ~UMASK)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        Path(tmp).unlink(missing_ok=True)
-        full = disk_full(path, write, error)
-        if full:
-            raise full from error
-        raise
-
-
-class _ByteCounter(io.RawIOBase):
-    """A file that only counts the bytes written to it."""
-
-    def __init__(self):
-        self.size = 0
-
-    def writable(self):
-        return True
-
-    def write(self, data):
-        written = memoryview(data).nbytes
-        self.size += written
-        return written
-
-    def tell(self):
-        return self.size
-
-
-def disk_full(path, write, error):
-    """A DiskFullError when ``error`` (raised by ``write`` into a temp file beside ``path``) is the disk filling
-    up, else None. torch.save reports a short write as a RuntimeError, not ENOSPC: then the file's size,
-    counted by writing it again into nothing, must exceed the free space."""
-    if not isinstance(error, (OSError, RuntimeError)) or isinstance(error, DiskFullError):
-        return None
-    free, counter = shutil.disk_usage(path.parent).free, _ByteCounter()
-    try:
-        write(counter)
-    except Exception:  # the size stays unknown
-        counter.size = 0
-    if getattr(error, "errno", None) in DISK_FULL or counter.size > free:
-        return DiskFullError(path, counter.size, free)
-    return None
 
 
 # ----------------------------------------------------------------------------- datasets and loaders
@@ -474,6 +284,64 @@ class ResumableSampler(Sampler):
         return sampler_items(*self.plan())
 
 
+class ShardSampler(Sampler):
+    """This process's part of every global batch of ``base`` (a ResumableSampler): item j of a
+    batch goes to process j % world_size. Every process thus trains on the same global batches, in the
+    same order and with the same masks, as one process would. ``start`` (in items of the global order,
+    so a mid-epoch checkpoint resumes on any number of processes) and ``generator`` are the base's."""
+
+    def __init__(self, base, batch_size, rank, world_size):
+        self.base, self.batch_size, self.rank, self.world = base, batch_size, rank, world_size
+        rest = len(base) % batch_size
+        if 0 < rest < world_size:
+            better = next(b for b in range(batch_size + world_size, 2 * len(base) + world_size, world_size)
+                          if len(base) % b == 0 or len(base) % b >= world_size)
+            raise ConfigError(f"the training split has {len(base)} examples: with batch_size={batch_size} the last batch "
+                              f"of an epoch holds {rest}, fewer than the {world_size} processes, and one of them would "
+                              f"have none. Choose a batch size that leaves no such remainder (e.g. batch_size={better}).")
+
+    @property
+    def generator(self):
+        return self.base.generator
+
+    @property
+    def start(self):
+        return self.base.start
+
+    @start.setter
+    def start(self, value):
+        self.base.start = value
+
+    def __len__(self):
+        full, rest = divmod(len(self.base), self.batch_size)
+        return full * (self.batch_size // self.world) + len(range(self.rank, rest, self.world))
+
+    def plan(self):
+        """The base's plan (order, mask uniforms or None), cut to this process's items, as __iter__ yields them."""
+        order, masks = self.base.plan()
+        mine = torch.arange(len(order)) % self.batch_size % self.world == self.rank
+        return order[mine], None if masks is None else masks[mine]
+
+    def __iter__(self):
+        return sampler_items(*self.plan())
+
+
+class EvalShard(Sampler):
+    """One contiguous block of whole batches of an evaluation split per process (rank 0 the first), so
+    that gather() restores the split's order and its batches: the same losses to the last bit."""
+
+    def __init__(self, size, batch_size, rank, world_size):
+        batches = -(-size // batch_size)
+        first, end = batches * rank // world_size, batches * (rank + 1) // world_size
+        self.indices = range(first * batch_size, min(end * batch_size, size))
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+
 def class_balanced_weights(labels):
     """Per example, 1 / the number of examples of its class: drawn in proportion to these, every class
     comes up equally often (balanced_sampler)."""
@@ -508,7 +376,7 @@ def make_loaders(cache, splits, batch_size, num_workers=0, standardise=False, au
     draws the training clips class-balanced. The train order (and masks) depend only on
     loaders["train"].sampler.generator, seeded from seed. shard=(rank, processes) under torchrun: this
     process's part of every global batch of batch_size, and its block of the evaluation splits
-    (distributed.ShardSampler, EvalShard)."""
+    (ShardSampler, EvalShard)."""
     unknown = [t for frame in splits.values() for t in frame.index if t not in cache._rows]
     if unknown:
         raise DataError(f"{len(unknown)} tracks of the splits (e.g. {unknown[0]}) are not in the cache "
@@ -531,9 +399,9 @@ def make_loaders(cache, splits, batch_size, num_workers=0, standardise=False, au
             labels = [data.labels[i % len(data.labels)] for i in range(len(data))] if balanced else None
             sampler = train_sampler(len(data), seed, shuffle, augment, augment_masks, labels)
             if processes > 1:
-                sampler = distributed.ShardSampler(sampler, batch_size, rank, processes)
+                sampler = ShardSampler(sampler, batch_size, rank, processes)
         else:
-            sampler = distributed.EvalShard(len(data), batch_size, rank, processes) if processes > 1 else None
+            sampler = EvalShard(len(data), batch_size, rank, processes) if processes > 1 else None
         # The loader draws its worker seeds from a generator of its own, never from torch's global one.
         loaders[name] = DataLoader(data, sampler=sampler, generator=torch.Generator().manual_seed(seed),
                                    batch_size=batch_size // processes if train else batch_size,

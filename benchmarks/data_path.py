@@ -25,12 +25,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import run as bench  # benchmarks/run.py (this folder is first on sys.path); it puts the repository there too
 import torch
 
-import run as bench  # benchmarks/run.py (this folder is first on sys.path); it puts the repository there too
-import cache as mel_cache  # noqa: E402
-import preload  # noqa: E402
 import utils  # noqa: E402
+from fma_genres.data import cache as mel_cache, preload  # noqa: E402
+from fma_genres.runtime import atomic  # noqa: E402
 
 SIZES = {
     "full": dict(clips=(200, 2000), n_frames=1291, batch_size=50, epochs=6, import_rounds=7, warm_imports=True),
@@ -117,7 +117,7 @@ def write_results(path, size_name, rows, seconds):
             f"Machine: {bench.machine()}.\n\nLoad average (1 min) at the end: {os.getloadavg()[0]:.2f}.\n\n"
             f"{bench.table(rows)}\n\nbenchmarks/data_path.py's docstring says what each part measures.\n")
     path.parent.mkdir(parents=True, exist_ok=True)
-    utils.atomic_write(path, lambda f: f.write(text.encode()))
+    atomic.atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def main(argv=None):

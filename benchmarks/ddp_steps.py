@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import distributed  # noqa: E402
-import utils  # noqa: E402
+from fma_genres.runtime import devices, distributed  # noqa: E402
 from models import build_model  # noqa: E402
 from train import train  # noqa: E402
 
@@ -28,7 +27,7 @@ def main(model_name, batch_size, n_frames, steps, threads=None):
     with distributed.joined(config):
         device = torch.device(distributed.local_device("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cpu":
-            torch.set_num_threads(threads or utils.cpu_share())
+            torch.set_num_threads(threads or devices.cpu_share())
         torch.manual_seed(0)
         raw = build_model(model_name, n_frames=n_frames).to(device)
         model = distributed.wrap(raw, raw, device)

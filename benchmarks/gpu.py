@@ -11,7 +11,7 @@ Parts, each with a time cap (a cut part says so in its row; rows reach results_g
   t tests    tests/test_cuda.py (every CUDA path against the CPU), run as a script: the runners have no pytest.
   a data     a synthetic fma_small-sized training set written straight into the cache's format
              (6,400 training + 800 validation clips of 128 x 1291 dB, float16; no audio), reused when present.
-  b epochs   per model, one timed epoch after warm-up through main.py's own code (make_config's defaults:
+  b epochs   per model, one timed epoch after warm-up through main.py's own code (configurator.make_config's defaults:
              compile, amp, preload and workers auto; build_training's fused Adam; train.train), and one
              validation pass: samples/s, seconds per epoch, the share of the epoch the GPU waited for the
              next batch (CUDA events around each fetch), peak GPU memory, compile time, and 30 epochs
@@ -40,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import allocator  # noqa: E402
+from fma_genres.runtime import allocator  # noqa: E402
 
 allocator.keep_large_allocations()  # before torch allocates: this process trains as main.py does
 
@@ -48,13 +48,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-import audio_windows  # noqa: E402
-import cache as mel_cache  # noqa: E402
-import inference  # noqa: E402
 import main  # noqa: E402
 import utils  # noqa: E402
+from fma_genres import configurator  # noqa: E402
+from fma_genres.data import cache as mel_cache  # noqa: E402
+from fma_genres.data.preload import preloaded  # noqa: E402
+from fma_genres.inference import audio_windows, predict  # noqa: E402
+from fma_genres.runtime import atomic  # noqa: E402
 from models import MODELS  # noqa: E402
-from preload import preloaded  # noqa: E402
 from test import test  # noqa: E402
 from train import train  # noqa: E402
 
@@ -112,7 +113,7 @@ class Report:
         text = (f"# GPU check results\n\nCommand: `{self.command}` ({time.strftime('%Y-%m-%d %H:%M')}, "
                 f"{time.perf_counter() - self.start:.0f} s so far)\n\nMachine: {machine()}.\n\n{self.table()}\n\n"
                 f"benchmarks/gpu.py's docstring says what each part measures.\n")
-        utils.atomic_write(self.path, lambda f: f.write(text.encode()))
+        atomic.atomic_write(self.path, lambda f: f.write(text.encode()))
 
 
 class Capped:
@@ -241,9 +242,9 @@ def data(size, work, report, deadline, device, preload="auto"):
 
 def recipe(name, size, **overrides):
     """main.py's config for ``name`` with its defaults (the auto keys as main.py resolves them here)."""
-    config = main.make_config({"model": name, "batch_size": size["batch_size"], "n_frames": size["n_frames"],
-                               "compile": size["compile"], **overrides})
-    config["amp"] = main.resolve_auto(config, "amp", cuda())
+    config = configurator.make_config({"model": name, "batch_size": size["batch_size"], "n_frames": size["n_frames"],
+                                       "compile": size["compile"], **overrides}, main.CONFIG)
+    config["amp"] = configurator.resolve_auto(config, "amp", cuda())
     return config
 
 
@@ -387,10 +388,10 @@ def part_predict(size, report, deadline, device):
     windows = (torch.rand(size["windows"], 128, size["n_frames"]) * -80).half()
     queue = [(0, window) for window in windows]
     tracks = [{"sum": 0.0, "queued": len(queue)}]
-    inference.run_batch(model, inference.probabilities, queue, tracks, device)  # warm-up
+    predict.run_batch(model, predict.probabilities, queue, tracks, device)  # warm-up
     start, done = time.perf_counter(), 0
     for _ in range(10):  # each batch's .cpu() waits for the device: the time is the device's
-        inference.run_batch(model, inference.probabilities, queue, tracks, device)
+        predict.run_batch(model, predict.probabilities, queue, tracks, device)
         done += len(queue)
         if time.monotonic() > deadline:
             break
@@ -408,7 +409,7 @@ def part_predict(size, report, deadline, device):
     start = time.perf_counter()
     with torch.no_grad():
         for track in audio:  # one window per clip, as an FMA clip gives
-            inference.run_batch(model, inference.probabilities,
+            predict.run_batch(model, predict.probabilities,
                                 [(0, torch.from_numpy(audio_windows.window_db(track, preprocessing)))],
                                 tracks, device)
     report.add("e predict", f"crnn, {size['tracks']} tracks of {seconds:.1f} s generated audio",

@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import cache as mel_cache  # noqa: E402
 import utils  # noqa: E402
+from fma_genres.data import cache as mel_cache, fma  # noqa: E402
 
 BATCH_SIZE = 50
 
@@ -37,12 +37,12 @@ def memory_mib(field):
 
 
 def official_splits(track_ids):
-    """An 80/10/10 training/validation/test split over synthetic labels, through utils.split_tracks."""
+    """An 80/10/10 training/validation/test split over synthetic labels, through fma.split_tracks."""
     names = np.array(["training"] * 8 + ["validation", "test"])
     frame = pd.DataFrame({"label": [t % 8 for t in track_ids],
                           "split": names[np.arange(len(track_ids)) % 10]},
                          index=pd.Index(track_ids, name="track_id"))
-    return utils.split_tracks(frame, "official")
+    return fma.split_tracks(frame, "official")
 
 
 def loader_from_cache(folder, faithful):

@@ -47,7 +47,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import allocator  # noqa: E402
+from fma_genres.runtime import allocator  # noqa: E402
 
 allocator.keep_large_allocations()  # before torch allocates: this process trains as main.py does
 
@@ -56,9 +56,10 @@ import pandas as pd  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
-import cache as mel_cache  # noqa: E402
-import inference  # noqa: E402
 import utils  # noqa: E402
+from fma_genres.data import cache as mel_cache, fma  # noqa: E402
+from fma_genres.inference import predict  # noqa: E402
+from fma_genres.runtime import atomic  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 from models_utils import compile_model  # noqa: E402
 from train import train  # noqa: E402
@@ -150,7 +151,7 @@ def generated_tracks(size, work, rate=44100):
     folder = work / f"audio-{size['n_tracks']}x{size['duration']:g}s"
     paths = {}
     for track_id in range(2, size["n_tracks"] + 2):
-        path = paths[track_id] = utils.audio_path(folder, "small", track_id)
+        path = paths[track_id] = fma.audio_path(folder, "small", track_id)
         if path.exists():
             continue
         rng = np.random.default_rng(track_id)
@@ -373,7 +374,7 @@ def bench_predict(size, tracks, work, rows):
     files = [Path(p) for p in tracks["path"]]
 
     def run(batch_size, workers):
-        results = list(inference.predict(model, checkpoint, files, batch_size=batch_size,
+        results = list(predict.predict(model, checkpoint, files, batch_size=batch_size,
                                          num_workers=workers))
         failed = [(path, error) for path, _, _, error in results if error]
         if failed or len(results) != len(files):
@@ -468,7 +469,7 @@ def write_results(path, args, rows, loads, seconds):
             f"Each row is the median over rounds in which the contenders alternate; ratios compare "
             f"contenders measured in the same run. benchmarks/run.py's docstring says what each part measures.\n")
     path.parent.mkdir(parents=True, exist_ok=True)
-    utils.atomic_write(path, lambda f: f.write(text.encode()))
+    atomic.atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def parse_args(argv=None):

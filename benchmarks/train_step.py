@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import allocator  # noqa: E402
+from fma_genres.runtime import allocator  # noqa: E402
 
 # The first step compiles (with --compile) and allocates; with freed memory kept, the heap reaches its
 # working size over the first two steps (CRNN, batch 50: 9 GB, then 13 GB, then flat).

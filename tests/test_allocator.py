@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 
-import allocator
+from fma_genres.runtime import allocator
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = (256 << 20) // os.sysconf("SC_PAGE_SIZE")  # of the 256 MiB tensor the probe measures
-# Imports main as a training run does, frees a 300 MiB tensor, then counts the page faults of filling
+# Starts main.py as `python main.py` does (its --help: nothing is trained), frees a 300 MiB tensor, then counts the page faults of filling
 # a 256 MiB one, in this process and in a (forked) DataLoader worker: near 0 when the freed memory
 # was kept and reused, one per page when glibc unmapped it and mapped fresh memory. (The second
 # tensor is smaller because glibc 2.36's posix_memalign, which torch uses, asks for a few bytes more
 # than the tensor and so cannot reuse a hole of exactly the same size.)
 PROBE = r"""
-import json, resource
-import main
+import json, resource, runpy, sys
+from fma_genres.runtime import allocator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -38,8 +38,13 @@ class InWorker(Dataset):
     def __getitem__(self, index):
         return second_allocation_faults()
 
+sys.argv = ["main.py", "--help"]
+try:
+    runpy.run_path("main.py", run_name="__main__")
+except SystemExit:
+    pass
 worker = next(iter(DataLoader(InWorker(), batch_size=None, num_workers=1)))
-print(json.dumps({"main": second_allocation_faults(), "worker": int(worker), "status": main.allocator.status}))
+print(json.dumps({"main": second_allocation_faults(), "worker": int(worker), "status": allocator.status}))
 """
 
 glibc_only = pytest.mark.skipif(allocator.glibc_version() is None,
@@ -67,6 +72,12 @@ def test_the_users_mmap_threshold_wins():
     result = run_probe(MALLOC_MMAP_THRESHOLD_="131072")  # glibc's default threshold, fixed
     assert result["status"] == "left alone: the user set MALLOC_MMAP_THRESHOLD_"
     assert result["main"] > PAGES * 9 // 10, result  # every page faulted in again: not overridden
+
+
+def test_importing_an_entry_point_leaves_the_allocator_alone():
+    code = "from fma_genres.runtime import allocator; import app, experiments, main, pre_trained_models; print(allocator.status)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.split() == ["not", "called"], result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("environ, expected", [

@@ -25,13 +25,13 @@ import soundfile as sf
 import torch
 
 import app
-import audio_windows
-import inference
 import models_utils
-import plots
 import pre_trained_models as ptm
 import utils
 from conftest import clean_env, write_mp3
+from fma_genres.data import fma
+from fma_genres.inference import audio_windows, predict
+from fma_genres.reporting import plots
 from models import CNN1D
 from tools import app_screenshot as page
 
@@ -47,7 +47,7 @@ def tiny(tmp_path_factory):
     model = models_utils.init_weights(CNN1D(n_mels=128, n_frames=N_FRAMES, n_classes=8, faithful=False))
     checkpoint = models_utils.make_checkpoint(
         "cnn1d", {"n_mels": 128, "n_frames": N_FRAMES, "n_classes": 8, "faithful": False}, model.state_dict(),
-        utils.FMA_SMALL_GENRES, {**utils.PREPROCESSING, "n_frames": N_FRAMES}, {"mean": -45.0, "std": 18.0},
+        fma.FMA_SMALL_GENRES, {**utils.PREPROCESSING, "n_frames": N_FRAMES}, {"mean": -45.0, "std": 18.0},
         config={"model": "cnn1d", "subset": "small", "split": "official", "select_metric": "macro_f1"},
         training={"epoch": 7, "best_val_score": 0.4321})
     models_utils.save_checkpoint(checkpoint, root / "run" / "best.pt")
@@ -73,10 +73,10 @@ def cli_predictions(checkpoint, path, capsys):
 # ----------------------------------------------------------------------------- without a browser
 
 def test_windows_recorded_are_those_the_model_saw_and_average_to_the_prediction(tiny):
-    model, checkpoint = ptm.load_predictor(tiny / "run" / "best.pt")
+    model, checkpoint = predict.load_predictor(tiny / "run" / "best.pt")
     hop = 40  # not a divisor of the window: each window adds its last 40 columns
     recorder = plots.WindowRecorder(hop)
-    [(_, probabilities, n_windows, error)] = inference.predict(model, checkpoint, [tiny / "song.mp3"], hop,
+    [(_, probabilities, n_windows, error)] = predict.predict(model, checkpoint, [tiny / "song.mp3"], hop,
                                                                 on_window=recorder)
     spectrogram, window_probabilities = recorder.pop(0)
     windows = list(audio_windows.track_windows(tiny / "song.mp3", checkpoint["preprocessing"], hop))
@@ -89,7 +89,7 @@ def test_windows_recorded_are_those_the_model_saw_and_average_to_the_prediction(
 
 
 def test_bad_files_get_a_message_naming_the_fix_and_good_ones_are_still_predicted(tiny):
-    model, checkpoint = ptm.load_predictor(tiny / "run" / "best.pt")
+    model, checkpoint = predict.load_predictor(tiny / "run" / "best.pt")
     names = ["broken.mp3", "empty.mp3", "truncated.mp3", "song.mp3"]
     results = app.analyse([tiny / name for name in names], model, checkpoint, top_k=2)
     errors = {result["name"]: result["error"] for result in results}
@@ -100,15 +100,15 @@ def test_bad_files_get_a_message_naming_the_fix_and_good_ones_are_still_predicte
 
 
 def test_header_names_model_genres_and_training(tiny):
-    _, checkpoint = ptm.load_predictor(tiny / "run" / "best.pt")
+    _, checkpoint = predict.load_predictor(tiny / "run" / "best.pt")
     header = app.checkpoint_summary(checkpoint, tiny / "run" / "best.pt")
-    for text in ("cnn1d", "corrected", ", ".join(utils.FMA_SMALL_GENRES), "FMA small", "epoch 7",
+    for text in ("cnn1d", "corrected", ", ".join(fma.FMA_SMALL_GENRES), "FMA small", "epoch 7",
                  "best validation macro_f1 0.432", "test accuracy 0.375, macro F1 0.250"):
         assert text in header
 
 
 def test_a_demo_checkpoint_is_described_as_trained_on_the_demo_data(tiny, tmp_path):
-    _, checkpoint = ptm.load_predictor(tiny / "run" / "best.pt")
+    _, checkpoint = predict.load_predictor(tiny / "run" / "best.pt")
     checkpoint["config"].update(demo=True, data_dir="data/demo")
     header = app.checkpoint_summary(checkpoint, tmp_path / "best.pt")
     assert "trained on the synthetic demo data (data/demo, not FMA)" in header and "FMA small" not in header

@@ -17,11 +17,12 @@ import pytest
 import soundfile as sf
 import torch
 
-import audio_windows
-import cache as mel_cache
 import models_utils
 import utils
-from audio_windows import track_windows
+from fma_genres.data import cache as mel_cache, fma
+from fma_genres.inference import audio_windows
+from fma_genres.inference.audio_windows import track_windows
+from fma_genres.runtime import errors
 from models import CNN1D
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +106,7 @@ def test_max_windows_decodes_only_the_chosen_windows(tmp_path):
     audio[100 * 22050:200 * 22050] = np.nan  # a corrupt middle: decoding it is an error
     path = tmp_path / "corrupt_middle.wav"
     sf.write(path, audio, 22050, subtype="FLOAT")
-    with pytest.raises(utils.AudioError, match="non-finite samples .* about 9[0-9].[0-9] s in"):
+    with pytest.raises(errors.AudioError, match="non-finite samples .* about 9[0-9].[0-9] s in"):
         list(track_windows(path, P, hop=645))
     chosen = list(track_windows(path, P, hop=645, max_windows=2))  # the first and the last window only
     assert len(chosen) == 2 and all(np.isfinite(w).all() for w in chosen)
@@ -117,15 +118,15 @@ def test_a_truncated_file_is_an_error_not_a_short_track(tmp_path):
     data = path.read_bytes()
     (tmp_path / "cut.mp3").write_bytes(data[:len(data) // 3])  # its header still declares 70 s
     for max_windows in (None, 2):  # all 3 windows as they come; the first and the last, sought
-        with pytest.raises(utils.AudioError, match="decodes to 2[0-9].[0-9]+ s of audio but its header declares 70.00 s"):
+        with pytest.raises(errors.AudioError, match="decodes to 2[0-9].[0-9]+ s of audio but its header declares 70.00 s"):
             list(track_windows(tmp_path / "cut.mp3", P, hop=645, max_windows=max_windows))
 
 
 MEMORY_PROBE = textwrap.dedent("""
     import json, resource, sys, tracemalloc
     from pathlib import Path
-    import inference, pre_trained_models as ptm
-    model, checkpoint = ptm.load_predictor(sys.argv[1])
+    from fma_genres.inference import predict as inference
+    model, checkpoint = inference.load_predictor(sys.argv[1])
     hop = checkpoint["preprocessing"]["n_frames"]  # windows side by side: half the work of the default hop
     peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     for _ in range(2):  # warm-up: every buffer, and the allocators' caches, once
@@ -142,7 +143,7 @@ def test_predicting_a_long_file_needs_far_less_memory_than_its_decoded_audio(tmp
     checkpoint = tmp_path / "cnn1d.pt"
     models_utils.save_checkpoint(models_utils.make_checkpoint(
         "cnn1d", {"n_mels": 128, "n_frames": 1291, "n_classes": 8, "faithful": True}, CNN1D().state_dict(),
-        utils.FMA_SMALL_GENRES, P, {"mean": None, "std": None}), checkpoint)
+        fma.FMA_SMALL_GENRES, P, {"mean": None, "std": None}), checkpoint)
     minutes, rate = 20, 22050
     warm_up, long = tmp_path / "warm_up.wav", tmp_path / "long.wav"
     sf.write(warm_up, noisy_tone(240, rate), rate, subtype="PCM_16")

@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import cache as mel_cache
-from cache import build_cache
-from audio_windows import track_windows
 from conftest import write_mp3
-from utils import (PREPROCESSING, AudioError, DataError, clip_spectrogram, fix_width, load_audio,
-                   load_metadata, mel_spectrogram_db)
+from fma_genres.data import cache as mel_cache
+from fma_genres.data.cache import build_cache
+from fma_genres.data.fma import load_metadata
+from fma_genres.inference.audio_windows import track_windows
+from fma_genres.runtime.errors import AudioError, DataError
+from utils import PREPROCESSING, clip_spectrogram, fix_width, load_audio, mel_spectrogram_db
 
 SMALL = dict(PREPROCESSING, n_frames=100)  # the 2.5 s fixture clips have 107 frames
 
@@ -167,7 +168,8 @@ def test_clear_errors_for_missing_audio_and_parameters(fma_small, tmp_path):
 KILLED_BUILD = """
 import json, sys
 import pandas as pd
-import cache, utils
+import utils
+from fma_genres.data import cache
 cache.CHUNK_ROWS, cache.SAVE_EVERY_ROWS = 2, 4  # small steps, so a kill lands mid-build
 paths = json.loads(sys.argv[1])
 tracks = pd.DataFrame({"path": paths}, index=pd.Index(range(1, len(paths) + 1), name="track_id"))
@@ -180,7 +182,7 @@ def test_resume_after_kill_9(fma_small, tmp_path):
     paths = [tracks["path"].iloc[i % 32] for i in range(120)]  # 120 rows, reusing the 32 clips
     reference = {p: clip_spectrogram(p, SMALL)[0] for p in set(paths)}
     build = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, json.dumps(paths), str(tmp_path)],
-                             cwd=Path(mel_cache.__file__).parent, stderr=subprocess.DEVNULL)
+                             cwd=Path(mel_cache.__file__).resolve().parents[2], stderr=subprocess.DEVNULL)
     done, deadline = 0, time.monotonic() + 120
     while done < 12 and build.poll() is None and time.monotonic() < deadline:
         for status_file in tmp_path.glob("small-*/status.npy"):
@@ -238,7 +240,9 @@ def test_refuses_to_start_without_disk_space(fma_small, tmp_path, monkeypatch):
 FULL_DISK_BUILD = """
 import json, subprocess, sys
 import pandas as pd
-import cache, utils
+import utils
+from fma_genres.data import cache
+from fma_genres.runtime.errors import DataError
 cache.SAVE_EVERY_ROWS = 4  # saves progress often, as a long build does
 paths, disk = json.loads(sys.argv[1]), sys.argv[2]
 tracks = pd.DataFrame({"path": paths}, index=pd.Index(range(1, len(paths) + 1), name="track_id"))
@@ -246,7 +250,7 @@ build = lambda: cache.build_cache(tracks, disk, "small", dict(utils.PREPROCESSIN
                                   progress=False)
 try:
     build()
-except utils.DataError as e:
+except DataError as e:
     print("ERROR", e, flush=True)
 subprocess.run(["mount", "-o", "remount,size=4m", disk], check=True)  # the user frees some space
 print("COMPUTED", build().computed, flush=True)
@@ -265,7 +269,7 @@ def test_disk_full_during_the_build_says_so_and_resumes(fma_small, tmp_path):
     probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"no private mount namespace here: {probe.stderr.decode().strip()}")
-    result = subprocess.run(command, cwd=Path(mel_cache.__file__).parent, capture_output=True, text=True,
+    result = subprocess.run(command, cwd=Path(mel_cache.__file__).resolve().parents[2], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
     error = next(line for line in result.stdout.splitlines() if line.startswith("ERROR"))
@@ -340,7 +344,8 @@ def test_a_new_track_list_copies_the_rows_other_folders_have(fma_small, tmp_path
 BUILDER = """
 import json, os, sys, time
 import pandas as pd
-import cache, utils
+import utils
+from fma_genres.data import cache
 paths, root, go, shard = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 tracks = pd.DataFrame({"path": paths}, index=pd.Index(range(1, len(paths) + 1), name="track_id"))
 print("ready", flush=True)
@@ -354,7 +359,7 @@ print("COMPUTED", built.computed, flush=True)
 
 def start_builder(paths, root, go, shard=None):
     builder = subprocess.Popen([sys.executable, "-c", BUILDER, json.dumps(paths), str(root), str(go),
-                                json.dumps(shard)], cwd=Path(mel_cache.__file__).parent,
+                                json.dumps(shard)], cwd=Path(mel_cache.__file__).resolve().parents[2],
                                stdout=subprocess.PIPE, text=True)
     assert builder.stdout.readline().strip() == "ready"
     return builder

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-import child_processes
-from locks import alive
+from fma_genres.runtime import child_processes
+from fma_genres.runtime.locks import alive
 
 ROOT = Path(__file__).resolve().parents[1]
 # A parent process: starts a sleeping child with child_processes.<argv[1]> from a short-lived thread,
 # prints the child's pid, then waits to be killed.
 PARENT = """
 import sys, threading, time
-import child_processes
+from fma_genres.runtime import child_processes
 start, pids = getattr(child_processes, sys.argv[1]), []
 thread = threading.Thread(target=lambda: pids.append(start([sys.executable, "-c", "import time; time.sleep(120)"]).pid))
 thread.start()

@@ -23,13 +23,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # as pytest.ini's pythonpath, for the script
-import cache as mel_cache  # noqa: E402
-import inference  # noqa: E402
 import models_utils  # noqa: E402
 import utils  # noqa: E402
+from fma_genres.data import cache as mel_cache  # noqa: E402
+from fma_genres.data.preload import preloaded  # noqa: E402
+from fma_genres.inference import predict  # noqa: E402
+from fma_genres.runtime import atomic  # noqa: E402
 from host_reads import host_reads  # noqa: E402
 from models import build_model  # noqa: E402
-from preload import preloaded  # noqa: E402
 from train import train  # noqa: E402
 
 try:
@@ -116,7 +117,7 @@ def test_a_cuda_checkpoint_resumes_on_the_cpu_and_back(tmp_path):
     train(model, batches(3), optimizer, "cuda")
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
     path = tmp_path / "cuda.pt"
-    utils.atomic_write(path, lambda f: torch.save(state, f))
+    atomic.atomic_write(path, lambda f: torch.save(state, f))
     for device in ("cpu", "cuda"):  # onto the CPU, then from the CPU's own save back onto the GPU
         loaded = torch.load(path, map_location="cpu", weights_only=True)
         moved, moved_optimizer = model_and_adam("cnn1d", device, seed=1)  # other weights, overwritten
@@ -129,7 +130,7 @@ def test_a_cuda_checkpoint_resumes_on_the_cpu_and_back(tmp_path):
                 mine, theirs = moved_optimizer.state[param][key], optimizer.state[reference][key]
                 assert mine.device == param.device and torch.equal(mine.cpu(), theirs.cpu()), key
         path = tmp_path / f"{device}.pt"
-        utils.atomic_write(path, lambda f: torch.save({"model": moved.state_dict(),
+        atomic.atomic_write(path, lambda f: torch.save({"model": moved.state_dict(),
                                                        "optimizer": moved_optimizer.state_dict()}, f))
     train(moved, batches(1, device="cuda", seed=5), moved_optimizer, "cuda")  # and it trains on
     assert all(torch.isfinite(p).all() for p in moved.parameters())
@@ -142,7 +143,7 @@ def test_prediction_on_cuda_matches_the_cpu():
     for device in ("cpu", "cuda"):
         tracks = [{"sum": 0.0, "queued": 6}, {"sum": 0.0, "queued": 6}]
         queue = [(i // 6, window) for i, window in enumerate(windows)]
-        inference.run_batch(model.to(device).eval(), inference.probabilities, queue, tracks, device)
+        predict.run_batch(model.to(device).eval(), predict.probabilities, queue, tracks, device)
         results[device] = np.stack([track["sum"] for track in tracks])
     np.testing.assert_allclose(results["cuda"], results["cpu"], atol=2e-3)  # summed probabilities, TF32 convs
 

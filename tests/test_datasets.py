@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-import datasets
 import main
 import pre_trained_models
-import utils
-from utils import DataError
+from fma_genres import configurator
+from fma_genres.data import datasets, fma
+from fma_genres.runtime.errors import DataError
 
 FORMATS = {".wav": "WAV", ".flac": "FLAC", ".au": "AU", ".ogg": "OGG", ".mp3": "MP3"}
 
@@ -177,15 +177,15 @@ def test_main_trains_on_a_folder_dataset_and_evaluate_reads_its_split(folder, tm
 
 
 def test_your_own_music_is_never_uploaded_to_wandb_by_default():
-    assert main.make_config({"dataset": "folder"})["upload_audio"] is False  # it may not be yours to share
-    assert main.make_config({})["upload_audio"] is True  # FMA: Creative Commons clips
+    assert configurator.make_config({"dataset": "folder"}, main.CONFIG)["upload_audio"] is False  # it may not be yours to share
+    assert configurator.make_config({}, main.CONFIG)["upload_audio"] is True  # FMA: Creative Commons clips
 
 
 def test_fma_keeps_its_splits_and_its_random_split_takes_split_seed(fma_small):
     official = datasets.load(config(fma_small, "fma"))
     assert official["identity"] == "small" and official["cache_root"] == fma_small / "cache"
     assert sorted(official["splits"]["test"].index) == sorted(official["tracks"].query("split == 'test'").index)
-    expected = sorted(utils.split_tracks(official["tracks"], "random", 0.75, seed=3)["test"].index)
+    expected = sorted(fma.split_tracks(official["tracks"], "random", 0.75, seed=3)["test"].index)
     for keys in ({"seed": 3}, {"seed": 0, "split_seed": 3}):  # split_seed=-1 (default): the seed, as before
         data = datasets.load(config(fma_small, "fma", split="random", train_size=0.75, **keys))
         assert sorted(data["splits"]["test"].index) == expected, keys

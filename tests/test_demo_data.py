@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from demo_data import GENRE_IDS, KNOWN_BROKEN, MARKER, _plan, make_demo_dataset, synthesize
+from fma_genres.data.demo_data import GENRE_IDS, KNOWN_BROKEN, MARKER, _plan, make_demo_dataset, synthesize
 
 ROOT = Path(__file__).resolve().parents[1]
 DURATION = 6.0  # long enough for a few bars of every genre, short enough to keep the tests fast

@@ -19,13 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-import demo_data
-import distributed
 import main
-from conftest import wait_for
 import models_utils
 import pre_trained_models
 import utils
+from conftest import wait_for
+from fma_genres.data import demo_data, fma
+from fma_genres.runtime import distributed
+from fma_genres.runtime.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -182,7 +183,7 @@ def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(straight, data_dir,
     holds it computes a NaN loss, yet the summed step loss stops both before the backward pass."""
     (folder,) = (data_dir / "cache").iterdir()  # built by the straight run
     shutil.copytree(folder, tmp_path / "cache" / folder.name, ignore=shutil.ignore_patterns("locks"))
-    tracks, _ = utils.load_metadata(data_dir, "small")
+    tracks, _ = fma.load_metadata(data_dir, "small")
     row = json.loads((folder / "params.json").read_text())["track_ids"].index(
         int(tracks.index[tracks["split"] == "training"][0]))
     mels = np.load(tmp_path / "cache" / folder.name / "mels.npy", mmap_mode="r+")
@@ -225,16 +226,16 @@ def test_two_ranks_build_the_cache_one_process_would_and_any_number_reuses_it(da
 def test_shards_split_every_global_batch_and_evaluation_blocks_keep_the_order():
     base = utils.train_sampler(10, seed=0, shuffle=True, augment=True, augment_masks="per_epoch")
     order = list(base)
-    shards = [distributed.ShardSampler(utils.train_sampler(10, 0, True, True, "per_epoch"), 4, r, 2) for r in (0, 1)]
+    shards = [utils.ShardSampler(utils.train_sampler(10, 0, True, True, "per_epoch"), 4, r, 2) for r in (0, 1)]
     parts = [list(shard) for shard in shards]
     assert [len(p) for p in parts] == [len(s) for s in shards] == [5, 5]  # 2 + 2 + 1 each
     for b, start in enumerate(range(0, 10, 4)):  # rank r takes items r, r + 2, ... of each global batch
         assert order[start:start + 4][0::2] == parts[0][2 * b:2 * b + 2]
         assert order[start:start + 4][1::2] == parts[1][2 * b:2 * b + 2]
-    blocks = [list(distributed.EvalShard(11, 3, r, 2)) for r in (0, 1)]
+    blocks = [list(utils.EvalShard(11, 3, r, 2)) for r in (0, 1)]
     assert blocks == [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]  # whole batches of 3, in order
-    with pytest.raises(SystemExit, match="the last batch of an epoch holds 1, fewer than the 2 processes"):
-        distributed.ShardSampler(utils.train_sampler(9, 0, True, False, "per_epoch"), 4, 0, 2)
+    with pytest.raises(ConfigError, match="the last batch of an epoch holds 1, fewer than the 2 processes"):
+        utils.ShardSampler(utils.train_sampler(9, 0, True, False, "per_epoch"), 4, 0, 2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="NCCL needs CUDA: no GPU on this machine")

@@ -19,12 +19,10 @@ import pytest
 import soundfile as sf
 import torch
 
-import audio_windows
-import export
-import inference
 import models_utils
 import pre_trained_models as ptm
 import utils
+from fma_genres.inference import audio_windows, export, predict
 from models import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +47,7 @@ def write_checkpoint(path, name, faithful):
     if faithful:  # random weights on raw dB give one-hot probabilities, which would hide differences
         with torch.no_grad():
             logit_scale = model.eval()(-80.0 * torch.rand(4, 128, N_FRAMES))[0].std()
-            fc = inference.last_linear(model)
+            fc = predict.last_linear(model)
             fc.weight.div_(logit_scale)
             fc.bias.div_(logit_scale)
     normalisation = {"mean": None, "std": None} if faithful else {"mean": MEAN, "std": STD}
@@ -75,10 +73,10 @@ def run_main(capsys, *args):
 
 @torch.no_grad()
 def test_embedding_sizes_are_the_documented_ones():
-    sizes = {name: inference.embeddings(MODELS[name]().eval(), torch.zeros(1, 128, 1291)).shape
+    sizes = {name: predict.embeddings(MODELS[name]().eval(), torch.zeros(1, 128, 1291)).shape
              for name in MODELS}
     assert sizes == {"cnn1d": (1, 4864), "cnn2d": (1, 64), "crnn": (1, 128)}
-    assert [type(inference.last_linear(MODELS[name]())) for name in MODELS] == [torch.nn.Linear] * 3
+    assert [type(predict.last_linear(MODELS[name]())) for name in MODELS] == [torch.nn.Linear] * 3
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -88,11 +86,11 @@ def test_embedding_is_the_last_linear_input_averaged_over_windows(name, tmp_path
     long_track, short_track = tmp_path / "long.wav", tmp_path / "short.flac"
     sf.write(long_track, tone(8, 22050, seed=1), 22050)       # 8 s: several 100-frame windows
     sf.write(short_track, tone(1, 44100, seed=2, channels=2), 44100)  # shorter than a window: padded
-    model, checkpoint = ptm.load_predictor(write_checkpoint(tmp_path / "model.pt", name, faithful=False))
-    results = list(inference.predict(model, checkpoint, [long_track, short_track], batch_size=3,
-                                     outputs=inference.embeddings))
+    model, checkpoint = predict.load_predictor(write_checkpoint(tmp_path / "model.pt", name, faithful=False))
+    results = list(predict.predict(model, checkpoint, [long_track, short_track], batch_size=3,
+                                     outputs=predict.embeddings))
     assert [(path, n, error) for path, _, n, error in results] == [(long_track, 5, None), (short_track, 1, None)]
-    fc = inference.last_linear(model)
+    fc = predict.last_linear(model)
     for path, embedding, _, _ in results:
         windows = torch.from_numpy(np.stack(list(audio_windows.track_windows(path, PREPROCESSING, N_FRAMES // 2))))
         with torch.no_grad():

@@ -21,6 +21,7 @@ import main
 import models_utils
 import pre_trained_models
 from conftest import clean_env, wait_for
+from fma_genres import configurator
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -100,7 +101,7 @@ def test_the_report_gives_the_best_trial_as_a_config_and_the_study_as_csv_and_fi
     best = load_study(folder).best_trial
     with open(folder / "trials.csv", newline="") as f:
         assert [row["state"] for row in csv.DictReader(f)] == ["FAIL", "COMPLETE", "COMPLETE", "PRUNED"]
-    overrides, _ = main.configurator.parse_command_line([str(folder / "best_config.py")], main.CONFIG, "main.py")
+    overrides, _ = configurator.parse_command_line([str(folder / "best_config.py")], main.CONFIG, "main.py")
     assert overrides["lr"] == best.params["lr"] and overrides["model"] == "cnn1d" and overrides["epochs"] == 3
     assert (folder / "optimization_history.png").read_bytes().startswith(PNG)
     assert experiments.run([*study["argv"], "--report=True"]) == 0  # a finished study: a report, no trial
@@ -294,4 +295,4 @@ def test_every_sweep_parameter_is_a_main_py_key_and_the_command_passes_them_as_a
     assert set(sweep["parameters"]) <= set(main.CONFIG)
     for key, spec in sweep["parameters"].items():  # every value is one main.py accepts for the key
         for value in spec.get("values", [spec.get("value", spec.get("min"))]):
-            main.configurator.convert(key, str(value), main.CONFIG[key])
+            configurator.convert(key, str(value), main.CONFIG[key])

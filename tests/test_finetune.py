@@ -8,9 +8,11 @@ import pytest
 import soundfile as sf
 import torch
 
-import finetune
 import main
 import models_utils
+from fma_genres import configurator
+from fma_genres.runtime.errors import ConfigError
+from fma_genres.training import finetune
 from models import build_model
 from models_utils import CheckpointError
 
@@ -133,5 +135,5 @@ def test_a_source_that_does_not_fit_is_refused_before_any_work(source, tmp_path,
 
 
 def test_freeze_needs_a_source():
-    with pytest.raises(SystemExit, match="freeze=features needs init_from"):
-        main.make_config({"freeze": "features"})
+    with pytest.raises(ConfigError, match="freeze=features needs init_from"):
+        configurator.make_config({"freeze": "features"}, main.CONFIG)

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-import locks
+from fma_genres.runtime import locks
 
 
 def write_lock(path, pid, host=None, age=0.0):
@@ -43,7 +43,7 @@ def test_a_stale_lock_is_taken_over_and_a_live_one_is_not(tmp_path):
 HOLDER = """
 import sys, time
 from pathlib import Path
-import locks
+from fma_genres.runtime import locks
 lock = locks.FileLock(sys.argv[1])
 lock.acquire()
 print("held", flush=True)
@@ -56,7 +56,7 @@ lock.release()
 def test_a_live_holder_makes_others_wait_and_say_so_once(tmp_path, capsys):
     path, released = tmp_path / "folder.lock", tmp_path / "released"
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(released)],
-                              cwd=Path(locks.__file__).parent, stdout=subprocess.PIPE, text=True)
+                              cwd=Path(locks.__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     lock = locks.FileLock(path)
     lock.acquire()

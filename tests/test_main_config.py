@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import configurator
 import main
 import models_utils
 import utils
+from fma_genres import configurator
+from fma_genres.data import fma
 from models import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +30,7 @@ def error_of(argv):
 
 
 def test_defaults_are_the_originals_best_run():
-    config = main.make_config({})
+    config = configurator.make_config({}, main.CONFIG)
     assert (config["model"], config["lr"], config["epochs"], config["batch_size"]) == ("crnn", 1e-3, 30, 50)
     assert config["faithful"] is True and config["data_augmentation"] is False and config["weight_decay"] == 0
     assert (config["split"], config["subset"], config["n_frames"]) == ("official", "small", 1291)
@@ -55,7 +56,7 @@ def test_overrides_are_converted_to_the_defaults_types():
                          "model": "cnn1d", "wandb_mode": "offline", "weight_decay": 0.0}
     assert type(overrides["weight_decay"]) is float and type(overrides["epochs"]) is int
     assert parse(["--wandb_mode=None"]) == {"wandb_mode": None}
-    assert main.make_config(overrides)["standardise"] is True  # auto follows faithful=False
+    assert configurator.make_config(overrides, main.CONFIG)["standardise"] is True  # auto follows faithful=False
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -64,7 +65,7 @@ def test_overrides_are_converted_to_the_defaults_types():
     (["--compile=False"], False), (["--model=cnn1d", "--compile=1"], True), (["--compile=auto"], True),
 ])
 def test_compile_is_on_where_it_pays_unless_forced(argv, expected):
-    assert main.make_config(parse(argv))["compile"] is expected
+    assert configurator.make_config(parse(argv), main.CONFIG)["compile"] is expected
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -99,9 +100,9 @@ def test_unknown_key_lists_the_valid_keys():
 
 
 def test_demo_settings_apply_only_where_the_user_did_not_choose():
-    config = main.make_config(parse(["--demo=True", "--epochs=3"]))
+    config = configurator.make_config(parse(["--demo=True", "--epochs=3"]), main.CONFIG)
     assert config["epochs"] == 3
-    assert config["batch_size"] == main.DEMO["batch_size"] and config["data_dir"] == main.DEMO["data_dir"]
+    assert config["batch_size"] == configurator.DEMO["batch_size"] and config["data_dir"] == configurator.DEMO["data_dir"]
     assert config["download"] is False
 
 
@@ -154,14 +155,22 @@ def test_loader_workers_follow_the_request(requested, device, expected):
 
 
 def test_loader_workers_overlap_loading_on_cuda_by_default():
-    assert main.make_config({})["num_workers"] == -1
+    assert configurator.make_config({}, main.CONFIG)["num_workers"] == -1
     assert 1 <= main.loader_workers(-1, torch.device("cuda")) <= 4
 
 
 def test_valid_choices_come_from_the_registries_that_define_them():
-    assert main.CHOICES["model"] == tuple(MODELS) and main.CHOICES["subset"] == utils.SUBSETS
-    assert main.CHOICES["init"] == tuple(models_utils.INITIALISERS)
-    assert main.CHOICES["split"] == utils.SPLIT_MODES and main.CHOICES["mask_draw"] == utils.MASK_DRAWS
+    assert configurator.CHOICES["model"] == tuple(MODELS) and configurator.CHOICES["subset"] == fma.SUBSETS
+    assert configurator.CHOICES["init"] == tuple(models_utils.INITIALISERS)
+    assert configurator.CHOICES["split"] == fma.SPLIT_MODES and configurator.CHOICES["mask_draw"] == utils.MASK_DRAWS
+
+
+def test_main_pys_defaults_read_from_its_file_are_its_config():
+    """experiments.py runs main.py and never imports it: it reads main.py's constants with script_defaults,
+    which must give exactly main.CONFIG (every key, its value and type, in order)."""
+    defaults = configurator.script_defaults(Path(main.__file__))
+    assert defaults == main.CONFIG and list(defaults) == list(main.CONFIG)
+    assert [type(value) for value in defaults.values()] == [type(value) for value in main.CONFIG.values()]
 
 
 def test_help_prints_every_key_with_its_default_and_comment():
@@ -188,7 +197,7 @@ def test_a_config_file_applies_its_keys_then_the_command_line_wins(tmp_path):
     assert overrides == {"lr": 0.01, "shuffle": False, "model": "cnn1d", "epochs": 2, "weight_decay": 0.0,
                          "compile": "False"}
     assert type(overrides["weight_decay"]) is float  # an int in the file becomes the key's float
-    assert main.make_config(overrides)["compile"] is False
+    assert configurator.make_config(overrides, main.CONFIG)["compile"] is False
 
 
 def test_a_config_file_with_an_unknown_key_names_the_file_and_the_key(tmp_path):
@@ -207,27 +216,28 @@ def runs_root(tmp_path, monkeypatch):
 
 
 def test_each_run_gets_its_own_folder_and_latest_points_at_the_newest(runs_root):
-    first = Path(configurator.prepare_out_dir(main.make_config({"model": "cnn1d"}), main.RUNS_ROOT))
+    first = Path(configurator.prepare_out_dir(configurator.make_config({"model": "cnn1d"}, main.CONFIG), main.RUNS_ROOT))
     (first / "last.pt").write_bytes(b"run 1")
-    second = Path(configurator.prepare_out_dir(main.make_config({"model": "cnn1d"}), main.RUNS_ROOT))
+    second = Path(configurator.prepare_out_dir(configurator.make_config({"model": "cnn1d"}, main.CONFIG), main.RUNS_ROOT))
     assert first != second and first.parent == second.parent == runs_root / "cnn1d"
     assert (runs_root / "cnn1d" / "latest").resolve() == second.resolve()
     assert (first / "last.pt").read_bytes() == b"run 1"  # the earlier run is untouched
-    resumed = configurator.prepare_out_dir(main.make_config({"model": "cnn1d", "resume": True}), main.RUNS_ROOT)
+    resumed = configurator.prepare_out_dir(configurator.make_config({"model": "cnn1d", "resume": True}, main.CONFIG), main.RUNS_ROOT)
     assert Path(resumed) == second.resolve()  # --resume=True alone continues the latest run
-    demo = Path(configurator.prepare_out_dir(main.make_config({"model": "cnn1d", "demo": True}), main.RUNS_ROOT))
+    demo = Path(configurator.prepare_out_dir(configurator.make_config({"model": "cnn1d", "demo": True}, main.CONFIG), main.RUNS_ROOT))
     assert demo.parent == runs_root / "demo_cnn1d"
 
 
 def test_the_quick_starts_demo_link_is_the_plain_demos_own(runs_root):
     """README's quick start predicts with runs/demo_crnn/latest: a multi-label or torchrun demo run after it keeps
     its own folder and link."""
-    demo = {"demo": True}
-    plain = Path(configurator.prepare_out_dir(main.make_config(demo), main.RUNS_ROOT))
-    multi = Path(configurator.prepare_out_dir(main.make_config({**demo, "target": "genres_all"}), main.RUNS_ROOT))
-    both = Path(configurator.prepare_out_dir(main.make_config({**demo, "target": "genres_all"}), main.RUNS_ROOT,
-                                             launched=True))
-    torchrun = Path(configurator.prepare_out_dir(main.make_config(demo), main.RUNS_ROOT, launched=True))
+    def run_folder(overrides, launched=False):
+        return Path(configurator.prepare_out_dir(configurator.make_config(overrides, main.CONFIG), main.RUNS_ROOT,
+                                                 launched))
+
+    demo, multi_label = {"demo": True}, {"demo": True, "target": "genres_all"}
+    plain, multi = run_folder(demo), run_folder(multi_label)
+    both, torchrun = run_folder(multi_label, launched=True), run_folder(demo, launched=True)
     assert [p.parent.name for p in (plain, multi, both, torchrun)] == [
         "demo_crnn", "demo_genres_all_crnn", "demo_genres_all_torchrun_crnn", "demo_torchrun_crnn"]
     assert (runs_root / "demo_crnn" / "latest").resolve() == plain.resolve()
@@ -244,7 +254,7 @@ def test_an_out_dir_holding_a_run_is_not_overwritten_silently(tmp_path):
     for option in ("--resume=True", "--overwrite=True", "--out_dir"):
         assert option in message
     assert (tmp_path / "last.pt").read_bytes() == b"an earlier run"
-    config = main.make_config({"out_dir": str(tmp_path), "overwrite": True})
+    config = configurator.make_config({"out_dir": str(tmp_path), "overwrite": True}, main.CONFIG)
     assert configurator.prepare_out_dir(config, main.RUNS_ROOT) == str(tmp_path)
 
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import demo_data
 import main
+import models_utils
 import pre_trained_models
 from conftest import clean_env, default_sigint
-import models_utils
-import run_state
-import utils
+from fma_genres.data import demo_data
+from fma_genres.runtime import atomic, errors
+from fma_genres.training import run_state
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -292,13 +292,14 @@ def small_disk(tmp_path):
 
 def test_a_full_disk_stops_with_the_space_needed_and_keeps_a_resumable_last_pt(data_dir, two_epochs, small_disk,
                                                                                 tmp_path):
-    size = (two_epochs / "last.pt").stat().st_size
-    # Room for epoch 1's best.pt, last.pt, history.csv and splits.csv, not for epoch 2's next checkpoint.
-    out_dir = small_disk(2 * size + size // 2)
+    size, best = (two_epochs / "last.pt").stat().st_size, (two_epochs / "best.pt").stat().st_size
+    # Room for epoch 1's best.pt (no resume state: about a third of last.pt), last.pt, history.csv and
+    # splits.csv, and for epoch 2's best.pt beside them, not for its last.pt beside the previous one.
+    out_dir = small_disk(best + size + size // 2)
     argv = args(data_dir, out_dir, "--epochs=2")
     message = error_of(argv)
     assert f"the disk holding {out_dir} is full: writing " in message
-    assert f"needs {utils.format_bytes(size)} but " in message and " is free there" in message
+    assert f"needs {errors.format_bytes(size)} but " in message and " is free there" in message
     assert message.endswith(f"Then continue the run with: {run_state.resume_command(argv, None, str(out_dir))}")
     assert models_utils.load_checkpoint(out_dir / "last.pt")["training"]["epoch"] == 1  # intact
     assert not list(out_dir.glob("*.tmp"))
@@ -311,8 +312,8 @@ def test_a_full_disk_stops_with_the_space_needed_and_keeps_a_resumable_last_pt(d
 def test_a_report_write_that_does_not_fit_is_a_disk_full_error_naming_its_size(small_disk):
     disk = small_disk(64 * 1024)  # metrics.json, figures, history.csv: plain writes, which fail with ENOSPC
     (disk / "metrics.json").write_bytes(b"the previous report")
-    with pytest.raises(utils.DiskFullError) as info:
-        utils.atomic_write(disk / "metrics.json", lambda f: f.write(b"x" * 300_000))
+    with pytest.raises(errors.DiskFullError) as info:
+        atomic.atomic_write(disk / "metrics.json", lambda f: f.write(b"x" * 300_000))
     assert info.value.needed == 300_000 and info.value.free < 64 * 1024
     assert str(info.value).startswith(f"the disk holding {disk} is full: writing metrics.json needs 0.3 MiB")
     assert (disk / "metrics.json").read_bytes() == b"the previous report" and not list(disk.glob("*.tmp"))

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from models import CNN1D, CRNN, build_model
 import models_utils
-from models_utils import (CheckpointError, compile_model, init_weights, load_checkpoint,
-                          model_from_checkpoint, plot_confusion_matrix, plot_roc_curves,
-                          plot_training_curves, save_checkpoint)
+from fma_genres.runtime import atomic
+from models import CNN1D, CRNN, build_model
+from models_utils import CheckpointError, compile_model, init_weights, load_checkpoint, model_from_checkpoint, plot_confusion_matrix, plot_roc_curves, plot_training_curves, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -306,10 +305,9 @@ def test_a_checkpoint_from_a_newer_version_is_refused_with_the_fix(tmp_path):
 
 
 def test_written_files_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):
-    import utils
     path = tmp_path / "best.pt"
     save_checkpoint(make_checkpoint(CNN1D(n_frames=431, n_classes=4)), path)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~utils.UMASK  # e.g. 0644 under the common umask 022
+    assert path.stat().st_mode & 0o777 == 0o666 & ~atomic.UMASK  # e.g. 0644 under the common umask 022
 
 
 @pytest.mark.parametrize("config, described", [

@@ -13,11 +13,12 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-import demo_data
 import main
 import models_utils
-import multilabel
 import pre_trained_models
+from fma_genres import configurator, multilabel
+from fma_genres.data import demo_data
+from fma_genres.runtime.errors import ConfigError
 from train import batch_loss
 
 # A hand-made tree: Rock > Punk > Hardcore, Rock > Indie, Jazz > Bebop.
@@ -89,7 +90,7 @@ def test_top_genre_accuracy_counts_only_clips_with_one_top_genre():
 
 
 def test_wandb_entries_and_figures_of_a_multilabel_report():
-    import multilabel_report
+    from fma_genres import multilabel_report
 
     genres = {"ids": [1, 2, 5, 4], "tree": TREE, "thresholds": [0.5, 0.5, 0.5, 0.5]}  # Rock, Punk, Jazz, Indie
     metrics = {**multilabel.evaluation_scores(TARGETS, PROBABILITIES, genres), "test_loss": 0.3}
@@ -116,7 +117,7 @@ def test_the_summary_table_nests_sub_genres_under_their_parent_by_support():
 
 
 def test_a_genre_title_with_a_slash_makes_one_wandb_key():
-    import multilabel_report
+    from fma_genres import multilabel_report
 
     tree = {**TREE, "title": ["Old-Time / Historic", *TREE["title"][1:]]}
     genres = {"ids": [1, 2, 5], "tree": tree, "thresholds": [0.5] * 3}
@@ -148,17 +149,17 @@ def test_bce_loss_with_pos_weight():
     (["--dataset=folder"], "needs FMA's genre tree"),
 ])
 def test_nonsense_multilabel_combinations_are_refused(extra, message):
-    overrides = main.configurator.parse_command_line(["--target=genres_all", *extra], main.CONFIG, main.__file__)[0]
-    with pytest.raises(SystemExit, match=message):
-        main.make_config(overrides)
+    overrides = configurator.parse_command_line(["--target=genres_all", *extra], main.CONFIG, main.__file__)[0]
+    with pytest.raises(ConfigError, match=message):
+        configurator.make_config(overrides, main.CONFIG)
 
 
 def test_single_label_keys_keep_their_meaning():
-    assert main.make_config({})["select_metric"] == "accuracy"
-    assert main.make_config({"target": "genres_all", "model": "crnn"})["select_metric"] == "pr_auc_macro"
+    assert configurator.make_config({}, main.CONFIG)["select_metric"] == "accuracy"
+    assert configurator.make_config({"target": "genres_all", "model": "crnn"}, main.CONFIG)["select_metric"] == "pr_auc_macro"
     for bad in ({"select_metric": "pr_auc_macro"}, {"pos_weight": True}):
-        with pytest.raises(SystemExit, match="target=genre_top"):
-            main.make_config(bad)
+        with pytest.raises(ConfigError, match="target=genre_top"):
+            configurator.make_config(bad, main.CONFIG)
 
 
 # ----------------------------------------------------------------------------- end to end on the demo's tree

@@ -18,10 +18,10 @@ import soundfile as sf
 import torch
 
 import models_utils
-import audio_windows
-import inference
 import pre_trained_models as ptm
 import utils
+from fma_genres.data import fma
+from fma_genres.inference import audio_windows, predict
 from models import CNN1D, CRNN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def wide_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("wide") / "cnn1d.pt"
     models_utils.save_checkpoint(models_utils.make_checkpoint(
         "cnn1d", {"n_mels": 128, "n_frames": 1291, "n_classes": 8, "faithful": False}, model.state_dict(),
-        utils.FMA_SMALL_GENRES, utils.PREPROCESSING, {"mean": -45.0, "std": 18.0}), path)
+        fma.FMA_SMALL_GENRES, utils.PREPROCESSING, {"mean": -45.0, "std": 18.0}), path)
     return path
 
 
@@ -109,12 +109,12 @@ def test_window_starts():
 
 
 def test_window_average_equals_mean_of_direct_window_probabilities(music, wide_checkpoint):
-    model, checkpoint = ptm.load_predictor(wide_checkpoint)
+    model, checkpoint = predict.load_predictor(wide_checkpoint)
     files = [music / "short_mono_22k.wav", music / "nested/LONG_STEREO_48K.WAV", music / "clip_mono_22k.wav"]
     # batch_size 4: the long track's 11 windows share batches with the other tracks' windows; two
     # workers (files 0 and 2 in one, file 1 in the other) send their windows interleaved
-    results = list(inference.predict(model, checkpoint, files, batch_size=4, num_workers=2))
-    bounded = list(inference.predict(model, checkpoint, files[1:2], max_windows=4, batch_size=3))
+    results = list(predict.predict(model, checkpoint, files, batch_size=4, num_workers=2))
+    bounded = list(predict.predict(model, checkpoint, files[1:2], max_windows=4, batch_size=3))
     assert [(r[0], r[2], r[3]) for r in results] == [(files[0], 1, None), (files[1], 11, None), (files[2], 1, None)]
     raw = CNN1D(faithful=False)
     raw.load_state_dict(checkpoint["state_dict"])
@@ -178,8 +178,8 @@ def test_original_weights_reproduce_expected_outputs():
     b, m, t = np.meshgrid(np.arange(2), np.arange(128), np.arange(1291), indexing="ij")
     x = torch.from_numpy((-30 + 20 * np.sin(0.3 * t + 0.2 * m * (b + 1)) - 0.3 * m).astype(np.float32))
     for name, file in (("cnn1d", "CNNGH1D"), ("crnn", "CRNN")):
-        model, checkpoint = ptm.load_predictor(REFERENCE / f"{file}.pt", name)
-        assert checkpoint["class_names"] == utils.FMA_SMALL_GENRES
+        model, checkpoint = predict.load_predictor(REFERENCE / f"{file}.pt", name)
+        assert checkpoint["class_names"] == fma.FMA_SMALL_GENRES
         assert checkpoint["preprocessing"] == utils.PREPROCESSING
         assert checkpoint["normalisation"] == {"mean": None, "std": None} and model.faithful
         with torch.no_grad():
@@ -194,7 +194,7 @@ def test_original_crnn_predicts_from_the_command_line(music):
                      music / "clip_stereo_48k.mp3")
     assert result.returncode == 0, result.stderr
     predictions = json.loads(result.stdout)["predictions"]
-    assert sorted(p["genre"] for p in predictions) == utils.FMA_SMALL_GENRES
+    assert sorted(p["genre"] for p in predictions) == fma.FMA_SMALL_GENRES
     assert sum(p["probability"] for p in predictions) == pytest.approx(1.0, abs=1e-4)
 
 
@@ -246,8 +246,8 @@ def test_evaluate_uses_the_split_the_checkpoint_was_trained_with(fma_small, tiny
     assert "(random, seed 1, train_size 0.75)" in out
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert (metrics["split"], metrics["seed"], metrics["train_size"]) == ("random", 1, 0.75)
-    tracks, _ = utils.load_metadata(fma_small, "small")
-    test_ids = {seed: sorted(utils.split_tracks(tracks, "random", 0.75, seed)["test"].index) for seed in (0, 1)}
+    tracks, _ = fma.load_metadata(fma_small, "small")
+    test_ids = {seed: sorted(fma.split_tracks(tracks, "random", 0.75, seed)["test"].index) for seed in (0, 1)}
     assert test_ids[0] != test_ids[1]  # seed 0's test split would hold clips this checkpoint trained on
     evaluated = json.loads(next((tmp_path / "cache").glob("*/params.json")).read_text())["track_ids"]
     assert evaluated == test_ids[1] and metrics["test_examples"] == len(test_ids[1])
@@ -361,7 +361,7 @@ def test_an_unusable_device_is_one_usage_error_line(music, tiny_run, capsys):
 def test_subset_choices_are_the_subsets_utils_knows(capsys):
     with pytest.raises(SystemExit):
         ptm.parse_args(["--help"])
-    assert "--subset {" + ",".join(utils.SUBSETS) + "}" in capsys.readouterr().out
+    assert "--subset {" + ",".join(fma.SUBSETS) + "}" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         ptm.parse_args(["--checkpoint=c.pt", "--evaluate=True", "--data_dir=d", "--subset=full"])
     assert exit_info.value.code == 2 and "invalid choice: 'full'" in capsys.readouterr().err

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import demo_data
 import main
 import models_utils
 from conftest import default_sigint, wait_for
+from fma_genres.data import demo_data
 
 ROOT = Path(__file__).resolve().parents[1]
 

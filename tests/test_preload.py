@@ -10,10 +10,11 @@ import torch
 
 import main
 import models_utils
-import multilabel
-from cache import build_cache
-from preload import PreloadedLoader, placement, preloaded
-from utils import PREPROCESSING, load_metadata, make_loaders, split_tracks
+from fma_genres import multilabel
+from fma_genres.data.cache import build_cache
+from fma_genres.data.fma import load_metadata, split_tracks
+from fma_genres.data.preload import PreloadedLoader, placement, preloaded
+from utils import PREPROCESSING, make_loaders
 
 ROOT = Path(__file__).resolve().parents[1]
 

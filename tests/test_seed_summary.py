@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-import seed_summary
+from fma_genres.experiments import seed_summary
 
 
 def metrics(score, loss):

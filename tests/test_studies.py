@@ -18,7 +18,7 @@ import pytest
 
 import experiments
 from conftest import clean_env
-from locks import alive
+from fma_genres.runtime.locks import alive
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 4

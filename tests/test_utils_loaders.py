@@ -5,12 +5,12 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
 from sklearn.model_selection import train_test_split
 
-from cache import build_cache
-from utils import (PREPROCESSING, DataError, MelDataset, draw_mask_uniforms, load_metadata, make_loaders,
-                   mask_spans, normalisation_stats, spec_augment, split_tracks)
+from fma_genres.data.cache import build_cache
+from fma_genres.data.fma import load_metadata, split_tracks
+from fma_genres.runtime.errors import DataError
+from utils import MelDataset, PREPROCESSING, draw_mask_uniforms, make_loaders, mask_spans, normalisation_stats, spec_augment
 
 SMALL = dict(PREPROCESSING, n_frames=100)
 BROKEN_TRAIN_TRACK = 1003

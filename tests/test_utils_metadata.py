@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SMALL_GENRES, write_metadata
-from utils import FMA_SMALL_GENRES, DataError, audio_path, load_metadata, split_tracks
+from fma_genres.data.fma import FMA_SMALL_GENRES, audio_path, load_metadata, split_tracks
+from fma_genres.runtime.errors import DataError
 
 
 def test_small_subset_columns_labels_and_paths(fma_small):

@@ -23,6 +23,8 @@ import soundfile as sf
 import main
 import models_utils
 from conftest import clean_env
+from fma_genres import configurator
+from fma_genres.runtime.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_CLIPS, BATCH_SIZE, N_FRAMES = 16, 2, 96  # fma_small: 2 training clips per genre
@@ -197,15 +199,15 @@ def test_upload_keys_keep_audio_and_checkpoints_off_wandb(runs):
     (["--upload_audio=sometimes"], "upload_audio='sometimes' is not valid: choose auto, True or False"),
 ])
 def test_bad_wandb_keys_are_refused(argv, expected):
-    with pytest.raises(SystemExit) as info:
-        main.make_config(main.configurator.parse_command_line(argv, main.CONFIG, main.__file__)[0])
-    assert expected in str(info.value.code)
+    with pytest.raises(ConfigError) as info:
+        configurator.make_config(configurator.parse_command_line(argv, main.CONFIG, main.__file__)[0], main.CONFIG)
+    assert expected in str(info.value)
 
 
 def test_auto_keys_follow_the_wandb_keys():
-    assert main.make_config({})["upload_audio"] is True  # FMA: Creative Commons clips
-    assert main.make_config({"demo": True})["upload_audio"] is True  # synthetic
-    assert main.make_config({"upload_audio": "False"})["upload_audio"] is False
+    assert configurator.make_config({}, main.CONFIG)["upload_audio"] is True  # FMA: Creative Commons clips
+    assert configurator.make_config({"demo": True}, main.CONFIG)["upload_audio"] is True  # synthetic
+    assert configurator.make_config({"upload_audio": "False"}, main.CONFIG)["upload_audio"] is False
     # watch's hooks would make torch.compile recompile every step: compile=auto stays off with watch
-    assert main.make_config({})["compile"] is True and main.make_config({"watch": True})["compile"] is False
-    assert main.make_config({"watch": True, "compile": "True"})["compile"] is True
+    assert configurator.make_config({}, main.CONFIG)["compile"] is True and configurator.make_config({"watch": True}, main.CONFIG)["compile"] is False
+    assert configurator.make_config({"watch": True, "compile": "True"}, main.CONFIG)["compile"] is True

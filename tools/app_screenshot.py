@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import utils  # noqa: E402  (the project's, from its root)
+from fma_genres.runtime import atomic  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 # No connections but to the page: this machine's network may be closed, and Chromium's own would be refused.
@@ -110,7 +110,7 @@ def save_small_png(png, path):
     buffer = io.BytesIO()
     Image.open(io.BytesIO(png)).convert("RGB").quantize(256).save(buffer, format="PNG", optimize=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    utils.atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    atomic.atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
 def main():

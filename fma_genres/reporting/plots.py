@@ -9,7 +9,7 @@ server's threads share no global figure state):
     for i, (path, probabilities, n_windows, error) in enumerate(
             inference.predict(model, checkpoint, files, hop, on_window=recorder)):
         spectrogram, window_probabilities = recorder.pop(i)
-        shown = pre_trained_models.shown_genres(probabilities, checkpoint, k)
+        shown = inference.shown_genres(probabilities, checkpoint, k)
         figure = plots.track_figure(path.name, spectrogram, window_probabilities, checkpoint, hop, shown)
         plots.save_png(figure, "song.png")
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-import utils
+from fma_genres.runtime import atomic
 
 TIMELINE_GENRES = 5  # genres drawn over time: more lines would not be readable
 
@@ -62,7 +62,7 @@ class WindowRecorder:
 
 def track_figure(title, spectrogram, window_probabilities, checkpoint, hop, predictions=None):
     """The figure of one track; title: None for none; predictions: [(label, probability)] bars
-    (pre_trained_models.shown_genres), or None for none."""
+    (inference.shown_genres), or None for none."""
     from matplotlib.figure import Figure  # here, not at start-up: a one-file prediction needs no plot
 
     timeline = len(window_probabilities) > 1
@@ -131,4 +131,4 @@ def save_png(figure, path):
     """Write the figure to path as PNG, atomically."""
     data = png_bytes(figure)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    utils.atomic_write(Path(path), lambda f: f.write(data))
+    atomic.atomic_write(Path(path), lambda f: f.write(data))

@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 
-import utils
+from fma_genres.runtime import atomic
 
 # repeat's figures: the ranges their 95% intervals are clipped to (every other figure is a score in 0..1),
 # and the fewest seeds whose interval means much (t = 12.7 for 2 seeds, 4.3 for 3, 3.2 for 4, 2.8 for 5)
@@ -66,7 +66,7 @@ def write_summary(folder, table, seeds, ensemble):
     writer = csv.writer(text)
     writer.writerow(["metric", *columns])
     writer.writerows([metric, *(f"{row[c]:.6g}" for c in columns)] for metric, row in table.items())
-    utils.atomic_write(folder / "summary.csv", lambda f: f.write(text.getvalue().encode()))
+    atomic.atomic_write(folder / "summary.csv", lambda f: f.write(text.getvalue().encode()))
     lines = [f"# {len(seeds)} seeds ({', '.join(map(str, seeds))}), one split; test split figures", "",
              f"| metric | mean | std | 95% interval | {' | '.join(f'seed {s}' for s in seeds)} |",
              "|---" * (4 + len(seeds)) + "|"]
@@ -77,4 +77,4 @@ def write_summary(folder, table, seeds, ensemble):
         lines += ["", f"Ensemble of the {len(seeds)} seeds (mean of their probabilities): test accuracy "
                       f"{ensemble['test_accuracy']:.4f}, macro F1 {ensemble['macro_f1']:.4f}, test loss "
                       f"{ensemble['test_loss']:.4f} ({folder / 'ensemble'}/metrics.json)."]
-    utils.atomic_write(folder / "summary.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    atomic.atomic_write(folder / "summary.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))

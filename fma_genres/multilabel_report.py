@@ -6,10 +6,9 @@
 metrics: multilabel.evaluation_scores' dict (per_genre in output order, class_names); targets: (N, G) 0/1;
 probabilities: (N, G) sigmoid outputs. Tests: python -m pytest tests/test_multilabel.py -q
 """
-import matplotlib
-matplotlib.use("Agg")  # headless, as models_utils
-import matplotlib.pyplot as plt
 import numpy as np
+
+from fma_genres.runtime.figures import pyplot  # headless, imported at the first figure
 
 PR_CURVES = 8  # the most frequent genres get a PR curve (more would be unreadable)
 
@@ -26,7 +25,7 @@ def plot_average_precision(metrics):
     """Horizontal bars: each genre's test average precision (its tree path), by support."""
     rows = sorted((row for row in metrics["per_genre"].values() if row["average_precision"] is not None),
                   key=lambda row: row["support"])
-    fig, ax = plt.subplots(figsize=(8, 1.0 + 0.28 * max(len(rows), 1)), layout="constrained")
+    fig, ax = pyplot().subplots(figsize=(8, 1.0 + 0.28 * max(len(rows), 1)), layout="constrained")
     ax.barh([f"{row['path']} ({row['support']})" for row in rows], [row["average_precision"] for row in rows])
     ax.set(xlim=(0, 1), xlabel="Average precision (PR-AUC)",
            title=f"Test average precision per genre (test positives); macro {metrics['pr_auc_macro'] or 0:.3f}")
@@ -38,7 +37,7 @@ def plot_pr_curves(metrics, targets, probabilities):
     from sklearn.metrics import precision_recall_curve
 
     names, per_genre = metrics["class_names"], metrics["per_genre"]
-    fig, ax = plt.subplots(figsize=(7, 6), layout="constrained")
+    fig, ax = pyplot().subplots(figsize=(7, 6), layout="constrained")
     for k in most_frequent(metrics):
         precision, recall, _ = precision_recall_curve(np.asarray(targets)[:, k], np.asarray(probabilities)[:, k])
         ax.plot(recall, precision, label=f"{per_genre[names[k]]['path']} (AP {per_genre[names[k]]['average_precision']:.2f})")

@@ -37,9 +37,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from locks import POLL_SECONDS, FileLock, notice_due
-from utils import (DISK_FULL, PREPROCESSING, AudioError, DataError, atomic_write, available_cpus, clip_spectrogram,
-                   format_bytes)
+from fma_genres.runtime.atomic import atomic_write
+from fma_genres.runtime.devices import available_cpus
+from fma_genres.runtime.errors import AudioError, DataError, DISK_FULL, format_bytes
+from fma_genres.runtime.locks import FileLock, POLL_SECONDS, notice_due
+from utils import PREPROCESSING, clip_spectrogram
 
 CHUNK_ROWS = 8  # rows per claim and worker task (fewer in small folders, to keep every worker busy)
 SAVE_EVERY_ROWS, SAVE_EVERY_SECONDS = 50, 2.0  # how often a builder merges its rows into status.npy

@@ -18,7 +18,8 @@ Decoding streams, whatever the track's length: soundfile blocks -> channel mean 
 holds about one window of audio (~3 MB), not the whole track (a 2-hour MP3 decodes to 2.5 GB of 44.1 kHz
 stereo float32). Measured against load_audio's one-shot decoding and soxr.resample, on a 200 s 44.1 kHz
 stereo MP3 written by libsndfile: max abs difference 0.0 (blocks of 1,000 to 77,777 frames; the same
-from 48, 32 and 11.025 kHz). Only the MP3 decoder can differ: its output depends on the size of each
+from 48, 32 and 11.025 kHz). Only the MP3 decoder can differ: its output depends on the size of each import 
+
 read, by up to 9e-8 on mono MP3s and up to 0.15 on MPEG-2 (22.05 kHz) MP3s with bitstream errors, as
 libsndfile's own encoder writes them; hence a file up to WHOLE_FILE_SECONDS long is read and resampled
 in one call, by load_audio's own code. With max_windows, only the chosen windows are decoded: the file is sought to
@@ -34,6 +35,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 import utils
+from fma_genres.runtime import errors
 
 BLOCK_FRAMES = 65536     # frames decoded at a time (1.5 s at 44.1 kHz)
 WHOLE_FILE_SECONDS = 60  # a file up to this long is read in one call, exactly as utils.load_audio reads it
@@ -93,7 +95,7 @@ class MonoStream:
         block = self.file.read(self.block, dtype="float32", always_2d=True)
         mono = block.mean(axis=1)
         if not np.isfinite(mono).all():
-            raise utils.AudioError(f"{self.path}: decodes to non-finite samples (NaN or infinity) about "
+            raise errors.AudioError(f"{self.path}: decodes to non-finite samples (NaN or infinity) about "
                                    f"{self.frames_read / self.native:.1f} s in: the file is corrupt. Download "
                                    f"or convert it again.")
         self.frames_read += len(block)
@@ -128,7 +130,7 @@ def open_audio(path):
     import soundfile as sf
 
     if path.stat().st_size == 0:
-        raise utils.AudioError(f"{path}: empty file (0 bytes). Download it again or remove it.")
+        raise errors.AudioError(f"{path}: empty file (0 bytes). Download it again or remove it.")
     try:
         return sf.SoundFile(path)
     except (sf.SoundFileError, RuntimeError) as error:
@@ -137,7 +139,7 @@ def open_audio(path):
 
 def truncated(path, seconds, declared):
     """A truncated download decodes "successfully" to a short signal (SPEC section 2): it must not pass for a short track."""
-    return utils.AudioError(f"{path}: decodes to {seconds:.2f} s of audio but its header declares {declared:.2f} s: "
+    return errors.AudioError(f"{path}: decodes to {seconds:.2f} s of audio but its header declares {declared:.2f} s: "
                             f"the file is truncated or corrupt. Download or copy it again.")
 
 
@@ -177,7 +179,7 @@ def track_windows(path, preprocessing, hop, max_windows=None):
             raise truncated(path, stream.seconds(), declared)
         length = stream.length()
         if length == 0:
-            raise utils.AudioError(f"{path}: decodes to no audio at all. Download it again or remove it.")
+            raise errors.AudioError(f"{path}: decodes to no audio at all. Download it again or remove it.")
         audio = np.pad(audio[:max(length - start, 0)], (0, max(length - start - len(audio), 0)))
         last_start = max(1 + length // hop_length - n_frames, 0)
         for frame in (range(count * hop, last_start + 1, hop) if chosen is None else chosen[count:]):
@@ -214,7 +216,7 @@ class TrackWindows(IterableDataset):
                 if len(piece) == WINDOWS_PER_ITEM:
                     yield i, torch.from_numpy(np.stack(piece)), False, None
                     piece = []
-        except utils.AudioError as error:  # its message starts with the path, which the error line shows
+        except errors.AudioError as error:  # its message starts with the path, which the error line shows
             yield i, None, True, str(error).removeprefix(f"{path}: ")
             return
         except Exception as error:  # one undecodable file must not stop the others

@@ -29,10 +29,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import distributed
-import multilabel
 import utils
-from utils import SPLITS, DataError
+from fma_genres import multilabel
+from fma_genres.data import fma
+from fma_genres.data.fma import SPLITS
+from fma_genres.runtime import atomic, distributed
+from fma_genres.runtime.errors import DataError
 
 SPLIT_NAMES = tuple(SPLITS.values())  # training, validation, test: the names in CSVs and splits.csv
 DEFAULT_CACHE_ROOT = Path("data") / "cache"  # folder and CSV datasets; FMA's is <data_dir>/cache
@@ -63,7 +65,7 @@ def split_seed(config):
 
 def ensure_fma(config, demo_tracks_per_genre):
     """Make sure FMA's metadata and audio are there: the demo generated, or FMA downloaded if allowed."""
-    import demo_data
+    from fma_genres.data import demo_data
 
     data_dir, subset_name = Path(config["data_dir"]), config["subset"]
     if config["demo"]:
@@ -88,7 +90,7 @@ def ensure_fma(config, demo_tracks_per_genre):
 
 def run_download(subset_name, data_dir, complete=False):
     """download_data.sh (it resumes); complete=True: FMA_COMPLETE=1, filling in a partial fma_<subset>/."""
-    script = Path(__file__).resolve().with_name("download_data.sh")
+    script = Path(__file__).resolve().parents[2] / "download_data.sh"  # the repository's
     env = {**os.environ, **({"FMA_COMPLETE": "1"} if complete else {})}
     if subprocess.run(["bash", str(script), subset_name, str(data_dir)], env=env).returncode != 0:
         raise DataError(f"download_data.sh could not fetch fma_{subset_name} into {data_dir} (its message is "
@@ -131,13 +133,13 @@ def missing_files(tracks):
 
 
 def load_fma(config):
-    """FMA's metadata (utils.load_metadata) and its official or random split (utils.split_tracks); with
+    """FMA's metadata (fma.load_metadata) and its official or random split (fma.split_tracks); with
     target=genres_all, every genre of the tree (multilabel.load_fma)."""
     if config.get("target", "genre_top") == "genres_all":
         data = multilabel.load_fma(config, split_seed(config))
     else:
-        tracks, class_names = utils.load_metadata(config["data_dir"], config["subset"])
-        splits = utils.split_tracks(tracks, mode=config["split"], train_size=config["train_size"],
+        tracks, class_names = fma.load_metadata(config["data_dir"], config["subset"])
+        splits = fma.split_tracks(tracks, mode=config["split"], train_size=config["train_size"],
                                     seed=split_seed(config))
         data = {"tracks": tracks, "class_names": class_names, "splits": splits, "identity": config["subset"],
                 "cache_root": Path(config["data_dir"]) / "cache"}
@@ -331,7 +333,7 @@ def write_splits(splits, path, resume=False):
         frames.append(pd.DataFrame({"track_id": frame.index, "path": frame["path"].map(os.path.abspath).to_numpy(),
                                     "genre": frame["genre"].to_numpy(), "artist": artist.to_numpy(), "split": SPLITS[key]}))
     text = pd.concat(frames).to_csv(index=False)
-    utils.atomic_write(path, lambda f: f.write(text.encode()))
+    atomic.atomic_write(path, lambda f: f.write(text.encode()))
 
 
 DATASETS = {"fma": load_fma, "folder": load_folder, "csv": load_csv}

@@ -1,6 +1,6 @@
 """An Optuna study's storage, shared by experiments.py's processes (on one machine or several): its database
-opened with heartbeats (one paragraph when the URL's driver is missing or its server cannot be reached),
-an existing study found without creating anything, and the trials of processes that died queued again.
+opened with heartbeats (a ConfigError, one paragraph, when the URL's driver is missing or its server cannot
+be reached), an existing study found without creating anything, and the trials of processes that died queued again.
 
     storage, recorded = studies.find_study(url, name)   # (None, None): no study (and no file) yet
     studies.requeue_orphans(study, lock_path)           # this machine's dead trials, queued to resume
@@ -12,8 +12,8 @@ import time
 import warnings
 from pathlib import Path
 
-from configurator import fail
-from locks import FileLock, alive
+from fma_genres.runtime.errors import ConfigError
+from fma_genres.runtime.locks import FileLock, alive
 
 # A trial whose process sent no heartbeat for twice this is queued again (other machines' trials; this
 # machine's are queued at once when their processes are gone, see requeue_orphans).
@@ -41,17 +41,18 @@ def open_storage(url):
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
             engine_kwargs={"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {})
     except sqlalchemy.exc.ArgumentError as error:  # not a URL, or a database SQLAlchemy has no dialect for
-        fail(f"--storage={url} is not a database URL SQLAlchemy can use ({error}). Give e.g. "
-             f"postgresql://user@host/optuna or sqlite:///path/study.db.")
+        raise ConfigError(f"--storage={url} is not a database URL SQLAlchemy can use ({error}). Give e.g. "
+                          f"postgresql://user@host/optuna or sqlite:///path/study.db.") from None
     except ImportError as error:
         module = getattr(error.__cause__, "name", None) or "?"
-        fail(f"the study's database {shown} needs a driver that is not installed (Python module {module!r}). "
-             f"Install it with `{DRIVER_INSTALL.get(module, f'pip install {module}')}`, then rerun.")
+        raise ConfigError(f"the study's database {shown} needs a driver that is not installed (Python module "
+                          f"{module!r}). Install it with `{DRIVER_INSTALL.get(module, f'pip install {module}')}`, "
+                          f"then rerun.") from None
     except sqlalchemy.exc.OperationalError as error:  # no server there, wrong credentials, no such database
         reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
-        fail(f"cannot reach the study's database {shown} ({reason}). Check that its server runs and accepts "
-             f"connections from this machine with the URL's user, password and database (for PostgreSQL, "
-             f"`psql '{shown}'` tries the same), then rerun.")
+        raise ConfigError(f"cannot reach the study's database {shown} ({reason}). Check that its server runs and "
+                          f"accepts connections from this machine with the URL's user, password and database (for "
+                          f"PostgreSQL, `psql '{shown}'` tries the same), then rerun.") from None
 
 
 def find_study(url, name):

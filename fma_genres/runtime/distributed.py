@@ -9,8 +9,8 @@ LOCAL_WORLD_SIZE set; without them (a plain ``python main.py``) there is no proc
 function here acts for the one process. What the processes share:
 
 - data: every process reads the same global order of batches (utils.train_sampler, reseeded per epoch)
-  and trains on its slice of each batch (ShardSampler); batch_size is the global batch. Evaluation
-  splits whole batches into one block per process (EvalShard) and gather() puts them back in order,
+  and trains on its slice of each batch (utils.ShardSampler); batch_size is the global batch. Evaluation
+  splits whole batches into one block per process (utils.EvalShard) and gather() puts them back in order,
   so every figure equals a single-process evaluation.
 - decisions: sync_step() sums each step's loss, examples and correct answers on the device (a NaN
   anywhere stops every process at the same step); agree() takes the strongest stop/save request of the signals
@@ -29,9 +29,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Sampler
 
-from configurator import fail
+from fma_genres.runtime.errors import ConfigError, PeerFailed
 
 TIMEOUT = datetime.timedelta(minutes=30)  # a collective waits this long; the cache build waits on files instead
 
@@ -76,8 +75,8 @@ def local_device(name):
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name in ("cuda", "cpu"):
         return f"cuda:{local_rank()}" if name == "cuda" else name
-    fail(f"device={name!r} cannot be used under torchrun: each process takes the GPU of its local rank "
-         f"(device=auto or cuda; CUDA_VISIBLE_DEVICES chooses the GPUs) or the CPU (device=cpu).")
+    raise ConfigError(f"device={name!r} cannot be used under torchrun: each process takes the GPU of its local rank "
+                      f"(device=auto or cuda; CUDA_VISIBLE_DEVICES chooses the GPUs) or the CPU (device=cpu).")
 
 
 @contextlib.contextmanager
@@ -89,15 +88,15 @@ def joined(config):
         return
     device = local_device(config["device"])
     if config["sync_batchnorm"] and not device.startswith("cuda"):
-        fail("sync_batchnorm=True needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only): drop it, or run "
-             "on GPUs.")
+        raise ConfigError("sync_batchnorm=True needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only): drop it, or run "
+                          "on GPUs.")
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=TIMEOUT)
     try:
         if config["batch_size"] % world_size():
-            fail(f"batch_size={config['batch_size']} is the global batch, split evenly across the "
-                 f"{world_size()} processes: choose a multiple of {world_size()}.")
+            raise ConfigError(f"batch_size={config['batch_size']} is the global batch, split evenly across the "
+                              f"{world_size()} processes: choose a multiple of {world_size()}.")
         if not is_main():  # one copy of every line; errors still reach stderr, named by rank
             sys.stdout = open(os.devnull, "w")
         yield
@@ -114,7 +113,7 @@ def exit_process(main):
         sys.exit(main())
     try:
         code = main()
-    except SystemExit as stop:  # fail(): its message to stderr and status 1, as sys.exit would
+    except SystemExit as stop:  # sys.exit("error: ..."): the message to stderr and status 1, as sys.exit does
         code = stop.code
         if isinstance(code, str):
             print(code, file=sys.stderr)
@@ -175,69 +174,6 @@ def launcher():
     except (OSError, StopIteration, ValueError):  # not Linux, or launched another way: what the job looks like
         nodes, per_node = int(os.environ["WORLD_SIZE"]) // local_world_size(), local_world_size()
         return ["torchrun", *(["--standalone"] if nodes == 1 else [f"--nnodes={nodes}"]), f"--nproc_per_node={per_node}"]
-
-
-# -----------------------------------------------------------------------------
-# data
-
-class ShardSampler(Sampler):
-    """This process's part of every global batch of ``base`` (a utils.ResumableSampler): item j of a
-    batch goes to process j % world_size. Every process thus trains on the same global batches, in the
-    same order and with the same masks, as one process would. ``start`` (in items of the global order,
-    so a mid-epoch checkpoint resumes on any number of processes) and ``generator`` are the base's."""
-
-    def __init__(self, base, batch_size, rank, world_size):
-        self.base, self.batch_size, self.rank, self.world = base, batch_size, rank, world_size
-        rest = len(base) % batch_size
-        if 0 < rest < world_size:
-            better = next(b for b in range(batch_size + world_size, 2 * len(base) + world_size, world_size)
-                          if len(base) % b == 0 or len(base) % b >= world_size)
-            fail(f"the training split has {len(base)} examples: with batch_size={batch_size} the last batch "
-                 f"of an epoch holds {rest}, fewer than the {world_size} processes, and one of them would "
-                 f"have none. Choose a batch size that leaves no such remainder (e.g. batch_size={better}).")
-
-    @property
-    def generator(self):
-        return self.base.generator
-
-    @property
-    def start(self):
-        return self.base.start
-
-    @start.setter
-    def start(self, value):
-        self.base.start = value
-
-    def __len__(self):
-        full, rest = divmod(len(self.base), self.batch_size)
-        return full * (self.batch_size // self.world) + len(range(self.rank, rest, self.world))
-
-    def plan(self):
-        """The base's plan (order, mask uniforms or None), cut to this process's items, as __iter__ yields them."""
-        order, masks = self.base.plan()
-        mine = torch.arange(len(order)) % self.batch_size % self.world == self.rank
-        return order[mine], None if masks is None else masks[mine]
-
-    def __iter__(self):
-        import utils  # here, not at the top: utils imports this module
-
-        return utils.sampler_items(*self.plan())
-
-
-class EvalShard(Sampler):
-    """One contiguous block of whole batches of an evaluation split per process (rank 0 the first), so
-    that gather() restores the split's order and its batches: the same losses to the last bit."""
-
-    def __init__(self, size, batch_size, rank, world_size):
-        batches = -(-size // batch_size)
-        first, end = batches * rank // world_size, batches * (rank + 1) // world_size
-        self.indices = range(first * batch_size, min(end * batch_size, size))
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __iter__(self):
-        return iter(self.indices)
 
 
 # -----------------------------------------------------------------------------
@@ -309,7 +245,7 @@ def gather(items):
 def from_main(function, *args):
     """``function(*args)`` computed by rank 0 alone and handed to every process (the run's folder, a
     checkpoint: only rank 0 writes, and other machines may not see its disk). When it fails, rank 0
-    raises its error and the others exit with status 1, leaving the message to rank 0."""
+    raises its error and the others raise PeerFailed (status 1), leaving the message to rank 0."""
     if not active():
         return function(*args)
     outcome = [None, False]  # result, failed
@@ -322,7 +258,7 @@ def from_main(function, *args):
             raise
     dist.broadcast_object_list(outcome)
     if outcome[1]:
-        raise SystemExit(1)
+        raise PeerFailed(named("rank 0 failed; its message says why"))
     return outcome[0]
 
 
@@ -338,5 +274,5 @@ def first_on_each_machine(function, *args):
         gather([False])
         raise
     if not all(gather([True])):
-        raise SystemExit(1)  # a first process failed and says why
+        raise PeerFailed(named("a first process failed; its message says why"))
     return result if first else function(*args)

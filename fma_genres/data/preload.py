@@ -20,8 +20,8 @@ import os
 import numpy as np
 import torch
 
-import distributed
 import utils
+from fma_genres.runtime import distributed
 
 GB = 1e9
 ROWS_PER_COPY = 256  # cache rows stacked on the host per copy into the tensor: few, large copies

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import utils
+from fma_genres.runtime import errors
 
 WATCH_LOG_FREQ = 10  # batches between gradient and parameter histograms: the original's wandb.watch(log_freq=10)
 # Datasets whose clips may go to W&B by default (upload_audio=auto): FMA's are Creative Commons, the demo's
@@ -121,7 +122,7 @@ class WandbLog:
                                  "test/epoch": metrics["reported_epoch"]})
         figures = {f"test/figures/{p.stem}": wandb.Image(str(p)) for p in files if p.suffix == ".png"}
         if metrics.get("target") == "genres_all":  # multi-label: AP per genre, PR curves (multilabel_report)
-            import multilabel_report
+            from fma_genres import multilabel_report
             self.run.log({**multilabel_report.wandb_entries(metrics, targets, probabilities), **figures})
         else:
             self.run.log(single_label_entries(config, data, metrics, result, figures))
@@ -208,7 +209,7 @@ def clip_audio(path, preprocessing):
     p = preprocessing
     try:
         audio = utils.load_audio(path, p["sample_rate"])
-    except utils.DataError as error:
+    except errors.DataError as error:
         print(f"warning: W&B hardest clips: no audio: {error}")
         return None
     return wandb.Audio(audio[:p["n_frames"] * p["hop_length"]], sample_rate=p["sample_rate"])

@@ -19,6 +19,7 @@ import onnxruntime
 import torch
 
 import utils
+from fma_genres.runtime import atomic
 
 MAX_DIFFERENCE = 1e-4  # largest accepted |onnxruntime - PyTorch| probability
 INPUT_NAME, OUTPUT_NAME = "mel_db", "probabilities"
@@ -99,5 +100,5 @@ def export_onnx(model, checkpoint, path):
                           f"in probability (limit {MAX_DIFFERENCE:.0e}), so {path} was not written. Report it "
                           f"with the versions of torch, onnxscript and onnxruntime.")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    utils.atomic_write(Path(path), lambda f: f.write(serialized))
+    atomic.atomic_write(Path(path), lambda f: f.write(serialized))
     return difference

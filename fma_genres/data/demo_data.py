@@ -12,12 +12,12 @@ seed. With subgenres=True (main.py's demo with target=genres_all, in its own fol
 sub-genres (SUBGENRES): a track is in one of them or in its top genre only; a sub-genre adds its own
 pulsing tone (a frequency of its own) to the genre's music, and tracks.csv's genres / genres_all and
 genres.csv's tree say so, as FMA's do. Splits are official-style: stratified 80/10/10 per genre and artist-filtered. The real loaders
-read it unchanged (``utils.load_metadata(DATA_DIR, "small")``). A second run with the same parameters
+read it unchanged (``fma.load_metadata(DATA_DIR, "small")``). A second run with the same parameters
 returns at once; an interrupted run resumes.
 
-    python demo_data.py                                   # data/demo, 10 tracks per genre, 30 s clips
-    python demo_data.py --data_dir=/tmp/demo --tracks_per_genre=20 --seed=1 --duration=30
-    python demo_data.py --data_dir=data/demo_genres_all --subgenres   # with the sub-genre tree
+    python -m fma_genres.data.demo_data                                   # data/demo, 10 tracks per genre, 30 s clips
+    python -m fma_genres.data.demo_data --data_dir=/tmp/demo --tracks_per_genre=20 --seed=1 --duration=30
+    python -m fma_genres.data.demo_data --data_dir=data/demo_genres_all --subgenres   # with the sub-genre tree
 """
 import argparse
 import json

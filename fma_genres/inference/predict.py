@@ -10,12 +10,12 @@ embedding (predict with outputs=embeddings), the input of the model's last Linea
     cnn2d   fc3           64 (after fc2, BatchNorm and ReLU)
     crnn    fc1           128 (the LSTM's last step; dropout is the identity in eval mode)
 
-A library for pre_trained_models.py (the command line):
+A library for pre_trained_models.py and app.py (the command line and the web page):
 
-    model, checkpoint = pre_trained_models.load_predictor("runs/crnn/latest/best.pt")
+    model, checkpoint = inference.load_predictor("runs/crnn/latest/best.pt")
     for path, probabilities, n_windows, error in inference.predict(model, checkpoint, ["song.mp3"]): ...
     for path, embedding, n_windows, error in inference.predict(model, checkpoint, files, outputs=inference.embeddings): ...
-    model, checkpoint = inference.ensemble([(path, *pre_trained_models.load_predictor(path)) for path in paths])
+    model, checkpoint = inference.ensemble([(path, *inference.load_predictor(path)) for path in paths])
 """
 import sys
 from pathlib import Path
@@ -24,9 +24,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-import audio_windows
+import models_utils
 import utils
-
+from fma_genres import multilabel
+from fma_genres.inference import audio_windows
+from fma_genres.runtime import atomic
+from models import MODELS
+from models_utils import CheckpointError
 
 
 def find_audio_files(inputs):
@@ -109,6 +113,70 @@ def ensemble(members):
 
 
 # -----------------------------------------------------------------------------
+# a checkpoint's model, and what a track's prediction shows
+
+DEFAULT_TOP_K = 3  # genres shown per track of a single-label model
+
+
+def load_predictor(path, model_name=None, device="cpu"):
+    """(model in eval mode, checkpoint dict) from a checkpoint of this project or an original bare state_dict.
+
+    Both are read with torch.load(weights_only=True), so a checkpoint can never run code.
+    """
+    try:
+        checkpoint = models_utils.load_checkpoint(path, device)
+    except CheckpointError:
+        state_dict = models_utils.read_bare_state_dict(path, device)
+        if state_dict is None:
+            raise
+        checkpoint = models_utils.original_checkpoint(state_dict, model_name, path)
+    if model_name is not None and model_name != checkpoint["model"]:
+        raise CheckpointError(f"{path} holds a {checkpoint['model']!r} model but --model={model_name} was given. "
+                              f"Drop --model (this project's checkpoints name their model) or give the right one.")
+    try:
+        model = models_utils.model_from_checkpoint(checkpoint, device)
+    except CheckpointError:
+        fits = [name for name in MODELS if name != checkpoint["model"] and models_utils.weights_fit(name, checkpoint)]
+        hint = f" They fit --model={fits[0]}." if fits else ""
+        raise CheckpointError(f"The weights in {path} do not fit model {checkpoint['model']!r} "
+                              f"{checkpoint['model_args']}.{hint}") from None
+    normalisation = checkpoint["normalisation"]
+    if normalisation.get("mean") is not None:
+        model = Standardised(model, normalisation["mean"], normalisation["std"])
+    return model, checkpoint
+
+
+class Standardised(torch.nn.Module):
+    """A model trained on standardised dB (faithful=False) made to take raw dB like every other model."""
+
+    def __init__(self, model, mean, std):
+        super().__init__()
+        self.model, self.mean, self.std = model, float(mean), float(std)
+
+    def forward(self, x):
+        return self.model((x - self.mean) / self.std)
+
+
+def top_k(probabilities, class_names, k):
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [(class_names[j], float(probabilities[j])) for j in order]
+
+
+def window_outputs(checkpoint):
+    """What inference.predict takes from the model for each window of this checkpoint's tracks: genre
+    probabilities, independent sigmoids for a multi-label checkpoint (target=genres_all)."""
+    return sigmoid_probabilities if checkpoint.get("target") == "genres_all" else probabilities
+
+
+def shown_genres(probabilities, checkpoint, k):
+    """[(label, probability)]: what a track's prediction shows (--plot's bars, app.py's page). Multi-label:
+    the genres above their thresholds as tree paths, most specific first, or the k most probable (k given)."""
+    if checkpoint.get("target") == "genres_all":
+        return multilabel.predicted_genres(probabilities, checkpoint["genres"], k)
+    return top_k(probabilities, checkpoint["class_names"], k or DEFAULT_TOP_K)
+
+
+# -----------------------------------------------------------------------------
 # batching windows of many tracks
 
 def default_hop(checkpoint):
@@ -187,4 +255,4 @@ def save_embeddings(path, rows, checkpoint):
               "windows": np.array(windows), "class_names": np.array(checkpoint["class_names"]),
               "model": np.array(checkpoint["model"])}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    utils.atomic_write(Path(path), lambda f: np.savez(f, **arrays))
+    atomic.atomic_write(Path(path), lambda f: np.savez(f, **arrays))

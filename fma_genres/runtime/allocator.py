@@ -1,6 +1,6 @@
 """Keep large freed memory in the process: glibc's malloc tuned for CPU training (issue 16).
 
-    import allocator
+    from fma_genres.runtime import allocator
     allocator.keep_large_allocations()   # first thing in a script, before torch allocates anything
 
 Why: glibc's malloc serves every block above its mmap threshold (128 KiB, growing by itself to at most
@@ -12,8 +12,8 @@ largest block and trimming off, free() keeps the blocks in the heap and the next
 2.7x faster. The price: freed memory stays in the process and the peak resident memory grows (CRNN,
 batch 50, eager: 5.0 -> 12.4 GiB); benchmarks/results_allocator.md has the sweep behind the choice.
 
-main.py (and so the DataLoader workers it forks, and every script that imports main) and
-pre_trained_models.py call it at start-up. It is a no-op where the C library is not glibc (macOS,
+main.py (and so the DataLoader workers it forks), pre_trained_models.py and app.py call it at start-up,
+when run (importing them changes nothing). It is a no-op where the C library is not glibc (macOS,
 Windows, musl) and whenever the user has taken charge of the allocator: a MALLOC_*_ threshold or pad
 variable, a glibc.malloc tunable in GLIBC_TUNABLES, or any LD_PRELOAD (jemalloc, tcmalloc, ...).
 To opt out, set the glibc default yourself: MALLOC_MMAP_THRESHOLD_=131072 python main.py

@@ -29,15 +29,13 @@ NEW_HEAD_SCALE = 0.01
 
 def read_source(path, model_name):
     """init_from as a checkpoint dict: this project's, or the original's bare state_dict of ``model_name``."""
-    import pre_trained_models  # here, not at the top: it imports main
-
     try:
         source = models_utils.load_checkpoint(path)
     except CheckpointError:
-        state_dict = pre_trained_models.read_bare_state_dict(path)
+        state_dict = models_utils.read_bare_state_dict(path)
         if state_dict is None:
             raise
-        source = pre_trained_models.original_checkpoint(state_dict, model_name, path)
+        source = models_utils.original_checkpoint(state_dict, model_name, path)
     if source["model"] != model_name:
         raise CheckpointError(f"init_from={path} holds a {source['model']} model but this run trains a "
                               f"{model_name}: add --model={source['model']}.")

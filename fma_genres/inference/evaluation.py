@@ -10,12 +10,12 @@ test.evaluate, so the numbers compare with main.py's test results, not with the 
 import sys
 from pathlib import Path
 
-import cache as mel_cache
-import datasets
 import models_utils
-import multilabel
 import utils
-from configurator import UsageError
+from fma_genres import multilabel
+from fma_genres.data import cache as mel_cache, datasets
+from fma_genres.runtime import errors
+from fma_genres.runtime.errors import UsageError
 from test import evaluate  # the project's test.py (python and pytest.ini put the project root first on sys.path)
 
 SPLIT_SETTINGS = {"dataset": "fma", "subset": "small", "split": "official", "seed": 0, "train_size": 0.8,
@@ -100,10 +100,10 @@ def report(args, members, model, checkpoint, settings, device):
     recorded = (checkpoint.get("config") or {}).get("data_dir")
     try:
         data = datasets.load({**settings, **labels, "data_dir": args.data_dir, "cache_dir": args.cache_dir or ""})
-    except utils.DataError as error:
+    except errors.DataError as error:
         if not recorded or recorded == args.data_dir:
             raise
-        raise utils.DataError(f"{error} Note: {args.checkpoint} was trained on the data in {recorded}, which "
+        raise errors.DataError(f"{error} Note: {args.checkpoint} was trained on the data in {recorded}, which "
                               f"--evaluate uses when --data_dir is not given.") from None
     class_names, test_tracks = data["class_names"], data["splits"]["test"]
     if list(class_names) != list(checkpoint["class_names"]):

@@ -14,10 +14,9 @@ import csv
 import io
 from pathlib import Path
 
-import distributed
 import models_utils
-import utils
-from configurator import fail
+from fma_genres.runtime import atomic, distributed
+from fma_genres.runtime.errors import ConfigError
 from models_utils import CheckpointError
 
 # On resume the checkpoint's config wins; only these keys may be changed on the command line.
@@ -49,8 +48,8 @@ def load_resume(config, overrides):
     conflicts = [f"{k}={v!r} (checkpoint: {saved[k]!r})" for k, v in overrides.items()
                  if k not in RESUME_MAY_CHANGE and saved[k] != v]
     if conflicts:
-        fail(f"cannot resume {config['out_dir']}/last.pt with {', '.join(conflicts)}: it was trained "
-             f"differently. Drop those arguments, or start a new run in another --out_dir.")
+        raise ConfigError(f"cannot resume {config['out_dir']}/last.pt with {', '.join(conflicts)}: it was trained "
+                          f"differently. Drop those arguments, or start a new run in another --out_dir.")
     saved.update({k: v for k, v in config.items() if k in RESUME_MAY_CHANGE and k in overrides},
                  out_dir=config["out_dir"], resume=True)
     return checkpoint, saved
@@ -100,7 +99,7 @@ def save_epoch(config, data, model, optimizer, scheduler, state, position=None):
     writer = csv.DictWriter(text, fieldnames=list(state["history"][0]))
     writer.writeheader()
     writer.writerows(state["history"])
-    utils.atomic_write(out_dir / "history.csv", lambda f: f.write(text.getvalue().encode()))
+    atomic.atomic_write(out_dir / "history.csv", lambda f: f.write(text.getvalue().encode()))
     state["saved_epoch"] = state["epoch"]
 
 

@@ -9,10 +9,11 @@ values of the wrong type and unreadable arguments stop with one message, never a
 ``prepare_out_dir()`` gives every run a folder of its own (runs/<model>/<date-time>, runs/<model>/latest)
 and ``provenance()`` records what produced a run: commit, library versions, hardware, command line.
 """
+import ast
 import importlib.metadata
+import os
 import platform
 import re
-import os
 import shlex
 import subprocess
 import sys
@@ -20,20 +21,23 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
+import torch
+
+import models_utils
+import utils
+from fma_genres import multilabel
+from fma_genres.data import datasets, fma
+from fma_genres.reporting import wandb_logging
+from fma_genres.runtime import devices
+from fma_genres.runtime.errors import ConfigError
+from fma_genres.training import finetune
+from models import MODELS
+from train import EPOCH_LOSSES
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 # One line of main.py's constants block: name = value  # comment
 CONSTANT_LINE = re.compile(r"^(\w+)\s*=\s*(.+?)\s+#\s?(.*)$")
 RULER = "# " + "-" * 77
-
-
-class UsageError(Exception):
-    """A problem the user must fix before anything can run (a command's wrong options or unusable input);
-    str() is the whole message, which the command prints with exit status 2."""
-
-
-def fail(message):
-    """Stop with a one-paragraph message and exit status 1, no traceback."""
-    raise SystemExit(f"error: {message}")
 
 
 def convert(key, text, default):
@@ -51,7 +55,7 @@ def convert(key, text, default):
     else:
         return None if default is None and text.lower() == "none" else text
     name = type(default).__name__
-    fail(f"--{key}={text}: expected {'an' if name[0] in 'aeiou' else 'a'} {name} like the default {default!r}.")
+    raise ConfigError(f"--{key}={text}: expected {'an' if name[0] in 'aeiou' else 'a'} {name} like the default {default!r}.")
 
 
 def parse_overrides(argv, defaults):
@@ -60,10 +64,10 @@ def parse_overrides(argv, defaults):
     for arg in argv:
         key, equals, text = arg.removeprefix("--").partition("=")
         if not arg.startswith("--") or not equals:
-            fail(f"cannot read argument {arg!r}: write --key=value, e.g. --epochs=5 (a config file, "
-                 f"e.g. configs/original_crnn.py, may come first). See --help.")
+            raise ConfigError(f"cannot read argument {arg!r}: write --key=value, e.g. --epochs=5 (a config file, "
+                              f"e.g. configs/original_crnn.py, may come first). See --help.")
         if key not in defaults:
-            fail(f"unknown config key {key!r}. Valid keys: {', '.join(defaults)}. See --help.")
+            raise ConfigError(f"unknown config key {key!r}. Valid keys: {', '.join(defaults)}. See --help.")
         overrides[key] = convert(key, text, defaults[key])
     return overrides
 
@@ -74,10 +78,10 @@ def read_config_file(path, defaults):
     try:
         code = compile(path.read_text(), str(path), "exec")
     except OSError as error:
-        fail(f"cannot read config file {path} ({error.strerror or error}). Give the path of a .py file "
-             f"such as configs/original_crnn.py.")
+        raise ConfigError(f"cannot read config file {path} ({error.strerror or error}). Give the path of a .py file "
+                          f"such as configs/original_crnn.py.")
     except SyntaxError as error:
-        fail(f"config file {path} is not valid Python (line {error.lineno}: {error.msg}).")
+        raise ConfigError(f"config file {path} is not valid Python (line {error.lineno}: {error.msg}).")
     namespace = {}
 
     def include(name):  # in a config file: the keys of another config file, relative to this one
@@ -89,8 +93,8 @@ def read_config_file(path, defaults):
         if key.startswith("_"):
             continue
         if key not in defaults:
-            fail(f"config file {path} sets {key!r}, which is not a config key. Valid keys: "
-                 f"{', '.join(defaults)}.")
+            raise ConfigError(f"config file {path} sets {key!r}, which is not a config key. Valid keys: "
+                              f"{', '.join(defaults)}.")
         default = defaults[key]
         same_type = type(value) is type(default) or (default is None and isinstance(value, str)) or (
             isinstance(default, float) and type(value) is int)
@@ -128,15 +132,117 @@ def help_text(source, defaults, notes=""):
     return "\n".join(lines + ([notes] if notes else []))
 
 
-def parse_command_line(argv, defaults, source, help_notes=""):
-    """(overrides, config file or None) from ``argv``: --help prints every key (then ``help_notes``) and exits 0."""
-    if any(arg in ("-h", "--help") for arg in argv):
-        print(help_text(source, defaults, help_notes))
-        raise SystemExit(0)
+def asks_help(argv):
+    """Whether ``argv`` asks for --help (the command prints help_text and exits 0)."""
+    return any(arg in ("-h", "--help") for arg in argv)
+
+
+def script_defaults(source):
+    """The keys of ``source``'s constants block and their default values, read from the file (ast) without
+    importing it: what the script's CONFIG holds, for a command that runs the script (experiments.py)."""
+    text = Path(source).read_text()
+    tree, lines = ast.parse(text), text.splitlines()
+    rulers = [number for number, line in enumerate(lines, 1) if line.startswith(RULER[:20])][:2]
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+            if isinstance(node, ast.Assign) and rulers[0] < node.lineno < rulers[1]
+            and isinstance(node.targets[0], ast.Name)}
+
+
+def parse_command_line(argv, defaults, source):
+    """(overrides, config file or None) from ``argv`` (--help is the command's own: asks_help)."""
     config_file, rest = split_arguments(argv)
     overrides = read_config_file(config_file, defaults) if config_file else {}
     overrides.update(parse_overrides(rest, defaults))
     return overrides, config_file
+
+
+# -----------------------------------------------------------------------------
+# the run's keys, resolved and checked
+
+# With demo=True these replace the defaults of keys not given on the command line. The demo dataset
+# (demo_data.py) has 80 clips of 30 s, 64/8/8 train/val/test. Batch 8 gives 8 optimiser steps an epoch;
+# 25 epochs reach at least 0.75 test accuracy on any CPU (tests/test_demo_data.py checks it; 0.875 on a
+# 2-core AMD EPYC, 2026-12); ~5 s an epoch with freed memory kept (allocator.py).
+DEMO = {"data_dir": "data/demo", "epochs": 25, "batch_size": 8, "download": False, "compile": "False"}
+# The demo with target=genres_all: its own folder (clips with sub-genres, demo_data.py), whose sub-genres
+# have 2-3 training clips each.
+DEMO_GENRES_ALL = {"data_dir": "data/demo_genres_all", "min_genre_tracks": 2}
+# compile=auto compiles these models, in channels_last layout. Measured on a 2-core CPU with freed
+# memory kept (allocator.py; benchmarks/results_training.md): CRNN training steps 1.50x faster, CNN2D
+# 1.20x, after an 11-29 s compile repaid within 21 steps (an fma_small epoch has 128), and the compiled
+# CRNN peaks at 8.8 GB where the eager one reaches 13 GB; CNN1D 0.75x, hence off. The demo's few short
+# epochs never repay the compile time.
+COMPILED_MODELS = ("crnn", "cnn2d")
+
+# Valid values of the keys that take a name, from the registries that define them.
+CHOICES = {"dataset": tuple(datasets.DATASETS), "subset": fma.SUBSETS, "split": fma.SPLIT_MODES, "model": tuple(MODELS),
+           "target": multilabel.TARGETS,
+           "freeze": finetune.FREEZE, "init": tuple(models_utils.INITIALISERS), "epoch_loss": tuple(EPOCH_LOSSES),
+           "augment_masks": utils.AUGMENT_MASKS,
+           "select_metric": models_utils.SELECT_METRICS + multilabel.SELECT_METRICS, "mask_draw": utils.MASK_DRAWS, "report_epoch": ("best", "last"),
+           "wandb_mode": (None, "online", "offline", "disabled")}
+
+
+def make_config(overrides, defaults):
+    """``defaults`` (main.py's CONFIG), then the demo settings (with demo=True), then the overrides (config
+    file and command line); names, ranges and the auto keys resolved and checked."""
+    config = dict(defaults)
+    if overrides.get("demo", defaults["demo"]):
+        config.update(DEMO, **(DEMO_GENRES_ALL if overrides.get("target") == "genres_all" else {}))
+    config.update(overrides)
+    # W&B's watch hooks would make torch.compile recompile at every step, hence no auto compile with watch
+    config["compile"] = resolve_auto(config, "compile", config["model"] in COMPILED_MODELS and not config["watch"])
+    config["standardise"] = resolve_auto(config, "standardise", not config["faithful"])
+    config["upload_audio"] = resolve_auto(config, "upload_audio", wandb_logging.audio_shareable(config))
+    config["preload"] = resolve_auto(config, "preload", "auto")  # decided by build_data, by the memory free
+    config["amp"] = resolve_auto(config, "amp", "auto")  # decided by main.py's run, by the device
+    if config["select_metric"] == "auto":
+        config["select_metric"] = "pr_auc_macro" if config["target"] == "genres_all" else "accuracy"
+    for key, valid in CHOICES.items():
+        if config[key] not in valid:
+            raise ConfigError(f"{key}={config[key]!r} is not valid: choose one of {', '.join(map(str, valid))}.")
+    problem = multilabel.config_problem(config, models_utils.SELECT_METRICS)
+    if problem:
+        raise ConfigError(problem)
+    for key in ("epochs", "batch_size", "n_frames", "log_interval"):
+        if config[key] < 1:
+            raise ConfigError(f"{key} must be at least 1, got {config[key]}.")
+    if config["balanced_sampler"] and not config["shuffle"]:
+        raise ConfigError("balanced_sampler=True draws a new class-balanced sample every epoch; it cannot keep shuffle=False's "
+                          "fixed order. Drop one of them.")
+    for key, zero in (("save_interval", "epoch ends only"), ("hardest_clips", "no table")):
+        if config[key] < 0:
+            raise ConfigError(f"{key} must be 0 ({zero}) or more, got {config[key]}.")
+    for key in ("num_workers", "cache_workers"):
+        if config[key] < -1 or config[key] == 0 and key == "cache_workers":
+            raise ConfigError(f"{key}={config[key]} is not valid: -1 (auto) or a number of processes"
+                              f"{' (at least 1)' if key == 'cache_workers' else ''}.")
+    if not (config["lr"] > 0 and 0 < config["train_size"] < 1 and config["weight_decay"] >= 0):
+        raise ConfigError("lr must be > 0, weight_decay >= 0 and train_size between 0 and 1.")
+    if not (config["val_size"] > 0 and config["test_size"] > 0 and config["val_size"] + config["test_size"] < 1):
+        raise ConfigError(f"val_size and test_size must be > 0 and leave tracks for training (sum < 1), got "
+                          f"{config['val_size']} and {config['test_size']}.")
+    if config["freeze"] != "none" and not config["init_from"]:
+        raise ConfigError(f"freeze={config['freeze']} needs init_from=<a trained checkpoint>: frozen random layers learn nothing.")
+    return config
+
+
+def demo_help():
+    """The demo settings, for main.py's --help."""
+    def options(settings):
+        return " ".join(f"--{key}={value}" for key, value in settings.items())
+    return (f"\nWith --demo=True, keys not given on the command line take the demo settings: {options(DEMO)}; "
+            f"with --target=genres_all also {options(DEMO_GENRES_ALL)}.")
+
+
+def resolve_auto(config, key, auto_value):
+    """A key taking auto/True/False as a bool: "auto" means ``auto_value``."""
+    text = str(config[key]).lower()
+    if text == "auto":
+        return auto_value
+    if text in ("true", "1", "false", "0"):
+        return text in ("true", "1")
+    raise ConfigError(f"{key}={config[key]!r} is not valid: choose auto, True or False.")
 
 
 # -----------------------------------------------------------------------------
@@ -159,17 +265,17 @@ def prepare_out_dir(config, runs_root, launched=False):
     if config["resume"] and not config["out_dir"]:
         latest = runs_folder(config, runs_root, launched) / "latest"
         if not latest.exists():
-            fail(f"--resume=True without --out_dir continues the latest run of {config['model']} "
-                 f"({latest}), but there is none. Give the run's folder with --out_dir=PATH.")
+            raise ConfigError(f"--resume=True without --out_dir continues the latest run of {config['model']} "
+                              f"({latest}), but there is none. Give the run's folder with --out_dir=PATH.")
         return str(latest.resolve())
     if not config["out_dir"]:
         return new_run_folder(runs_folder(config, runs_root, launched))
     out_dir = Path(config["out_dir"])
     holds_run = any((out_dir / name).exists() for name in ("last.pt", "best.pt"))
     if holds_run and not (config["resume"] or config["overwrite"]):
-        fail(f"{out_dir} already holds a run (last.pt/best.pt). Continue it with --resume=True, replace "
-             f"it with --overwrite=True, or start a new run in another --out_dir (or none: each run then "
-             f"gets its own folder under {runs_root}/).")
+        raise ConfigError(f"{out_dir} already holds a run (last.pt/best.pt). Continue it with --resume=True, replace "
+                          f"it with --overwrite=True, or start a new run in another --out_dir (or none: each run then "
+                          f"gets its own folder under {runs_root}/).")
     check_writable(out_dir)
     return str(out_dir)
 
@@ -202,7 +308,7 @@ def check_writable(out_dir):
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=out_dir).close()
     except OSError as error:
-        fail(f"out_dir {out_dir} is not writable ({error.strerror or error}). Choose another with --out_dir=PATH.")
+        raise ConfigError(f"out_dir {out_dir} is not writable ({error.strerror or error}). Choose another with --out_dir=PATH.")
 
 
 # -----------------------------------------------------------------------------
@@ -222,9 +328,6 @@ def git_commit():
 
 def hardware():
     """CPU model and usable cores, and the name of every visible GPU."""
-    import torch
-
-    from utils import available_cpus
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -232,7 +335,7 @@ def hardware():
     except (OSError, StopIteration):
         pass
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    return {"cpu": cpu, "cpu_cores": available_cpus(), "gpus": gpus, "platform": platform.platform()}
+    return {"cpu": cpu, "cpu_cores": devices.available_cpus(), "gpus": gpus, "platform": platform.platform()}
 
 
 def provenance(argv, config_file=None, script="main.py", launcher=("python",)):

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-import utils
-from utils import DataError
+from fma_genres.data import fma
+from fma_genres.runtime.errors import DataError
 
 TARGETS = ("genre_top", "genres_all")  # main.py's key target: one top genre per clip | every genre of the tree
 # Validation metrics that may choose best.pt with target=genres_all (ranking_metrics' names).
@@ -139,24 +139,24 @@ def load_fma(config, split_seed):
     ({"ids", "tree"}: what the checkpoint records) and "label_report" (label_matrix's)."""
     data_dir, subset = config["data_dir"], config["subset"]
     meta = Path(data_dir) / "fma_metadata"
-    tracks = utils._read_metadata_csv(meta / "tracks.csv", data_dir, subset, index_col=0, header=[0, 1])
-    genres = utils._read_metadata_csv(meta / "genres.csv", data_dir, subset, index_col=0)
+    tracks = fma._read_metadata_csv(meta / "tracks.csv", data_dir, subset, index_col=0, header=[0, 1])
+    genres = fma._read_metadata_csv(meta / "genres.csv", data_dir, subset, index_col=0)
     needed = [("set", "subset"), ("set", "split"), ("track", "genre_top"), ("track", "genres"), ("track", "genres_all"),
               ("artist", "id")]
     if [c for c in needed if c not in tracks.columns] or "parent" not in genres.columns:
         raise DataError(f"{meta} lacks FMA's columns {needed} (tracks.csv) or parent (genres.csv): it is not FMA's "
                         f"metadata. Download fma_metadata.zip again with download_data.sh.")
-    rank = tracks[("set", "subset")].map({name: i for i, name in enumerate(utils.SUBSETS)})
-    chosen = tracks[rank <= utils.SUBSETS.index(subset)]
+    rank = tracks[("set", "subset")].map({name: i for i, name in enumerate(fma.SUBSETS)})
+    chosen = tracks[rank <= fma.SUBSETS.index(subset)]
     ids = chosen.index.astype(int)
     lists = pd.Series([parse_genres(a) + parse_genres(b) for a, b in zip(
         chosen[("track", "genres")], chosen[("track", "genres_all")])], index=ids)
-    frame = pd.DataFrame({"path": [str(utils.audio_path(data_dir, subset, t)) for t in ids],
+    frame = pd.DataFrame({"path": [str(fma.audio_path(data_dir, subset, t)) for t in ids],
                           "genre": chosen[("track", "genre_top")].fillna("").to_numpy(),  # splits.csv's genre column
                           "label": -1,  # not a class index: the targets are label_rows
                           "split": chosen[("set", "split")].to_numpy(),
                           "artist_id": chosen[("artist", "id")].astype(int).to_numpy()}, index=pd.Index(ids, name="track_id"))
-    splits = utils.split_tracks(frame, mode=config["split"], train_size=config["train_size"],
+    splits = fma.split_tracks(frame, mode=config["split"], train_size=config["train_size"],
                                 seed=split_seed)
     tree = genre_tree(genres)
     matrix, report = label_matrix(lists, splits["train"].index, tree, config["min_genre_tracks"])

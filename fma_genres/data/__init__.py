@@ -1,0 +1,1 @@
+"""Data: FMA metadata, the folder and CSV datasets, the spectrogram cache, preloading, demo data."""

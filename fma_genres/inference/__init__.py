@@ -1,0 +1,1 @@
+"""Inference: audio windows, prediction, evaluation of a checkpoint, ONNX export."""

@@ -1,0 +1,1 @@
+"""Reporting: Weights & Biases, prediction plots."""

@@ -1,0 +1,1 @@
+"""Runtime helpers: errors, atomic writes, devices and cores, allocator, locks, signals, torchrun, child processes."""

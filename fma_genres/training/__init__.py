@@ -1,0 +1,1 @@
+"""Training: a run's state on disk and resume, fine-tuning."""
