@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fma_genres.runtime.locks import alive
+
 # FMA's real ids and titles of its 16 top-level genres, the 8 of fma_small first.
 GENRE_IDS = {"Electronic": 15, "Experimental": 38, "Folk": 17, "Hip-Hop": 21, "Instrumental": 1235,
              "International": 2, "Pop": 10, "Rock": 12, "Jazz": 4, "Blues": 3, "Classical": 5, "Country": 9,
@@ -110,3 +112,13 @@ def wait_for(path, process, seconds=300):
         assert time.monotonic() < deadline, f"no {path} after {seconds} s"
         time.sleep(0.05)
 
+
+
+def ends_within(pid, seconds):
+    """Whether process ``pid`` ends (or is a zombie) within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

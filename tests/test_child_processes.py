@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ends_within
 from fma_genres.runtime import child_processes
-from fma_genres.runtime.locks import alive
 
 ROOT = Path(__file__).resolve().parents[1]
 # A parent process: starts a sleeping child with child_processes.<argv[1]> from a short-lived thread,
@@ -25,15 +25,6 @@ print(pids[0], flush=True)
 time.sleep(120)
 """
 STARTS = ["start_with_watchdog", *(["start_with_pdeathsig"] if sys.platform.startswith("linux") else [])]
-
-
-def ends_within(pid, seconds):
-    deadline = time.monotonic() + seconds
-    while alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @pytest.mark.parametrize("start", STARTS)

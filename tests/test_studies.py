@@ -17,8 +17,7 @@ import optuna
 import pytest
 
 import experiments
-from conftest import clean_env
-from fma_genres.runtime.locks import alive
+from conftest import clean_env, ends_within
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 4
@@ -60,15 +59,6 @@ def wait_for_trials(url, process, count, owner=None, trained=True, seconds=300):
         assert time.monotonic() < deadline, f"fewer than {count} trials ran in {seconds} s (trained: {trained})"
         time.sleep(0.1)
     return trials
-
-
-def ends_within(pid, seconds):
-    deadline = time.monotonic() + seconds
-    while alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def epochs_of(out_dir):
