@@ -101,7 +101,7 @@ def mel_spectrogram_db(audio, preprocessing=PREPROCESSING):
     transform = _mel_transform(p["sample_rate"], p["n_fft"], p["hop_length"], p["n_mels"])
     # One thread, wherever it runs: the FFT and matrix product split their sums by thread count, and the
     # cache's workers run one thread each (on an Intel Xeon, a clip's window computed on a main process's
-    # threads was one float16 step off its cache row in one cell; issue 21). A 30 s clip took 25-50 ms
+    # threads was one float16 step off its cache row in one cell). A 30 s clip took 25-50 ms
     # on one thread, no slower than on two (AMD EPYC, 2 shared cores, 2026-12).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

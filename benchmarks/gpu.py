@@ -1,4 +1,4 @@
-"""The one GPU check (issue 22): every CUDA path of the suite, tested and timed in one command of ~5 minutes.
+"""The one GPU check: every CUDA path of the suite, tested and timed in one command of ~5 minutes.
 
 A GPU session runs this first, as it stands, and commits the benchmarks/results_gpu.md it writes:
 
