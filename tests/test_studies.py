@@ -6,6 +6,7 @@ import csv
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -61,6 +62,28 @@ def wait_for_trials(url, process, count, owner=None, trained=True, seconds=300):
     return trials
 
 
+def frozen_after_an_epoch(url, process, count, owner=None, seconds=300):
+    """Like wait_for_trials, but each trial's main.py is stopped (SIGSTOP) as soon as it has trained an
+    epoch, so however fast this CPU trains, the trials are still mid-run when the test kills their parent."""
+    frozen, deadline = {}, time.monotonic() + seconds
+    while len(frozen) < count:
+        for out_dir, pid in running_trials(url, owner, trained=True).items():
+            if out_dir not in frozen:
+                os.kill(pid, signal.SIGSTOP)
+                frozen[out_dir] = pid
+        assert process.poll() is None, f"experiments.py ended before {count} trials ran"
+        assert time.monotonic() < deadline, f"fewer than {count} trials trained an epoch in {seconds} s"
+        time.sleep(0.02)
+    return frozen
+
+
+def kill_9_then_thaw(process, trials):
+    """kill -9 experiments.py, then let its frozen trials run on to meet the SIGTERM its death sent them."""
+    kill_9(process)
+    for pid in trials.values():
+        os.kill(pid, signal.SIGCONT)
+
+
 def epochs_of(out_dir):
     with open(Path(out_dir) / "history.csv", newline="") as f:
         return [int(row["epoch"]) for row in csv.DictReader(f)]
@@ -76,10 +99,10 @@ def test_a_killed_tune_ends_its_trials_and_the_next_run_resumes_them(fma_small, 
     argv = tune_argv(fma_small, tmp_path, "--trials=2", "--parallel=2")  # trials from Optuna's worker threads
     url = f"sqlite:///{tmp_path / 'study.db'}"
     process = start_tune(argv, tmp_path, "first")
-    trials = wait_for_trials(url, process, 2)
+    trials = frozen_after_an_epoch(url, process, 2)
     killed = [out_dir for out_dir in trials if not (Path(out_dir) / "metrics.json").exists()]
-    kill_9(process)
-    assert killed, "both trials ended before the kill: raise EPOCHS"
+    kill_9_then_thaw(process, trials)
+    assert len(killed) == 2, killed
     assert all(ends_within(pid, 60) for pid in trials.values())  # their SIGTERM: they saved last.pt and stopped
     for out_dir in killed:
         assert (Path(out_dir) / "last.pt").is_file() and not (Path(out_dir) / "metrics.json").exists()
@@ -143,9 +166,10 @@ def test_two_processes_complete_one_study_when_one_is_killed_mid_trial(fma_small
     wait_for_trials(url, first, 1, trained=False)  # the second's trial starts later, so it runs past the kill
     second = start_tune(argv, tmp_path, "second")
     wait_for_trials(url, second, 1, owner=second.pid, trained=False)
-    (out_dir, main_pid), = wait_for_trials(url, first, 1, owner=first.pid).items()
+    trials = frozen_after_an_epoch(url, first, 1, owner=first.pid)
+    (out_dir, main_pid), = trials.items()
     assert not (Path(out_dir) / "metrics.json").exists()
-    kill_9(first)
+    kill_9_then_thaw(first, trials)
     assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
     assert ends_within(main_pid, 0)
     trials = optuna.load_study(study_name="test", storage=url).trials
