@@ -13,6 +13,7 @@ verbs:
   demo          set up the environment, then run the offline demo end to end:
                 python main.py --demo=True, then predict the demo clips with its checkpoint
   test [ARGS]   set up the environment, then run the test suite: python -m pytest [ARGS]
+  setup         only set up the environment (what .ci/run does before running the tests itself)
   --help        this message
 
 environment:
@@ -155,6 +156,11 @@ case $verb in
   test)
     set_up
     exec python -m pytest "$@"
+    ;;
+  setup)
+    [ $# -eq 0 ] || die "setup takes no arguments."
+    set_up
+    say "the environment is ready: . $venv/bin/activate"
     ;;
   -h | --help | help)
     usage
