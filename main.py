@@ -57,7 +57,7 @@ split_seed = -1              # seed of the random splits (folder, csv, FMA's ran
 n_frames = 1291              # frames per clip (1291 = the original's ~29.95 s); smaller only for quick tests
 cache_workers = -1           # processes decoding audio into the cache; -1 = every core this process may use (its share under torchrun)
 num_workers = -1             # DataLoader worker processes; -1 = auto: 0 on a CPU (its cores train), up to 4 on CUDA
-preload = "auto"             # training split copied once onto the training device, batches gathered there: auto = when it fits (README: Performance)
+preload = "auto"             # training split copied once onto the training device, batches gathered there: auto = when it fits (docs/performance.md)
 # model
 model = "crnn"               # cnn1d | cnn2d | crnn (models.py)
 faithful = True              # the original's forward pass with its quirks (models.py); False: the corrected pass
@@ -84,7 +84,7 @@ seed = 0                     # seeds everything; each epoch reseeds from (seed, 
 log_interval = 25            # batches between train-loss logs to W&B (the original's 25)
 # system
 device = "auto"              # auto: cuda, then mps, then cpu; or a torch device string ("cuda:1")
-amp = "auto"                 # bfloat16 autocast: auto = on CUDA, off elsewhere (README: Performance); True/False force it (CUDA only)
+amp = "auto"                 # bfloat16 autocast: auto = on CUDA, off elsewhere (docs/performance.md); True/False force it (CUDA only)
 compile = "auto"             # torch.compile: auto = on for crnn/cnn2d (+ channels_last), off for cnn1d; True/False force it
 sync_batchnorm = False       # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA); False: per process
 # run
