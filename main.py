@@ -307,7 +307,8 @@ def run(config, overrides, provenance):
     """The whole run (out_dir already prepared); returns the exit status."""
     checkpoint = None
     if config["resume"]:
-        checkpoint, config = run_state.load_resume(config, overrides)
+        checkpoint, config = run_state.load_resume(
+            config, overrides, may_change=configurator.keys_where("may_change_on_resume", CONFIG))
     device = devices.pick_device(distributed.local_device(config["device"]))
     config["amp"] = configurator.resolve_auto(config, "amp", device.type == "cuda")  # bf16 autocast: this project's GPU recipe
     data = build_data(config, device)
@@ -325,8 +326,7 @@ def run(config, overrides, provenance):
         if line:
             print(line)
     model = distributed.wrap(compiled(config, raw_model), raw_model, device, config["sync_batchnorm"])
-    # W&B names a run by the keys that differ from these defaults
-    defaults = configurator.make_config({"demo": config["demo"], "model": config["model"]}, CONFIG)
+    defaults = configurator.naming_defaults(config, CONFIG)  # W&B names a run by the keys that differ from these
     wandb_log = (wandb_logging.start(config, state, raw_model, n_parameters, defaults) if distributed.is_main()
                  else wandb_logging.WandbLog(None))
     exit_code = 1
@@ -352,7 +352,7 @@ def main(argv=None):
     its message on stderr and status 1 (the library raises them; this entry point ends the process)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if configurator.asks_help(argv):
-        print(configurator.help_text(__file__, CONFIG, configurator.demo_help()))
+        print(configurator.help_text(__file__, CONFIG, configurator.demo_help() + configurator.resume_help(CONFIG)))
         return 0
     try:
         return train_command(argv)

@@ -44,7 +44,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import utils
-from fma_genres import multilabel
+from fma_genres import configurator, multilabel
 from fma_genres.data import fma
 from fma_genres.inference import evaluation, export, predict
 from fma_genres.reporting import plots
@@ -52,6 +52,8 @@ from fma_genres.runtime import allocator, atomic, devices, errors
 from fma_genres.runtime.errors import ConfigError, UsageError
 from models import MODELS
 from models_utils import CheckpointError
+
+MAIN_PY = Path(__file__).with_name("main.py")  # read for its defaults (main_split_defaults), never imported
 
 
 # -----------------------------------------------------------------------------
@@ -186,12 +188,18 @@ def run_export(args):
 # -----------------------------------------------------------------------------
 # evaluation on the test split (fma_genres/inference/evaluation.py)
 
+def main_split_defaults():
+    """main.py's defaults of the keys that define the split, read from its text (an entry point is never imported)."""
+    defaults = configurator.script_defaults(MAIN_PY)
+    return {key: defaults[key] for key in configurator.keys_where("defines_split", defaults)}
+
+
 def run_evaluation(args):
     """Evaluate the checkpoint (or the ensemble of --checkpoint's) on the test split it was trained with."""
     device = devices.pick_device(args.device)
     members = load_members(args, device)
     args.data_dir = args.data_dir or evaluation.recorded_data_dir(members)
-    settings = evaluation.shared_split_settings(args, members)
+    settings = evaluation.shared_split_settings(args, members, main_split_defaults())
     return evaluation.report(args, members, *as_one_model(members), settings, device)
 
 

@@ -6,6 +6,8 @@
 A config file is plain Python that assigns some of main.py's keys (see configs/); ``include("x.py")``
 there applies another config file first. Unknown keys,
 values of the wrong type and unreadable arguments stop with one message, never a traceback.
+A key is declared once: its default and --help text in main.py's constants block, its other rules (choices,
+minimum, on resume, in run names, defining the split) in KEYS below; keys_where derives the rule sets.
 ``prepare_out_dir()`` gives every run a folder of its own (runs/<model>/<date-time>, runs/<model>/latest)
 and ``provenance()`` records what produced a run: commit, library versions, hardware, command line.
 """
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -174,13 +177,65 @@ DEMO_GENRES_ALL = {"data_dir": "data/demo_genres_all", "min_genre_tracks": 2}
 # epochs never repay the compile time.
 COMPILED_MODELS = ("crnn", "cnn2d")
 
-# Valid values of the keys that take a name, from the registries that define them.
-CHOICES = {"dataset": tuple(datasets.DATASETS), "subset": fma.SUBSETS, "split": fma.SPLIT_MODES, "model": tuple(MODELS),
-           "target": multilabel.TARGETS,
-           "freeze": finetune.FREEZE, "init": tuple(models_utils.INITIALISERS), "epoch_loss": tuple(EPOCH_LOSSES),
-           "augment_masks": utils.AUGMENT_MASKS,
-           "select_metric": models_utils.SELECT_METRICS + multilabel.SELECT_METRICS, "mask_draw": utils.MASK_DRAWS, "report_epoch": ("best", "last"),
-           "wandb_mode": (None, "online", "offline", "disabled")}
+@dataclass(frozen=True)
+class Key:
+    """The rules of one of main.py's keys besides its type (its default's) and help text (its comment there)."""
+    choices: tuple = None               # the valid values, from the registry that defines them
+    minimum: float = None               # the smallest valid value
+    may_change_on_resume: bool = False  # else the checkpoint's value is kept, and a different one refused
+    names_run: bool = True              # a value other than the default is part of the W&B run's name
+    defines_split: bool = False         # decides which clips are test clips (--evaluate rebuilds the split)
+
+
+# Where and how a run executes, is saved and is logged, not what it learns.
+RUN_CONTROL = {"may_change_on_resume": True, "names_run": False}
+# The one declaration of every key whose rules differ from Key()'s (a key of main.py not listed has Key()'s:
+# fixed on resume, in the run's name when changed, any value of its type). Every rule derives from it:
+# make_config's checks, keys_where (resume, run names, the split), --help's notes.
+KEYS = {
+    # data
+    "dataset": Key(choices=tuple(datasets.DATASETS), defines_split=True), "data_dir": Key(**RUN_CONTROL),
+    "subset": Key(choices=fma.SUBSETS, defines_split=True), "target": Key(choices=multilabel.TARGETS),
+    "download": Key(**RUN_CONTROL), "allow_partial": Key(**RUN_CONTROL), "cache_dir": Key(**RUN_CONTROL),
+    "split": Key(choices=fma.SPLIT_MODES, defines_split=True), "train_size": Key(defines_split=True),
+    "val_size": Key(defines_split=True), "test_size": Key(defines_split=True), "split_seed": Key(defines_split=True),
+    "n_frames": Key(minimum=1), "cache_workers": Key(**RUN_CONTROL), "num_workers": Key(**RUN_CONTROL),
+    "preload": Key(**RUN_CONTROL),
+    # model (its name starts every run name)
+    "model": Key(choices=tuple(MODELS), names_run=False), "init": Key(choices=tuple(models_utils.INITIALISERS)),
+    "freeze": Key(choices=finetune.FREEZE),
+    # optimisation: epochs, lr and weight_decay change what is learnt, and may change on resume
+    "epochs": Key(minimum=1, may_change_on_resume=True), "batch_size": Key(minimum=1),
+    "lr": Key(may_change_on_resume=True), "weight_decay": Key(minimum=0, may_change_on_resume=True),
+    "epoch_loss": Key(choices=tuple(EPOCH_LOSSES)), "augment_masks": Key(choices=utils.AUGMENT_MASKS),
+    "mask_draw": Key(choices=utils.MASK_DRAWS), "report_epoch": Key(choices=("best", "last")),
+    "select_metric": Key(choices=models_utils.SELECT_METRICS + multilabel.SELECT_METRICS),
+    "seed": Key(names_run=False, defines_split=True),  # ends every run name; split_seed=-1 follows it
+    "log_interval": Key(minimum=1, **RUN_CONTROL),
+    # system
+    "device": Key(**RUN_CONTROL), "amp": Key(**RUN_CONTROL), "compile": Key(**RUN_CONTROL),
+    # run
+    "out_dir": Key(**RUN_CONTROL), "overwrite": Key(**RUN_CONTROL), "resume": Key(**RUN_CONTROL),
+    "save_interval": Key(minimum=0, **RUN_CONTROL), "demo": Key(names_run=False), "prepare_only": Key(names_run=False),
+    "wandb_project": Key(**RUN_CONTROL), "wandb_mode": Key(choices=(None, "online", "offline", "disabled"), **RUN_CONTROL),
+    "wandb_group": Key(**RUN_CONTROL), "watch": Key(**RUN_CONTROL), "hardest_clips": Key(minimum=0, **RUN_CONTROL),
+    "upload_audio": Key(**RUN_CONTROL), "upload_checkpoints": Key(**RUN_CONTROL),
+}
+
+
+def keys_where(rule, keys):
+    """Those of ``keys`` (e.g. main.py's CONFIG) whose ``rule``, a field of Key, holds, in their order."""
+    return [key for key in keys if getattr(KEYS.get(key, Key()), rule)]
+
+
+def check_values(config):
+    """Each declared key's value against its choices and minimum."""
+    for key, rule in KEYS.items():
+        value = config[key]
+        if rule.choices is not None and value not in rule.choices:
+            raise ConfigError(f"{key}={value!r} is not valid: choose one of {', '.join(map(str, rule.choices))}.")
+        if rule.minimum is not None and value < rule.minimum:
+            raise ConfigError(f"{key} must be at least {rule.minimum}, got {value}.")
 
 
 def make_config(overrides, defaults):
@@ -198,27 +253,19 @@ def make_config(overrides, defaults):
     config["amp"] = resolve_auto(config, "amp", "auto")  # decided by main.py's run, by the device
     if config["select_metric"] == "auto":
         config["select_metric"] = "pr_auc_macro" if config["target"] == "genres_all" else "accuracy"
-    for key, valid in CHOICES.items():
-        if config[key] not in valid:
-            raise ConfigError(f"{key}={config[key]!r} is not valid: choose one of {', '.join(map(str, valid))}.")
+    check_values(config)
     problem = multilabel.config_problem(config, models_utils.SELECT_METRICS)
     if problem:
         raise ConfigError(problem)
-    for key in ("epochs", "batch_size", "n_frames", "log_interval"):
-        if config[key] < 1:
-            raise ConfigError(f"{key} must be at least 1, got {config[key]}.")
     if config["balanced_sampler"] and not config["shuffle"]:
         raise ConfigError("balanced_sampler=True draws a new class-balanced sample every epoch; it cannot keep shuffle=False's "
                           "fixed order. Drop one of them.")
-    for key, zero in (("save_interval", "epoch ends only"), ("hardest_clips", "no table")):
-        if config[key] < 0:
-            raise ConfigError(f"{key} must be 0 ({zero}) or more, got {config[key]}.")
     for key in ("num_workers", "cache_workers"):
         if config[key] < -1 or config[key] == 0 and key == "cache_workers":
             raise ConfigError(f"{key}={config[key]} is not valid: -1 (auto) or a number of processes"
                               f"{' (at least 1)' if key == 'cache_workers' else ''}.")
-    if not (config["lr"] > 0 and 0 < config["train_size"] < 1 and config["weight_decay"] >= 0):
-        raise ConfigError("lr must be > 0, weight_decay >= 0 and train_size between 0 and 1.")
+    if not (config["lr"] > 0 and 0 < config["train_size"] < 1):
+        raise ConfigError("lr must be > 0 and train_size between 0 and 1.")
     if not (config["val_size"] > 0 and config["test_size"] > 0 and config["val_size"] + config["test_size"] < 1):
         raise ConfigError(f"val_size and test_size must be > 0 and leave tracks for training (sum < 1), got "
                           f"{config['val_size']} and {config['test_size']}.")
@@ -233,6 +280,19 @@ def demo_help():
         return " ".join(f"--{key}={value}" for key, value in settings.items())
     return (f"\nWith --demo=True, keys not given on the command line take the demo settings: {options(DEMO)}; "
             f"with --target=genres_all also {options(DEMO_GENRES_ALL)}.")
+
+
+def resume_help(defaults):
+    """What --resume=True lets the command line change (KEYS), for main.py's --help."""
+    return (f"\nWith --resume=True the checkpoint's config is used; only these keys may take other values: "
+            f"{', '.join(keys_where('may_change_on_resume', defaults))}.")
+
+
+def naming_defaults(config, defaults):
+    """What a run's W&B name compares it with: the values the keys that name runs (KEYS) would take by
+    default in a run of its model (and demo or not)."""
+    resolved = make_config({"demo": config["demo"], "model": config["model"]}, defaults)
+    return {key: resolved[key] for key in keys_where("names_run", defaults)}
 
 
 def resolve_auto(config, key, auto_value):

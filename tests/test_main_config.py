@@ -160,9 +160,10 @@ def test_loader_workers_overlap_loading_on_cuda_by_default():
 
 
 def test_valid_choices_come_from_the_registries_that_define_them():
-    assert configurator.CHOICES["model"] == tuple(MODELS) and configurator.CHOICES["subset"] == fma.SUBSETS
-    assert configurator.CHOICES["init"] == tuple(models_utils.INITIALISERS)
-    assert configurator.CHOICES["split"] == fma.SPLIT_MODES and configurator.CHOICES["mask_draw"] == utils.MASK_DRAWS
+    keys = configurator.KEYS
+    assert keys["model"].choices == tuple(MODELS) and keys["subset"].choices == fma.SUBSETS
+    assert keys["init"].choices == tuple(models_utils.INITIALISERS)
+    assert keys["split"].choices == fma.SPLIT_MODES and keys["mask_draw"].choices == utils.MASK_DRAWS
 
 
 def test_main_pys_defaults_read_from_its_file_are_its_config():

@@ -195,7 +195,7 @@ def test_upload_keys_keep_audio_and_checkpoints_off_wandb(runs):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--hardest_clips=-1"], "hardest_clips must be 0 (no table) or more"),
+    (["--hardest_clips=-1"], "hardest_clips must be at least 0, got -1"),
     (["--upload_audio=sometimes"], "upload_audio='sometimes' is not valid: choose auto, True or False"),
 ])
 def test_bad_wandb_keys_are_refused(argv, expected):

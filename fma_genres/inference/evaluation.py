@@ -1,7 +1,7 @@
 """A checkpoint, or an ensemble of checkpoints, scored on the test split it was trained with:
 ``pre_trained_models.py --evaluate=True`` (the command line and the model loading stay there).
 
-    settings = evaluate_checkpoint.shared_split_settings(args, members)  # the members' common test split
+    settings = evaluate_checkpoint.shared_split_settings(args, members, defaults)  # the members' common test split
     evaluate_checkpoint.report(args, members, model, checkpoint, settings, device)  # metrics.json + figures
 
 The test clips go through the training pipeline (cache, first n_frames, broken clips reported) and
@@ -18,12 +18,8 @@ from fma_genres.runtime import errors
 from fma_genres.runtime.errors import UsageError
 from test import evaluate  # the project's test.py (python and pytest.ini put the project root first on sys.path)
 
-SPLIT_SETTINGS = {"dataset": "fma", "subset": "small", "split": "official", "seed": 0, "train_size": 0.8,
-                  "split_seed": -1, "val_size": 0.1, "test_size": 0.1}  # main.py's defaults
-
-
-def split_settings(args, checkpoint, path=None):
-    """subset, split, seed and train_size of the test split: those the checkpoint was trained with.
+def split_settings(args, checkpoint, defaults, path=None):
+    """The keys that define the test split (``defaults``: their main.py defaults) as the checkpoint was trained.
 
     A command-line value that contradicts them is refused (evaluating on another split would score the
     model on clips it was trained on). The original's bare state_dicts record none: the command line's
@@ -31,10 +27,10 @@ def split_settings(args, checkpoint, path=None):
     """
     path = path or args.checkpoint
     trained = checkpoint.get("config") or {}
-    given = {key: getattr(args, key, None) for key in SPLIT_SETTINGS if getattr(args, key, None) is not None}
-    settings = {**SPLIT_SETTINGS, **given, **{key: trained[key] for key in SPLIT_SETTINGS if key in trained}}
+    given = {key: getattr(args, key, None) for key in defaults if getattr(args, key, None) is not None}
+    settings = {**defaults, **given, **{key: trained[key] for key in defaults if key in trained}}
     random = settings["split"] == "random" or settings["dataset"] != "fma"
-    relevant = SPLIT_SETTINGS if random else ("subset", "split")  # seeds shape random splits only
+    relevant = defaults if random else ("subset", "split")  # seeds shape random splits only
     conflicts = [f"--{key}={value} (trained with {trained[key]})" for key, value in given.items()
                  if key in relevant and key in trained and trained[key] != value]
     if conflicts:
@@ -62,14 +58,14 @@ def split_identity(settings):
     """What decides which clips are test clips: the subset for FMA's official split; else the sizes and seed."""
     if settings["dataset"] == "fma" and settings["split"] == "official":
         return {"subset": settings["subset"], "split": "official"}
-    return {**{key: settings[key] for key in ("dataset", "subset", "split", "train_size", "val_size", "test_size")},
-            "split_seed": datasets.split_seed(settings)}
+    return {**{key: value for key, value in settings.items() if key not in ("seed", "split_seed")},
+            "split_seed": datasets.split_seed(settings)}  # the seed that draws it
 
 
-def shared_split_settings(args, members):
+def shared_split_settings(args, members, defaults):
     """The split settings of the members ([(path, model, checkpoint)]), refused unless every member was
     trained on the same split: else the test clips of one would include training clips of another."""
-    settings = [split_settings(args, checkpoint, path) for path, _, checkpoint in members]
+    settings = [split_settings(args, checkpoint, defaults, path) for path, _, checkpoint in members]
     for (path, _, _), other in zip(members[1:], settings[1:]):
         if split_identity(other) != split_identity(settings[0]):
             raise UsageError(f"{path} and {members[0][0]} were trained on different splits ({split_identity(other)} "

@@ -23,11 +23,6 @@ WATCH_LOG_FREQ = 10  # batches between gradient and parameter histograms: the or
 # Datasets whose clips may go to W&B by default (upload_audio=auto): FMA's are Creative Commons, the demo's
 # synthetic. A user's own recordings are uploaded only with upload_audio=True.
 SHAREABLE_AUDIO = ("fma", "demo")
-# Keys that change where or how a run executes and logs, not what it learns: left out of run names.
-NOT_IN_NAME = {"model", "seed", "data_dir", "cache_dir", "download", "allow_partial", "cache_workers", "num_workers",
-               "preload", "device", "amp", "compile", "out_dir", "overwrite", "resume", "save_interval", "demo",
-               "prepare_only", "log_interval", "wandb_project", "wandb_mode", "wandb_group", "watch",
-               "hardest_clips", "upload_audio", "upload_checkpoints"}
 # history.csv column -> W&B key of the per-epoch row
 EPOCH_KEYS = {"epoch": "train/epoch", "train_loss": "train/epoch_loss", "train_accuracy": "train/accuracy",
               "lr": "train/lr", "seconds": "train/epoch_seconds", "val_loss": "val/loss", "val_accuracy": "val/accuracy"}
@@ -44,9 +39,8 @@ def audio_shareable(config):
 
 
 def run_name(config, defaults):
-    """"<model> <key=value of every setting that differs from ``defaults``> seed=<seed>"."""
-    changed = [f"{key}={value}" for key, value in config.items()
-               if key not in NOT_IN_NAME and key in defaults and value != defaults[key]]
+    """"<model> <key=value of every key of ``defaults`` (those that name runs) that differs> seed=<seed>"."""
+    changed = [f"{key}={value}" for key, value in config.items() if key in defaults and value != defaults[key]]
     return " ".join([config["model"], *changed, f"seed={config['seed']}"])
 
 
@@ -66,7 +60,8 @@ def resolve_mode(config):
 
 def start(config, state, model, n_parameters, defaults):
     """Start (on resume: continue) the run of ``state["wandb_run_id"]``; a WandbLog that does nothing
-    when W&B is disabled or cannot start. ``defaults``: the config the run name is compared with.
+    when W&B is disabled or cannot start. ``defaults``: the keys that name runs, with the values the run's
+    name compares it with (configurator.naming_defaults).
 
     Mode: wandb_mode, else $WANDB_MODE, else online iff an API key is configured (checked with
     prompt=False, so it never waits for input), else offline.

@@ -2,7 +2,7 @@
 back to resume exactly where the run stopped.
 
     state = run_state.new_state(model_args, checkpoint)            # a fresh run's counters, or a resumed one's
-    checkpoint, config = run_state.load_resume(config, overrides)  # <out_dir>/last.pt and the config it continues
+    checkpoint, config = run_state.load_resume(config, overrides, may_change)  # <out_dir>/last.pt, the config to go on with
     run_state.restore(checkpoint, model, optimizer, scheduler, state, config, overrides)
     run_state.save_epoch(config, data, model, optimizer, scheduler, state)  # best.pt, last.pt, history.csv
     print(run_state.resume_command(argv, config_file, out_dir))    # the command that continues the run
@@ -19,11 +19,6 @@ from fma_genres.runtime import atomic, distributed
 from fma_genres.runtime.errors import ConfigError
 from models_utils import CheckpointError
 
-# On resume the checkpoint's config wins; only these keys may be changed on the command line.
-RESUME_MAY_CHANGE = {"epochs", "log_interval", "lr", "weight_decay", "num_workers", "cache_workers", "preload",
-                     "device", "amp", "compile", "data_dir", "cache_dir", "download", "allow_partial", "out_dir",
-                     "resume", "overwrite", "wandb_mode", "wandb_project", "save_interval", "wandb_group", "watch",
-                     "hardest_clips", "upload_audio", "upload_checkpoints"}
 # Run state saved in every checkpoint's "training" entry besides the epoch, optimizer and scheduler.
 RUN_STATE = ("history", "best_val_score", "best_val_accuracy", "best_val_loss", "best_epoch", "examples_seen",
              "training_seconds", "wandb_run_id")
@@ -37,22 +32,28 @@ def new_state(model_args, checkpoint=None):
             "thresholds": ((checkpoint or {}).get("genres") or {}).get("thresholds")}
 
 
-def load_resume(config, overrides):
-    """The checkpoint <out_dir>/last.pt and the config to continue with (the checkpoint's own)."""
+def load_resume(config, overrides, may_change):
+    """The checkpoint <out_dir>/last.pt and the config to continue with (resumed_config)."""
     checkpoint = distributed.from_main(models_utils.load_checkpoint, Path(config["out_dir"]) / "last.pt")
     if not (checkpoint.get("training") or {}).get("optimizer"):
         raise CheckpointError(f"{config['out_dir']}/last.pt holds no training state to resume (an exported model, "
                               f"or a copy of a best.pt, which keeps the weights but not the optimizer); it can "
                               f"predict but not resume. Start a new run instead.")
-    saved = {**config, **checkpoint["config"]}
+    return checkpoint, resumed_config(checkpoint["config"], config, overrides, may_change)
+
+
+def resumed_config(trained, config, overrides, may_change):
+    """The checkpoint's config (``trained``; a key it predates takes ``config``'s value) with the keys of
+    ``may_change`` that ``overrides`` set; an override of any other key to another value is refused."""
+    saved = {**config, **trained}
     conflicts = [f"{k}={v!r} (checkpoint: {saved[k]!r})" for k, v in overrides.items()
-                 if k not in RESUME_MAY_CHANGE and saved[k] != v]
+                 if k not in may_change and saved[k] != v]
     if conflicts:
         raise ConfigError(f"cannot resume {config['out_dir']}/last.pt with {', '.join(conflicts)}: it was trained "
                           f"differently. Drop those arguments, or start a new run in another --out_dir.")
-    saved.update({k: v for k, v in config.items() if k in RESUME_MAY_CHANGE and k in overrides},
+    saved.update({k: v for k, v in config.items() if k in may_change and k in overrides},
                  out_dir=config["out_dir"], resume=True)
-    return checkpoint, saved
+    return saved
 
 
 def restore(checkpoint, model, optimizer, scheduler, state, config, overrides):
