@@ -36,7 +36,7 @@ def run_copy(path, *argv):
     """The copy of main.py run as a user runs main.py (the project's modules on the path)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, str(path), *argv], capture_output=True, text=True, env=env,
-                          stdin=subprocess.DEVNULL, timeout=120)
+                          stdin=subprocess.DEVNULL, timeout=120, check=False)
 
 
 def resume_with(defaults, overrides, trained=None):
