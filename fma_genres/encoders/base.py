@@ -17,6 +17,7 @@ class Encoder:
     default_weights = ""   # hub name (or published checkpoint name) used when encoder_weights is empty
     licence = ""           # of the published weights, for the docs and the error messages
     source = ""            # where the published weights come from
+    local_form = ""        # what a local copy of the weights is (a .pt file, a folder)
 
     def __init__(self, weights, device=None):
         self.weights = str(weights)

@@ -62,5 +62,5 @@ class ClapEncoder(TransformersEncoder):
         """CLAP's projected audio embedding (the one its text prompts are compared with), as one layer."""
         inputs = self.inputs(audio)
         features = self.model.get_audio_features(input_features=inputs["input_features"].to(self.device),
-                                                 is_longer=inputs.get("is_longer"))
+                                                 is_longer=inputs["is_longer"].to(self.device))
         return features.pooler_output.unsqueeze(1)
