@@ -11,7 +11,8 @@ ones too) against this order, lowest first:
                 FMA metadata (fma), datasets, cache, preload, demo data; fma_genres/multilabel.py (FMA's
                 genre tree as multi-label targets: the datasets build them, so it sits here)
     models      models.py, models_utils.py; fma_genres/multilabel_report.py (the multi-label figures of
-                models_utils.save_report, beside its confusion matrix and ROC figures)
+                models_utils.save_report, beside its confusion matrix and ROC figures); fma_genres/encoders/:
+                pretrained encoders (lazy transformers/dasheng), their embedding cache, the probe head
     training    train.py, test.py; fma_genres/training/: run state and resume, fine-tuning
     inference   fma_genres/inference/: audio windows, prediction, evaluation of a checkpoint, export
     reporting   fma_genres/reporting/: W&B, prediction plots

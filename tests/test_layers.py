@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "fma_genres.runtime": 0,
     "utils": 1, "fma_genres.data": 1, "fma_genres.multilabel": 1,
-    "models": 2, "models_utils": 2, "fma_genres.multilabel_report": 2,
+    "models": 2, "models_utils": 2, "fma_genres.multilabel_report": 2, "fma_genres.encoders": 2,
     "train": 3, "test": 3, "fma_genres.training": 3, "fma_genres.inference": 3,
     "fma_genres.reporting": 4, "fma_genres.experiments": 4,
     "fma_genres.configurator": 5,

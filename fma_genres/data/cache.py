@@ -19,6 +19,10 @@ progress. Builders of one folder may run at once (two runs, the ranks of a torch
 rows in fixed chunks, a lock file each, so no row has two writers, and merge only their own rows into
 status.npy and report.csv under the folder's lock. shard=(index, count) computes only the chunks k with
 k % count == index, then waits for the rest. The lock files are locks.FileLock's.
+
+The folder, status, lock and report code is shared with the embedding cache (fma_genres/encoders/
+embedding_cache.py): a Kind names the array a folder stores and its rows' shape, and a Builder subclass
+says how rows are computed (new_pool, submit, finish).
 """
 import errno
 import hashlib
@@ -30,7 +34,9 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -49,6 +55,18 @@ PENDING, OK, PADDED, BROKEN, MISSING = 0, 1, 2, 3, 4
 STATUS_NAMES = {PENDING: "pending", OK: "ok", PADDED: "padded", BROKEN: "broken", MISSING: "missing"}
 
 
+@dataclass(frozen=True)
+class Kind:
+    """What a cache folder stores: its float16 array's file, one row's shape from params.json, its name."""
+    array: str
+    row_shape: Callable
+    name: str
+
+
+MELS = Kind("mels.npy", lambda params: (params["preprocessing"]["n_mels"], params["preprocessing"]["n_frames"]),
+            "spectrogram cache")
+
+
 # ----------------------------------------------------------------------------- folders
 
 def _checked_preprocessing(preprocessing):
@@ -59,13 +77,13 @@ def _checked_preprocessing(preprocessing):
     return {key: type(default)(preprocessing[key]) for key, default in PREPROCESSING.items()}
 
 
-def _read_folder(folder):
+def _read_folder(folder, kind=MELS):
     """(params, status) of a well-formed cache folder, or None."""
     try:
         params = json.loads((folder / "params.json").read_text())
-        mels = np.load(folder / "mels.npy", mmap_mode="r")
+        mels = np.load(folder / kind.array, mmap_mode="r")
         status = np.load(folder / "status.npy")
-        shape = (len(params["track_ids"]), params["preprocessing"]["n_mels"], params["preprocessing"]["n_frames"])
+        shape = (len(params["track_ids"]), *kind.row_shape(params))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if mels.shape != shape or mels.dtype != np.float16 or not mels.flags.c_contiguous or status.shape != shape[:1]:
@@ -90,11 +108,11 @@ def _todo(status, paths):
     return todo
 
 
-def _same_kind(cache_root, subset, p):
+def _same_kind(cache_root, subset, p, kind=MELS):
     """[(folder, {track_id: row}, status)] of the readable folders with this subset and preprocessing."""
     found = []
     for folder in sorted(Path(cache_root).glob(f"{subset}-*")):
-        state = _read_folder(folder)
+        state = _read_folder(folder, kind)
         if state and state[0]["subset"] == subset and state[0]["preprocessing"] == p:
             found.append((folder, {t: r for r, t in enumerate(state[0]["track_ids"])}, state[1]))
     return found
@@ -109,15 +127,15 @@ def _covering(same_kind, own, ids, paths):
     return None
 
 
-def _copy_sources(same_kind, own, ids, rows):
-    """{track_id: (mels.npy, row, status, reason)} for these rows where another folder has them done."""
+def _copy_sources(same_kind, own, ids, rows, kind=MELS):
+    """{track_id: (array file, row, status, reason)} for these rows where another folder has them done."""
     sources = {}
     for folder, row_of, status in same_kind:
         found = [ids[r] for r in rows if folder != own and ids[r] in row_of and ids[r] not in sources
                  and status[row_of[ids[r]]] in (OK, PADDED, BROKEN)]
         reasons = _read_report(folder) if found else {}
         for t in found:
-            sources[t] = (folder / "mels.npy", row_of[t], int(status[row_of[t]]), reasons.get(t, ("", ""))[1] or None)
+            sources[t] = (folder / kind.array, row_of[t], int(status[row_of[t]]), reasons.get(t, ("", ""))[1] or None)
     return sources
 
 
@@ -169,11 +187,7 @@ def _fill_rows(mels_path, tasks, preprocessing):
             else:
                 code, reason, mel = _spectrogram(path, preprocessing)
             if mel is not None:
-                data = memoryview(np.ascontiguousarray(mel, dtype=layout.dtype).tobytes())
-                position = layout.offset + row * len(data)
-                while data:  # a nearly full disk may take part of a write, then fail on the rest
-                    written = os.pwrite(fd, data, position)
-                    data, position = data[written:], position + written
+                write_row(fd, layout, row, mel)
             results.append((row, code, reason))
         os.fsync(fd)
     finally:
@@ -181,10 +195,21 @@ def _fill_rows(mels_path, tasks, preprocessing):
     return results
 
 
+def write_row(fd, layout, row, values):
+    """pwrite values as row `row` of the .npy file open as fd, whose memmap is layout (the caller fsyncs)."""
+    data = memoryview(np.ascontiguousarray(values, dtype=layout.dtype).tobytes())
+    position = layout.offset + row * len(data)
+    while data:  # a nearly full disk may take part of a write, then fail on the rest
+        written = os.pwrite(fd, data, position)
+        data, position = data[written:], position + written
+
+
 # ----------------------------------------------------------------------------- building
 
-class _Builder:
-    """Fills the rows of one folder still to do, alongside any other builders of that folder."""
+class Builder:
+    """Fills the rows of one folder still to do, alongside any other builders of that folder. A subclass for
+    another kind of rows overrides kind, new_pool, submit and finish."""
+    kind = MELS
 
     def __init__(self, folder, params, paths, sources, shard):
         self.folder, self.params, self.ids, self.paths = folder, params, params["track_ids"], paths
@@ -197,15 +222,14 @@ class _Builder:
     def open(self):
         """Create the folder (all rows pending) unless it exists with these parameters."""
         (self.folder / "locks").mkdir(parents=True, exist_ok=True)
-        with self.lock:  # never two creators: the second would replace a mels.npy already being filled
-            state = _read_folder(self.folder)
+        with self.lock:  # never two creators: the second would replace an array already being filled
+            state = _read_folder(self.folder, self.kind)
             if state and state[0] == self.params:
                 return
-            p = self.params["preprocessing"]
-            tmp = self.folder / f"mels.npy.{os.getpid()}.tmp"
+            tmp = self.folder / f"{self.kind.array}.{os.getpid()}.tmp"
             np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
-                                      shape=(len(self.ids), p["n_mels"], p["n_frames"])).flush()
-            os.replace(tmp, self.folder / "mels.npy")
+                                      shape=(len(self.ids), *self.kind.row_shape(self.params))).flush()
+            os.replace(tmp, self.folder / self.kind.array)
             atomic_write(self.folder / "params.json", lambda f: f.write(json.dumps(self.params, indent=1).encode()))
             status = np.zeros(len(self.ids), dtype=np.int8)
             atomic_write(self.folder / "status.npy", lambda f: np.save(f, status))
@@ -225,7 +249,7 @@ class _Builder:
         todo = self.todo()
         workers = max(1, min(workers or available_cpus(), len(self.my_chunks(todo))))
         bar = tqdm(total=len(self.ids), initial=len(self.ids) - int(todo.sum()), unit="track",
-                   disable=not progress, desc=f"mel cache {self.folder.name} ({workers} workers)")
+                   disable=not progress, desc=f"{self.kind.name} {self.folder.name} ({workers} workers)")
         pool, waited, saved_at, interrupted = None, 0.0, time.monotonic(), False
         try:
             while todo.any():
@@ -234,15 +258,15 @@ class _Builder:
                     if len(self.in_flight) >= 2 * workers:  # claim as we go: other builders take the rest
                         break
                     if chunk not in busy:
-                        pool = pool or ProcessPoolExecutor(workers, initializer=_init_worker)
+                        pool = pool or self.new_pool(workers)
                         self.start(pool, int(chunk))
                 if self.in_flight:
                     for future in wait(self.in_flight, return_when=FIRST_COMPLETED).done:
                         self.collect(future)
                 else:  # the rows left are other builders' (claimed by them, or other shards')
                     if notice_due(waited):
-                        print(f"Mel cache {self.folder}: waiting for {int(todo.sum())} rows that other "
-                              f"processes (another run, or the other shards) compute", flush=True)
+                        print(f"{self.kind.name.capitalize()} {self.folder}: waiting for {int(todo.sum())} rows "
+                              f"that other processes (another run, or the other shards) compute", flush=True)
                     waited += POLL_SECONDS
                     time.sleep(POLL_SECONDS)
                 # An idle builder saves at once, so the builders it waits for see its rows.
@@ -276,17 +300,27 @@ class _Builder:
         if not rows:
             return claim.release()
         tasks = [(r, self.paths[r], self.sources.get(self.ids[r])) for r in rows]
-        future = pool.submit(_fill_rows, self.folder / "mels.npy", tasks, self.params["preprocessing"])
-        self.in_flight[future] = claim, rows
+        self.in_flight[self.submit(pool, tasks)] = claim, rows
+
+    def new_pool(self, workers):
+        return ProcessPoolExecutor(workers, initializer=_init_worker)
+
+    def submit(self, pool, tasks):
+        """A future of the [(row, status, reason)] of these (row, path, source) tasks."""
+        return pool.submit(_fill_rows, self.folder / self.kind.array, tasks, self.params["preprocessing"])
+
+    def finish(self, results):
+        """A task's [(row, status, reason)] once its rows are written and fsynced (mels: by the worker)."""
+        return results
 
     def collect(self, future):
         claim, rows = self.in_flight.pop(future)
         self.finished.append(claim)  # released once its rows are saved (or abandoned)
         try:
-            results = future.result()
+            results = self.finish(future.result())
         except BrokenProcessPool as e:
-            p = self.params["preprocessing"]
-            if shutil.disk_usage(self.folder).free < p["n_mels"] * p["n_frames"] * 2:  # a write killed it
+            row_bytes = np.prod(self.kind.row_shape(self.params)) * 2
+            if shutil.disk_usage(self.folder).free < row_bytes:  # a write killed it
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from e
             raise DataError(f"A cache worker died while decoding one of {[self.paths[r] for r in rows]}. "
                             f"Progress is saved: rerun to resume; if it dies again, move those files "
@@ -330,7 +364,18 @@ def build_cache(tracks, cache_root, subset, preprocessing=PREPROCESSING, workers
     index, e.g. one per torchrun rank). DataError, with the fix, for missing audio, too little disk
     space, a disk that fills up, or no usable track.
     """
-    p = _checked_preprocessing(preprocessing)
+    cache = fill_folder(tracks, cache_root, subset, _checked_preprocessing(preprocessing), Builder, MelCache,
+                        workers=workers, progress=progress, shard=shard)
+    if not any(t in cache for t in cache.requested):
+        raise DataError(f"No usable spectrogram in {cache.path}: every track is broken or missing; "
+                        f"see {cache.path / 'report.csv'}.")
+    return cache
+
+
+def fill_folder(tracks, cache_root, subset, p, make_builder, reader, *, workers, progress, shard):
+    """Reuse, resume or fill the folder of these tracks and preprocessing p; print its summary; return
+    reader(folder) with .computed (rows computed by this call) and .requested (the track ids).
+    make_builder(folder, params, paths, sources, shard) -> a Builder (or subclass) of reader.kind's rows."""
     ids = sorted(int(t) for t in tracks.index)
     if not ids:
         raise DataError(f"No tracks to cache for subset '{subset}'.")
@@ -338,54 +383,55 @@ def build_cache(tracks, cache_root, subset, preprocessing=PREPROCESSING, workers
     params = {"subset": subset, "preprocessing": p, "track_ids": ids}
     digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
     folder = Path(cache_root) / f"{subset}-{digest}"
-    same_kind = _same_kind(cache_root, subset, p)
+    kind = reader.kind
+    same_kind = _same_kind(cache_root, subset, p, kind)
     reused = _covering(same_kind, folder, ids, paths)
     builder = None
     if not reused:
-        builder = _prepare(folder, params, paths, same_kind, shard)
+        builder = _prepare(folder, params, paths, same_kind, shard, make_builder, kind)
         try:
             builder.open()
             builder.run(workers, progress)
         except OSError as e:
             if e.errno not in DISK_FULL:
                 raise
-            raise DataError(f"The disk holding the spectrogram cache {folder} is full ({e.strerror}). The "
+            raise DataError(f"The disk holding the {kind.name} {folder} is full ({e.strerror}). The "
                             f"progress saved so far is kept: free some space (or put the cache on a bigger "
                             f"disk with --cache_dir) and rerun the same command to resume the build.") from e
-    cache = MelCache(reused or folder)
+    cache = reader(reused or folder)
+    cache.requested = ids
     cache.computed, copied = (builder.computed, builder.copied) if builder else (0, 0)
     copies = f"{copied} copied from other folders, " if copied else ""
     print(f"{cache.summary()} [{cache.computed} computed now, {copies}{len(ids) - cache.computed - copied} "
           f"reused]", flush=True)
-    if not any(t in cache for t in ids):
-        raise DataError(f"No usable spectrogram in {cache.path}: every track is broken or missing; "
-                        f"see {cache.path / 'report.csv'}.")
     return cache
 
 
-def _prepare(folder, params, paths, same_kind, shard):
+def _prepare(folder, params, paths, same_kind, shard, make_builder, kind):
     """The builder of folder's rows still to do, once the audio and the disk space for them are checked."""
-    ids, p = params["track_ids"], params["preprocessing"]
+    ids = params["track_ids"]
     own = [status for f, _, status in same_kind if f == folder]
     todo = np.flatnonzero(_todo(own[0], paths) if own else np.ones(len(ids), bool))
-    sources = _copy_sources(same_kind, folder, ids, todo)
+    sources = _copy_sources(same_kind, folder, ids, todo, kind)
     to_decode = [r for r in todo if ids[r] not in sources]
     if to_decode and not any(Path(paths[r]).is_file() for r in to_decode):
         raise DataError(f"None of the {len(to_decode)} audio files to cache exists (e.g. {paths[to_decode[0]]}). "
                         f"Download the audio with `bash download_data.sh {params['subset']}`, check "
                         f"--data_dir, or use the demo dataset (--demo=True).")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    needed, free = len(todo) * p["n_mels"] * p["n_frames"] * 2, shutil.disk_usage(folder.parent).free
-    if needed > free:  # mels.npy is sparse: each row takes its space when it is written
-        raise DataError(f"Not enough disk space for the spectrogram cache in {folder.parent}: the {len(todo)} "
-                        f"tracks still to cache need {format_bytes(needed)} ({len(todo)} x {p['n_mels']} x "
-                        f"{p['n_frames']} float16 values) but {format_bytes(free)} is free. Free some space there, "
+    shape = (len(todo), *kind.row_shape(params))
+    needed, free = int(np.prod(shape)) * 2, shutil.disk_usage(folder.parent).free
+    if needed > free:  # the array is sparse: each row takes its space when it is written
+        raise DataError(f"Not enough disk space for the {kind.name} in {folder.parent}: the {len(todo)} "
+                        f"tracks still to cache need {format_bytes(needed)} ({' x '.join(map(str, shape))} "
+                        f"float16 values) but {format_bytes(free)} is free. Free some space there, "
                         f"or put the cache on a bigger disk with --cache_dir=/path/with/space.")
-    return _Builder(folder, params, paths, sources, shard)
+    return make_builder(folder, params, paths, sources, shard)
 
 
 class MelCache:
     """Read side of a cache folder. The memmap opens on first access, so it pickles cheaply to workers."""
+    kind, title = MELS, "Mel cache"
 
     def __init__(self, path):
         self.path = Path(path)
@@ -406,13 +452,13 @@ class MelCache:
 
     def __getitem__(self, track_id):
         if track_id not in self:
-            raise KeyError(f"track {track_id} has no usable spectrogram in {self.path} (see report.csv)")
+            raise KeyError(f"track {track_id} has no usable row in {self.path} (see report.csv)")
         if self._mels is None:
-            self._mels = np.load(self.path / "mels.npy", mmap_mode="r")
+            self._mels = np.load(self.path / self.kind.array, mmap_mode="r")
         return np.array(self._mels[self._rows[track_id]])
 
     def summary(self):
         counts = {name: int(np.sum(self.status == code)) for code, name in STATUS_NAMES.items()}
         extra = "".join(f", {counts[k]} {k}" for k in ("missing", "pending") if counts[k])
-        return (f"Mel cache {self.path}: {counts['ok']} ok, {counts['padded']} padded, "
+        return (f"{self.title} {self.path}: {counts['ok']} ok, {counts['padded']} padded, "
                 f"{counts['broken']} broken{extra} (report: {self.path / 'report.csv'})")
