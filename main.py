@@ -36,7 +36,7 @@ from fma_genres.training import finetune, run_state
 from models import build_model
 from models_utils import CheckpointError
 from test import evaluate, test  # the project's test.py (it comes first on sys.path), not the stdlib package
-from train import EPOCH_LOSSES, NonFiniteLossError, continue_epoch, epoch_position, train
+from train import EPOCH_LOSSES, EpochHooks, NonFiniteLossError, TrainSettings, continue_epoch, epoch_position, train
 
 
 # -----------------------------------------------------------------------------
@@ -134,17 +134,26 @@ def loader_workers(requested, device):
     return min(4, max(1, devices.available_cpus() - 1)) if device.type == "cuda" else 0
 
 
+def loader_settings(config, device):
+    """utils.make_loaders' settings from the run's keys."""
+    return utils.LoaderSettings(
+        num_workers=loader_workers(config["num_workers"], device), standardise=config["standardise"],
+        augment=config["data_augmentation"], augment_masks=config["augment_masks"], mask_draw=config["mask_draw"],
+        shuffle=config["shuffle"], balanced=config["balanced_sampler"], seed=config["seed"], device=device.type)
+
+
 def build_data(config, device):
-    """Tracks and splits (datasets.py) -> spectrogram cache -> loaders; None when prepare_only."""
+    """Tracks and splits (datasets.py) -> spectrogram cache -> loaders: a datasets.RunData; None when prepare_only."""
+    settings = datasets.DataSettings.from_config(config)
     if config["dataset"] == "fma":
-        datasets.ensure_fma(config, DEMO_TRACKS_PER_GENRE)
-    dataset = datasets.load(config)
-    tracks, class_names, splits = dataset["tracks"], dataset["class_names"], dataset["splits"]
-    if config["dataset"] == "fma" and not config["demo"]:
-        distributed.from_main(datasets.ensure_complete, config, tracks)  # a partial download: before any caching
+        datasets.ensure_fma(settings, config["download"], DEMO_TRACKS_PER_GENRE if config["demo"] else None)
+    dataset = datasets.load(settings)
+    tracks, class_names, splits = dataset.tracks, dataset.class_names, dataset.splits
+    if config["dataset"] == "fma" and not config["demo"]:  # a partial download: before any caching
+        distributed.from_main(datasets.ensure_complete, tracks, settings, config["download"], config["allow_partial"])
     preprocessing = finetune.checked_preprocessing(config, {**utils.PREPROCESSING, "n_frames": config["n_frames"]})
     # Under torchrun each process of a machine decodes its share of the chunks, then waits for the rest.
-    cache = mel_cache.build_cache(tracks, dataset["cache_root"], dataset["identity"], preprocessing,
+    cache = mel_cache.build_cache(tracks, dataset.cache_root, dataset.identity, preprocessing,
                                   workers=config["cache_workers"] if config["cache_workers"] > 0 else devices.cpu_share(),
                                   progress=distributed.is_main(),
                                   shard=(distributed.local_rank(), distributed.local_world_size()))
@@ -152,23 +161,18 @@ def build_data(config, device):
         print("prepare_only=True: the data and the cache are ready; nothing was trained.")
         return None
     distributed.from_main(datasets.write_splits, splits, Path(config["out_dir"]) / "splits.csv", config["resume"])
-    loaders, normalisation = utils.make_loaders(
-        cache, splits, config["batch_size"], num_workers=loader_workers(config["num_workers"], device),
-        standardise=config["standardise"], augment=config["data_augmentation"], seed=config["seed"],
-        device=device.type, shuffle=config["shuffle"], augment_masks=config["augment_masks"],
-        mask_draw=config["mask_draw"], balanced=config["balanced_sampler"],
-        shard=(distributed.rank(), distributed.world_size()))
+    loaders, normalisation = utils.make_loaders(cache, splits, config["batch_size"], loader_settings(config, device),
+                                                shard=(distributed.rank(), distributed.world_size()))
     sizes = ", ".join(f"{name} {len(loader.dataset)}" for name, loader in loaders.items())
-    print(f"data: {dataset['identity']} in {config['data_dir']}: {sizes} clips (the split: splits.csv)")
-    data = {"loaders": loaders, "class_names": class_names, "preprocessing": preprocessing,
-            "normalisation": normalisation, "tracks": tracks, "class_weights": None, "pos_weight": None,
-            "genres": dataset.get("genres"), "label_report": dataset.get("label_report")}
+    print(f"data: {dataset.identity} in {config['data_dir']}: {sizes} clips (the split: splits.csv)")
+    data = datasets.RunData(loaders, class_names, preprocessing, normalisation, tracks, genres=dataset.genres,
+                            label_report=dataset.label_report)
     if config["class_weights"]:
-        data["class_weights"] = utils.inverse_class_frequency(loaders["train"].dataset.labels, len(class_names)).to(device)
-    if "label_rows" in dataset:  # multi-label: the loaders yield 0/1 genre rows
-        multilabel.use_label_rows(loaders, dataset["label_rows"])
+        data.class_weights = utils.inverse_class_frequency(loaders["train"].dataset.labels, len(class_names)).to(device)
+    if dataset.multi_label:  # the loaders yield 0/1 genre rows
+        multilabel.use_label_rows(loaders, dataset.label_rows)
         if config["pos_weight"]:
-            data["pos_weight"] = multilabel.pos_weight(dataset["label_rows"], loaders["train"].dataset.track_ids).to(device)
+            data.pos_weight = multilabel.pos_weight(dataset.label_rows, loaders["train"].dataset.track_ids).to(device)
     loaders["train"] = preloaded(loaders["train"], config["preload"], device)  # with the targets it will gather
     return data
 
@@ -177,25 +181,25 @@ def build_data(config, device):
 # model and training state
 
 def build_training(config, data, device, checkpoint=None, overrides=()):
-    """Model (initialised, or from the checkpoint), Adam, ReduceLROnPlateau and the run state."""
-    model_args = {"n_mels": data["preprocessing"]["n_mels"], "n_frames": config["n_frames"],
-                  "n_classes": len(data["class_names"]), "faithful": config["faithful"]}
+    """Model (initialised, or from the checkpoint), Adam, ReduceLROnPlateau and the run state:
+    a run_state.Training whose ``model`` is the raw model until run() compiles or wraps it."""
+    model_args = {"n_mels": data.preprocessing["n_mels"], "n_frames": config["n_frames"],
+                  "n_classes": len(data.class_names), "faithful": config["faithful"]}
     reseed(config["seed"])
     try:
         model = models_utils.init_weights(build_model(config["model"], **model_args), config["init"])
     except ValueError as error:
         raise ConfigError(str(error)) from None
     if config["init_from"] and checkpoint is None:  # a resumed run has its own weights
-        finetune.load_features(model, config["init_from"], config["model"], data["class_names"])
+        finetune.load_features(model, config["init_from"], config["model"], data.class_names)
     model = finetune.freeze(model, config["freeze"]).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     # fused: one kernel per step, and it skips a non-finite loss's step on the device (train.skippable_step)
     optimizer = torch.optim.Adam(trainable, lr=config["lr"], weight_decay=config["weight_decay"], fused=True)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
-    state = run_state.new_state(model_args, checkpoint)
-    if checkpoint is not None:
-        run_state.restore(checkpoint, model, optimizer, scheduler, state, config, overrides)
-    return model, optimizer, scheduler, state
+    state = (run_state.restore(checkpoint, model, optimizer, scheduler, config, overrides) if checkpoint is not None
+             else run_state.TrainingState(model_args))
+    return run_state.Training(model, model, optimizer, scheduler, state)
 
 
 def compiled(config, raw_model, backend="inductor"):
@@ -211,23 +215,28 @@ def compiled(config, raw_model, backend="inductor"):
 # -----------------------------------------------------------------------------
 # epochs, checkpoints, evaluation
 
-def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_log, signals):
-    """Train from state["epoch"] + 1 (or a mid-epoch position) to config["epochs"], validating and
+def train_settings(config, data):
+    """train()'s settings from the run's keys and data."""
+    return TrainSettings(amp=config["amp"], log_interval=config["log_interval"], class_weights=data.class_weights,
+                         pos_weight=data.pos_weight, sync=distributed.sync_step if distributed.active() else None)
+
+
+def run_epochs(config, data, training, device, wandb_log, signals):
+    """Train from state.epoch + 1 (or a mid-epoch position) to config["epochs"], validating and
     saving after each epoch, and mid-epoch every save_interval steps or when a signal asks."""
-    loaders = data["loaders"]
-    for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
+    loaders, state, model, settings = data.loaders, training.state, training.model, train_settings(config, data)
+    for epoch in range(state.epoch + 1, config["epochs"] + 1):
         reseed(config["seed"], epoch, loaders["train"])  # same batches and dropout whether resumed or not
-        position, progress, done = state.pop("position", None), None, 0.0
+        position, state.position, progress, done = state.position, None, None, 0.0
         if position is not None:
             progress, done = continue_epoch(position, loaders["train"], config["batch_size"])
-        start, seen, lr_now = time.time() - done, state["examples_seen"], optimizer.param_groups[0]["lr"]
+        start, seen, lr_now = time.time() - done, state.examples_seen, training.optimizer.param_groups[0]["lr"]
 
         def on_step(batches, settled):  # after every optimiser step: a mid-epoch save when due or asked for
             due = config["save_interval"] and batches % config["save_interval"] == 0
             stop, save = distributed.agree(signals.stop, signals.save)  # every process decides alike
             if due or save or stop:
-                run_state.save_epoch(config, data, raw_model, optimizer, scheduler, state,
-                           position=epoch_position(epoch, settled(), time.time() - start))
+                run_state.save_epoch(config, data, training, epoch_position(epoch, settled(), time.time() - start))
                 if save and distributed.is_main():
                     print(f"\nSIGUSR1: saved {config['out_dir']}/last.pt at step {batches} of epoch "
                           f"{epoch}; training goes on.", file=sys.stderr, flush=True)
@@ -237,45 +246,42 @@ def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, devi
 
         try:
             signals.in_steps = True
-            trained = train(model, loaders["train"], optimizer, device, amp=config["amp"],  # step: run's examples
-                            on_log=lambda examples, loss: wandb_log.train_loss(loss, epoch, step=seen + examples),
-                            log_interval=config["log_interval"], desc=f"epoch {epoch}/{config['epochs']}",
-                            progress=progress, on_step=on_step, class_weights=data["class_weights"],
-                            pos_weight=data["pos_weight"],
-                            sync=distributed.sync_step if distributed.active() else None)
+            hooks = EpochHooks(desc=f"epoch {epoch}/{config['epochs']}", on_step=on_step,  # step: the run's examples
+                               on_log=lambda examples, loss: wandb_log.train_loss(loss, epoch, step=seen + examples))
+            trained = train(model, loaders["train"], training.optimizer, device, settings, hooks, progress)
         except NonFiniteLossError as error:
-            kept = (f"{config['out_dir']}/last.pt (epoch {state['epoch']}) is kept" if state["epoch"]
+            kept = (f"{config['out_dir']}/last.pt (epoch {state.epoch}) is kept" if state.epoch
                     else "no checkpoint exists")
             raise NonFiniteLossError(f"training stopped in epoch {epoch}: {error}. Nothing of this epoch was "
                                      f"saved; {kept}. Lower the learning rate (lr={config['lr']:g}) or try "
                                      f"--faithful=False (standardised input).") from None
         finally:  # under torchrun a stop waits for the epoch's end, where every process takes it at once
             signals.in_steps = distributed.active()
-        distributed.broadcast_buffers(raw_model)  # every process validates rank 0's weights, those saved
+        distributed.broadcast_buffers(training.raw_model)  # every process validates rank 0's weights, those saved
         val = test(distributed.unwrap(model), loaders["val"], device, amp=config["amp"], desc="validate",
                    gather=distributed.gather)
         loss = EPOCH_LOSSES[config["epoch_loss"]]  # per example, or the original's mean of batch losses
-        scheduler.step(val[loss])
+        training.scheduler.step(val[loss])
         seconds = time.time() - start
         row = {"epoch": epoch, "train_loss": trained[loss], "train_accuracy": trained["accuracy"],
                "val_loss": val[loss], "val_accuracy": val["accuracy"], "lr": lr_now, "seconds": round(seconds, 2)}
         metric = config["select_metric"]  # its value is in every row: experiments.py prunes on it
-        row[f"val_{metric}"] = score = models_utils.validation_score(val, metric, data["class_names"])
-        if data["genres"]:  # multi-label: this epoch's thresholds, saved with its checkpoints
-            state["thresholds"] = multilabel.tune_thresholds(val["targets"], val["probabilities"])
-        state["history"].append(row)
-        state.update(epoch=epoch, examples_seen=seen + trained["examples"],
-                     training_seconds=state["training_seconds"] + seconds)
+        row[f"val_{metric}"] = score = models_utils.validation_score(val, metric, data.class_names)
+        if data.genres:  # multi-label: this epoch's thresholds, saved with its checkpoints
+            state.thresholds = multilabel.tune_thresholds(val["targets"], val["probabilities"])
+        state.history.append(row)
+        state.epoch, state.examples_seen = epoch, seen + trained["examples"]
+        state.training_seconds += seconds
         # best = the highest select_metric; a tie goes to the lower val loss (small val sets tie often)
-        improved = (score, -val[loss]) > (state["best_val_score"], -state["best_val_loss"])
+        improved = (score, -val[loss]) > (state.best_val_score, -state.best_val_loss)
         if improved:
-            state.update(best_val_score=score, best_val_accuracy=val["accuracy"], best_val_loss=val[loss],
-                         best_epoch=epoch)
-        run_state.save_epoch(config, data, raw_model, optimizer, scheduler, state)
+            state.best_val_score, state.best_val_accuracy, state.best_val_loss = score, val["accuracy"], val[loss]
+            state.best_epoch = epoch
+        run_state.save_epoch(config, data, training)
         print(f"epoch {epoch:3d}/{config['epochs']} | train loss {row['train_loss']:.4f} acc "
               f"{row['train_accuracy']:.3f} | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} | "
               f"lr {lr_now:.1e} | {seconds:.1f} s{' | best.pt' if improved else ''}", flush=True)
-        wandb_log.epoch(row, step=state["examples_seen"])
+        wandb_log.epoch(row, step=state.examples_seen)
         stop, = distributed.agree(signals.stop)
         if stop:
             raise preemption.stopped(stop)
@@ -285,19 +291,19 @@ def evaluate_best(config, data, state, device, counts):
     """The reported checkpoint (best.pt, or last.pt with report_epoch=last) on the test split ->
     metrics.json and PNGs; returns (metrics, test result, files written)."""
     best = distributed.from_main(models_utils.load_checkpoint, Path(config["out_dir"]) / f"{config['report_epoch']}.pt")
-    scores, result = evaluate(models_utils.model_from_checkpoint(best, device), data["loaders"]["test"], device,
-                              data["class_names"], amp=config["amp"], gather=distributed.gather,
+    scores, result = evaluate(models_utils.model_from_checkpoint(best, device), data.loaders["test"], device,
+                              data.class_names, amp=config["amp"], gather=distributed.gather,
                               genres=best.get("genres"))
     metrics = {**scores, "reported_epoch": best["training"]["epoch"],
-               "report_epoch": config["report_epoch"], "best_epoch": state["best_epoch"],
-               "select_metric": config["select_metric"], "best_val_score": state["best_val_score"],
-               "best_val_accuracy": state["best_val_accuracy"], "epochs": state["epoch"],
-               "training_seconds": round(state["training_seconds"], 1), **counts,
+               "report_epoch": config["report_epoch"], "best_epoch": state.best_epoch,
+               "select_metric": config["select_metric"], "best_val_score": state.best_val_score,
+               "best_val_accuracy": state.best_val_accuracy, "epochs": state.epoch,
+               "training_seconds": round(state.training_seconds, 1), **counts,
                **{k: config[k] for k in ("model", "faithful", "subset", "split")},
-               **({"labels": data["label_report"]} if data["label_report"] else {}),
-               "val_is_test": config["split"] == "random", "provenance": state["provenance"]}
+               **({"labels": data.label_report} if data.label_report else {}),
+               "val_is_test": config["split"] == "random", "provenance": state.provenance}
     files = models_utils.save_report(config["out_dir"], metrics, result["targets"], result["probabilities"],
-                                     data["class_names"], history=state["history"]) if distributed.is_main() else []
+                                     data.class_names, history=state.history) if distributed.is_main() else []
     return metrics, result, files
 
 
@@ -314,33 +320,34 @@ def run(config, overrides, provenance):
     data = build_data(config, device)
     if data is None:
         return 0
-    raw_model, optimizer, scheduler, state = build_training(config, data, device, checkpoint, overrides)
-    state["provenance"] = provenance
+    training = build_training(config, data, device, checkpoint, overrides)
+    raw_model, state = training.raw_model, training.state
+    state.provenance = provenance
     n_parameters = models_utils.count_parameters(raw_model)  # trainable: all but the frozen ones (freeze)
     counts = {"parameters": n_parameters, "total_parameters": models_utils.count_parameters(raw_model, trainable=False)}
     print(f"model: {config['model']} ({'faithful' if config['faithful'] else 'corrected'}), "
           f"{models_utils.describe_parameters(counts['parameters'], counts['total_parameters'])}, "
-          f"on {device}" + (f"; resuming after epoch {state['epoch']}" if checkpoint else ""))
+          f"on {device}" + (f"; resuming after epoch {state.epoch}" if checkpoint else ""))
     config["world_size"] = distributed.world_size()  # recorded in the checkpoints, not a key
     for line in (distributed.describe(config), checkpoint and distributed.resume_note(checkpoint["config"])):
         if line:
             print(line)
-    model = distributed.wrap(compiled(config, raw_model), raw_model, device, config["sync_batchnorm"])
+    training.model = distributed.wrap(compiled(config, raw_model), raw_model, device, config["sync_batchnorm"])
     defaults = configurator.naming_defaults(config, CONFIG)  # W&B names a run by the keys that differ from these
     wandb_log = (wandb_logging.start(config, state, raw_model, n_parameters, defaults) if distributed.is_main()
                  else wandb_logging.WandbLog(None))
     exit_code = 1
     try:
         with RunSignals(defer_sigint=distributed.active()).installed() as signals:
-            run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_log, signals)
+            run_epochs(config, data, training, device, wandb_log, signals)
         metrics, result, files = evaluate_best(config, data, state, device, counts)
         wandb_log.final(config, data, metrics, result, files)
-        print(models_utils.format_summary(config, state["history"], metrics, data["genres"]))
+        print(models_utils.format_summary(config, state.history, metrics, data.genres))
         exit_code = 0
     except KeyboardInterrupt as interrupt:
         exit_code = getattr(interrupt, "exit_code", 130)
-        if state["epoch"] > state["saved_epoch"]:  # the epoch had finished but was not saved yet
-            run_state.save_epoch(config, data, raw_model, optimizer, scheduler, state)
+        if state.epoch > state.saved_epoch:  # the epoch had finished but was not saved yet
+            run_state.save_epoch(config, data, training)
         raise
     finally:
         wandb_log.finish(exit_code)

@@ -73,21 +73,21 @@ def host_batches(losses, targets, probabilities):
     return list(zip(torch.stack(losses).double().tolist(), pieces(targets), pieces(probabilities)))
 
 
-def evaluate(model, loader, device, class_names, amp=False, split="test", gather=None, genres=None):
+def evaluate(model, loader, device, class_names, amp=False, gather=None, genres=None):
     """(scores, result): test()'s result and its scores as metrics.json names them.
 
-    scores: {"<split>_accuracy", "<split>_loss", then models_utils.classification_metrics' keys (macro_f1,
-    per_class, roc_auc, confusion_matrix, class_names, non_finite_rows), "<split>_examples"}; callers add
+    scores: {"test_accuracy", "test_loss", then models_utils.classification_metrics' keys (macro_f1,
+    per_class, roc_auc, confusion_matrix, class_names, non_finite_rows), "test_examples"}; callers add
     their own context (epoch, checkpoint, split settings) to it. A multi-label model (``genres``: its
     checkpoint's genre ids, tree and thresholds) has multilabel.evaluation_scores' keys instead.
     """
-    result = test(model, loader, device, amp=amp, desc=split, gather=gather)
+    result = test(model, loader, device, amp=amp, desc="test", gather=gather)
     if genres is not None:
         scores = multilabel.evaluation_scores(result["targets"], result["probabilities"], genres)
-        return {f"{split}_loss": result["loss"], **scores, f"{split}_examples": result["examples"]}, result
+        return {"test_loss": result["loss"], **scores, "test_examples": result["examples"]}, result
     scores = models_utils.classification_metrics(result["targets"], result["probabilities"], class_names)
-    return {f"{split}_accuracy": scores.pop("accuracy"), f"{split}_loss": result["loss"], **scores,
-            f"{split}_examples": result["examples"]}, result
+    return {"test_accuracy": scores.pop("accuracy"), "test_loss": result["loss"], **scores,
+            "test_examples": result["examples"]}, result
 
 
 test.__test__ = False  # not a pytest test: keeps pytest from collecting it where a test module imports it

@@ -9,6 +9,7 @@ mean loss of the batches since the previous call.
 
     from train import train
     stats = train(model, loaders["train"], optimizer, "cpu")   # {"loss", "batch_loss", "accuracy", "examples"}
+    stats = train(model, loader, optimizer, device, TrainSettings(amp=True), EpochHooks(on_log=print))
 
 Targets are class indices (cross-entropy) or, with main.py's target=genres_all, 0/1 genre rows
 (BCE-with-logits): batch_loss and correct_decisions switch on their shape.
@@ -21,6 +22,8 @@ next pass (utils.ResumableSampler).
 averaged its epochs (the last, smaller batch then weighs as much as a full one): EPOCH_LOSSES.
 """
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -141,58 +144,73 @@ def settle(progress, pending, bar):
     return p
 
 
-def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=False, desc="train",
-          progress=None, on_step=None, class_weights=None, sync=None, pos_weight=None, dynamic_batch=True):
+@dataclass(frozen=True)
+class TrainSettings:
+    """How every epoch of a run trains (main.py builds it once)."""
+    amp: bool = False          # bfloat16 autocast of the forward pass (CUDA only; bf16 needs no loss scaling)
+    log_interval: int = 25     # batches between on_log calls
+    class_weights: torch.Tensor = None  # one per class: weigh the cross-entropy
+    pos_weight: torch.Tensor = None     # one per genre (multi-label): weigh BCE's positives (batch_loss)
+    sync: Callable = None      # distributed.sync_step under torchrun: every process sees the global batch
+    dynamic_batch: bool = True  # a compiled model takes every batch size with one graph (mark_batch_dynamic)
+
+
+@dataclass(frozen=True)
+class EpochHooks:
+    """How the caller follows an epoch: its progress bar's label and two callbacks (the module docstring)."""
+    desc: str = "train"
+    on_log: Callable = None    # on_log(examples, loss) every log_interval batches and at the epoch's end
+    on_step: Callable = None   # on_step(batches, settled) after every optimiser step: mid-epoch saves
+
+
+def train(model, loader, optimizer, device, settings=TrainSettings(), hooks=EpochHooks(), progress=None):
     """Train ``model`` for one pass over ``loader``; returns mean loss, accuracy and example count.
 
-    ``amp`` runs the forward pass under bfloat16 autocast (CUDA only; no loss scaling is needed
-    for bf16). ``progress`` continues an epoch that a mid-epoch checkpoint interrupted (the loader
-    then yields only its remaining batches); ``on_step(batches, settled)`` is called after every optimiser
-    step with the epoch's batch count and a function returning the settled progress (main.py saves
-    mid-epoch checkpoints there). ``class_weights`` (one per class) weigh the
-    cross-entropy; multi-label targets (0/1 rows) train with BCE-with-logits, ``pos_weight`` (one per
-    genre) weighing their positives (batch_loss). ``sync`` (distributed.sync_step, under torchrun) turns this process's part of a
-    batch into the global batch's figures before the backward pass, so the loss, the NaN check and
-    the gradient are the global batch's in every process.
+    ``progress`` continues an epoch that a mid-epoch checkpoint interrupted (the loader then yields only
+    its remaining batches); ``hooks.on_step(batches, settled)`` gets the epoch's batch count and a function
+    returning the settled progress (main.py saves mid-epoch checkpoints there). Multi-label targets (0/1
+    rows) train with BCE-with-logits (batch_loss). ``settings.sync`` turns this process's part of a batch
+    into the global batch's figures before the backward pass, so the loss, the NaN check and the gradient
+    are the global batch's in every process.
 
     The step never waits for the host: each batch's figures stay on the device until a read (every
     ``log_interval`` batches, a settled() call, the epoch's end). A non-finite loss skips its step and
     every later one on the device (skippable_step), so it never reaches the weights, and the next read
-    raises NonFiniteLossError naming the batch. ``dynamic_batch``: a compiled model takes every batch
-    size with one graph (mark_batch_dynamic); False lets the epoch's last, smaller batch compile again.
+    raises NonFiniteLossError naming the batch. Without ``dynamic_batch`` the epoch's last, smaller batch
+    compiles again.
     """
     model.train()
     device = torch.device(device)
     p = progress if progress is not None else new_progress()
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, initial=p["batches"],
+    bar = tqdm(loader, desc=hooks.desc, leave=False, dynamic_ncols=True, initial=p["batches"],
                total=p["batches"] + len(loader), disable=not distributed.is_main())
     healthy, pending = torch.ones((), dtype=torch.bool, device=device), []
     try:
         for inputs, targets in bar:
             inputs = inputs.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
-            if dynamic_batch:
+            if settings.dynamic_batch:
                 mark_batch_dynamic(inputs)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.amp and device.type == "cuda"):
                 logits, _ = model(inputs)
-                loss = batch_loss(logits.float(), targets, class_weights, pos_weight)
-            figures, loss = step_figures(loss, logits, targets, class_weights, sync)
+                loss = batch_loss(logits.float(), targets, settings.class_weights, settings.pos_weight)
+            figures, loss = step_figures(loss, logits, targets, settings.class_weights, settings.sync)
             healthy = healthy & torch.isfinite(figures[0])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             skippable_step(optimizer, healthy)
             pending.append(figures)
             batches = p["batches"] + len(pending)
-            if batches % log_interval == 0:
-                flush_interval(settle(p, pending, bar), on_log)
-            if on_step is not None:
-                on_step(batches, lambda: settle(p, pending, bar))
+            if batches % settings.log_interval == 0:
+                flush_interval(settle(p, pending, bar), hooks.on_log)
+            if hooks.on_step is not None:
+                hooks.on_step(batches, lambda: settle(p, pending, bar))
         settle(p, pending, bar)
     finally:
         bar.close()
     if p["examples"] == 0:
         raise ValueError("the training loader yielded no batches: the training split is empty")
     if p["interval_batches"]:  # the epoch's last, partial interval
-        flush_interval(p, on_log)
+        flush_interval(p, hooks.on_log)
     return {"loss": p["loss_sum"] / p["examples"], "batch_loss": p["batch_loss_sum"] / p["batches"],
             "accuracy": p["correct"] / p["examples"], "examples": p["examples"]}

@@ -6,6 +6,7 @@ cache.py (the float16 spectrogram cache, built from clip_spectrogram below); its
 python -m pytest tests/test_utils*.py -q
 """
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -366,16 +367,24 @@ def train_sampler(size, seed, shuffle, augment, augment_masks, labels=None):
     return ResumableSampler(EpochSampler(size, torch.Generator().manual_seed(seed), shuffle, weights, augment, fixed))
 
 
-def make_loaders(cache, splits, batch_size, num_workers=0, standardise=False, augment=False, seed=0,
-                 device="cpu", shuffle=True, augment_masks="per_epoch", mask_draw="inclusive", balanced=False,
-                 shard=(0, 1)):
-    """({"train", "val", "test"} DataLoaders, {"mean", "std"}). Broken tracks (listed in the cache's
-    report) are left out; standardise feeds dB standardised with train-split stats, else raw dB.
-    shuffle=False keeps the training split's order every epoch; augment appends a masked copy of every
-    training clip (augment_masks: redrawn per epoch or fixed; mask_draw: see MASK_DRAWS); balanced
-    draws the training clips class-balanced. The train order (and masks) depend only on
-    loaders["train"].sampler.generator, seeded from seed. shard=(rank, processes) under torchrun: this
-    process's part of every global batch of batch_size, and its block of the evaluation splits
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How make_loaders feeds the splits to a model (main.py builds it once from its keys)."""
+    num_workers: int = 0              # DataLoader worker processes (0: the main process loads)
+    standardise: bool = False         # dB standardised with the training split's mean and std, else raw dB
+    augment: bool = False             # append a SpecAugment copy of every training clip
+    augment_masks: str = "per_epoch"  # the copies' masks redrawn per epoch or fixed (AUGMENT_MASKS)
+    mask_draw: str = "inclusive"      # how a mask's width and start are drawn (MASK_DRAWS)
+    shuffle: bool = True              # False: the training split's own order every epoch
+    balanced: bool = False            # draw the training clips class-balanced, with replacement
+    seed: int = 0                     # seeds the training order (and masks): loaders["train"].sampler.generator
+    device: str = "cpu"               # the batches' destination: pinned memory for CUDA
+
+
+def make_loaders(cache, splits, batch_size, settings=LoaderSettings(), shard=(0, 1)):
+    """({"train", "val", "test"} DataLoaders, {"mean", "std"}) as ``settings`` (LoaderSettings) describe.
+    Broken tracks (listed in the cache's report) are left out. shard=(rank, processes) under torchrun:
+    this process's part of every global batch of batch_size, and its block of the evaluation splits
     (ShardSampler, EvalShard)."""
     unknown = [t for frame in splits.values() for t in frame.index if t not in cache._rows]
     if unknown:
@@ -386,24 +395,25 @@ def make_loaders(cache, splits, batch_size, num_workers=0, standardise=False, au
         if frame.empty:
             raise DataError(f"The {name} split has no track with a usable spectrogram in {cache.path}; "
                             f"see its report.csv.")
-    mean, std = normalisation_stats(cache, usable["train"].index) if standardise else (None, None)
-    common = dict(num_workers=num_workers, drop_last=False, pin_memory=str(device).startswith("cuda"),
-                  persistent_workers=num_workers > 0)
+    mean, std = normalisation_stats(cache, usable["train"].index) if settings.standardise else (None, None)
+    common = dict(num_workers=settings.num_workers, drop_last=False, pin_memory=str(settings.device).startswith("cuda"),
+                  persistent_workers=settings.num_workers > 0)
     rank, processes = shard
     loaders = {}
     for name, frame in usable.items():
         train = name == "train"
-        data = MelDataset(cache, frame.index, frame["label"], mean, std, augment=train and augment,
-                          mask_draw=mask_draw)
+        data = MelDataset(cache, frame.index, frame["label"], mean, std, augment=train and settings.augment,
+                          mask_draw=settings.mask_draw)
         if train:
-            labels = [data.labels[i % len(data.labels)] for i in range(len(data))] if balanced else None
-            sampler = train_sampler(len(data), seed, shuffle, augment, augment_masks, labels)
+            labels = [data.labels[i % len(data.labels)] for i in range(len(data))] if settings.balanced else None
+            sampler = train_sampler(len(data), settings.seed, settings.shuffle, settings.augment,
+                                    settings.augment_masks, labels)
             if processes > 1:
                 sampler = ShardSampler(sampler, batch_size, rank, processes)
         else:
             sampler = EvalShard(len(data), batch_size, rank, processes) if processes > 1 else None
         # The loader draws its worker seeds from a generator of its own, never from torch's global one.
-        loaders[name] = DataLoader(data, sampler=sampler, generator=torch.Generator().manual_seed(seed),
+        loaders[name] = DataLoader(data, sampler=sampler, generator=torch.Generator().manual_seed(settings.seed),
                                    batch_size=batch_size // processes if train else batch_size,
                                    worker_init_fn=preemption.ignore_stop_signals, **common)
     return loaders, {"mean": mean, "std": std}

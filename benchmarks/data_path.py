@@ -44,8 +44,8 @@ def train_split_loader(cache, batch_size, augment, workers):
     """The training DataLoader main.py builds (faithful=False: standardised) over every clip of the cache."""
     frame = pd.DataFrame({"label": [t % 8 for t in cache.track_ids]}, index=pd.Index(cache.track_ids))
     splits = {"train": frame, "val": frame.iloc[:1], "test": frame.iloc[:1]}
-    loaders, _ = utils.make_loaders(cache, splits, batch_size, num_workers=workers, standardise=True,
-                                    augment=augment, device="cuda" if torch.cuda.is_available() else "cpu")
+    loaders, _ = utils.make_loaders(cache, splits, batch_size, settings=utils.LoaderSettings(
+        num_workers=workers, standardise=True, augment=augment, device="cuda" if torch.cuda.is_available() else "cpu"))
     return loaders["train"]
 
 

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fma_genres.runtime import devices, distributed  # noqa: E402
 from models import build_model  # noqa: E402
-from train import train  # noqa: E402
+from train import TrainSettings, train  # noqa: E402
 
 
 def main(model_name, batch_size, n_frames, steps, threads=None):
@@ -35,9 +35,9 @@ def main(model_name, batch_size, n_frames, steps, threads=None):
         per_process = batch_size // distributed.world_size()
         batch = (torch.randn(per_process, 128, n_frames) * 20 - 40, torch.randint(0, 8, (per_process,)))
         sync = distributed.sync_step if distributed.active() else None
-        train(model, [batch], optimizer, device, sync=sync)  # warm-up: allocations, DDP's buckets
+        train(model, [batch], optimizer, device, TrainSettings(sync=sync))  # warm-up: allocations, DDP's buckets
         start = time.perf_counter()
-        train(model, [batch] * steps, optimizer, device, sync=sync)
+        train(model, [batch] * steps, optimizer, device, settings=TrainSettings(sync=sync))
         seconds = (time.perf_counter() - start) / steps
         if distributed.is_main():
             print(json.dumps({"processes": distributed.world_size(), "seconds_per_step": seconds,

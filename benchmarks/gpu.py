@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -57,7 +58,7 @@ from fma_genres.inference import audio_windows, predict  # noqa: E402
 from fma_genres.runtime import atomic  # noqa: E402
 from models import MODELS  # noqa: E402
 from test import test  # noqa: E402
-from train import train  # noqa: E402
+from train import TrainSettings, train  # noqa: E402
 
 PARTS = ("t", "a", "b", "c", "d", "e")
 SIZES = {
@@ -231,8 +232,8 @@ def data(size, work, report, deadline, device, preload="auto"):
     frame = pd.DataFrame({"label": [t % 8 for t in ids]}, index=pd.Index(ids, name="track_id"))
     train_part, val_part = frame.iloc[:size["train_clips"]], frame.iloc[size["train_clips"]:]
     loaders, _ = utils.make_loaders(cache, {"train": train_part, "val": val_part, "test": val_part},
-                                    size["batch_size"], num_workers=main.loader_workers(-1, device),
-                                    device=device.type)
+                                    size["batch_size"], settings=utils.LoaderSettings(
+                                        num_workers=main.loader_workers(-1, device), device=device.type))
     with contextlib.redirect_stdout(io.StringIO()) as said:  # its line goes into the row's notes
         loaders["train"] = preloaded(loaders["train"], preload, device)
     return loaders, said.getvalue().strip().removeprefix("preload: ")
@@ -250,21 +251,24 @@ def recipe(name, size, **overrides):
 
 def timed_epoch(config, size, loaders, device, deadline):
     """{samples_s, epoch_s, waits, val_s, compile_s, peak_gb, cut} of one epoch after warm-up, and a validation pass."""
-    meta = {"preprocessing": {"n_mels": 128}, "class_names": [str(i) for i in range(8)]}
-    raw_model, optimizer, _, _ = main.build_training(config, meta, device)
+    meta = SimpleNamespace(preprocessing={"n_mels": 128}, class_names=[str(i) for i in range(8)])  # build_training's
+    training = main.build_training(config, meta, device)
+    raw_model, optimizer = training.raw_model, training.optimizer
     model = main.compiled(config, raw_model, size["backend"])
     if cuda():
         torch.cuda.reset_peak_memory_stats()
     quiet = contextlib.redirect_stderr(io.StringIO())  # the progress bars
     with quiet:
         start = time.perf_counter()
-        train(model, Capped(loaders["train"], deadline, size["warmup_batches"]), optimizer, device, amp=config["amp"])
+        train(model, Capped(loaders["train"], deadline, size["warmup_batches"]), optimizer, device,
+              TrainSettings(amp=config["amp"]))
         test(model, Capped(loaders["val"], deadline, 1), device, amp=config["amp"])
         synchronize()
         warmup = time.perf_counter() - start
         feed = Waits(Capped(loaders["train"], deadline))
         start = time.perf_counter()
-        result = train(model, feed, optimizer, device, amp=config["amp"], log_interval=config["log_interval"])
+        result = train(model, feed, optimizer, device,
+                       TrainSettings(amp=config["amp"], log_interval=config["log_interval"]))
         synchronize()
         epoch = time.perf_counter() - start
         start = time.perf_counter()
@@ -328,13 +332,15 @@ def last_batch_rows(size, report, device, deadline):
             continue
         torch._dynamo.reset()
         config = recipe(size["last_batch_model"], size, compile="True")
-        raw_model, optimizer, _, _ = main.build_training(config, {"preprocessing": {"n_mels": 128},
-                                                                  "class_names": list("01234567")}, device)
+        training = main.build_training(config, SimpleNamespace(preprocessing={"n_mels": 128},
+                                                               class_names=list("01234567")), device)
+        raw_model, optimizer = training.raw_model, training.optimizer
         model, seconds = main.compiled(config, raw_model, size["backend"]), []
         for inputs, targets in batches:
             start = time.perf_counter()
             with contextlib.redirect_stderr(io.StringIO()):
-                train(model, [(inputs, targets)], optimizer, device, amp=config["amp"], dynamic_batch=dynamic)
+                train(model, [(inputs, targets)], optimizer, device,
+                      TrainSettings(amp=config["amp"], dynamic_batch=dynamic))
             synchronize()
             seconds.append(time.perf_counter() - start)
         report.add("c crnn", f"{config['model']}, last smaller batch ({smaller} of {shape[0]}), {label}",
@@ -383,8 +389,8 @@ def part_torchrun(size, report, deadline):
 def part_predict(size, report, deadline, device):
     """Windows/s of the model on the device; tracks/s from generated audio through the mel path."""
     preprocessing = {**utils.PREPROCESSING, "n_frames": size["n_frames"]}
-    model = main.build_training(recipe("crnn", size), {"preprocessing": preprocessing,
-                                                      "class_names": list("01234567")}, device)[0].eval()
+    model = main.build_training(recipe("crnn", size), SimpleNamespace(preprocessing=preprocessing,
+                                                                      class_names=list("01234567")), device).raw_model.eval()
     windows = (torch.rand(size["windows"], 128, size["n_frames"]) * -80).half()
     queue = [(0, window) for window in windows]
     tracks = [{"sum": 0.0, "queued": len(queue)}]

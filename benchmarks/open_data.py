@@ -49,7 +49,8 @@ def loader_from_cache(folder, faithful):
     """This project: the memory-mapped cache and main.py's loaders (num_workers=0, its default)."""
     cache = mel_cache.MelCache(folder)
     # faithful=False standardises its input (main.py's standardise=auto), which reads the normalisation stats
-    loaders, _ = utils.make_loaders(cache, official_splits(cache.track_ids), BATCH_SIZE, standardise=not faithful)
+    loaders, _ = utils.make_loaders(cache, official_splits(cache.track_ids), BATCH_SIZE,
+                                    settings=utils.LoaderSettings(standardise=not faithful))
     return loaders["train"]
 
 

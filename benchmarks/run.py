@@ -62,7 +62,7 @@ from fma_genres.inference import predict  # noqa: E402
 from fma_genres.runtime import atomic  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 from models_utils import compile_model  # noqa: E402
-from train import train  # noqa: E402
+from train import TrainSettings, train  # noqa: E402
 
 PARTS = ("cache", "loading", "training", "predict", "ddp", "allocator")
 SIZES = {
@@ -293,7 +293,7 @@ class Contender:
         """Seconds for one training step (train() reads its figures at the end, so this includes the device)."""
         start = time.perf_counter()
         with contextlib.redirect_stderr(io.StringIO()):  # train()'s progress bar
-            train(self.model, [batch], self.optimizer, batch[0].device, amp=self.amp)
+            train(self.model, [batch], self.optimizer, batch[0].device, TrainSettings(amp=self.amp))
         return time.perf_counter() - start
 
     def eval_logits(self, inputs, weights):

@@ -6,7 +6,7 @@ output per genre that has at least min_genre_tracks training clips, trained with
 module holds everything specific to that task:
 
     tree      genre_tree(genres.csv frame) -> {"id", "parent", "title"} lists (what a checkpoint stores)
-    data      load_fma(config): datasets.py's dataset dict plus the label matrix (ancestors included;
+    data      load_fma(settings): datasets.py's Dataset fields plus the label matrix (ancestors included;
               rare genres dropped; tracks left without a genre counted)
     metrics   ranking_metrics (ROC-AUC, PR-AUC per genre, macro and micro), tune_thresholds (per genre,
               max F1 on validation), threshold_metrics (F1/precision/recall), top_genre_accuracy,
@@ -33,6 +33,7 @@ from fma_genres.runtime.errors import DataError
 TARGETS = ("genre_top", "genres_all")  # main.py's key target: one top genre per clip | every genre of the tree
 # Validation metrics that may choose best.pt with target=genres_all (ranking_metrics' names).
 SELECT_METRICS = ("pr_auc_macro", "pr_auc_micro", "roc_auc_macro", "roc_auc_micro")
+GENRE_LIST_COLUMNS = (("track", "genres"), ("track", "genres_all"))  # tracks.csv's genre id lists
 DEFAULT_THRESHOLD = 0.5  # a genre whose validation split lacks positives or negatives cannot be tuned
 
 
@@ -133,50 +134,35 @@ def label_matrix(genre_lists, train_ids, tree, min_genre_tracks):
     return matrix[matrix.sum(axis=1) > 0], report
 
 
-def load_fma(config, split_seed):
-    """FMA with target=genres_all: datasets.load_fma's dict (tracks, class_names = genre titles in tree
-    order, splits, identity, cache_root) plus "label_rows" (track id -> float32 0/1 tensor), "genres"
-    ({"ids", "tree"}: what the checkpoint records) and "label_report" (label_matrix's)."""
-    data_dir, subset = config["data_dir"], config["subset"]
-    meta = Path(data_dir) / "fma_metadata"
-    tracks = fma._read_metadata_csv(meta / "tracks.csv", data_dir, subset, index_col=0, header=[0, 1])
-    genres = fma._read_metadata_csv(meta / "genres.csv", data_dir, subset, index_col=0)
-    needed = [("set", "subset"), ("set", "split"), ("track", "genre_top"), ("track", "genres"), ("track", "genres_all"),
-              ("artist", "id")]
-    if [c for c in needed if c not in tracks.columns] or "parent" not in genres.columns:
-        raise DataError(f"{meta} lacks FMA's columns {needed} (tracks.csv) or parent (genres.csv): it is not FMA's "
-                        f"metadata. Download fma_metadata.zip again with download_data.sh.")
-    rank = tracks[("set", "subset")].map({name: i for i, name in enumerate(fma.SUBSETS)})
-    chosen = tracks[rank <= fma.SUBSETS.index(subset)]
-    ids = chosen.index.astype(int)
+def load_fma(settings):
+    """FMA with target=genres_all (``settings``: datasets.DataSettings): datasets.Dataset's fields besides
+    identity and cache_root: tracks, class_names (genre titles in tree order), splits, label_rows (track id
+    -> float32 0/1 tensor), genres ({"ids", "tree"}: what the checkpoint records), label_report (label_matrix's)."""
+    data_dir, subset, min_tracks = settings.data_dir, settings.subset, settings.min_genre_tracks
+    chosen, genres = fma.subset_tracks(data_dir, subset, GENRE_LIST_COLUMNS, ("parent",))
     lists = pd.Series([parse_genres(a) + parse_genres(b) for a, b in zip(
-        chosen[("track", "genres")], chosen[("track", "genres_all")])], index=ids)
-    frame = pd.DataFrame({"path": [str(fma.audio_path(data_dir, subset, t)) for t in ids],
-                          "genre": chosen[("track", "genre_top")].fillna("").to_numpy(),  # splits.csv's genre column
-                          "label": -1,  # not a class index: the targets are label_rows
-                          "split": chosen[("set", "split")].to_numpy(),
-                          "artist_id": chosen[("artist", "id")].astype(int).to_numpy()}, index=pd.Index(ids, name="track_id"))
-    splits = fma.split_tracks(frame, mode=config["split"], train_size=config["train_size"],
-                                seed=split_seed)
+        chosen[("track", "genres")], chosen[("track", "genres_all")])], index=chosen.index.astype(int))
+    frame = fma.track_frame(chosen, data_dir, subset, labels=-1)  # not class indices: the targets are label_rows
+    splits = fma.split_tracks(frame, settings.split, settings.train_size, settings.split_seed)
     tree = genre_tree(genres)
-    matrix, report = label_matrix(lists, splits["train"].index, tree, config["min_genre_tracks"])
+    matrix, report = label_matrix(lists, splits["train"].index, tree, min_tracks)
     if matrix.shape[1] < 2:
         raise DataError(f"FMA {subset} in {data_dir} has {matrix.shape[1]} genre(s) with at least min_genre_tracks="
-                        f"{config['min_genre_tracks']} training clips: too few for multi-label training. Lower "
+                        f"{min_tracks} training clips: too few for multi-label training. Lower "
                         f"--min_genre_tracks or use a larger subset.")
     titles = dict(zip(tree["id"], tree["title"]))
     class_names = [titles[g] for g in matrix.columns]
     if len(set(class_names)) < len(class_names):
-        raise DataError(f"{meta / 'genres.csv'} gives two kept genres the same title: titles name the outputs.")
+        raise DataError(f"{Path(data_dir) / 'fma_metadata' / 'genres.csv'} gives two kept genres the same title: "
+                        f"titles name the outputs.")
     splits = {key: split.loc[split.index.isin(matrix.index)] for key, split in splits.items()}
     print(f"data: target=genres_all: {report['genres_kept']} of the {report['genres_seen']} genres of the training "
           f"split have at least {report['min_genre_tracks']} training clips; left out "
           f"{report['tracks_without_genre']} tracks without a genre and {report['tracks_without_kept_genre']} "
           f"with none of the kept genres")
     rows = {int(t): torch.from_numpy(row.astype(np.float32)) for t, row in zip(matrix.index, matrix.to_numpy())}
-    return {"tracks": frame.loc[matrix.index], "class_names": class_names, "splits": splits, "identity": subset,
-            "cache_root": Path(data_dir) / "cache", "label_rows": rows, "label_report": report,
-            "genres": {"ids": [int(g) for g in matrix.columns], "tree": tree}}
+    return {"tracks": frame.loc[matrix.index], "class_names": class_names, "splits": splits, "label_rows": rows,
+            "label_report": report, "genres": {"ids": [int(g) for g in matrix.columns], "tree": tree}}
 
 
 def use_label_rows(loaders, label_rows):

@@ -31,7 +31,7 @@ from fma_genres.inference import predict  # noqa: E402
 from fma_genres.runtime import atomic  # noqa: E402
 from host_reads import host_reads  # noqa: E402
 from models import build_model  # noqa: E402
-from train import train  # noqa: E402
+from train import EpochHooks, TrainSettings, train  # noqa: E402
 
 try:
     import pytest
@@ -72,7 +72,8 @@ def model_and_adam(name="crnn", device="cuda", seed=0):
 
 def step_losses(model, optimizer, data, amp):
     losses = []
-    train(model, data, optimizer, "cuda", amp=amp, log_interval=1, on_log=lambda _, loss: losses.append(loss))
+    train(model, data, optimizer, "cuda", TrainSettings(amp=amp, log_interval=1),
+          EpochHooks(on_log=lambda _, loss: losses.append(loss)))
     return losses
 
 
@@ -80,7 +81,8 @@ def test_preload_on_the_gpu_gives_the_cpu_batches_and_masks(tmp_path):
     cache, splits = synthetic_cache(tmp_path / "cache")
     epochs = {}
     for device in ("cpu", "cuda"):
-        loaders, _ = utils.make_loaders(cache, splits, 6, augment=True, seed=3, device=device)  # 40 items: 6 x 6 + 4
+        loaders, _ = utils.make_loaders(cache, splits, 6,  # 40 items: 6 x 6 + 4
+                                        settings=utils.LoaderSettings(augment=True, seed=3, device=device))
         loader = preloaded(loaders["train"], True, torch.device(device))
         assert loader is not loaders["train"] and loader.rows.device.type == device
         epochs[device] = [(inputs.cpu(), targets.cpu()) for inputs, targets in loader]
@@ -153,7 +155,7 @@ def test_a_training_epoch_waits_for_the_gpu_once_per_log_interval():
     data = batches(12)
     train(model, data[:2], optimizer, "cuda")  # cuDNN's and the allocator's first-time work
     with host_reads("cuda") as reads:
-        train(model, data, optimizer, "cuda", amp=True, log_interval=4)
+        train(model, data, optimizer, "cuda", settings=TrainSettings(amp=True, log_interval=4))
     assert reads["reads"] <= 12 // 4, reads
 
 

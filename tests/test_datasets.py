@@ -46,8 +46,9 @@ def make_folder(root, genres=("blues", "jazz", "rock"), per_genre=10):
     return root
 
 
-def config(data_dir, dataset="folder", **extra):
-    return {**main.CONFIG, "dataset": dataset, "data_dir": str(data_dir), **extra}
+def settings(data_dir, dataset="folder", **extra):
+    """datasets.load's settings of main.py's defaults with these keys."""
+    return datasets.DataSettings.from_config({**main.CONFIG, "dataset": dataset, "data_dir": str(data_dir), **extra})
 
 
 @pytest.fixture(scope="module")
@@ -56,33 +57,33 @@ def folder(tmp_path_factory):
 
 
 def test_a_folder_per_genre_reads_every_format_and_splits_by_genre(folder, capsys):
-    data = datasets.load(config(folder))
-    tracks = data["tracks"]
-    assert data["class_names"] == ["blues", "jazz", "rock"] and len(tracks) == 30
+    data = datasets.load(settings(folder))
+    tracks = data.tracks
+    assert data.class_names == ["blues", "jazz", "rock"] and len(tracks) == 30
     assert set(tracks["path"].str.rsplit(".", n=1).str[1]) == {"wav", "flac", "au", "ogg", "mp3"}
     assert str(folder / "jazz" / "live" / "jazz.00000.wav") in set(tracks["path"])
-    assert (tracks["genre"].map(data["class_names"].index) == tracks["label"]).all()
+    assert (tracks["genre"].map(data.class_names.index) == tracks["label"]).all()
     assert "ignored 1 files that are not audio" in capsys.readouterr().out
     assert not tracks["path"].str.endswith("cover.jpg").any()
-    for genre in data["class_names"]:  # 80/10/10 of each genre's 10 files
-        sizes = [int((frame["genre"] == genre).sum()) for frame in data["splits"].values()]
+    for genre in data.class_names:  # 80/10/10 of each genre's 10 files
+        sizes = [int((frame["genre"] == genre).sum()) for frame in data.splits.values()]
         assert sizes == [8, 1, 1], (genre, sizes)
-    assert data["identity"].startswith("folder_genres_") and data["cache_root"] == datasets.DEFAULT_CACHE_ROOT
+    assert data.identity.startswith("folder_genres_") and data.cache_root == datasets.DEFAULT_CACHE_ROOT
 
 
 def test_ids_are_stable_and_two_folders_never_share_an_identity(folder, tmp_path):
     copy = shutil.copytree(folder, tmp_path / "genres")
-    before = datasets.load(config(copy))
+    before = datasets.load(settings(copy))
     write_tone(copy / "rock" / "new.wav", 999.0, 12345)
-    after = datasets.load(config(copy))
-    assert set(before["tracks"].index) < set(after["tracks"].index)
-    assert (after["tracks"].loc[before["tracks"].index, "path"] == before["tracks"]["path"]).all()
-    assert after["identity"] == before["identity"] != datasets.load(config(folder))["identity"]
+    after = datasets.load(settings(copy))
+    assert set(before.tracks.index) < set(after.tracks.index)
+    assert (after.tracks.loc[before.tracks.index, "path"] == before.tracks["path"]).all()
+    assert after.identity == before.identity != datasets.load(settings(folder)).identity
 
 
 def test_split_seed_draws_the_split_and_the_training_seed_does_not(folder):
     def test_ids(**keys):
-        return sorted(datasets.load(config(folder, **keys))["splits"]["test"].index)
+        return sorted(datasets.load(settings(folder, **keys)).splits["test"].index)
 
     assert test_ids(split_seed=1, seed=0) == test_ids(split_seed=1, seed=5) != test_ids(split_seed=2, seed=0)
     assert test_ids(split_seed=-1, seed=2) == test_ids(split_seed=2, seed=7)  # -1: the training seed
@@ -91,8 +92,8 @@ def test_split_seed_draws_the_split_and_the_training_seed_does_not(folder):
 def test_duplicate_files_are_kept_once_and_reported(folder, tmp_path, capsys):
     copy = shutil.copytree(folder, tmp_path / "genres")
     shutil.copy(copy / "blues" / "blues.00001.flac", copy / "jazz" / "zz_copy.flac")  # GTZAN has such repeats
-    data = datasets.load(config(copy))
-    paths = set(data["tracks"]["path"])
+    data = datasets.load(settings(copy))
+    paths = set(data.tracks["path"])
     assert str(copy / "blues" / "blues.00001.flac") in paths and str(copy / "jazz" / "zz_copy.flac") not in paths
     out = capsys.readouterr().out
     assert "left out 1 files with the same content" in out and "zz_copy.flac" in out
@@ -102,11 +103,11 @@ def test_an_empty_genre_folder_and_too_few_files_are_refused(folder, tmp_path):
     copy = shutil.copytree(folder, tmp_path / "genres")
     (copy / "pop").mkdir()
     with pytest.raises(DataError, match="pop holds no audio file"):
-        datasets.load(config(copy))
+        datasets.load(settings(copy))
     for k in (1, 2):
         write_tone(copy / "pop" / f"pop.{k}.wav", 300.0, seed=k)
     with pytest.raises(DataError, match=r"too few files .* pop \(2 files"):
-        datasets.load(config(copy))
+        datasets.load(settings(copy))
 
 
 def write_csv(path, rows, header="path,genre,artist"):
@@ -117,33 +118,33 @@ def write_csv(path, rows, header="path,genre,artist"):
 def test_a_csv_with_artists_keeps_each_artist_in_one_split(folder, tmp_path):
     rows = [f"{p.relative_to(folder.parent).as_posix()},{p.parent.name if p.parent.name != 'live' else p.parents[1].name},"
             f"artist{i // 2}" for i, p in enumerate(sorted(folder.rglob("*.*"))) if p.suffix in FORMATS]
-    data = datasets.load(config(write_csv(folder.parent / "tracks.csv", rows), "csv", split_seed=3))
-    assert data["class_names"] == ["blues", "jazz", "rock"] and len(data["tracks"]) == 30
-    artists = {key: set(frame["artist"]) for key, frame in data["splits"].items()}
+    data = datasets.load(settings(write_csv(folder.parent / "tracks.csv", rows), "csv", split_seed=3))
+    assert data.class_names == ["blues", "jazz", "rock"] and len(data.tracks) == 30
+    artists = {key: set(frame["artist"]) for key, frame in data.splits.items()}
     assert not artists["train"] & artists["val"] and not artists["train"] & artists["test"]
     assert not artists["val"] & artists["test"]
-    assert all(set(frame["genre"]) == {"blues", "jazz", "rock"} for frame in data["splits"].values())
+    assert all(set(frame["genre"]) == {"blues", "jazz", "rock"} for frame in data.splits.values())
 
 
 def test_a_csv_without_artists_honours_its_split_column(folder, tmp_path):
     files = sorted(p for p in (folder / "jazz").glob("*.*")) + sorted((folder / "rock").glob("*.*"))
     rows = [f"{p},{p.parent.name},{'test' if i % 5 == 0 else 'validation' if i % 5 == 1 else 'training'}"
             for i, p in enumerate(files)]
-    data = datasets.load(config(write_csv(tmp_path / "given.csv", rows, "path,genre,split"), "csv"))
+    data = datasets.load(settings(write_csv(tmp_path / "given.csv", rows, "path,genre,split"), "csv"))
     expected = {str(p): row.rsplit(",", 1)[1] for p, row in zip(files, rows)}
-    assert {path: split for path, split in zip(data["tracks"]["path"], data["tracks"]["split"])} == expected
-    datasets.write_splits(data["splits"], tmp_path / "splits.csv")
+    assert {path: split for path, split in zip(data.tracks["path"], data.tracks["split"])} == expected
+    datasets.write_splits(data.splits, tmp_path / "splits.csv")
     written = pd.read_csv(tmp_path / "splits.csv")
     assert dict(zip(written["path"], written["split"])) == expected
-    again = datasets.load(config(tmp_path / "splits.csv", "csv"))  # splits.csv repeats the split
-    assert dict(zip(again["tracks"]["path"], again["tracks"]["split"])) == expected
+    again = datasets.load(settings(tmp_path / "splits.csv", "csv"))  # splits.csv repeats the split
+    assert dict(zip(again.tracks["path"], again.tracks["split"])) == expected
 
 
 def test_unreadable_csv_rows_are_all_reported_with_their_lines(folder, tmp_path):
     good = folder / "rock" / "rock.00001.flac"
     rows = [f"{good},rock,a", f"{folder}/rock/missing.wav,rock,a", f"{good},rock", f"{good},,a"]
     with pytest.raises(DataError) as error:
-        datasets.load(config(write_csv(tmp_path / "bad.csv", rows), "csv"))
+        datasets.load(settings(write_csv(tmp_path / "bad.csv", rows), "csv"))
     message = str(error.value)
     assert "bad.csv: 3 rows cannot be used" in message
     assert "line 3 file" in message and "missing.wav not found" in message
@@ -155,7 +156,7 @@ def test_training_never_starts_without_a_genre_in_its_training_split(folder, tmp
     rows = [f"{p},{p.parent.name},{'training' if p.parent.name == 'jazz' and i > 1 else 'test' if i else 'validation'}"
             for i, p in enumerate(files)]
     with pytest.raises(DataError, match=r"training split has no track of the genres \['blues', 'rock'\]"):
-        datasets.load(config(write_csv(tmp_path / "given.csv", rows, "path,genre,split"), "csv"))
+        datasets.load(settings(write_csv(tmp_path / "given.csv", rows, "path,genre,split"), "csv"))
 
 
 def test_main_trains_on_a_folder_dataset_and_evaluate_reads_its_split(folder, tmp_path):
@@ -165,7 +166,7 @@ def test_main_trains_on_a_folder_dataset_and_evaluate_reads_its_split(folder, tm
                       "--num_workers=0", "--cache_workers=1", "--split_seed=4"]) == 0
     splits = pd.read_csv(out_dir / "splits.csv")
     assert len(splits) == 30 and splits["split"].value_counts().to_dict() == {"training": 24, "validation": 3, "test": 3}
-    assert [p.name.split("-")[0] for p in cache_dir.iterdir()] == [datasets.load(config(folder))["identity"]]
+    assert [p.name.split("-")[0] for p in cache_dir.iterdir()] == [datasets.load(settings(folder)).identity]
     write_tone(folder / "rock" / "late.wav", 999.0, 777)  # the data changes: resuming would train on other clips
     with pytest.raises(SystemExit, match="not the one this run started with"):
         main.main([f"--data_dir={folder}", f"--out_dir={out_dir}", "--resume=True", "--epochs=2"])
@@ -182,13 +183,13 @@ def test_your_own_music_is_never_uploaded_to_wandb_by_default():
 
 
 def test_fma_keeps_its_splits_and_its_random_split_takes_split_seed(fma_small):
-    official = datasets.load(config(fma_small, "fma"))
-    assert official["identity"] == "small" and official["cache_root"] == fma_small / "cache"
-    assert sorted(official["splits"]["test"].index) == sorted(official["tracks"].query("split == 'test'").index)
-    expected = sorted(fma.split_tracks(official["tracks"], "random", 0.75, seed=3)["test"].index)
+    official = datasets.load(settings(fma_small, "fma"))
+    assert official.identity == "small" and official.cache_root == fma_small / "cache"
+    assert sorted(official.splits["test"].index) == sorted(official.tracks.query("split == 'test'").index)
+    expected = sorted(fma.split_tracks(official.tracks, "random", 0.75, seed=3)["test"].index)
     for keys in ({"seed": 3}, {"seed": 0, "split_seed": 3}):  # split_seed=-1 (default): the seed, as before
-        data = datasets.load(config(fma_small, "fma", split="random", train_size=0.75, **keys))
-        assert sorted(data["splits"]["test"].index) == expected, keys
+        data = datasets.load(settings(fma_small, "fma", split="random", train_size=0.75, **keys))
+        assert sorted(data.splits["test"].index) == expected, keys
 
 
 # ----------------------------------------------------------------------------- a partial FMA download

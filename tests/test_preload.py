@@ -14,7 +14,7 @@ from fma_genres import multilabel
 from fma_genres.data.cache import build_cache
 from fma_genres.data.fma import load_metadata, split_tracks
 from fma_genres.data.preload import PreloadedLoader, placement, preloaded
-from utils import PREPROCESSING, make_loaders
+from utils import PREPROCESSING, LoaderSettings, make_loaders
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,11 +27,10 @@ def data(fma_small, tmp_path_factory):
     return cache, split_tracks(tracks, "official")
 
 
-def both_paths(data, **options):
+def both_paths(data, shard=(0, 1), **options):
     """The training DataLoader, and a PreloadedLoader of a second, identically seeded one."""
     cache, splits = data
-    loader = make_loaders(cache, splits, batch_size=4, seed=7, **options)[0]["train"]
-    twin = make_loaders(cache, splits, batch_size=4, seed=7, **options)[0]["train"]
+    loader, twin = (make_loaders(cache, splits, 4, LoaderSettings(seed=7, **options), shard)[0]["train"] for _ in "ab")
     return loader, preloaded(twin, True, torch.device("cpu"))
 
 
@@ -65,7 +64,8 @@ def test_preloaded_batches_equal_the_dataloaders(data, options):
 def test_multi_label_rows_are_gathered_like_the_dataloaders(data):
     """target=genres_all: main.build_data gives the loaders 0/1 genre rows before preloading them."""
     cache, splits = data
-    loaders = [make_loaders(cache, splits, batch_size=4, seed=7, augment=True)[0] for _ in range(2)]
+    loaders = [make_loaders(cache, splits, batch_size=4, settings=LoaderSettings(seed=7, augment=True))[0]
+               for _ in range(2)]
     rows = {int(t): torch.tensor([t % 2, t % 3 == 0, 1], dtype=torch.float32) for t in cache.track_ids}
     for twin in loaders:
         multilabel.use_label_rows(twin, rows)

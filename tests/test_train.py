@@ -12,7 +12,7 @@ from host_reads import host_reads
 
 from models import build_model
 from test import test
-from train import NonFiniteLossError, train
+from train import EpochHooks, NonFiniteLossError, TrainSettings, train
 
 
 def separable_loader(n=64, n_mels=32, n_frames=96, n_classes=4, batch_size=8, seed=0):
@@ -35,8 +35,8 @@ def test_train_returns_epoch_statistics_and_logs_every_interval():
     model, loader = make_model(), separable_loader(n=64, batch_size=4)  # 16 batches
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     calls = []
-    stats = train(model, loader, optimizer, "cpu", on_log=lambda examples, loss: calls.append((examples, loss)),
-                  log_interval=5)
+    stats = train(model, loader, optimizer, "cpu", TrainSettings(log_interval=5),
+                  EpochHooks(on_log=lambda examples, loss: calls.append((examples, loss))))
     assert stats["examples"] == 64
     assert 0.0 <= stats["accuracy"] <= 1.0 and math.isfinite(stats["loss"])
     # batches 5, 10, 15, then the epoch's last partial interval (batch 16): examples seen so far in the
@@ -120,13 +120,14 @@ def test_an_epoch_reads_the_device_once_per_log_interval():
     model = make_model()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # main.py's: it skips on the device
     with host_reads("cpu") as reads:
-        stats = train(model, batches, optimizer, "cpu", log_interval=4, on_log=lambda *row: logged.append(row))
+        stats = train(model, batches, optimizer, "cpu", TrainSettings(log_interval=4),
+                      EpochHooks(on_log=lambda *row: logged.append(row)))
     assert 1 <= reads["reads"] <= 12 // 4, reads  # one read per interval, none per step
     assert [examples for examples, _ in logged] == [16, 32, 48] and stats["examples"] == 48
     # the counter sees per-step reads: an unfused optimiser's skip is decided on the host at every step
     unfused = torch.optim.Adam(model.parameters(), lr=1e-3)
     with host_reads("cpu") as control:
-        train(model, batches, unfused, "cpu", log_interval=4)
+        train(model, batches, unfused, "cpu", settings=TrainSettings(log_interval=4))
     assert control["reads"] >= 12
 
 
@@ -135,7 +136,7 @@ def test_a_non_finite_loss_skips_its_step_on_the_device_and_raises_at_the_next_r
         model = make_model()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4, fused=True)
         try:
-            train(model, batches, optimizer, "cpu", log_interval=log_interval)
+            train(model, batches, optimizer, "cpu", settings=TrainSettings(log_interval=log_interval))
         except NonFiniteLossError as error:
             return model, optimizer, str(error)
         return model, optimizer, None
@@ -165,5 +166,6 @@ def test_the_epochs_last_smaller_batch_compiles_no_second_graph(dynamic_batch, g
     batches = fixed_batches(3)
     batches[-1] = (batches[-1][0][:3], batches[-1][1][:3])  # 4, 4, then 3 examples
     optimizer = torch.optim.Adam(model.parameters(), fused=True)
-    train(torch.compile(model, backend=counting_backend), batches, optimizer, "cpu", dynamic_batch=dynamic_batch)
+    train(torch.compile(model, backend=counting_backend), batches, optimizer, "cpu",
+          TrainSettings(dynamic_batch=dynamic_batch))
     assert len(compiled) == graphs

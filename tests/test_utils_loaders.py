@@ -10,7 +10,8 @@ from sklearn.model_selection import train_test_split
 from fma_genres.data.cache import build_cache
 from fma_genres.data.fma import load_metadata, split_tracks
 from fma_genres.runtime.errors import DataError
-from utils import MelDataset, PREPROCESSING, draw_mask_uniforms, make_loaders, mask_spans, normalisation_stats, spec_augment
+from utils import (LoaderSettings, MelDataset, PREPROCESSING, draw_mask_uniforms, make_loaders, mask_spans,
+                   normalisation_stats, spec_augment)
 
 SMALL = dict(PREPROCESSING, n_frames=100)
 BROKEN_TRAIN_TRACK = 1003
@@ -44,7 +45,7 @@ def test_batches_raw_db_in_split_order_without_broken_tracks(data):
     raw = np.stack([cache[t] for t in splits["val"].index]).astype(np.float32)
     assert torch.equal(x, torch.from_numpy(raw)) and y.tolist() == splits["val"]["label"].tolist()
     assert not loaders["train"].pin_memory and not loaders["train"].persistent_workers
-    cuda, _ = make_loaders(cache, splits, batch_size=4, num_workers=1, device="cuda")
+    cuda, _ = make_loaders(cache, splits, batch_size=4, settings=LoaderSettings(num_workers=1, device="cuda"))
     assert cuda["val"].pin_memory and cuda["val"].persistent_workers
     foreign = dict(splits, test=splits["test"].rename(index={splits["test"].index[0]: 999999}))
     with pytest.raises(DataError, match="999999"):
@@ -53,9 +54,9 @@ def test_batches_raw_db_in_split_order_without_broken_tracks(data):
 
 def test_train_order_is_seeded(data):
     cache, splits = data
-    first = make_loaders(cache, splits, batch_size=4, seed=1)[0]["train"]
-    same = make_loaders(cache, splits, batch_size=4, seed=1)[0]["train"]
-    other = make_loaders(cache, splits, batch_size=4, seed=2)[0]["train"]
+    first = make_loaders(cache, splits, batch_size=4, settings=LoaderSettings(seed=1))[0]["train"]
+    same = make_loaders(cache, splits, batch_size=4, settings=LoaderSettings(seed=1))[0]["train"]
+    other = make_loaders(cache, splits, batch_size=4, settings=LoaderSettings(seed=2))[0]["train"]
     x1, y1 = epoch(first)
     assert torch.equal(x1, epoch(same)[0]) and not torch.equal(x1, epoch(other)[0])
     x2, y2 = epoch(first)  # the next epoch is another permutation of the same clips
@@ -72,7 +73,7 @@ def masks_of(masked, clean):
 
 def test_augmented_epoch_is_doubled_and_only_second_half_masked(data):
     cache, splits = data
-    loaders, _ = make_loaders(cache, splits, batch_size=4, augment=True)
+    loaders, _ = make_loaders(cache, splits, batch_size=4, settings=LoaderSettings(augment=True))
     train = loaders["train"].dataset
     assert len(train) == 30 and len(loaders["val"].dataset) == 8 and len(loaders["test"].dataset) == 8
     n_masked = 0
@@ -90,18 +91,19 @@ def test_augmented_epoch_is_doubled_and_only_second_half_masked(data):
 
 def test_masks_fresh_each_epoch_reproducible_and_independent_of_workers(data):
     cache, splits = data
-    loader = make_loaders(cache, splits, batch_size=4, augment=True, seed=5)[0]["train"]
+    loader = make_loaders(cache, splits, batch_size=4, settings=LoaderSettings(augment=True, seed=5))[0]["train"]
     first, second = epoch(loader)[0], epoch(loader)[0]
     assert not torch.equal(first, second)
     loader.sampler.generator.manual_seed(5)  # reseeding the sampler's generator replays an epoch
     assert torch.equal(epoch(loader)[0], first)
-    workers = make_loaders(cache, splits, batch_size=4, num_workers=2, augment=True, seed=5)[0]["train"]
+    workers = make_loaders(cache, splits, batch_size=4,
+                           settings=LoaderSettings(num_workers=2, augment=True, seed=5))[0]["train"]
     assert torch.equal(epoch(workers)[0], first) and torch.equal(epoch(workers)[0], second)
 
 
 def test_standardisation_uses_train_split_only(data):
     cache, splits = data
-    loaders, stats = make_loaders(cache, splits, batch_size=8, standardise=True, augment=True)
+    loaders, stats = make_loaders(cache, splits, batch_size=8, settings=LoaderSettings(standardise=True, augment=True))
     train_ids = [t for t in splits["train"].index if t != BROKEN_TRAIN_TRACK]
     train = np.stack([cache[t] for t in train_ids]).astype(np.float64)
     assert stats["mean"] == pytest.approx(train.mean(), rel=1e-9)
@@ -137,7 +139,7 @@ def test_dataset_pickles_without_its_memmap(data):
 
 def test_shuffle_false_keeps_the_split_order_every_epoch(data):
     cache, splits = data
-    loader = make_loaders(cache, splits, batch_size=4, shuffle=False, seed=3)[0]["train"]
+    loader = make_loaders(cache, splits, batch_size=4, settings=LoaderSettings(shuffle=False, seed=3))[0]["train"]
     expected = torch.from_numpy(np.stack([cache[t] for t in loader.dataset.track_ids]).astype(np.float32))
     first, second = epoch(loader)[0], epoch(loader)[0]
     assert torch.equal(first, expected) and torch.equal(second, expected)
@@ -152,8 +154,8 @@ def test_the_random_split_keeps_train_test_splits_order_for_training(fma_small):
 
 def test_fixed_masks_give_the_same_copies_every_epoch_after_the_clean_clips(data):
     cache, splits = data
-    loader = make_loaders(cache, splits, batch_size=4, augment=True, augment_masks="fixed", shuffle=False,
-                          seed=2)[0]["train"]
+    loader = make_loaders(cache, splits, batch_size=4, settings=LoaderSettings(
+        augment=True, augment_masks="fixed", shuffle=False, seed=2))[0]["train"]
     n = len(loader.dataset.track_ids)
     first, second = epoch(loader)[0], epoch(loader)[0]
     assert torch.equal(first, second)  # the same masked copies in every epoch
@@ -162,7 +164,8 @@ def test_fixed_masks_give_the_same_copies_every_epoch_after_the_clean_clips(data
     for i in range(n):
         masks_of(first[n + i], clean[i])
     assert (first[n:] != clean).any()
-    shuffled = make_loaders(cache, splits, batch_size=4, augment=True, augment_masks="fixed", seed=2)[0]["train"]
+    shuffled = make_loaders(cache, splits, batch_size=4,
+                            settings=LoaderSettings(augment=True, augment_masks="fixed", seed=2))[0]["train"]
     one, two = epoch(shuffled)[0], epoch(shuffled)[0]
     assert not torch.equal(one, two)  # reshuffled, but the copies are the same set of spectrograms
     assert sorted(map(float, one.sum(dim=(1, 2)))) == sorted(map(float, first.sum(dim=(1, 2))))

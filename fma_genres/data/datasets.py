@@ -1,7 +1,7 @@
 """Where clips and labels come from: FMA, a folder per genre, a CSV; and their train/validation/test splits.
 
-    data = datasets.load(config)   # {"tracks", "class_names", "splits", "identity", "cache_root"}
-    datasets.write_splits(data["splits"], "runs/x/splits.csv", resume=False)
+    data = datasets.load(DataSettings.from_config(config))   # a Dataset: tracks, class_names, splits, ...
+    datasets.write_splits(data.splits, "runs/x/splits.csv", resume=False)
 
 main.py calls load() for every dataset (the key ``dataset`` picks one of DATASETS); everything after it
 (cache, training, reports, --evaluate) is shared. ``tracks`` is indexed by integer track ids (columns
@@ -24,6 +24,7 @@ import io
 import os
 import re
 import subprocess
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,18 +42,74 @@ DEFAULT_CACHE_ROOT = Path("data") / "cache"  # folder and CSV datasets; FMA's is
 SHOWN = 10  # files named in a message or report before "and N more"
 
 
-def load(config):
-    """The dataset ``config["dataset"]`` describes, with its splits (see the module docstring)."""
-    data = DATASETS[config["dataset"]](config)
-    data["cache_root"] = Path(config["cache_dir"]) if config["cache_dir"] else data["cache_root"]
-    if "label_rows" in data:  # multi-label: every kept genre has min_genre_tracks training clips (multilabel.py)
+@dataclass(frozen=True)
+class DataSettings:
+    """main.py's keys that choose a dataset's tracks, labels and split (from_config picks them)."""
+    dataset: str            # a DATASETS key
+    data_dir: str           # FMA's folder, a folder of genre folders, or a CSV
+    subset: str             # FMA's subset
+    split: str              # FMA: official | random
+    train_size: float       # training fraction of FMA's random split
+    val_size: float         # folder and CSV datasets without a split column
+    test_size: float
+    split_seed: int         # resolved: never -1 (see split_seed)
+    cache_dir: str = ""     # "" = the dataset's own cache root
+    target: str = "genre_top"      # genres_all: multi-label over FMA's genre tree (multilabel.load_fma)
+    min_genre_tracks: int = 1      # genres_all: fewer training clips and a genre is dropped
+    selects_on_val: bool = False   # best.pt is chosen on validation (report_epoch=best): split=random warns so
+
+    @classmethod
+    def from_config(cls, config):
+        """The settings of a run's (or a checkpoint's) config; keys it lacks keep their defaults."""
+        given = {f.name: config[f.name] for f in fields(cls) if f.name in config}
+        return cls(**{**given, "split_seed": split_seed(config),
+                      "selects_on_val": config.get("report_epoch") == "best"})
+
+
+@dataclass
+class Dataset:
+    """What a DATASETS loader returns: the tracks, their classes and split, and where they are cached."""
+    tracks: pd.DataFrame    # index track_id; path, genre, label, split, artist (FMA: artist_id)
+    class_names: list       # output index -> name
+    splits: dict            # {"train", "val", "test"} -> rows of tracks
+    identity: str           # names the dataset in the spectrogram cache: two datasets never share rows
+    cache_root: Path
+    label_rows: dict = None    # multi-label: track id -> float32 0/1 row over class_names (else None)
+    genres: dict = None        # multi-label: {"ids", "tree"}, what the checkpoint records
+    label_report: dict = None  # multi-label: what label_matrix kept and left out
+
+    @property
+    def multi_label(self):
+        return self.label_rows is not None
+
+
+@dataclass
+class RunData:
+    """What a training run reads from its data (main.build_data): loaders, and what its checkpoints record."""
+    loaders: dict               # {"train", "val", "test"} DataLoaders (utils.make_loaders; train maybe preloaded)
+    class_names: list
+    preprocessing: dict         # audio -> dB (utils.PREPROCESSING with the run's n_frames)
+    normalisation: dict         # {"mean", "std"} of the training split's dB (None: raw dB)
+    tracks: pd.DataFrame        # Dataset.tracks: the hardest clips' audio paths
+    class_weights: object = None  # class_weights=True: the cross-entropy's per-class weights (a tensor)
+    pos_weight: object = None     # pos_weight=True: BCE's per-genre positive weights (a tensor)
+    genres: dict = None           # multi-label: Dataset.genres
+    label_report: dict = None     # multi-label: Dataset.label_report
+
+
+def load(settings):
+    """The dataset ``settings.dataset`` names (a DataSettings), with its splits (see the module docstring)."""
+    data = DATASETS[settings.dataset](settings)
+    if settings.cache_dir:
+        data = replace(data, cache_root=Path(settings.cache_dir))
+    if data.multi_label:  # every kept genre has min_genre_tracks training clips (multilabel.py)
         return data
-    missing = [name for name in data["class_names"] if name not in set(data["splits"]["train"]["genre"])]
+    missing = [name for name in data.class_names if name not in set(data.splits["train"]["genre"])]
     if missing:
         raise DataError(f"The training split has no track of the genres {missing}: a model cannot learn "
                         f"a genre it never sees. Add tracks of them to training, or drop those genres.")
     for key in ("val", "test"):
-        absent = sorted(set(data["class_names"]) - set(data["splits"][key]["genre"]))
+        absent = sorted(set(data.class_names) - set(data.splits[key]["genre"]))
         if absent:
             print(f"warning: the {SPLITS[key]} split has no track of {absent}: its scores say nothing about them.")
     return data
@@ -63,21 +120,22 @@ def split_seed(config):
     return config["split_seed"] if config["split_seed"] >= 0 else config["seed"]
 
 
-def ensure_fma(config, demo_tracks_per_genre):
-    """Make sure FMA's metadata and audio are there: the demo generated, or FMA downloaded if allowed."""
+def ensure_fma(settings, download, demo_tracks_per_genre=None):
+    """Make sure FMA's metadata and audio are there: with ``demo_tracks_per_genre`` the demo generated
+    (with sub-genres for target=genres_all), else FMA downloaded if ``download`` allows it."""
     from fma_genres.data import demo_data
 
-    data_dir, subset_name = Path(config["data_dir"]), config["subset"]
-    if config["demo"]:
+    data_dir, subset_name = Path(settings.data_dir), settings.subset
+    if demo_tracks_per_genre:
         try:  # fixed data seed; under torchrun written once per machine
             distributed.first_on_each_machine(demo_data.make_demo_dataset, data_dir, demo_tracks_per_genre, 0, 30.0,
-                                              None, config.get("target") == "genres_all")  # sub-genres
+                                              None, settings.target == "genres_all")
         except FileExistsError as error:
             raise DataError(str(error)) from None
         return
     if (data_dir / "fma_metadata" / "tracks.csv").is_file() and (data_dir / f"fma_{subset_name}").is_dir():
         return
-    if not config["download"] or distributed.launched():
+    if not download or distributed.launched():
         raise DataError(f"no FMA data in {data_dir} (expected {data_dir}/fma_metadata/tracks.csv and "
                         f"{data_dir}/fma_{subset_name}/). Download it with --download=True or "
                         f"`bash download_data.sh {subset_name} {data_dir}`, point --data_dir at an existing copy, "
@@ -101,14 +159,14 @@ def run_download(subset_name, data_dir, complete=False):
 MAX_MISSING_FRACTION = 0.01
 
 
-def ensure_complete(config, tracks):
+def ensure_complete(tracks, settings, download, allow_partial):
     """A partial FMA download (over MAX_MISSING_FRACTION of ``tracks``' audio files missing) is completed with
     download=True (download_data.sh fills it in), trained on with a warning with allow_partial=True, else refused.
     Broken and short clips are the cache's to report; this counts missing files only."""
-    data_dir, subset_name = config["data_dir"], config["subset"]
+    data_dir, subset_name = settings.data_dir, settings.subset
     missing = missing_files(tracks)
     complete_command = f"FMA_COMPLETE=1 bash download_data.sh {subset_name} {data_dir}"
-    if missing and config["download"] and not distributed.launched():
+    if missing and download and not distributed.launched():
         print(f"data: {len(missing):,} of {len(tracks):,} clips of fma_{subset_name} are missing from {data_dir}; "
               f"completing the download: {complete_command}", flush=True)
         run_download(subset_name, data_dir, complete=True)
@@ -119,7 +177,7 @@ def ensure_complete(config, tracks):
     partial = (f"{len(missing):,} of the {len(tracks):,} clips of FMA {subset_name} ({len(missing) / len(tracks):.0%}) "
                f"are missing from {data_dir}/fma_{subset_name}/ (e.g. {missing[0]}): the download is incomplete. "
                f"Complete it with `{complete_command}` (what --download=True runs)")
-    if not config["allow_partial"]:
+    if not allow_partial:
         raise DataError(f"{partial}, or train on the {present:,} clips present with --allow_partial=True.")
     banner = "!" * 80
     print(f"\n{banner}\nwarning: {partial}. allow_partial=True: training on the {present:,} clips present.\n"
@@ -132,30 +190,30 @@ def missing_files(tracks):
     return missing if len(missing) > MAX_MISSING_FRACTION * len(tracks) else []
 
 
-def load_fma(config):
+def load_fma(settings):
     """FMA's metadata (fma.load_metadata) and its official or random split (fma.split_tracks); with
     target=genres_all, every genre of the tree (multilabel.load_fma)."""
-    if config.get("target", "genre_top") == "genres_all":
-        data = multilabel.load_fma(config, split_seed(config))
+    if settings.target == "genres_all":
+        data = Dataset(**multilabel.load_fma(settings), identity=settings.subset,
+                       cache_root=Path(settings.data_dir) / "cache")
     else:
-        tracks, class_names = fma.load_metadata(config["data_dir"], config["subset"])
-        splits = fma.split_tracks(tracks, mode=config["split"], train_size=config["train_size"],
-                                    seed=split_seed(config))
-        data = {"tracks": tracks, "class_names": class_names, "splits": splits, "identity": config["subset"],
-                "cache_root": Path(config["data_dir"]) / "cache"}
-    if config["split"] == "random":
+        tracks, class_names = fma.load_metadata(settings.data_dir, settings.subset)
+        splits = fma.split_tracks(tracks, settings.split, settings.train_size, settings.split_seed)
+        data = Dataset(tracks, class_names, splits, identity=settings.subset,
+                       cache_root=Path(settings.data_dir) / "cache")
+    if settings.split == "random":
         print("warning: split=random uses the same tracks for validation and test (the original's setup): "
               "the test accuracy is not from held-out data, and artists leak between train and test."
               + (" best.pt is chosen on the test tracks themselves; report_epoch=last reports the final "
-                 "epoch instead, as the original did." if config.get("report_epoch") == "best" else ""))
+                 "epoch instead, as the original did." if settings.selects_on_val else ""))
     return data
 
 
 # ----------------------------------------------------------------------------- folder and CSV datasets
 
-def load_folder(config):
+def load_folder(settings):
     """data_dir/<genre>/**/<audio file>: class names are the folder names."""
-    root = Path(config["data_dir"])
+    root = Path(settings.data_dir)
     if not root.is_dir():
         raise DataError(f"dataset=folder: {root} is not a folder. Give --data_dir=<folder with one sub-folder "
                         f"per genre> (e.g. GTZAN's genres/), or use dataset=csv for a CSV file.")
@@ -176,12 +234,12 @@ def load_folder(config):
     if ignored:
         print(f"data: ignored {len(ignored)} files that are not audio by their extension: "
               f"{names(ignored)}")
-    return finish(config, pd.DataFrame(rows), "folder", root)
+    return finish(settings, pd.DataFrame(rows), "folder", root)
 
 
-def load_csv(config):
+def load_csv(settings):
     """A CSV file: path,genre[,artist][,split]; every unreadable row is reported at once."""
-    csv_path = Path(config["data_dir"])
+    csv_path = Path(settings.data_dir)
     if not csv_path.is_file():
         raise DataError(f"dataset=csv: {csv_path} is not a file. Give --data_dir=<CSV file with columns "
                         f"path,genre and optional artist,split>.")
@@ -215,10 +273,10 @@ def load_csv(config):
         raise DataError(f"{csv_path}: {len(bad)} rows cannot be used: {names(bad)}. Fix or delete them.")
     if not rows:
         raise DataError(f"{csv_path} lists no tracks: add rows path,genre below its header.")
-    return finish(config, pd.DataFrame(rows), "csv", csv_path)
+    return finish(settings, pd.DataFrame(rows), "csv", csv_path)
 
 
-def finish(config, frame, kind, source):
+def finish(settings, frame, kind, source):
     """Ids, duplicates left out, labels and splits of a folder or CSV dataset's rows (key, path, genre, artist[, split])."""
     frame = drop_duplicates(frame)
     frame.index = pd.Index([track_id(key) for key in frame["key"]], name="track_id")
@@ -228,7 +286,7 @@ def finish(config, frame, kind, source):
     class_names = sorted(frame["genre"].unique())
     frame["label"] = frame["genre"].map(class_names.index).astype(int)
     if "split" not in frame:
-        frame["split"] = assign_splits(frame, config["val_size"], config["test_size"], split_seed(config), source)
+        frame["split"] = assign_splits(frame, settings.val_size, settings.test_size, settings.split_seed, source)
     tracks = frame[["path", "genre", "label", "split", "artist"]]
     splits = {key: tracks[tracks["split"] == name] for key, name in SPLITS.items()}
     for key, name in SPLITS.items():
@@ -236,8 +294,7 @@ def finish(config, frame, kind, source):
             raise DataError(f"{source} gives no track to the {name} split: every split needs tracks.")
     slug = re.sub(r"[^A-Za-z0-9]+", "_", Path(source).stem)[:40]
     digest = hashlib.sha1(str(Path(source).resolve()).encode()).hexdigest()[:8]
-    return {"tracks": tracks, "class_names": class_names, "splits": splits,
-            "identity": f"{kind}_{slug}_{digest}", "cache_root": DEFAULT_CACHE_ROOT}
+    return Dataset(tracks, class_names, splits, identity=f"{kind}_{slug}_{digest}", cache_root=DEFAULT_CACHE_ROOT)
 
 
 def track_id(key):

@@ -95,25 +95,26 @@ def report(args, members, model, checkpoint, settings, device):
     labels = {key: checkpoint["config"][key] for key in ("target", "min_genre_tracks")} if multi else {}
     recorded = (checkpoint.get("config") or {}).get("data_dir")
     try:
-        data = datasets.load({**settings, **labels, "data_dir": args.data_dir, "cache_dir": args.cache_dir or ""})
+        data = datasets.load(datasets.DataSettings.from_config(
+            {**settings, **labels, "data_dir": args.data_dir, "cache_dir": args.cache_dir or ""}))
     except errors.DataError as error:
         if not recorded or recorded == args.data_dir:
             raise
         raise errors.DataError(f"{error} Note: {args.checkpoint} was trained on the data in {recorded}, which "
                               f"--evaluate uses when --data_dir is not given.") from None
-    class_names, test_tracks = data["class_names"], data["splits"]["test"]
+    class_names, test_tracks = data.class_names, data.splits["test"]
     if list(class_names) != list(checkpoint["class_names"]):
         raise UsageError(f"The checkpoint was trained on the genres {checkpoint['class_names']} but "
                          f"{args.data_dir} ({settings['dataset']} {settings['subset']}) has {class_names}: "
                          f"evaluate it on the data it was trained on (--data_dir, --subset).")
-    cache = mel_cache.build_cache(test_tracks, data["cache_root"], data["identity"],
+    cache = mel_cache.build_cache(test_tracks, data.cache_root, data.identity,
                                   preprocessing=checkpoint["preprocessing"])
     # make_loaders wants three splits; only "test" is used. It feeds raw dB (the model standardises
     # itself when its checkpoint says so), so no statistics are computed.
     loaders, _ = utils.make_loaders(cache, dict.fromkeys(("train", "val", "test"), test_tracks),
-                                    args.batch_size, device=device)
+                                    args.batch_size, settings=utils.LoaderSettings(device=device))
     if multi:
-        multilabel.use_label_rows(loaders, data["label_rows"])
+        multilabel.use_label_rows(loaders, data.label_rows)
     scores, result = evaluate(model, loaders["test"], device, class_names, genres=checkpoint.get("genres"))
     metrics = {**scores, "checkpoint": " + ".join(map(str, args.checkpoints)),
                "model": " + ".join(c["model"] for _, _, c in members),

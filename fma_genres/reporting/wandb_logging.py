@@ -59,9 +59,9 @@ def resolve_mode(config):
 
 
 def start(config, state, model, n_parameters, defaults):
-    """Start (on resume: continue) the run of ``state["wandb_run_id"]``; a WandbLog that does nothing
-    when W&B is disabled or cannot start. ``defaults``: the keys that name runs, with the values the run's
-    name compares it with (configurator.naming_defaults).
+    """Start (on resume: continue) the run of ``state.wandb_run_id`` (a run_state.TrainingState); a WandbLog
+    that does nothing when W&B is disabled or cannot start. ``defaults``: the keys that name runs, with the
+    values the run's name compares it with (configurator.naming_defaults).
 
     Mode: wandb_mode, else $WANDB_MODE, else online iff an API key is configured (checked with
     prompt=False, so it never waits for input), else offline.
@@ -74,15 +74,15 @@ def start(config, state, model, n_parameters, defaults):
     try:
         run = wandb.init(project=config["wandb_project"], mode=mode, name=run_name(config, defaults),
                          tags=run_tags(config), group=config["wandb_group"] or None,
-                         config={**config, "parameters": n_parameters, "provenance": state["provenance"]},
-                         id=state["wandb_run_id"], resume="allow" if state["wandb_run_id"] else None)
+                         config={**config, "parameters": n_parameters, "provenance": state.provenance},
+                         id=state.wandb_run_id, resume="allow" if state.wandb_run_id else None)
     except Exception as error:  # W&B is a convenience: the files in out_dir are the record
         print(f"warning: W&B could not start ({type(error).__name__}: {error}); continuing without it. "
               f"Use --wandb_mode=offline, or disabled.")
         return WandbLog(None)
     if config["watch"]:  # the model's own (uncompiled) modules carry the hooks
         run.watch(model, log="all", log_freq=WATCH_LOG_FREQ)
-    state["wandb_run_id"] = run.id
+    state.wandb_run_id = run.id
     return WandbLog(run)
 
 
@@ -141,7 +141,7 @@ def single_label_entries(config, data, metrics, result, figures):
     """test/* of a single-label run: scores, per-genre table and F1 bars, confusion matrix, ROC and PR
     curves, the report's figures and the hardest clips."""
     import wandb
-    names, targets, probabilities = data["class_names"], result["targets"], result["probabilities"]
+    names, targets, probabilities = data.class_names, result["targets"], result["probabilities"]
     per_genre = per_genre_table(metrics)
     logged = {"test/accuracy": metrics["test_accuracy"], "test/loss": metrics["test_loss"],
               "test/balanced_accuracy": metrics["balanced_accuracy"], "test/macro_f1": metrics["macro_f1"],
@@ -176,13 +176,13 @@ def hardest_clips_table(config, data, result):
     """The hardest_clips most confidently wrong test clips: track, true and predicted genre, every genre's
     probability, the mel-spectrogram the model saw and (with upload_audio) that part of the audio."""
     import wandb
-    names, targets, probabilities = data["class_names"], result["targets"], result["probabilities"]
-    test_set = data["loaders"]["test"].dataset  # the test loader keeps the split's order: result's rows
+    names, targets, probabilities = data.class_names, result["targets"], result["probabilities"]
+    test_set = data.loaders["test"].dataset  # the test loader keeps the split's order: result's rows
     table = wandb.Table(columns=["track_id", "true", "predicted", "confidence",
                                  *(f"p({genre})" for genre in names), "mel", "audio"])
     for i in hardest_clips(targets, probabilities, config["hardest_clips"]):
         track_id, predicted = test_set.track_ids[i], int(probabilities[i].argmax())
-        audio = clip_audio(data["tracks"].loc[track_id, "path"], data["preprocessing"]) \
+        audio = clip_audio(data.tracks.loc[track_id, "path"], data.preprocessing) \
             if config["upload_audio"] else None
         table.add_data(track_id, names[targets[i]], names[predicted], float(probabilities[i, predicted]),
                        *map(float, probabilities[i]), wandb.Image(mel_image(test_set.cache[track_id])), audio)
