@@ -364,17 +364,23 @@ def build_cache(tracks, cache_root, subset, preprocessing=PREPROCESSING, workers
     index, e.g. one per torchrun rank). DataError, with the fix, for missing audio, too little disk
     space, a disk that fills up, or no usable track.
     """
-    cache = fill_folder(tracks, cache_root, subset, _checked_preprocessing(preprocessing), Builder, MelCache,
-                        workers=workers, progress=progress, shard=shard)
-    if not any(t in cache for t in cache.requested):
-        raise DataError(f"No usable spectrogram in {cache.path}: every track is broken or missing; "
-                        f"see {cache.path / 'report.csv'}.")
-    return cache
+    return fill_folder(tracks, cache_root, subset, _checked_preprocessing(preprocessing), Builder, MelCache,
+                       Build(workers, progress, shard))
 
 
-def fill_folder(tracks, cache_root, subset, p, make_builder, reader, *, workers, progress, shard):
-    """Reuse, resume or fill the folder of these tracks and preprocessing p; print its summary; return
-    reader(folder) with .computed (rows computed by this call) and .requested (the track ids).
+@dataclass(frozen=True)
+class Build:
+    """How fill_folder computes missing rows: ``workers`` processes (None: every core this process may use),
+    a progress bar or not, and this rank's ``shard`` (index, count) or None."""
+    workers: int = None
+    progress: bool = True
+    shard: tuple = None
+
+
+def fill_folder(tracks, cache_root, subset, p, make_builder, reader, build):
+    """Reuse, resume or fill the folder of these tracks and preprocessing p (computing rows as ``build``
+    says); print its summary; return reader(folder) with .computed (rows computed by this call) and
+    .requested (the track ids). DataError when no track gives a usable row.
     make_builder(folder, params, paths, sources, shard) -> a Builder (or subclass) of reader.kind's rows."""
     ids = sorted(int(t) for t in tracks.index)
     if not ids:
@@ -388,10 +394,10 @@ def fill_folder(tracks, cache_root, subset, p, make_builder, reader, *, workers,
     reused = _covering(same_kind, folder, ids, paths)
     builder = None
     if not reused:
-        builder = _prepare(folder, params, paths, same_kind, shard, make_builder, kind)
+        builder = _prepare(folder, params, paths, same_kind, build.shard, make_builder, kind)
         try:
             builder.open()
-            builder.run(workers, progress)
+            builder.run(build.workers, build.progress)
         except OSError as e:
             if e.errno not in DISK_FULL:
                 raise
@@ -404,6 +410,9 @@ def fill_folder(tracks, cache_root, subset, p, make_builder, reader, *, workers,
     copies = f"{copied} copied from other folders, " if copied else ""
     print(f"{cache.summary()} [{cache.computed} computed now, {copies}{len(ids) - cache.computed - copied} "
           f"reused]", flush=True)
+    if not any(t in cache for t in ids):
+        raise DataError(f"No usable row in the {kind.name} {cache.path}: every track is broken or missing; "
+                        f"see {cache.path / 'report.csv'}.")
     return cache
 
 

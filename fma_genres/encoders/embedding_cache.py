@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fma_genres.data.cache import BROKEN, MISSING, OK, Builder, Kind, MelCache, fill_folder, write_row
-from fma_genres.runtime.errors import AudioError, DataError
+from fma_genres.data.cache import BROKEN, MISSING, OK, Build, Builder, Kind, MelCache, fill_folder, write_row
+from fma_genres.runtime.errors import AudioError
 from utils import MIN_CLIP_FRACTION, load_audio
 
 WINDOWS_PER_CLIP = 3  # an FMA clip is 30 s: three 10 s windows
@@ -113,10 +113,6 @@ def build_embedding_cache(tracks, cache_root, subset, encoder, workers=None, pro
     """Reuse, resume or build the embedding cache of these tracks (index track_id, column path) under
     cache_root/embeddings with this loaded encoder; print its summary; return the EmbeddingCache.
     workers and shard as mel_cache.build_cache's (workers decode; this process embeds)."""
-    cache = fill_folder(tracks, Path(cache_root) / "embeddings", subset, preprocessing_of(encoder),
-                        functools.partial(EmbeddingBuilder, encoder=encoder), EmbeddingCache,
-                        workers=workers, progress=progress, shard=shard)
-    if not any(t in cache for t in cache.requested):
-        raise DataError(f"No usable embedding in {cache.path}: every track is broken or missing; "
-                        f"see {cache.path / 'report.csv'}.")
-    return cache
+    return fill_folder(tracks, Path(cache_root) / "embeddings", subset, preprocessing_of(encoder),
+                       functools.partial(EmbeddingBuilder, encoder=encoder), EmbeddingCache,
+                       Build(workers, progress, shard))
