@@ -6,7 +6,7 @@ Edit the constants below, or override any of them with a config file and/or --ke
     python main.py configs/original_crnn.py          # a row of the original's results table, as it ran
     python main.py --model=cnn1d --epochs=50 --lr=0.0001 --data_augmentation=True --weight_decay=0.0001
     python main.py --demo=True                       # synthetic demo data, offline, minutes on a CPU
-    python main.py --target=genres_all               # multi-label over every genre of FMA's tree (multilabel.py)
+    python main.py --target=genres_all               # multi-label over every genre of FMA's tree (fma_genres/tasks.py)
     python main.py --resume=True                     # continue the latest run of the model (runs/<model>/latest)
     python main.py --prepare_only=True               # only download and build the spectrogram cache
     python main.py --help                            # every key with its default and comment
@@ -25,7 +25,7 @@ import torch
 
 import models_utils
 import utils
-from fma_genres import configurator, multilabel
+from fma_genres import configurator, multilabel, tasks
 from fma_genres.data import cache as mel_cache, datasets
 from fma_genres.data.preload import preloaded  # a function: main's key `preload` would shadow the module
 from fma_genres.reporting import wandb_logging
@@ -165,10 +165,9 @@ def build_data(config, device):
             "genres": dataset.get("genres"), "label_report": dataset.get("label_report")}
     if config["class_weights"]:
         data["class_weights"] = utils.inverse_class_frequency(loaders["train"].dataset.labels, len(class_names)).to(device)
-    if "label_rows" in dataset:  # multi-label: the loaders yield 0/1 genre rows
-        multilabel.use_label_rows(loaders, dataset["label_rows"])
-        if config["pos_weight"]:
-            data["pos_weight"] = multilabel.pos_weight(dataset["label_rows"], loaders["train"].dataset.track_ids).to(device)
+    tasks.TASKS[config["target"]].use_labels(loaders, dataset)  # multi-label: the loaders yield 0/1 genre rows
+    if config["pos_weight"]:  # only with target=genres_all (GenreTree.config_problem)
+        data["pos_weight"] = multilabel.pos_weight(dataset["label_rows"], loaders["train"].dataset.track_ids).to(device)
     loaders["train"] = preloaded(loaders["train"], config["preload"], device)  # with the targets it will gather
     return data
 
@@ -214,7 +213,7 @@ def compiled(config, raw_model, backend="inductor"):
 def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, device, wandb_log, signals):
     """Train from state["epoch"] + 1 (or a mid-epoch position) to config["epochs"], validating and
     saving after each epoch, and mid-epoch every save_interval steps or when a signal asks."""
-    loaders = data["loaders"]
+    loaders, task = data["loaders"], tasks.TASKS[config["target"]]
     for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
         reseed(config["seed"], epoch, loaders["train"])  # same batches and dropout whether resumed or not
         position, progress, done = state.pop("position", None), None, 0.0
@@ -241,7 +240,7 @@ def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, devi
                             on_log=lambda examples, loss: wandb_log.train_loss(loss, epoch, step=seen + examples),
                             log_interval=config["log_interval"], desc=f"epoch {epoch}/{config['epochs']}",
                             progress=progress, on_step=on_step, class_weights=data["class_weights"],
-                            pos_weight=data["pos_weight"],
+                            pos_weight=data["pos_weight"], task=task,
                             sync=distributed.sync_step if distributed.active() else None)
         except NonFiniteLossError as error:
             kept = (f"{config['out_dir']}/last.pt (epoch {state['epoch']}) is kept" if state["epoch"]
@@ -253,16 +252,15 @@ def run_epochs(config, data, model, raw_model, optimizer, scheduler, state, devi
             signals.in_steps = distributed.active()
         distributed.broadcast_buffers(raw_model)  # every process validates rank 0's weights, those saved
         val = test(distributed.unwrap(model), loaders["val"], device, amp=config["amp"], desc="validate",
-                   gather=distributed.gather)
+                   gather=distributed.gather, task=task)
         loss = EPOCH_LOSSES[config["epoch_loss"]]  # per example, or the original's mean of batch losses
         scheduler.step(val[loss])
         seconds = time.time() - start
         row = {"epoch": epoch, "train_loss": trained[loss], "train_accuracy": trained["accuracy"],
                "val_loss": val[loss], "val_accuracy": val["accuracy"], "lr": lr_now, "seconds": round(seconds, 2)}
         metric = config["select_metric"]  # its value is in every row: experiments.py prunes on it
-        row[f"val_{metric}"] = score = models_utils.validation_score(val, metric, data["class_names"])
-        if data["genres"]:  # multi-label: this epoch's thresholds, saved with its checkpoints
-            state["thresholds"] = multilabel.tune_thresholds(val["targets"], val["probabilities"])
+        row[f"val_{metric}"] = score = task.validation_score(val, metric)
+        state["thresholds"] = task.thresholds(val["targets"], val["probabilities"])  # multi-label: saved with its checkpoints
         state["history"].append(row)
         state.update(epoch=epoch, examples_seen=seen + trained["examples"],
                      training_seconds=state["training_seconds"] + seconds)
@@ -287,7 +285,7 @@ def evaluate_best(config, data, state, device, counts):
     best = distributed.from_main(models_utils.load_checkpoint, Path(config["out_dir"]) / f"{config['report_epoch']}.pt")
     scores, result = evaluate(models_utils.model_from_checkpoint(best, device), data["loaders"]["test"], device,
                               data["class_names"], amp=config["amp"], gather=distributed.gather,
-                              genres=best.get("genres"))
+                              genres=best.get("genres"), task=tasks.of(best))
     metrics = {**scores, "reported_epoch": best["training"]["epoch"],
                "report_epoch": config["report_epoch"], "best_epoch": state["best_epoch"],
                "select_metric": config["select_metric"], "best_val_score": state["best_val_score"],

@@ -10,8 +10,8 @@ mean loss of the batches since the previous call.
     from train import train
     stats = train(model, loaders["train"], optimizer, "cpu")   # {"loss", "batch_loss", "accuracy", "examples"}
 
-Targets are class indices (cross-entropy) or, with main.py's target=genres_all, 0/1 genre rows
-(BCE-with-logits): batch_loss and correct_decisions switch on their shape.
+The loss and the correct decisions are the task's (fma_genres/tasks.py): class indices with cross-entropy,
+or 0/1 genre rows with BCE-with-logits (main.py's target).
 
 An epoch interrupted mid-way (a mid-epoch checkpoint) continues exactly: ``epoch_position`` records its
 running sums and RNG state after a step, ``continue_epoch`` restores them and shortens the loader's
@@ -23,9 +23,9 @@ averaged its epochs (the last, smaller batch then weighs as much as a full one):
 import math
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from fma_genres import tasks
 from fma_genres.runtime import distributed
 
 EPOCH_LOSSES = {"per_example": "loss", "per_batch": "batch_loss"}  # config epoch_loss -> result key
@@ -59,24 +59,6 @@ def continue_epoch(position, loader, batch_size):
     return dict(position["progress"]), position["seconds"]
 
 
-def batch_loss(logits, targets, class_weights=None, pos_weight=None, reduction="mean"):
-    """The loss the targets call for: cross-entropy for class indices (N,), BCE-with-logits for 0/1 genre
-    rows (N, G) (multi-label, target=genres_all), per example the mean over its genres. reduction="sum"
-    sums the examples' losses (test.py's per-example mean)."""
-    if targets.dim() == 1:
-        return F.cross_entropy(logits, targets, weight=class_weights, reduction=reduction)
-    losses = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none").mean(dim=1)
-    return losses.sum() if reduction == "sum" else losses.mean()
-
-
-def correct_decisions(logits, targets):
-    """Correct predictions in a batch: argmax hits (single-label), or, multi-label, each example's share of
-    its genres decided right at probability 0.5 (so "accuracy" is the label-wise accuracy)."""
-    if targets.dim() == 1:
-        return (logits.argmax(dim=1) == targets).sum()
-    return ((logits > 0) == (targets > 0.5)).float().mean(dim=1).sum()
-
-
 def flush_interval(progress, on_log):
     """Report the mean loss of the batches since the last report and start a new interval."""
     if on_log is not None:
@@ -92,15 +74,13 @@ def mark_batch_dynamic(inputs):
     torch._dynamo.maybe_mark_dynamic(inputs, 0)
 
 
-def step_figures(loss, logits, targets, class_weights, sync):
+def step_figures(loss, logits, targets, class_weights, sync, task):
     """(float64 [loss, examples, correct] of the batch on the device, the loss to back-propagate); under
     torchrun (``sync``) the global batch's figures, every process's loss scaled to the global mean's."""
-    n, correct = targets.size(0), correct_decisions(logits, targets).double()
+    n, correct = targets.size(0), task.correct(logits, targets).double()
     if sync is None:
         return torch.stack([loss.detach().double(), correct.new_full((), n), correct]), loss
-    # the weight a weighted mean divides by: the batch's class weights
-    weight = n if class_weights is None or targets.dim() > 1 else class_weights[targets].sum()
-    figures, scale = sync(loss, weight, n, correct)
+    figures, scale = sync(loss, task.mean_weight(targets, class_weights), n, correct)
     return figures, loss * scale.to(loss.dtype)
 
 
@@ -142,7 +122,8 @@ def settle(progress, pending, bar):
 
 
 def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=False, desc="train",
-          progress=None, on_step=None, class_weights=None, sync=None, pos_weight=None, dynamic_batch=True):
+          progress=None, on_step=None, class_weights=None, sync=None, pos_weight=None, dynamic_batch=True,
+          task=tasks.TASKS[tasks.DEFAULT]):
     """Train ``model`` for one pass over ``loader``; returns mean loss, accuracy and example count.
 
     ``amp`` runs the forward pass under bfloat16 autocast (CUDA only; no loss scaling is needed
@@ -150,8 +131,8 @@ def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=Fa
     then yields only its remaining batches); ``on_step(batches, settled)`` is called after every optimiser
     step with the epoch's batch count and a function returning the settled progress (main.py saves
     mid-epoch checkpoints there). ``class_weights`` (one per class) weigh the
-    cross-entropy; multi-label targets (0/1 rows) train with BCE-with-logits, ``pos_weight`` (one per
-    genre) weighing their positives (batch_loss). ``sync`` (distributed.sync_step, under torchrun) turns this process's part of a
+    cross-entropy; ``task`` (tasks.py) gives the loss: multi-label targets (0/1 rows) train with
+    BCE-with-logits, ``pos_weight`` (one per genre) weighing their positives. ``sync`` (distributed.sync_step, under torchrun) turns this process's part of a
     batch into the global batch's figures before the backward pass, so the loss, the NaN check and
     the gradient are the global batch's in every process.
 
@@ -175,8 +156,8 @@ def train(model, loader, optimizer, device, on_log=None, log_interval=25, amp=Fa
                 mark_batch_dynamic(inputs)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
                 logits, _ = model(inputs)
-                loss = batch_loss(logits.float(), targets, class_weights, pos_weight)
-            figures, loss = step_figures(loss, logits, targets, class_weights, sync)
+                loss = task.loss(logits.float(), targets, class_weights, pos_weight)
+            figures, loss = step_figures(loss, logits, targets, class_weights, sync, task)
             healthy = healthy & torch.isfinite(figures[0])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

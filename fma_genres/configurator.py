@@ -25,7 +25,7 @@ import torch
 
 import models_utils
 import utils
-from fma_genres import multilabel
+from fma_genres import tasks
 from fma_genres.data import datasets, fma
 from fma_genres.reporting import wandb_logging
 from fma_genres.runtime import devices
@@ -164,9 +164,6 @@ def parse_command_line(argv, defaults, source):
 # 25 epochs reach at least 0.75 test accuracy on any CPU (tests/test_demo_data.py checks it; 0.875 on a
 # 2-core AMD EPYC, 2026-12); ~5 s an epoch with freed memory kept (allocator.py).
 DEMO = {"data_dir": "data/demo", "epochs": 25, "batch_size": 8, "download": False, "compile": "False"}
-# The demo with target=genres_all: its own folder (clips with sub-genres, demo_data.py), whose sub-genres
-# have 2-3 training clips each.
-DEMO_GENRES_ALL = {"data_dir": "data/demo_genres_all", "min_genre_tracks": 2}
 # compile=auto compiles these models, in channels_last layout. Measured on a 2-core CPU with freed
 # memory kept (allocator.py; benchmarks/results_training.md): CRNN training steps 1.50x faster, CNN2D
 # 1.20x, after an 11-29 s compile repaid within 21 steps (an fma_small epoch has 128), and the compiled
@@ -174,12 +171,13 @@ DEMO_GENRES_ALL = {"data_dir": "data/demo_genres_all", "min_genre_tracks": 2}
 # epochs never repay the compile time.
 COMPILED_MODELS = ("crnn", "cnn2d")
 
-# Valid values of the keys that take a name, from the registries that define them.
+# Valid values of the keys that take a name, from the registries that define them (select_metric's: the
+# target's task checks it against metrics.py's registry).
 CHOICES = {"dataset": tuple(datasets.DATASETS), "subset": fma.SUBSETS, "split": fma.SPLIT_MODES, "model": tuple(MODELS),
-           "target": multilabel.TARGETS,
+           "target": tuple(tasks.TASKS),
            "freeze": finetune.FREEZE, "init": tuple(models_utils.INITIALISERS), "epoch_loss": tuple(EPOCH_LOSSES),
            "augment_masks": utils.AUGMENT_MASKS,
-           "select_metric": models_utils.SELECT_METRICS + multilabel.SELECT_METRICS, "mask_draw": utils.MASK_DRAWS, "report_epoch": ("best", "last"),
+           "mask_draw": utils.MASK_DRAWS, "report_epoch": ("best", "last"),
            "wandb_mode": (None, "online", "offline", "disabled")}
 
 
@@ -187,8 +185,9 @@ def make_config(overrides, defaults):
     """``defaults`` (main.py's CONFIG), then the demo settings (with demo=True), then the overrides (config
     file and command line); names, ranges and the auto keys resolved and checked."""
     config = dict(defaults)
+    task = tasks.TASKS.get(overrides.get("target", defaults["target"]))
     if overrides.get("demo", defaults["demo"]):
-        config.update(DEMO, **(DEMO_GENRES_ALL if overrides.get("target") == "genres_all" else {}))
+        config.update(DEMO, **(task.demo if task else {}))  # the demo with sub-genres has its own folder
     config.update(overrides)
     # W&B's watch hooks would make torch.compile recompile at every step, hence no auto compile with watch
     config["compile"] = resolve_auto(config, "compile", config["model"] in COMPILED_MODELS and not config["watch"])
@@ -196,12 +195,12 @@ def make_config(overrides, defaults):
     config["upload_audio"] = resolve_auto(config, "upload_audio", wandb_logging.audio_shareable(config))
     config["preload"] = resolve_auto(config, "preload", "auto")  # decided by build_data, by the memory free
     config["amp"] = resolve_auto(config, "amp", "auto")  # decided by main.py's run, by the device
-    if config["select_metric"] == "auto":
-        config["select_metric"] = "pr_auc_macro" if config["target"] == "genres_all" else "accuracy"
+    if config["select_metric"] == "auto" and task:
+        config["select_metric"] = task.select_metrics[0]
     for key, valid in CHOICES.items():
         if config[key] not in valid:
             raise ConfigError(f"{key}={config[key]!r} is not valid: choose one of {', '.join(map(str, valid))}.")
-    problem = multilabel.config_problem(config, models_utils.SELECT_METRICS)
+    problem = task.select_problem(config) or task.config_problem(config)
     if problem:
         raise ConfigError(problem)
     for key in ("epochs", "batch_size", "n_frames", "log_interval"):
@@ -231,8 +230,9 @@ def demo_help():
     """The demo settings, for main.py's --help."""
     def options(settings):
         return " ".join(f"--{key}={value}" for key, value in settings.items())
-    return (f"\nWith --demo=True, keys not given on the command line take the demo settings: {options(DEMO)}; "
-            f"with --target=genres_all also {options(DEMO_GENRES_ALL)}.")
+    return (f"\nWith --demo=True, keys not given on the command line take the demo settings: {options(DEMO)}."
+            + "".join(f" With --target={task.name} also {options(task.demo)}." for task in tasks.TASKS.values()
+                      if task.demo))
 
 
 def resolve_auto(config, key, auto_value):
@@ -254,7 +254,7 @@ def runs_folder(config, runs_root, launched=False):
     runs/demo_crnn/latest is always the plain demo's run, whatever demo ran last."""
     if not config["demo"]:
         return Path(runs_root) / config["model"]
-    kinds = ["demo"] + ["genres_all"] * (config.get("target") == "genres_all") + ["torchrun"] * launched
+    kinds = ["demo", *tasks.of(config).run_kind] + ["torchrun"] * launched
     return Path(runs_root) / "_".join([*kinds, config["model"]])
 
 

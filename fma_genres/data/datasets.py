@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 import utils
-from fma_genres import multilabel
+from fma_genres import multilabel, tasks
 from fma_genres.data import fma
 from fma_genres.data.fma import SPLITS
 from fma_genres.runtime import atomic, distributed
@@ -71,7 +71,7 @@ def ensure_fma(config, demo_tracks_per_genre):
     if config["demo"]:
         try:  # fixed data seed; under torchrun written once per machine
             distributed.first_on_each_machine(demo_data.make_demo_dataset, data_dir, demo_tracks_per_genre, 0, 30.0,
-                                              None, config.get("target") == "genres_all")  # sub-genres
+                                              None, tasks.of(config).genre_tree)  # sub-genres
         except FileExistsError as error:
             raise DataError(str(error)) from None
         return
@@ -134,8 +134,8 @@ def missing_files(tracks):
 
 def load_fma(config):
     """FMA's metadata (fma.load_metadata) and its official or random split (fma.split_tracks); with
-    target=genres_all, every genre of the tree (multilabel.load_fma)."""
-    if config.get("target", "genre_top") == "genres_all":
+    a target of FMA's genre tree (tasks.GenreTree), every genre of the tree (multilabel.load_fma)."""
+    if tasks.of(config).genre_tree:
         data = multilabel.load_fma(config, split_seed(config))
     else:
         tracks, class_names = fma.load_metadata(config["data_dir"], config["subset"])
