@@ -100,8 +100,8 @@ def make_checkpoint(model, model_args, state_dict, class_names, preprocessing, n
     (None: raw dB); config: the run's config; provenance: commit, versions, hardware, command line;
     training: what resumes the run exactly (epoch, optimizer, scheduler, history, ...), or None.
     genres (multi-label models only, target=genres_all): {"ids": FMA genre id per output, "tree": genres.csv's
-    id/parent/title lists, "thresholds": per output, tuned on validation}; the checkpoint then also says
-    target="genres_all". Without it the layout is the single-label one (a missing "target" = genre_top).
+    id/parent/title lists, "thresholds": per output, tuned on validation}; the checkpoint then also records
+    its task, target=genres_all (tasks.of reads it). Without it the layout is the single-label one.
     """
     checkpoint = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": model,
                   "model_args": dict(model_args), "state_dict": state_dict, "class_names": list(class_names),
