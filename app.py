@@ -28,6 +28,7 @@ import threading
 from pathlib import Path
 
 from fma_genres.runtime import allocator
+from fma_genres import tasks
 from fma_genres.inference import predict
 import models_utils
 from fma_genres.reporting import plots
@@ -200,7 +201,7 @@ def parse_args(argv=None):
     parser.add_argument("--max_mb", type=float, default=200.0, help="largest audio file accepted, in MB")
     parser.add_argument("--max_queue", type=int, default=20, help="uploads waiting to be predicted at most; "
                         "more are told the page is busy")
-    parser.add_argument("--top_k", type=int, help=f"genres shown per track (default {predict.DEFAULT_TOP_K}); multi-label: "
+    parser.add_argument("--top_k", type=int, help=f"genres shown per track (default {tasks.DEFAULT_TOP_K}); multi-label: "
                         "the genres above their thresholds unless given")
     parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, ...")
     args = parser.parse_args(argv)

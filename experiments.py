@@ -490,9 +490,6 @@ def parse(argv):
     config = main_config(overrides)
     opts["name"] = opts["name"] or f"{command}_{config['model']}"
     opts["dir"] = opts["dir"] or str(Path("runs") / "experiments" / opts["name"])
-    if command == "repeat" and config["target"] == "genres_all":
-        fail("repeat summarises single-label figures (test accuracy, macro F1, per-genre F1): target=genres_all "
-             "is not supported yet; run the seeds with main.py and compare their metrics.json.")
     if opts["trials"] < 1 or opts["parallel"] < 1:
         fail(f"--trials and --parallel must be at least 1, got {opts['trials']} and {opts['parallel']}.")
     return command, opts, main_args, config

@@ -6,7 +6,7 @@ Edit the constants below, or override any of them with a config file and/or --ke
     python main.py configs/original_crnn.py          # a row of the original's results table, as it ran
     python main.py --model=cnn1d --epochs=50 --lr=0.0001 --data_augmentation=True --weight_decay=0.0001
     python main.py --demo=True                       # synthetic demo data, offline, minutes on a CPU
-    python main.py --target=genres_all               # multi-label over every genre of FMA's tree (multilabel.py)
+    python main.py --target=genres_all               # multi-label over every genre of FMA's tree (fma_genres/tasks.py)
     python main.py --resume=True                     # continue the latest run of the model (runs/<model>/latest)
     python main.py --prepare_only=True               # only download and build the spectrogram cache
     python main.py --help                            # every key with its default and comment
@@ -25,7 +25,7 @@ import torch
 
 import models_utils
 import utils
-from fma_genres import configurator, multilabel
+from fma_genres import configurator, multilabel, tasks
 from fma_genres.data import cache as mel_cache, datasets
 from fma_genres.data.preload import preloaded  # a function: main's key `preload` would shadow the module
 from fma_genres.reporting import wandb_logging
@@ -149,6 +149,7 @@ def build_data(config, device):
         datasets.ensure_fma(settings, config["download"], DEMO_TRACKS_PER_GENRE if config["demo"] else None)
     dataset = datasets.load(settings)
     tracks, class_names, splits = dataset.tracks, dataset.class_names, dataset.splits
+    task = tasks.TASKS[config["target"]]  # the run's one choice between single-label and the genre tree
     if config["dataset"] == "fma" and not config["demo"]:  # a partial download: before any caching
         distributed.from_main(datasets.ensure_complete, tracks, settings, config["download"], config["allow_partial"])
     preprocessing = finetune.checked_preprocessing(config, {**utils.PREPROCESSING, "n_frames": config["n_frames"]})
@@ -165,14 +166,13 @@ def build_data(config, device):
                                                 shard=(distributed.rank(), distributed.world_size()))
     sizes = ", ".join(f"{name} {len(loader.dataset)}" for name, loader in loaders.items())
     print(f"data: {dataset.identity} in {config['data_dir']}: {sizes} clips (the split: splits.csv)")
-    data = datasets.RunData(loaders, class_names, preprocessing, normalisation, tracks, genres=dataset.genres,
+    data = datasets.RunData(loaders, class_names, preprocessing, normalisation, tracks, task, genres=dataset.genres,
                             label_report=dataset.label_report)
     if config["class_weights"]:
         data.class_weights = utils.inverse_class_frequency(loaders["train"].dataset.labels, len(class_names)).to(device)
-    if dataset.multi_label:  # the loaders yield 0/1 genre rows
-        multilabel.use_label_rows(loaders, dataset.label_rows)
-        if config["pos_weight"]:
-            data.pos_weight = multilabel.pos_weight(dataset.label_rows, loaders["train"].dataset.track_ids).to(device)
+    task.use_labels(loaders, dataset)  # multi-label: the loaders yield 0/1 genre rows
+    if config["pos_weight"]:  # only with target=genres_all (GenreTree.config_problem)
+        data.pos_weight = multilabel.pos_weight(dataset.label_rows, loaders["train"].dataset.track_ids).to(device)
     loaders["train"] = preloaded(loaders["train"], config["preload"], device)  # with the targets it will gather
     return data
 
@@ -217,7 +217,7 @@ def compiled(config, raw_model, backend="inductor"):
 
 def train_settings(config, data):
     """train()'s settings from the run's keys and data."""
-    return TrainSettings(amp=config["amp"], log_interval=config["log_interval"], class_weights=data.class_weights,
+    return TrainSettings(task=data.task, amp=config["amp"], log_interval=config["log_interval"], class_weights=data.class_weights,
                          pos_weight=data.pos_weight, sync=distributed.sync_step if distributed.active() else None)
 
 
@@ -259,16 +259,15 @@ def run_epochs(config, data, training, device, wandb_log, signals):
             signals.in_steps = distributed.active()
         distributed.broadcast_buffers(training.raw_model)  # every process validates rank 0's weights, those saved
         val = test(distributed.unwrap(model), loaders["val"], device, amp=config["amp"], desc="validate",
-                   gather=distributed.gather)
+                   gather=distributed.gather, task=data.task)
         loss = EPOCH_LOSSES[config["epoch_loss"]]  # per example, or the original's mean of batch losses
         training.scheduler.step(val[loss])
         seconds = time.time() - start
         row = {"epoch": epoch, "train_loss": trained[loss], "train_accuracy": trained["accuracy"],
                "val_loss": val[loss], "val_accuracy": val["accuracy"], "lr": lr_now, "seconds": round(seconds, 2)}
         metric = config["select_metric"]  # its value is in every row: experiments.py prunes on it
-        row[f"val_{metric}"] = score = models_utils.validation_score(val, metric, data.class_names)
-        if data.genres:  # multi-label: this epoch's thresholds, saved with its checkpoints
-            state.thresholds = multilabel.tune_thresholds(val["targets"], val["probabilities"])
+        row[f"val_{metric}"] = score = data.task.validation_score(val, metric)
+        state.thresholds = data.task.thresholds(val["targets"], val["probabilities"])  # multi-label: saved with its checkpoints
         state.history.append(row)
         state.epoch, state.examples_seen = epoch, seen + trained["examples"]
         state.training_seconds += seconds
@@ -293,7 +292,7 @@ def evaluate_best(config, data, state, device, counts):
     best = distributed.from_main(models_utils.load_checkpoint, Path(config["out_dir"]) / f"{config['report_epoch']}.pt")
     scores, result = evaluate(models_utils.model_from_checkpoint(best, device), data.loaders["test"], device,
                               data.class_names, amp=config["amp"], gather=distributed.gather,
-                              genres=best.get("genres"))
+                              genres=best.get("genres"), task=tasks.of(best))
     metrics = {**scores, "reported_epoch": best["training"]["epoch"],
                "report_epoch": config["report_epoch"], "best_epoch": state.best_epoch,
                "select_metric": config["select_metric"], "best_val_score": state.best_val_score,

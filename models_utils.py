@@ -5,14 +5,13 @@ normalisation, config, ...) written atomically and read with ``torch.load(weight
 a checkpoint can never run code. Figures are drawn headless (Agg) and returned as matplotlib Figures.
 """
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from fma_genres import multilabel
+from fma_genres import tasks
 from fma_genres.data.fma import FMA_SMALL_GENRES
 from fma_genres.runtime import preemption
 from fma_genres.runtime.atomic import atomic_write
@@ -101,15 +100,15 @@ def make_checkpoint(model, model_args, state_dict, class_names, preprocessing, n
     (None: raw dB); config: the run's config; provenance: commit, versions, hardware, command line;
     training: what resumes the run exactly (epoch, optimizer, scheduler, history, ...), or None.
     genres (multi-label models only, target=genres_all): {"ids": FMA genre id per output, "tree": genres.csv's
-    id/parent/title lists, "thresholds": per output, tuned on validation}; the checkpoint then also says
-    target="genres_all". Without it the layout is the single-label one (a missing "target" = genre_top).
+    id/parent/title lists, "thresholds": per output, tuned on validation}; the checkpoint then also records
+    its task, target=genres_all (tasks.of reads it). Without it the layout is the single-label one.
     """
     checkpoint = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": model,
                   "model_args": dict(model_args), "state_dict": state_dict, "class_names": list(class_names),
                   "preprocessing": dict(preprocessing), "normalisation": dict(normalisation),
                   "config": dict(config or {}), "provenance": dict(provenance or {}), "training": training}
     if genres is not None:
-        checkpoint.update(target="genres_all", genres=dict(genres))
+        checkpoint.update(target=tasks.GenreTree.name, genres=dict(genres))
     return checkpoint
 
 
@@ -216,46 +215,6 @@ def weights_fit(name, checkpoint):
 # figures
 
 
-def plot_confusion_matrix(cm, class_names, normalize=False):
-    """Confusion matrix (rows: true genre, columns: predicted), as counts or normalised by row."""
-    cm = np.asarray(cm, dtype=float)
-    if normalize:
-        cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    n = len(class_names)
-    fig, ax = pyplot().subplots(figsize=(1.0 + 0.8 * n, 0.8 + 0.7 * n), layout="constrained")
-    image = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1 if normalize else None)
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    ax.set(xticks=range(n), yticks=range(n), xlabel="Predicted genre", ylabel="True genre",
-           title="Confusion matrix" + (" (normalised by row)" if normalize else ""))
-    ax.set_xticklabels(class_names, rotation=45, ha="right")
-    ax.set_yticklabels(class_names)
-    threshold = cm.max() / 2 if cm.size else 0
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, f"{cm[i, j]:.2f}" if normalize else f"{int(cm[i, j])}", ha="center", va="center",
-                    fontsize=8, color="white" if cm[i, j] > threshold else "black")
-    return fig
-
-
-def plot_roc_curves(y_true, probs, class_names):
-    """One-vs-rest ROC curve per class, each with its AUC in the legend."""
-    from sklearn.metrics import auc, roc_curve
-
-    y_true, probs = np.asarray(y_true), np.asarray(probs)
-    fig, ax = pyplot().subplots(figsize=(7, 6), layout="constrained")
-    for k, name in enumerate(class_names):
-        positives = y_true == k
-        if positives.all() or not positives.any() or not np.isfinite(probs[:, k]).all():
-            continue  # ROC is undefined without both positives and negatives, or with NaN scores
-        fpr, tpr, _ = roc_curve(positives, probs[:, k])
-        ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.2f})")
-    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="chance")
-    ax.set(xlabel="False positive rate", ylabel="True positive rate", xlim=(0, 1), ylim=(0, 1.02),
-           title="ROC curves (one genre vs the rest)")
-    ax.legend(loc="lower right", fontsize=8)
-    return fig
-
-
 def plot_training_curves(history):
     """Loss and accuracy per epoch, train vs validation; ``history`` is a list of per-epoch dicts."""
     epochs = [row["epoch"] for row in history]
@@ -274,67 +233,9 @@ def plot_training_curves(history):
     return fig
 
 
-# -----------------------------------------------------------------------------
-# metrics
-
-# Validation metrics that may choose best.pt (main.py's select_metric): classification_metrics' names.
-SELECT_METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
-
-
-def validation_score(result, metric, class_names):
-    """``metric`` (one of SELECT_METRICS, or multilabel.SELECT_METRICS for a multi-label result) of a
-    test() result; higher is better (an undefined multi-label score counts as 0)."""
-    if metric == "accuracy":
-        return result["accuracy"]
-    if result["targets"].ndim == 2:
-        return multilabel.ranking_metrics(result["targets"], result["probabilities"])[metric] or 0.0
-    return classification_metrics(result["targets"], result["probabilities"], class_names)[metric]
-
-
-def classification_metrics(targets, probabilities, class_names):
-    """Accuracy, balanced accuracy (the mean recall of the classes present: what an unbalanced subset
-    needs), per-class precision/recall/F1/support, macro F1, confusion matrix and ROC AUC per class.
-
-    ``targets``: (N,) integer labels; ``probabilities``: (N, n_classes). Predictions are the argmax.
-    Returns plain Python types (JSON-ready). A class absent from ``targets`` has ROC AUC None, and so
-    does a class with a non-finite probability (a diverged model gives NaN; sklearn would raise):
-    "non_finite_rows" counts the examples with any NaN or infinite probability, with a warning.
-    """
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
-
-    targets, probabilities = np.asarray(targets), np.asarray(probabilities, dtype=np.float64)
-    labels = list(range(len(class_names)))
-    predictions = probabilities.argmax(axis=1)
-    finite = np.isfinite(probabilities)
-    non_finite_rows = int((~finite.all(axis=1)).sum())
-    if non_finite_rows:
-        warnings.warn(f"{non_finite_rows} of {len(targets)} examples have non-finite (NaN or infinite) "
-                      f"probabilities: their predictions are meaningless and ROC AUC is None for the "
-                      f"classes they touch.", RuntimeWarning, stacklevel=2)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        targets, predictions, labels=labels, zero_division=0)
-    roc_auc = {}
-    for k, name in enumerate(class_names):
-        positives = targets == k
-        defined = positives.any() and not positives.all() and finite[:, k].all()  # AUC needs both, and finite scores
-        roc_auc[name] = float(roc_auc_score(positives, probabilities[:, k])) if defined else None
-    return {
-        "accuracy": float((predictions == targets).mean()) if len(targets) else 0.0,
-        "balanced_accuracy": float(recall[support > 0].mean()) if (support > 0).any() else 0.0,
-        "macro_f1": float(f1.mean()),
-        "per_class": {name: {"precision": float(precision[k]), "recall": float(recall[k]),
-                             "f1": float(f1[k]), "support": int(support[k])}
-                      for k, name in enumerate(class_names)},
-        "roc_auc": roc_auc,
-        "confusion_matrix": confusion_matrix(targets, predictions, labels=labels).tolist(),
-        "class_names": list(class_names),
-        "non_finite_rows": non_finite_rows,
-    }
-
-
 def save_report(out_dir, metrics, targets, probabilities, class_names, history=None):
-    """Write metrics.json, confusion_matrix.png (+ _normalized), roc_curves.png and, given a
-    ``history``, curves.png into ``out_dir`` atomically; returns the paths written."""
+    """Write metrics.json, the task's figures (tasks.py: confusion matrix and ROC curves, or average precision
+    and PR curves) and, given a ``history``, curves.png into ``out_dir`` atomically; returns the paths written."""
     import json
 
     out_dir = Path(out_dir)
@@ -342,15 +243,7 @@ def save_report(out_dir, metrics, targets, probabilities, class_names, history=N
     text = json.dumps(metrics, indent=2, allow_nan=True) + "\n"
     written = [out_dir / "metrics.json"]
     atomic_write(written[0], lambda f: f.write(text.encode()))
-    if metrics.get("target") == "genres_all":  # multi-label: no confusion matrix; AP per genre, PR curves
-        from fma_genres import multilabel_report  # matplotlib with it: at the first figure, not at start-up
-        figures = multilabel_report.figures(metrics, targets, probabilities)
-    else:
-        cm = metrics.get("confusion_matrix") or classification_metrics(targets, probabilities, class_names)[
-            "confusion_matrix"]
-        figures = {"confusion_matrix.png": plot_confusion_matrix(cm, class_names),
-                   "confusion_matrix_normalized.png": plot_confusion_matrix(cm, class_names, normalize=True),
-                   "roc_curves.png": plot_roc_curves(targets, probabilities, class_names)}
+    figures = tasks.of(metrics).figures(metrics, targets, probabilities, class_names)
     if history:
         figures["curves.png"] = plot_training_curves(history)
     for name, fig in figures.items():
@@ -358,16 +251,6 @@ def save_report(out_dir, metrics, targets, probabilities, class_names, history=N
         pyplot().close(fig)
         written.append(out_dir / name)
     return written
-
-
-def format_metrics(metrics):
-    """A text table of ``classification_metrics``' per-class scores, one genre a line."""
-    lines = [f"{'genre':<15} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>7} {'ROC AUC':>7}"]
-    for name, row in metrics["per_class"].items():
-        auc = metrics["roc_auc"][name]
-        lines.append(f"{name:<15} {row['precision']:9.3f} {row['recall']:7.3f} {row['f1']:6.3f} {row['support']:7d} "
-                     f"{'-' if auc is None else f'{auc:.3f}':>7}")
-    return "\n".join(lines)
 
 
 def describe_data(config):
@@ -386,7 +269,7 @@ def describe_parameters(trainable, total):
 
 def format_summary(config, history, metrics, genres=None):
     """The run's closing text: the per-epoch table, then the reported checkpoint's test result per genre
-    (multi-label: ``genres``, the checkpoint's, gives the tree of multilabel.format_table)."""
+    (tasks.of(metrics).summary; multi-label: ``genres``, the checkpoint's, gives the tree)."""
     parameters = describe_parameters(metrics["parameters"], metrics.get("total_parameters", metrics["parameters"]))
     lines = [f"\n=== {config['model']} ({'faithful' if config['faithful'] else 'corrected'}), "
              f"{parameters}, {describe_data(config)} ===",
@@ -395,13 +278,8 @@ def format_summary(config, history, metrics, genres=None):
               f"{row['val_accuracy']:8.3f} {row['lr']:8.1e} {row['seconds']:7.1f}" for row in history]
     reported = (f"\n{metrics['report_epoch']}.pt = epoch {metrics['reported_epoch']} (best val "
                 f"{metrics['select_metric']} {metrics['best_val_score']:.3f} at epoch {metrics['best_epoch']}); "
-                f"test split: loss {metrics['test_loss']:.4f}")
-    if metrics.get("target") == "genres_all":
-        lines += [f"{reported} ({metrics['test_examples']} clips, {len(metrics['class_names'])} genres)",
-                  multilabel.format_table(metrics, genres)]
-    else:
-        lines += [f"{reported}, accuracy {metrics['test_accuracy']:.3f}, balanced accuracy "
-                  f"{metrics['balanced_accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f} ({metrics['test_examples']} clips)",
-                  format_metrics(metrics)]
+                f"test split: ")
+    headline, table = tasks.of(metrics).summary(metrics, genres)
+    lines += [reported + headline, table]
     lines += [f"training time {metrics['training_seconds']:.0f} s; outputs in {config['out_dir']}/"]
     return "\n".join(lines)

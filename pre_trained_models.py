@@ -13,7 +13,8 @@ batched together. --evaluate scores the test split the checkpoint was trained wi
 A multi-label checkpoint (main.py's target=genres_all) prints, per track, the genres at or above their
 thresholds (tuned on validation) with their place in FMA's tree, most specific first ("Rock > Punk
 0.71"); --top_k=K shows the K most probable instead, whatever the thresholds; --json and --output carry
-every genre's probability; --evaluate reports the multi-label metrics (multilabel.py).
+every genre's probability; --evaluate reports the multi-label metrics; an ensemble of multi-label
+checkpoints averages their probabilities and uses their mean thresholds (fma_genres/tasks.py).
 
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt song.mp3 album/
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --top_k=1 --json music/ > genres.jsonl
@@ -26,9 +27,10 @@ every genre's probability; --evaluate reports the multi-label metrics (multilabe
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --evaluate=True   # its own data_dir and split
     # per track, the input of the model's last Linear layer averaged over windows (fma_genres/inference/predict.py lists the sizes)
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --embeddings=music.npz music/
-    # an ensemble: the mean of the members' probabilities (same genres and preprocessing; --evaluate: same split)
+    # an ensemble: the mean of the members' probabilities (same target, genres and preprocessing; --evaluate: same split)
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --checkpoint=runs/cnn1d/latest/best.pt song.mp3
-    # raw mel dB in, probabilities out; checked with onnxruntime against PyTorch before it is written
+    # raw mel dB in, probabilities out (multi-label: sigmoids, thresholds and genre tree in the metadata);
+    # checked with onnxruntime against PyTorch before it is written
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --export=crnn.onnx
 
 Exit status: 0 when every file was predicted (or embedded, or the export verified), 1 when any failed
@@ -37,14 +39,13 @@ Exit status: 0 when every file was predicted (or embedded, or the export verifie
 import argparse
 import csv
 import io
-import json
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 import utils
-from fma_genres import configurator, multilabel
+from fma_genres import configurator, tasks
 from fma_genres.data import fma
 from fma_genres.inference import evaluation, export, predict
 from fma_genres.reporting import plots
@@ -58,10 +59,6 @@ MAIN_PY = Path(__file__).with_name("main.py")  # read for its defaults (main_spl
 
 # -----------------------------------------------------------------------------
 # output
-
-def table_line(path, predictions, path_width, genre_width):
-    return f"{str(path):<{path_width}}" + "".join(f"  {genre:<{genre_width}} {p:5.3f}" for genre, p in predictions)
-
 
 def write_csv(path, rows, class_names):
     """All probabilities per track (failed tracks with their error), written atomically."""
@@ -83,7 +80,7 @@ def audio_files(inputs, task):
     return files
 
 
-def each_track(args, model, checkpoint, files, device, outputs=predict.probabilities, on_window=None):
+def each_track(args, model, checkpoint, files, device, outputs=None, on_window=None):
     """inference.predict's results, with a progress bar on many files and an error line for each failure."""
     results = predict.predict(model, checkpoint, files, args.hop, args.max_windows, args.batch_size, device,
                                 min(args.num_workers, len(files)), outputs, on_window)
@@ -109,9 +106,6 @@ def as_one_model(members):
     """(model, checkpoint): the only member, or the members' ensemble (inference.ensemble)."""
     if len(members) == 1:
         return members[0][1:]
-    if any(checkpoint.get("target") == "genres_all" for _, _, checkpoint in members):
-        raise UsageError("an ensemble averages softmax probabilities of one genre per clip; multi-label checkpoints "
-                         "(target=genres_all) cannot form one yet: give one --checkpoint.")
     try:
         return predict.ensemble(members)
     except ValueError as error:
@@ -123,10 +117,8 @@ def run_prediction(args):
     device = devices.pick_device(args.device)
     model, checkpoint = as_one_model(load_members(args, device))
     files = audio_files(args.inputs, "predict")
-    class_names = checkpoint["class_names"]
-    path_width, genre_width = max(len(str(f)) for f in files), max(map(len, class_names))
-    multi = checkpoint.get("target") == "genres_all"
-    k = args.top_k or predict.DEFAULT_TOP_K
+    class_names, task = checkpoint["class_names"], tasks.of(checkpoint)
+    widths = max(len(str(f)) for f in files), max(map(len, class_names))
     hop = args.hop or predict.default_hop(checkpoint)
     recorder = plots.WindowRecorder(hop) if args.plot else None
     rows, figure_names = [], set()
@@ -140,15 +132,7 @@ def run_prediction(args):
             figure = plots.track_figure(track.name, *windows, checkpoint, hop,
                                         predict.shown_genres(probabilities, checkpoint, args.top_k))
             plots.save_png(figure, Path(args.plot) / plots.png_name(track, figure_names))
-        if multi:
-            tqdm.write(multilabel.prediction_line(track, probabilities, checkpoint, args.top_k, args.json), file=sys.stdout)
-        elif args.json:
-            predictions = [{"genre": genre, "probability": round(p, 6)}
-                           for genre, p in predict.top_k(probabilities, class_names, k)]
-            tqdm.write(json.dumps({"path": str(track), "predictions": predictions}), file=sys.stdout)
-        else:
-            line = table_line(track, predict.top_k(probabilities, class_names, k), path_width, genre_width)
-            tqdm.write(line, file=sys.stdout)
+        tqdm.write(task.prediction_line(track, probabilities, checkpoint, args.top_k, args.json, widths), file=sys.stdout)
     if args.output:
         write_csv(args.output, rows, class_names)
     return exit_status(sum(row[3] is not None for row in rows), len(files), "predicted")
@@ -171,9 +155,6 @@ def run_embeddings(args):
 def run_export(args):
     """Write the checkpoint's model as ONNX to args.export, checked against PyTorch; returns the exit status."""
     model, checkpoint = predict.load_predictor(args.checkpoint, args.model)
-    if checkpoint.get("target") == "genres_all":
-        raise UsageError(f"{args.checkpoint} is a multi-label model (target=genres_all): the ONNX graph gives softmax "
-                         f"probabilities of one genre per clip, which would be wrong for it. Export a single-label model.")
     try:
         difference = export.export_onnx(model, checkpoint, args.export)
     except export.ExportError as error:
@@ -229,7 +210,7 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint", required=True, action="append", dest="checkpoints",
                         help="a .pt written by main.py, or an original bare state_dict; several: their ensemble")
     parser.add_argument("--model", choices=sorted(MODELS), help="model of a bare state_dict (original weights)")
-    parser.add_argument("--top_k", type=int, help=f"genres shown per track (default {predict.DEFAULT_TOP_K}); multi-label: "
+    parser.add_argument("--top_k", type=int, help=f"genres shown per track (default {tasks.DEFAULT_TOP_K}); multi-label: "
                                                   f"the K most probable instead of those above their thresholds")
     parser.add_argument("--hop", type=int, help="frames between window starts (default: half a window)")
     parser.add_argument("--max_windows", type=int, help="at most this many evenly spaced windows per track")

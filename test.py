@@ -12,18 +12,16 @@ project root leads ``sys.path`` (``python main.py``; pytest via pytest.ini).
 """
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-import models_utils
-from fma_genres import multilabel
+from fma_genres import tasks
 from fma_genres.runtime import distributed
-from train import batch_loss, mark_batch_dynamic
+from train import mark_batch_dynamic
 
 
-def test(model, loader, device, amp=False, desc="eval", gather=None):
-    """Evaluate ``model`` on ``loader`` without gradients; loss is the mean cross-entropy (multi-label: BCE,
-    train.batch_loss) per example, batch_loss the mean of the per-batch means (the original's epoch loss,
+def test(model, loader, device, amp=False, desc="eval", gather=None, task=tasks.TASKS[tasks.DEFAULT]):
+    """Evaluate ``model`` on ``loader`` without gradients; loss is the task's (cross-entropy, multi-label BCE)
+    per example, batch_loss the mean of the per-batch means (the original's epoch loss,
     train.EPOCH_LOSSES).
 
     Returns {"loss", "batch_loss", "accuracy", "examples", "targets" (N,), "predictions" (N,),
@@ -43,9 +41,8 @@ def test(model, loader, device, amp=False, desc="eval", gather=None):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
                 logits, _ = model(inputs)
             logits = logits.float()  # softmax and loss in float32 even under autocast
-            # multi-label targets (0/1 genre rows): independent sigmoid probabilities, BCE (train.batch_loss)
-            probabilities.append(F.softmax(logits, dim=1) if batch_targets.dim() == 1 else torch.sigmoid(logits))
-            losses.append(batch_loss(logits, batch_targets, reduction="sum"))
+            probabilities.append(task.probabilities(logits))  # softmax, or a sigmoid per genre
+            losses.append(task.loss(logits, batch_targets, reduction="sum"))
             targets.append(batch_targets)
     batches = host_batches(losses, targets, probabilities)  # (summed loss, targets, probabilities) per batch
     if gather is not None:
@@ -54,9 +51,7 @@ def test(model, loader, device, amp=False, desc="eval", gather=None):
         raise ValueError("the evaluation loader yielded no batches: the split is empty")
     targets = torch.cat([batch[1] for batch in batches]).numpy()
     probabilities = torch.cat([batch[2] for batch in batches]).numpy()
-    # multi-label: each genre decided at probability 0.5, "accuracy" the label-wise accuracy
-    # (above 0.5, as train.correct_decisions' positive logits)
-    predictions = probabilities.argmax(axis=1) if targets.ndim == 1 else (probabilities > 0.5).astype(targets.dtype)
+    predictions = task.decisions(probabilities)  # multi-label: each genre at 0.5, "accuracy" label-wise
     return {"loss": sum(loss for loss, _, _ in batches) / len(targets),
             "batch_loss": float(np.mean([loss / len(batch) for loss, batch, _ in batches])),
             "accuracy": float(np.mean(predictions == targets)), "examples": len(targets), "targets": targets,
@@ -73,21 +68,16 @@ def host_batches(losses, targets, probabilities):
     return list(zip(torch.stack(losses).double().tolist(), pieces(targets), pieces(probabilities)))
 
 
-def evaluate(model, loader, device, class_names, amp=False, gather=None, genres=None):
-    """(scores, result): test()'s result and its scores as metrics.json names them.
+def evaluate(model, loader, device, class_names, amp=False, gather=None, genres=None, task=tasks.TASKS[tasks.DEFAULT]):
+    """(scores, result): test()'s result and its scores on the test split as metrics.json names them.
 
-    scores: {"test_accuracy", "test_loss", then models_utils.classification_metrics' keys (macro_f1,
-    per_class, roc_auc, confusion_matrix, class_names, non_finite_rows), "test_examples"}; callers add
-    their own context (epoch, checkpoint, split settings) to it. A multi-label model (``genres``: its
-    checkpoint's genre ids, tree and thresholds) has multilabel.evaluation_scores' keys instead.
+    scores: {"test_loss", then the task's scores (tasks.py: its metrics, per-genre table, ...),
+    "test_examples"}; callers add their own context (epoch, checkpoint, split settings) to it. ``genres``:
+    a multi-label checkpoint's genre ids, tree and thresholds.
     """
-    result = test(model, loader, device, amp=amp, desc="test", gather=gather)
-    if genres is not None:
-        scores = multilabel.evaluation_scores(result["targets"], result["probabilities"], genres)
-        return {"test_loss": result["loss"], **scores, "test_examples": result["examples"]}, result
-    scores = models_utils.classification_metrics(result["targets"], result["probabilities"], class_names)
-    return {"test_accuracy": scores.pop("accuracy"), "test_loss": result["loss"], **scores,
-            "test_examples": result["examples"]}, result
+    result = test(model, loader, device, amp=amp, desc="test", gather=gather, task=task)
+    scores = task.scores(result["targets"], result["probabilities"], class_names, genres)
+    return {"test_loss": result["loss"], **scores, "test_examples": result["examples"]}, result
 
 
 test.__test__ = False  # not a pytest test: keeps pytest from collecting it where a test module imports it

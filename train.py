@@ -11,8 +11,8 @@ mean loss of the batches since the previous call.
     stats = train(model, loaders["train"], optimizer, "cpu")   # {"loss", "batch_loss", "accuracy", "examples"}
     stats = train(model, loader, optimizer, device, TrainSettings(amp=True), EpochHooks(on_log=print))
 
-Targets are class indices (cross-entropy) or, with main.py's target=genres_all, 0/1 genre rows
-(BCE-with-logits): batch_loss and correct_decisions switch on their shape.
+The loss and the correct decisions are the task's (fma_genres/tasks.py): class indices with cross-entropy,
+or 0/1 genre rows with BCE-with-logits (main.py's target).
 
 An epoch interrupted mid-way (a mid-epoch checkpoint) continues exactly: ``epoch_position`` records its
 running sums and RNG state after a step, ``continue_epoch`` restores them and shortens the loader's
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from fma_genres import tasks
 from fma_genres.runtime import distributed
 
 EPOCH_LOSSES = {"per_example": "loss", "per_batch": "batch_loss"}  # config epoch_loss -> result key
@@ -62,24 +62,6 @@ def continue_epoch(position, loader, batch_size):
     return dict(position["progress"]), position["seconds"]
 
 
-def batch_loss(logits, targets, class_weights=None, pos_weight=None, reduction="mean"):
-    """The loss the targets call for: cross-entropy for class indices (N,), BCE-with-logits for 0/1 genre
-    rows (N, G) (multi-label, target=genres_all), per example the mean over its genres. reduction="sum"
-    sums the examples' losses (test.py's per-example mean)."""
-    if targets.dim() == 1:
-        return F.cross_entropy(logits, targets, weight=class_weights, reduction=reduction)
-    losses = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none").mean(dim=1)
-    return losses.sum() if reduction == "sum" else losses.mean()
-
-
-def correct_decisions(logits, targets):
-    """Correct predictions in a batch: argmax hits (single-label), or, multi-label, each example's share of
-    its genres decided right at probability 0.5 (so "accuracy" is the label-wise accuracy)."""
-    if targets.dim() == 1:
-        return (logits.argmax(dim=1) == targets).sum()
-    return ((logits > 0) == (targets > 0.5)).float().mean(dim=1).sum()
-
-
 def flush_interval(progress, on_log):
     """Report the mean loss of the batches since the last report and start a new interval."""
     if on_log is not None:
@@ -95,15 +77,13 @@ def mark_batch_dynamic(inputs):
     torch._dynamo.maybe_mark_dynamic(inputs, 0)
 
 
-def step_figures(loss, logits, targets, class_weights, sync):
+def step_figures(loss, logits, targets, class_weights, sync, task):
     """(float64 [loss, examples, correct] of the batch on the device, the loss to back-propagate); under
     torchrun (``sync``) the global batch's figures, every process's loss scaled to the global mean's."""
-    n, correct = targets.size(0), correct_decisions(logits, targets).double()
+    n, correct = targets.size(0), task.correct(logits, targets).double()
     if sync is None:
         return torch.stack([loss.detach().double(), correct.new_full((), n), correct]), loss
-    # the weight a weighted mean divides by: the batch's class weights
-    weight = n if class_weights is None or targets.dim() > 1 else class_weights[targets].sum()
-    figures, scale = sync(loss, weight, n, correct)
+    figures, scale = sync(loss, task.mean_weight(targets, class_weights), n, correct)
     return figures, loss * scale.to(loss.dtype)
 
 
@@ -147,6 +127,7 @@ def settle(progress, pending, bar):
 @dataclass(frozen=True)
 class TrainSettings:
     """How every epoch of a run trains (main.py builds it once)."""
+    task: object = tasks.TASKS[tasks.DEFAULT]  # tasks.py: the loss and the correct decisions
     amp: bool = False          # bfloat16 autocast of the forward pass (CUDA only; bf16 needs no loss scaling)
     log_interval: int = 25     # batches between on_log calls
     class_weights: torch.Tensor = None  # one per class: weigh the cross-entropy
@@ -193,8 +174,8 @@ def train(model, loader, optimizer, device, settings=TrainSettings(), hooks=Epoc
                 mark_batch_dynamic(inputs)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.amp and device.type == "cuda"):
                 logits, _ = model(inputs)
-                loss = batch_loss(logits.float(), targets, settings.class_weights, settings.pos_weight)
-            figures, loss = step_figures(loss, logits, targets, settings.class_weights, settings.sync)
+                loss = settings.task.loss(logits.float(), targets, settings.class_weights, settings.pos_weight)
+            figures, loss = step_figures(loss, logits, targets, settings.class_weights, settings.sync, settings.task)
             healthy = healthy & torch.isfinite(figures[0])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

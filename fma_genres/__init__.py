@@ -9,10 +9,12 @@ ones too) against this order, lowest first:
                 processes that end with their parent (child_processes)
     data        utils.py (audio -> mel dB, SpecAugment, the clip dataset and loaders); fma_genres/data/:
                 FMA metadata (fma), datasets, cache, preload, demo data; fma_genres/multilabel.py (FMA's
-                genre tree as multi-label targets: the datasets build them, so it sits here)
-    models      models.py, models_utils.py; fma_genres/multilabel_report.py (the multi-label figures of
-                models_utils.save_report, beside its confusion matrix and ROC figures); fma_genres/encoders/:
-                pretrained encoders (lazy transformers/dasheng), their embedding cache, the probe head
+                genre tree as multi-label targets); fma_genres/tasks.py (single-label or the genre tree:
+                loss, probabilities, scores, figures, W&B entries as plain data, prediction lines; the
+                datasets ask it which labels to read, so it sits here) with fma_genres/metrics.py (every
+                metric, defined once) and fma_genres/report_figures.py (each task's test figures)
+    models      models.py, models_utils.py; fma_genres/encoders/: pretrained encoders (lazy transformers/dasheng),
+                their embedding cache, the probe head
     training    train.py, test.py; fma_genres/training/: run state and resume, fine-tuning
     inference   fma_genres/inference/: audio windows, prediction, evaluation of a checkpoint, export
     reporting   fma_genres/reporting/: W&B, prediction plots

@@ -28,7 +28,7 @@ import torch
 
 import models_utils
 import utils
-from fma_genres import multilabel
+from fma_genres import tasks
 from fma_genres.data import datasets, fma
 from fma_genres.reporting import wandb_logging
 from fma_genres.runtime import devices
@@ -167,9 +167,6 @@ def parse_command_line(argv, defaults, source):
 # 25 epochs reach at least 0.75 test accuracy on any CPU (tests/test_demo_data.py checks it; 0.875 on a
 # 2-core AMD EPYC, 2026-12); ~5 s an epoch with freed memory kept (allocator.py).
 DEMO = {"data_dir": "data/demo", "epochs": 25, "batch_size": 8, "download": False, "compile": "False"}
-# The demo with target=genres_all: its own folder (clips with sub-genres, demo_data.py), whose sub-genres
-# have 2-3 training clips each.
-DEMO_GENRES_ALL = {"data_dir": "data/demo_genres_all", "min_genre_tracks": 2}
 # compile=auto compiles these models, in channels_last layout. Measured on a 2-core CPU with freed
 # memory kept (allocator.py; benchmarks/results_training.md): CRNN training steps 1.50x faster, CNN2D
 # 1.20x, after an 11-29 s compile repaid within 21 steps (an fma_small epoch has 128), and the compiled
@@ -195,7 +192,7 @@ RUN_CONTROL = {"may_change_on_resume": True, "names_run": False}
 KEYS = {
     # data
     "dataset": Key(choices=tuple(datasets.DATASETS), defines_split=True), "data_dir": Key(**RUN_CONTROL),
-    "subset": Key(choices=fma.SUBSETS, defines_split=True), "target": Key(choices=multilabel.TARGETS),
+    "subset": Key(choices=fma.SUBSETS, defines_split=True), "target": Key(choices=tuple(tasks.TASKS)),
     "download": Key(**RUN_CONTROL), "allow_partial": Key(**RUN_CONTROL), "cache_dir": Key(**RUN_CONTROL),
     "split": Key(choices=fma.SPLIT_MODES, defines_split=True), "train_size": Key(defines_split=True),
     "val_size": Key(defines_split=True), "test_size": Key(defines_split=True), "split_seed": Key(defines_split=True),
@@ -209,7 +206,7 @@ KEYS = {
     "lr": Key(may_change_on_resume=True), "weight_decay": Key(minimum=0, may_change_on_resume=True),
     "epoch_loss": Key(choices=tuple(EPOCH_LOSSES)), "augment_masks": Key(choices=utils.AUGMENT_MASKS),
     "mask_draw": Key(choices=utils.MASK_DRAWS), "report_epoch": Key(choices=("best", "last")),
-    "select_metric": Key(choices=models_utils.SELECT_METRICS + multilabel.SELECT_METRICS),
+    # select_metric: the target's task checks it against metrics.py's registry, which may grow after import
     "seed": Key(names_run=False, defines_split=True),  # ends every run name; split_seed=-1 follows it
     "log_interval": Key(minimum=1, **RUN_CONTROL),
     # system
@@ -242,8 +239,9 @@ def make_config(overrides, defaults):
     """``defaults`` (main.py's CONFIG), then the demo settings (with demo=True), then the overrides (config
     file and command line); names, ranges and the auto keys resolved and checked."""
     config = dict(defaults)
+    task = tasks.TASKS.get(overrides.get("target", defaults["target"]))
     if overrides.get("demo", defaults["demo"]):
-        config.update(DEMO, **(DEMO_GENRES_ALL if overrides.get("target") == "genres_all" else {}))
+        config.update(DEMO, **(task.demo if task else {}))  # the demo with sub-genres has its own folder
     config.update(overrides)
     # W&B's watch hooks would make torch.compile recompile at every step, hence no auto compile with watch
     config["compile"] = resolve_auto(config, "compile", config["model"] in COMPILED_MODELS and not config["watch"])
@@ -251,10 +249,10 @@ def make_config(overrides, defaults):
     config["upload_audio"] = resolve_auto(config, "upload_audio", wandb_logging.audio_shareable(config))
     config["preload"] = resolve_auto(config, "preload", "auto")  # decided by build_data, by the memory free
     config["amp"] = resolve_auto(config, "amp", "auto")  # decided by main.py's run, by the device
-    if config["select_metric"] == "auto":
-        config["select_metric"] = "pr_auc_macro" if config["target"] == "genres_all" else "accuracy"
+    if config["select_metric"] == "auto" and task:
+        config["select_metric"] = task.select_metrics[0]
     check_values(config)
-    problem = multilabel.config_problem(config, models_utils.SELECT_METRICS)
+    problem = task.select_problem(config) or task.config_problem(config)
     if problem:
         raise ConfigError(problem)
     if config["balanced_sampler"] and not config["shuffle"]:
@@ -278,8 +276,9 @@ def demo_help():
     """The demo settings, for main.py's --help."""
     def options(settings):
         return " ".join(f"--{key}={value}" for key, value in settings.items())
-    return (f"\nWith --demo=True, keys not given on the command line take the demo settings: {options(DEMO)}; "
-            f"with --target=genres_all also {options(DEMO_GENRES_ALL)}.")
+    return (f"\nWith --demo=True, keys not given on the command line take the demo settings: {options(DEMO)}."
+            + "".join(f" With --target={task.name} also {options(task.demo)}." for task in tasks.TASKS.values()
+                      if task.demo))
 
 
 def resume_help(defaults):
@@ -314,7 +313,7 @@ def runs_folder(config, runs_root, launched=False):
     runs/demo_crnn/latest is always the plain demo's run, whatever demo ran last."""
     if not config["demo"]:
         return Path(runs_root) / config["model"]
-    kinds = ["demo"] + ["genres_all"] * (config.get("target") == "genres_all") + ["torchrun"] * launched
+    kinds = ["demo", *tasks.of(config).run_kind] + ["torchrun"] * launched
     return Path(runs_root) / "_".join([*kinds, config["model"]])
 
 

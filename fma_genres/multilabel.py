@@ -9,18 +9,17 @@ module holds everything specific to that task:
     data      load_fma(settings): datasets.py's Dataset fields plus the label matrix (ancestors included;
               rare genres dropped; tracks left without a genre counted)
     metrics   ranking_metrics (ROC-AUC, PR-AUC per genre, macro and micro), tune_thresholds (per genre,
-              max F1 on validation), threshold_metrics (F1/precision/recall), top_genre_accuracy,
-              evaluation_scores (metrics.json)
+              max F1 on validation), threshold_metrics (F1/precision/recall), top_genre_accuracy
+              (metrics.py defines the metrics from them; tasks.GenreTree puts them together)
     text      genre_path ("Rock > Punk"), predicted_genres and prediction_line (pre_trained_models.py's
               output), format_table (the tree-indented summary)
 
 Macro and micro figures and the threshold tuning cover the genres with both positives and negatives in
 the split (a ranking is undefined otherwise); "left_out_genres" says how many were not. Figures and
-W&B: multilabel_report.py. Tests: python -m pytest tests/test_multilabel.py -q
+W&B: tasks.GenreTree. Tests: python -m pytest tests/test_multilabel.py -q
 """
 import ast
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,37 +29,8 @@ import torch
 from fma_genres.data import fma
 from fma_genres.runtime.errors import DataError
 
-TARGETS = ("genre_top", "genres_all")  # main.py's key target: one top genre per clip | every genre of the tree
-# Validation metrics that may choose best.pt with target=genres_all (ranking_metrics' names).
-SELECT_METRICS = ("pr_auc_macro", "pr_auc_micro", "roc_auc_macro", "roc_auc_micro")
 GENRE_LIST_COLUMNS = (("track", "genres"), ("track", "genres_all"))  # tracks.csv's genre id lists
 DEFAULT_THRESHOLD = 0.5  # a genre whose validation split lacks positives or negatives cannot be tuned
-
-
-def config_problem(config, single_label_metrics):
-    """Why main.py's config cannot run with its target (a one-paragraph message), or None."""
-    multi = config["target"] == "genres_all"
-    metrics = SELECT_METRICS if multi else single_label_metrics
-    if config["select_metric"] not in metrics:
-        return (f"select_metric={config['select_metric']} does not apply to target={config['target']}: choose one "
-                f"of {', '.join(metrics)} (or auto).")
-    if not multi:
-        return ("pos_weight=True weighs the genres of target=genres_all; for target=genre_top use class_weights=True."
-                if config["pos_weight"] else None)
-    if config["min_genre_tracks"] < 1:
-        return f"min_genre_tracks must be at least 1, got {config['min_genre_tracks']}."
-    if config["dataset"] != "fma":
-        return (f"target=genres_all needs FMA's genre tree (tracks.csv genres_all, genres.csv): dataset=fma, not "
-                f"{config['dataset']}. A folder or CSV dataset has one genre per clip: use target=genre_top.")
-    for key in ("class_weights", "balanced_sampler"):
-        if config[key]:
-            return f"{key}=True balances the classes of single-label training; with target=genres_all use pos_weight=True."
-    if config["model"] == "cnn1d" and config["faithful"]:
-        return ("model=cnn1d with faithful=True cannot be multi-label: the original CNN1D passes its logits through "
-                "ReLU (then Dropout), so no logit is negative and every genre's sigmoid probability is at least 0.5 "
-                "(every genre predicted for every clip). Use --faithful=False (the corrected forward pass) with "
-                "target=genres_all; the CNN2D and CRNN keep their faithful forward pass.")
-    return None
 
 
 # -----------------------------------------------------------------------------
@@ -188,7 +158,7 @@ def defined_genres(targets):
 
 def ranking_metrics(targets, probabilities):
     """ROC-AUC and PR-AUC (average precision) per genre (None where undefined), and their macro and micro
-    values over the defined genres (SELECT_METRICS' names); left_out_genres counts the others."""
+    values over the defined genres (metrics.py's pr_auc_* and roc_auc_*); left_out_genres counts the others."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     targets, probabilities = np.asarray(targets), np.asarray(probabilities, dtype=np.float64)
@@ -250,26 +220,6 @@ def top_genre_accuracy(targets, probabilities, genres):
         return None, 0
     predicted = np.asarray(probabilities)[:, top].argmax(axis=1)
     return float((predicted[counted] == truth[counted].argmax(axis=1)).mean()), int(counted.sum())
-
-
-def evaluation_scores(targets, probabilities, genres):
-    """metrics.json's multi-label scores: ranking_metrics, the metrics at the checkpoint's thresholds,
-    top-genre accuracy and a per_genre table (title -> support, AP, ROC-AUC, threshold, P, R, F1)."""
-    targets = np.asarray(targets)
-    thresholds = genres.get("thresholds") or [DEFAULT_THRESHOLD] * len(genres["ids"])
-    ranking, at = ranking_metrics(targets, probabilities), threshold_metrics(targets, probabilities, thresholds)
-    accuracy, counted = top_genre_accuracy(targets, probabilities, genres)
-    titles = dict(zip(genres["tree"]["id"], genres["tree"]["title"]))
-    per_genre = {titles[g]: {"genre_id": g, "path": genre_path(g, genres["tree"]), "support": int(targets[:, k].sum()),
-                             "average_precision": ranking["average_precision"][k], "roc_auc": ranking["roc_auc"][k],
-                             "threshold": thresholds[k], **{m: at[m][k] for m in ("precision", "recall", "f1")}}
-                 for k, g in enumerate(genres["ids"])}
-    if not np.isfinite(np.asarray(probabilities, dtype=np.float64)).all():
-        warnings.warn("some probabilities are not finite: their genres are left out of the metrics", RuntimeWarning)
-    return {"target": "genres_all", **{k: v for k, v in ranking.items() if k not in ("average_precision", "roc_auc")},
-            **{k: v for k, v in at.items() if k not in ("precision", "recall", "f1")},
-            "top_genre_accuracy": accuracy, "top_genre_clips": counted, "per_genre": per_genre,
-            "class_names": [titles[g] for g in genres["ids"]]}
 
 
 # -----------------------------------------------------------------------------

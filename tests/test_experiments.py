@@ -114,11 +114,6 @@ def test_the_report_gives_the_best_trial_as_a_config_and_the_study_as_csv_and_fi
     assert (config["epochs"], config["n_frames"], config["batch_size"]) == (3, 96, 2)
 
 
-def test_repeat_refuses_multi_label_runs():
-    with pytest.raises(SystemExit, match="target=genres_all is not supported"):
-        experiments.run(["repeat", "--target=genres_all", "--seeds=0,1"])
-
-
 def test_a_continued_study_refuses_other_fixed_arguments(study):
     trials = len(load_study(study["folder"]).trials)
     with pytest.raises(SystemExit, match="--name=NEW"):

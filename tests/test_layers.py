@@ -9,8 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lowest first; a module is in the layer of the longest prefix of its name listed here.
 LAYERS = {
     "fma_genres.runtime": 0,
-    "utils": 1, "fma_genres.data": 1, "fma_genres.multilabel": 1,
-    "models": 2, "models_utils": 2, "fma_genres.multilabel_report": 2, "fma_genres.encoders": 2,
+    "utils": 1, "fma_genres.data": 1, "fma_genres.multilabel": 1, "fma_genres.metrics": 1, "fma_genres.tasks": 1,
+    "fma_genres.report_figures": 1,
+    "models": 2, "models_utils": 2, "fma_genres.encoders": 2,
     "train": 3, "test": 3, "fma_genres.training": 3, "fma_genres.inference": 3,
     "fma_genres.reporting": 4, "fma_genres.experiments": 4,
     "fma_genres.configurator": 5,

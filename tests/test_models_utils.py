@@ -17,7 +17,9 @@ import torch
 import models_utils
 from fma_genres.runtime import atomic
 from models import CNN1D, CRNN, build_model
-from models_utils import CheckpointError, compile_model, init_weights, load_checkpoint, model_from_checkpoint, plot_confusion_matrix, plot_roc_curves, plot_training_curves, save_checkpoint
+from fma_genres.metrics import classification_metrics
+from fma_genres.report_figures import plot_confusion_matrix, plot_roc_curves
+from models_utils import CheckpointError, compile_model, init_weights, load_checkpoint, model_from_checkpoint, plot_training_curves, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,12 +175,12 @@ def test_nan_probabilities_are_flagged_not_a_crash_of_the_report(tmp_path):
     probabilities[4, 1] = np.nan  # a diverged model: sklearn's roc_auc_score raises on NaN
     probabilities[7] = np.inf
     with pytest.warns(RuntimeWarning, match="2 of 30 examples have non-finite"):
-        metrics = models_utils.classification_metrics(targets, probabilities, names)
+        metrics = classification_metrics(targets, probabilities, names)
     assert metrics["non_finite_rows"] == 2
     assert metrics["roc_auc"] == {"a": None, "b": None, "c": None}  # row 7 touches every class
     probabilities[7] = [0.1, 0.8, 0.1]  # row 7 is of class b
     with pytest.warns(RuntimeWarning, match="1 of 30"):
-        metrics = models_utils.classification_metrics(targets, probabilities, names)
+        metrics = classification_metrics(targets, probabilities, names)
     assert metrics["roc_auc"] == {"a": 1.0, "b": None, "c": 1.0} and metrics["non_finite_rows"] == 1
     models_utils.save_report(tmp_path, metrics, targets, probabilities, names)  # as at the end of training
     assert json.loads((tmp_path / "metrics.json").read_text())["roc_auc"]["b"] is None
@@ -317,7 +319,7 @@ def test_written_files_get_the_usual_permissions_not_mkstemps_private_ones(tmp_p
     ({"demo": False, "dataset": "folder", "data_dir": "genres", "subset": "small"}, "folder genres")])
 def test_the_summary_names_the_data_a_run_trained_on(config, described):
     class_names = ["a", "b"]
-    scores = models_utils.classification_metrics([0, 1], [[0.9, 0.1], [0.2, 0.8]], class_names)
+    scores = classification_metrics([0, 1], [[0.9, 0.1], [0.2, 0.8]], class_names)
     metrics = {**scores, "parameters": 258, "total_parameters": 1_000, "report_epoch": "best", "reported_epoch": 1,
                "select_metric": "accuracy", "best_val_score": 1.0, "best_epoch": 1, "test_loss": 0.2,
                "test_accuracy": 1.0, "test_examples": 2, "training_seconds": 3.0}

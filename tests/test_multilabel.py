@@ -4,6 +4,7 @@ prediction with tree paths.
 
     python -m pytest tests/test_multilabel.py -q
 """
+import csv
 import json
 
 import matplotlib.pyplot as plt
@@ -13,13 +14,17 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+import experiments
 import main
 import models_utils
 import pre_trained_models
-from fma_genres import configurator, multilabel
+from fma_genres import configurator, multilabel, tasks
 from fma_genres.data import demo_data
+from fma_genres.reporting import wandb_logging
 from fma_genres.runtime.errors import ConfigError
-from train import batch_loss
+
+SINGLE, TREE_TASK = tasks.TASKS["genre_top"], tasks.TASKS["genres_all"]
+batch_loss = SINGLE.loss
 
 # A hand-made tree: Rock > Punk > Hardcore, Rock > Indie, Jazz > Bebop.
 TREE = {"id": [1, 2, 3, 4, 5, 6], "parent": [0, 1, 2, 1, 0, 5],
@@ -89,19 +94,27 @@ def test_top_genre_accuracy_counts_only_clips_with_one_top_genre():
     assert multilabel.top_genre_accuracy(targets, probabilities, genres) == (pytest.approx(1 / 3), 3)
 
 
-def test_wandb_entries_and_figures_of_a_multilabel_report():
-    from fma_genres import multilabel_report
+def scores(targets, probabilities, genres):
+    return {**TREE_TASK.scores(targets, probabilities, None, genres), "test_loss": 0.3}
 
+
+def wandb_entries(metrics, targets, probabilities):
+    """The task's entries as W&B objects (wandb_logging converts the plain data)."""
+    result = {"targets": targets, "probabilities": probabilities}
+    return wandb_logging.logged_entries(TREE_TASK.wandb_entries(metrics, result, metrics["class_names"]))
+
+
+def test_wandb_entries_and_figures_of_a_multilabel_report():
     genres = {"ids": [1, 2, 5, 4], "tree": TREE, "thresholds": [0.5, 0.5, 0.5, 0.5]}  # Rock, Punk, Jazz, Indie
-    metrics = {**multilabel.evaluation_scores(TARGETS, PROBABILITIES, genres), "test_loss": 0.3}
-    entries = multilabel_report.wandb_entries(metrics, TARGETS, PROBABILITIES)
+    metrics = scores(TARGETS, PROBABILITIES, genres)
+    entries = wandb_entries(metrics, TARGETS, PROBABILITIES)
     assert {"test/pr_auc_macro", "test/roc_auc_micro", "test/f1_macro", "test/top_genre_accuracy", "test/left_out_genres",
             "test/per_genre", "test/average_precision_per_genre", "test/pr/Rock", "test/pr/Jazz"} <= set(entries)
     assert "test/pr/Indie" not in entries  # no positive in these clips: no curve
     table = entries["test/per_genre"]
     assert [row[:3] for row in table.data] == [["Rock", "Rock", 4], ["Punk", "Rock > Punk", 3], ["Jazz", "Jazz", 4],
                                                 ["Indie", "Rock > Indie", 0]]
-    figures = multilabel_report.figures(metrics, TARGETS, PROBABILITIES)
+    figures = TREE_TASK.figures(metrics, TARGETS, PROBABILITIES, metrics["class_names"])
     assert set(figures) == {"average_precision.png", "pr_curves.png"}
     for figure in figures.values():
         plt.close(figure)
@@ -109,7 +122,7 @@ def test_wandb_entries_and_figures_of_a_multilabel_report():
 
 def test_the_summary_table_nests_sub_genres_under_their_parent_by_support():
     genres = {"ids": [1, 2, 5, 4], "tree": TREE, "thresholds": [0.5, 0.5, 0.5, 0.5]}  # Rock, Punk, Jazz, Indie
-    metrics = {**multilabel.evaluation_scores(TARGETS, PROBABILITIES, genres), "test_loss": 0.3}
+    metrics = scores(TARGETS, PROBABILITIES, genres)
     lines = multilabel.format_table(metrics, genres).splitlines()
     # Rock and Jazz both have 4 positives (a tie goes by title); Punk (3) before Indie (0) under Rock
     assert [line[:32].rstrip() for line in lines[1:5]] == ["Jazz", "Rock", "  Punk", "  Indie"]
@@ -117,12 +130,10 @@ def test_the_summary_table_nests_sub_genres_under_their_parent_by_support():
 
 
 def test_a_genre_title_with_a_slash_makes_one_wandb_key():
-    from fma_genres import multilabel_report
-
     tree = {**TREE, "title": ["Old-Time / Historic", *TREE["title"][1:]]}
     genres = {"ids": [1, 2, 5], "tree": tree, "thresholds": [0.5] * 3}
-    metrics = {**multilabel.evaluation_scores(TARGETS[:, :3], PROBABILITIES[:, :3], genres), "test_loss": 0.3}
-    assert "test/pr/Old-Time - Historic" in multilabel_report.wandb_entries(metrics, TARGETS[:, :3], PROBABILITIES[:, :3])
+    metrics = scores(TARGETS[:, :3], PROBABILITIES[:, :3], genres)
+    assert "test/pr/Old-Time - Historic" in wandb_entries(metrics, TARGETS[:, :3], PROBABILITIES[:, :3])
 
 
 def test_single_label_loss_is_plain_cross_entropy():
@@ -139,7 +150,7 @@ def test_bce_loss_with_pos_weight():
     assert weight.tolist() == pytest.approx([1 / 3, 3.0])
     logits, targets = torch.tensor([[0.5, -1.0]]), torch.tensor([[1.0, 1.0]])
     expected = (-(1 / 3) * torch.log(torch.sigmoid(torch.tensor(0.5))) - 3 * torch.log(torch.sigmoid(torch.tensor(-1.0)))) / 2
-    assert batch_loss(logits, targets, pos_weight=weight).item() == pytest.approx(expected.item())
+    assert TREE_TASK.loss(logits, targets, pos_weight=weight).item() == pytest.approx(expected.item())
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -252,9 +263,6 @@ def test_prediction_prints_tree_paths_and_respects_thresholds(run_dir, demo, tmp
     assert shown == sorted(probabilities, key=lambda n: -probabilities[n])[:3]
     assert predict(tmp_path / "tuned.pt", f"--output={tmp_path / 'all.csv'}", song) == 0
     assert list(pd.read_csv(tmp_path / "all.csv").columns) == ["path", "windows", *names, "error"]
-    capsys.readouterr()
-    assert predict(tmp_path / "tuned.pt", f"--checkpoint={run_dir / 'best.pt'}", song) == 2  # no softmax ensemble
-    assert "multi-label checkpoints (target=genres_all) cannot form one" in capsys.readouterr().err
 
 
 def test_evaluate_reports_the_multilabel_metrics(run_dir, demo, tmp_path, capsys):
@@ -263,3 +271,71 @@ def test_evaluate_reports_the_multilabel_metrics(run_dir, demo, tmp_path, capsys
     assert "PR-AUC macro" in out and "top-genre accuracy" in out
     evaluated, trained = (json.loads(p.read_text()) for p in (tmp_path / "metrics.json", run_dir / "metrics.json"))
     assert evaluated["pr_auc_macro"] == pytest.approx(trained["pr_auc_macro"])
+
+
+def shifted_member(run_dir, tmp_path):
+    """A second multi-label checkpoint: run_dir's best.pt with every genre's logit raised by 1.5 and its own
+    thresholds, so an ensemble's mean differs from either member."""
+    checkpoint = models_utils.load_checkpoint(run_dir / "best.pt")
+    n = checkpoint["model_args"]["n_classes"]
+    bias = [k for k, v in checkpoint["state_dict"].items() if k.endswith("bias") and v.shape == (n,)][-1]  # the head's
+    checkpoint["state_dict"][bias] = checkpoint["state_dict"][bias] + 1.5
+    checkpoint["genres"]["thresholds"] = [0.2 + 0.6 * k / n for k in range(n)]
+    models_utils.save_checkpoint(checkpoint, tmp_path / "shifted.pt")
+    return tmp_path / "shifted.pt"
+
+
+def test_an_ensemble_of_multilabel_checkpoints_averages_probabilities_and_thresholds(run_dir, demo, tmp_path, capsys):
+    from fma_genres.inference import predict as inference
+
+    song, members = next((demo / "fma_small").rglob("*.mp3")), [run_dir / "best.pt", shifted_member(run_dir, tmp_path)]
+    probabilities = []
+    for member in members:
+        assert predict(member, "--json", song) == 0
+        probabilities.append(json.loads(capsys.readouterr().out)["probabilities"])
+    assert predict(members[0], f"--checkpoint={members[1]}", "--json", song) == 0
+    together = json.loads(capsys.readouterr().out)["probabilities"]
+    for name, p in together.items():  # each member's sigmoids, averaged (not a softmax)
+        assert p == pytest.approx((probabilities[0][name] + probabilities[1][name]) / 2, abs=2e-6)
+    assert max(abs(probabilities[0][n] - probabilities[1][n]) for n in together) > 0.05  # the members differ
+    _, checkpoint = inference.ensemble([(path, *inference.load_predictor(path)) for path in members])
+    thresholds = [models_utils.load_checkpoint(path)["genres"]["thresholds"] for path in members]
+    assert checkpoint["genres"]["thresholds"] == pytest.approx(np.mean(thresholds, axis=0).tolist())
+
+
+def test_onnx_export_of_a_multilabel_checkpoint_gives_sigmoids_thresholds_and_tree(run_dir, tmp_path, capsys):
+    import onnxruntime
+
+    assert pre_trained_models.main([f"--checkpoint={run_dir / 'best.pt'}", f"--export={tmp_path / 'm.onnx'}"]) == 0
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
+    checkpoint = models_utils.load_checkpoint(run_dir / "best.pt")
+    assert meta["target"] == "genres_all" and meta["thresholds"] == checkpoint["genres"]["thresholds"]
+    assert meta["genre_tree"] == checkpoint["genres"]["tree"] and meta["genre_ids"] == checkpoint["genres"]["ids"]
+    mel_db = -80.0 * torch.rand(4, checkpoint["model_args"]["n_mels"], checkpoint["model_args"]["n_frames"],
+                                generator=torch.Generator().manual_seed(3))
+    (got,) = session.run(None, {"mel_db": mel_db.numpy()})
+    model = pre_trained_models.predict.load_predictor(run_dir / "best.pt")[0]
+    with torch.no_grad():
+        expected = torch.sigmoid(model(mel_db)[0]).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert not np.allclose(got.sum(axis=1), 1.0, atol=1e-2)  # independent genres, not a softmax
+
+
+@pytest.mark.slow
+def test_repeat_summarises_multilabel_metrics_over_seeds_with_intervals(demo, tmp_path):
+    folder = tmp_path / "repeat"
+    assert experiments.run(["repeat", f"--data_dir={demo}", "--target=genres_all", "--min_genre_tracks=2",
+                            "--model=cnn1d", "--faithful=False", "--n_frames=96", "--batch_size=8", "--epochs=1",
+                            "--download=False", "--wandb_mode=disabled", "--num_workers=0", "--seeds=0,1",
+                            f"--dir={folder}"]) == 0
+    with open(folder / "summary.csv", newline="") as f:
+        summary = {row["metric"]: row for row in csv.DictReader(f)}
+    for metric in ("pr_auc_macro", "roc_auc_macro", "f1_macro", "f1_micro", "test_loss"):
+        row = {k: float(v) for k, v in summary[metric].items() if k != "metric"}
+        seeds = [json.loads((folder / f"seed_{s}" / "metrics.json").read_text())[metric] for s in (0, 1)]
+        assert [row["seed_0"], row["seed_1"]] == pytest.approx(seeds, abs=1e-5)
+        assert row["ci95_low"] <= row["mean"] <= row["ci95_high"] and row["mean"] == pytest.approx(sum(seeds) / 2, abs=1e-5)
+    assert "f1_Rock" in summary and "| pr_auc_macro |" in (folder / "summary.md").read_text()
+    ensemble = json.loads((folder / "ensemble" / "metrics.json").read_text())  # the seeds' multi-label ensemble
+    assert ensemble["target"] == "genres_all" and len(ensemble["members"]) == 2

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 import utils
-from fma_genres import multilabel
+from fma_genres import multilabel, tasks
 from fma_genres.data import fma
 from fma_genres.data.fma import SPLITS
 from fma_genres.runtime import atomic, distributed
@@ -91,6 +91,7 @@ class RunData:
     preprocessing: dict         # audio -> dB (utils.PREPROCESSING with the run's n_frames)
     normalisation: dict         # {"mean", "std"} of the training split's dB (None: raw dB)
     tracks: pd.DataFrame        # Dataset.tracks: the hardest clips' audio paths
+    task: object                # tasks.py's Task of the run's target: loss, scores, thresholds
     class_weights: object = None  # class_weights=True: the cross-entropy's per-class weights (a tensor)
     pos_weight: object = None     # pos_weight=True: BCE's per-genre positive weights (a tensor)
     genres: dict = None           # multi-label: Dataset.genres
@@ -129,7 +130,7 @@ def ensure_fma(settings, download, demo_tracks_per_genre=None):
     if demo_tracks_per_genre:
         try:  # fixed data seed; under torchrun written once per machine
             distributed.first_on_each_machine(demo_data.make_demo_dataset, data_dir, demo_tracks_per_genre, 0, 30.0,
-                                              None, settings.target == "genres_all")
+                                              None, tasks.TASKS[settings.target].genre_tree)  # sub-genres
         except FileExistsError as error:
             raise DataError(str(error)) from None
         return
@@ -192,8 +193,8 @@ def missing_files(tracks):
 
 def load_fma(settings):
     """FMA's metadata (fma.load_metadata) and its official or random split (fma.split_tracks); with
-    target=genres_all, every genre of the tree (multilabel.load_fma)."""
-    if settings.target == "genres_all":
+    a target of FMA's genre tree (tasks.GenreTree), every genre of the tree (multilabel.load_fma)."""
+    if tasks.TASKS[settings.target].genre_tree:
         data = Dataset(**multilabel.load_fma(settings), identity=settings.subset,
                        cache_root=Path(settings.data_dir) / "cache")
     else:

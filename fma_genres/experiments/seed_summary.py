@@ -10,19 +10,11 @@ import io
 
 import numpy as np
 
+from fma_genres import tasks
 from fma_genres.runtime import atomic
 
-# repeat's figures: the ranges their 95% intervals are clipped to (every other figure is a score in 0..1),
-# and the fewest seeds whose interval means much (t = 12.7 for 2 seeds, 4.3 for 3, 3.2 for 4, 2.8 for 5)
-RANGES, SCORE_RANGE = {"test_loss": (0.0, np.inf)}, (0.0, 1.0)
+# the fewest seeds whose interval means much (t = 12.7 for 2 seeds, 4.3 for 3, 3.2 for 4, 2.8 for 5)
 FEW_SEEDS = 5
-
-
-def seed_metrics(metrics):
-    """The figures summarised per seed: test accuracy, macro F1, test loss, and each genre's F1."""
-    return {"test_accuracy": metrics["test_accuracy"], "macro_f1": metrics["macro_f1"],
-            "balanced_accuracy": metrics["balanced_accuracy"], "test_loss": metrics["test_loss"],
-            **{f"f1_{genre}": scores["f1"] for genre, scores in metrics["per_class"].items()}}
 
 
 def t_975(n):
@@ -34,15 +26,19 @@ def t_975(n):
 
 def summarise(runs):
     """metric -> {"mean", "std" (n-1), "ci95_low", "ci95_high" (Student's t, n-1 degrees of freedom,
-    clipped to the metric's range), "seed_<s>": each seed's value}."""
-    values = {seed: seed_metrics(metrics) for seed, metrics in runs.items()}
+    clipped to the metric's range), "seed_<s>": each seed's value}. The figures are the task's
+    (tasks.seed_figures: every metric of metrics.py, the test loss, each genre's F1); an undefined one is NaN."""
+    figures = {seed: tasks.of(metrics).seed_figures(metrics) for seed, metrics in runs.items()}
+    values = {seed: {name: np.nan if value is None else value for name, (value, _) in row.items()}
+              for seed, row in figures.items()}
+    ranges = {name: value_range for name, (_, value_range) in next(iter(figures.values())).items()}
     table = {}
-    for metric in next(iter(values.values())):
+    for metric in ranges:
         column = np.array([row[metric] for row in values.values()], dtype=float)
         n, mean = len(column), float(column.mean())
         std = float(column.std(ddof=1)) if n > 1 else float("nan")
         half = t_975(n) * std / np.sqrt(n)
-        low, high = np.clip([mean - half, mean + half], *RANGES.get(metric, SCORE_RANGE))
+        low, high = np.clip([mean - half, mean + half], *ranges[metric])
         table[metric] = {"mean": mean, "std": std, "ci95_low": float(low), "ci95_high": float(high),
                          **{f"seed_{seed}": row[metric] for seed, row in values.items()}}
     return table
@@ -74,7 +70,9 @@ def write_summary(folder, table, seeds, ensemble):
               + " | ".join(f"{row[f'seed_{s}']:.4f}" for s in seeds) + " |" for metric, row in table.items()]
     lines += ["", interval_note(len(seeds))]
     if ensemble:
-        lines += ["", f"Ensemble of the {len(seeds)} seeds (mean of their probabilities): test accuracy "
-                      f"{ensemble['test_accuracy']:.4f}, macro F1 {ensemble['macro_f1']:.4f}, test loss "
-                      f"{ensemble['test_loss']:.4f} ({folder / 'ensemble'}/metrics.json)."]
+        task = tasks.of(ensemble)
+        figures = [(m.key, task.stored(ensemble, m)) for m in task.metrics] + [("test_loss", ensemble["test_loss"])]
+        shown = ", ".join(f"{name} {value:.4f}" for name, value in figures if value is not None)
+        lines += ["", f"Ensemble of the {len(seeds)} seeds (mean of their probabilities): {shown} "
+                      f"({folder / 'ensemble'}/metrics.json)."]
     atomic.atomic_write(folder / "summary.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import models_utils
 import utils
-from fma_genres import multilabel
+from fma_genres import tasks
 from fma_genres.data import cache as mel_cache, datasets
 from fma_genres.runtime import errors
 from fma_genres.runtime.errors import UsageError
@@ -74,16 +74,11 @@ def shared_split_settings(args, members, defaults):
     return settings[0]
 
 
-def describe(scores):
-    return (f"loss {scores['test_loss']:.4f}, accuracy {scores['test_accuracy']:.3f}, balanced accuracy "
-            f"{scores['balanced_accuracy']:.3f}, macro F1 {scores['macro_f1']:.3f}")
-
-
 def member_scores(members, loader, device, class_names):
     """Each member's own test figures (the numbers only), shown next to the ensemble's."""
     rows = []
-    for path, model, _ in members:
-        scores = evaluate(model, loader, device, class_names)[0]
+    for path, model, checkpoint in members:
+        scores = evaluate(model, loader, device, class_names, genres=checkpoint.get("genres"), task=tasks.of(checkpoint))[0]
         rows.append({"checkpoint": str(path), **{k: v for k, v in scores.items() if not isinstance(v, (dict, list))}})
     return rows
 
@@ -91,8 +86,8 @@ def member_scores(members, loader, device, class_names):
 def report(args, members, model, checkpoint, settings, device):
     """Evaluate ``model`` (the one member, or the members' ensemble) on the test split of ``settings``;
     write metrics.json and figures like training does, print the summary; returns the exit status 0."""
-    multi = checkpoint.get("target") == "genres_all"  # its genres: those of its training split (multilabel.load_fma)
-    labels = {key: checkpoint["config"][key] for key in ("target", "min_genre_tracks")} if multi else {}
+    task = tasks.of(checkpoint)  # a multi-label one's genres: those of its training split (multilabel.load_fma)
+    labels = {key: checkpoint["config"][key] for key in ("target", "min_genre_tracks") if key in (checkpoint.get("config") or {})}
     recorded = (checkpoint.get("config") or {}).get("data_dir")
     try:
         data = datasets.load(datasets.DataSettings.from_config(
@@ -113,9 +108,8 @@ def report(args, members, model, checkpoint, settings, device):
     # itself when its checkpoint says so), so no statistics are computed.
     loaders, _ = utils.make_loaders(cache, dict.fromkeys(("train", "val", "test"), test_tracks),
                                     args.batch_size, settings=utils.LoaderSettings(device=device))
-    if multi:
-        multilabel.use_label_rows(loaders, data.label_rows)
-    scores, result = evaluate(model, loaders["test"], device, class_names, genres=checkpoint.get("genres"))
+    task.use_labels(loaders, data)
+    scores, result = evaluate(model, loaders["test"], device, class_names, genres=checkpoint.get("genres"), task=task)
     metrics = {**scores, "checkpoint": " + ".join(map(str, args.checkpoints)),
                "model": " + ".join(c["model"] for _, _, c in members),
                "epoch": (checkpoint.get("training") or {}).get("epoch"), **settings}
@@ -126,14 +120,11 @@ def report(args, members, model, checkpoint, settings, device):
     seeded = f", seed {datasets.split_seed(settings)}, train_size {settings['train_size']}"
     split = (f"FMA {settings['subset']} ({settings['split']}{seeded if settings['split'] == 'random' else ''})"
              if settings["dataset"] == "fma" else f"{args.data_dir} (split_seed {datasets.split_seed(settings)})")
-    if multi:
-        print(f"test split of {split}: loss {metrics['test_loss']:.4f} on {metrics['test_examples']} clips; "
-              f"metrics.json and figures in {out_dir}\n{multilabel.format_table(metrics, checkpoint['genres'])}")
-        return 0
-    print(f"test split of {split}: {'ensemble: ' if len(members) > 1 else ''}{describe(metrics)} on "
+    print(f"test split of {split}: {'ensemble: ' if len(members) > 1 else ''}{task.headline(metrics)} on "
           f"{metrics['test_examples']} clips; metrics.json and figures in {out_dir}")
     for member in metrics.get("members", []):
-        print(f"  member {member['checkpoint']}: {describe(member)}")
+        print(f"  member {member['checkpoint']}: {task.headline(member)}")
+    print(task.summary(metrics, checkpoint.get("genres"))[1])
     return 0
 
 

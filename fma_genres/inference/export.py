@@ -3,8 +3,10 @@
 The graph takes a float32 batch of mel dB spectrograms, shape (batch, n_mels, n_frames) with a dynamic
 batch size, exactly as utils.clip_spectrogram computes them (before any standardisation: a model
 trained on standardised input carries its mean and std inside the graph), and returns the (batch,
-n_classes) genre probabilities. The class names, the model, its forward pass and the preprocessing
-(utils.PREPROCESSING's keys) are in the model's metadata_props, as JSON values. Before the file is
+n_classes) genre probabilities of its task (tasks.py): softmax, or for a multi-label model one sigmoid
+per genre. The class names, the model, its forward pass, the preprocessing (utils.PREPROCESSING's keys)
+and the task's own entries (output_kind; multi-label: thresholds, genre_ids, genre_tree) are in the
+model's metadata_props, as JSON values. Before the file is
 written, onnxruntime and PyTorch score the same batch and must agree to within MAX_DIFFERENCE.
 
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --export=crnn.onnx
@@ -19,6 +21,7 @@ import onnxruntime
 import torch
 
 import utils
+from fma_genres import tasks
 from fma_genres.runtime import atomic
 
 MAX_DIFFERENCE = 1e-4  # largest accepted |onnxruntime - PyTorch| probability
@@ -30,14 +33,14 @@ class ExportError(Exception):
 
 
 class Probabilities(torch.nn.Module):
-    """The model's probabilities alone: the one output of the graph."""
+    """The model's probabilities alone (its task's: softmax or sigmoids): the one output of the graph."""
 
-    def __init__(self, model):
+    def __init__(self, model, task):
         super().__init__()
-        self.model = model
+        self.model, self.task = model, task
 
     def forward(self, mel_db):
-        return self.model(mel_db)[1]
+        return self.task.window_probabilities(self.model, mel_db)
 
 
 def metadata(checkpoint):
@@ -48,6 +51,7 @@ def metadata(checkpoint):
              f"{model_args['n_mels']}, {model_args['n_frames']}) mel dB before standardisation",
              "output": f"{OUTPUT_NAME}: float32 (batch, {len(checkpoint['class_names'])}) in class_names order"}
     props.update({key: checkpoint["preprocessing"][key] for key in utils.PREPROCESSING})
+    props.update({"target": tasks.of(checkpoint).name, **tasks.of(checkpoint).onnx_metadata(checkpoint)})
     return {key: json.dumps(value) for key, value in props.items()}
 
 
@@ -66,7 +70,7 @@ def onnx_bytes(model, checkpoint):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", FutureWarning)
-        program = torch.onnx.export(Probabilities(model).eval(), (example_batch(checkpoint, 2, seed=0),),
+        program = torch.onnx.export(Probabilities(model, tasks.of(checkpoint)).eval(), (example_batch(checkpoint, 2, seed=0),),
                                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                     dynamic_shapes={"mel_db": {0: torch.export.Dim("batch")}}, dynamo=True,
                                     verbose=False)
@@ -84,7 +88,7 @@ def max_difference(model, checkpoint, serialized, batch=3):
     session = onnxruntime.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
     mel_db = example_batch(checkpoint, batch, seed=1)
     with torch.no_grad():
-        expected = model(mel_db)[1].numpy()
+        expected = Probabilities(model, tasks.of(checkpoint))(mel_db).numpy()
     (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: mel_db.numpy()})
     return float(np.abs(got - expected).max())
 

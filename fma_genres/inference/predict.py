@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 import models_utils
 import utils
-from fma_genres import multilabel
+from fma_genres import tasks
 from fma_genres.inference import audio_windows
 from fma_genres.runtime import atomic
 from models import MODELS
@@ -49,16 +49,6 @@ def find_audio_files(inputs):
 
 # -----------------------------------------------------------------------------
 # what the model gives each window
-
-def probabilities(model, windows):
-    """(B, n_classes) genre probabilities of a batch of windows."""
-    return model(windows)[1]
-
-
-def sigmoid_probabilities(model, windows):
-    """(B, n_genres) independent genre probabilities of a multi-label model (target=genres_all)."""
-    return torch.sigmoid(model(windows)[0])
-
 
 def last_linear(model):
     """The model's last Linear layer (modules() lists layers in the order the models define them)."""
@@ -83,40 +73,43 @@ def embeddings(model, windows):
 # ensembles
 
 class Ensemble(torch.nn.Module):
-    """Several models as one: the mean of the members' genre probabilities.
+    """Several models as one: the mean of the members' genre probabilities (softmax, or a sigmoid per genre).
 
-    forward returns (log of the mean, the mean) where a model returns (logits, probabilities): softmax
-    of the log is the mean again and cross-entropy of it is the mean's log loss, so prediction and
-    evaluation take an ensemble like any model.
+    forward returns (the task's logits of the mean, the mean) where a model returns (logits, probabilities):
+    the task's probabilities of those logits are the mean again and its loss of them is the mean's log
+    loss (cross-entropy, or BCE per genre), so prediction and evaluation take an ensemble like any model.
     """
 
-    def __init__(self, members):
+    def __init__(self, members, task):
         super().__init__()
-        self.members = torch.nn.ModuleList(members)
+        self.members, self.task = torch.nn.ModuleList(members), task
 
     def forward(self, x):
-        mean = torch.stack([member(x)[1] for member in self.members]).mean(dim=0)
-        return mean.clamp_min(torch.finfo(mean.dtype).tiny).log(), mean
+        mean = torch.stack([self.task.window_probabilities(member, x) for member in self.members]).mean(dim=0)
+        return self.task.logits(mean), mean
 
 
 def ensemble(members):
-    """(Ensemble, the first member's checkpoint) from [(path, model, checkpoint), ...]; members must share
-    genres (in order) and preprocessing, else ValueError naming the two files."""
+    """(Ensemble, its checkpoint) from [(path, model, checkpoint), ...]: the first member's checkpoint, with
+    the members' mean thresholds for a multi-label one (tasks.py). Members must share the task, genres (in
+    order) and preprocessing, else ValueError naming the two files."""
     first_path, _, first = members[0]
     for path, _, checkpoint in members[1:]:
-        for key, what in (("class_names", "genres"), ("preprocessing", "preprocessing")):
-            if checkpoint[key] != first[key]:
+        for key, what in (("target", "target"), ("class_names", "genres"), ("genres", "genre ids"),
+                          ("preprocessing", "preprocessing")):
+            mine, theirs = (c.get(key) for c in (checkpoint, first))
+            if key == "genres":  # thresholds may differ: the ensemble takes their mean
+                mine, theirs = ((g or {}).get("ids") for g in (mine, theirs))
+            if (mine or None) != (theirs or None):
                 raise ValueError(f"{path} and {first_path} cannot form an ensemble: their {what} differ "
-                                 f"({checkpoint[key]} vs {first[key]}). Give checkpoints trained on the same "
+                                 f"({mine} vs {theirs}). Give checkpoints trained on the same "
                                  f"genres with the same preprocessing.")
-    return Ensemble([model for _, model, _ in members]), first
+    task = tasks.of(first)
+    return Ensemble([model for _, model, _ in members], task), task.ensemble_checkpoint([c for _, _, c in members])
 
 
 # -----------------------------------------------------------------------------
 # a checkpoint's model, and what a track's prediction shows
-
-DEFAULT_TOP_K = 3  # genres shown per track of a single-label model
-
 
 def load_predictor(path, model_name=None, device="cpu"):
     """(model in eval mode, checkpoint dict) from a checkpoint of this project or an original bare state_dict.
@@ -157,23 +150,16 @@ class Standardised(torch.nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
-def top_k(probabilities, class_names, k):
-    order = np.argsort(-probabilities, kind="stable")[:k]
-    return [(class_names[j], float(probabilities[j])) for j in order]
-
-
 def window_outputs(checkpoint):
-    """What inference.predict takes from the model for each window of this checkpoint's tracks: genre
-    probabilities, independent sigmoids for a multi-label checkpoint (target=genres_all)."""
-    return sigmoid_probabilities if checkpoint.get("target") == "genres_all" else probabilities
+    """What inference.predict takes from the model for each window of this checkpoint's tracks: its
+    task's genre probabilities (softmax, or independent sigmoids for a multi-label checkpoint)."""
+    return tasks.of(checkpoint).window_probabilities
 
 
 def shown_genres(probabilities, checkpoint, k):
-    """[(label, probability)]: what a track's prediction shows (--plot's bars, app.py's page). Multi-label:
-    the genres above their thresholds as tree paths, most specific first, or the k most probable (k given)."""
-    if checkpoint.get("target") == "genres_all":
-        return multilabel.predicted_genres(probabilities, checkpoint["genres"], k)
-    return top_k(probabilities, checkpoint["class_names"], k or DEFAULT_TOP_K)
+    """[(label, probability)]: what a track's prediction shows (--plot's bars, app.py's page): the task's
+    (the k most probable; multi-label: the genres above their thresholds as tree paths, most specific first)."""
+    return tasks.of(checkpoint).shown_genres(probabilities, checkpoint, k)
 
 
 # -----------------------------------------------------------------------------
@@ -185,16 +171,16 @@ def default_hop(checkpoint):
 
 
 def predict(model, checkpoint, files, hop=None, max_windows=None, batch_size=32, device="cpu", num_workers=0,
-            outputs=probabilities, on_window=None):
+            outputs=None, on_window=None):
     """Yield (path, mean of its windows' outputs or None, number of windows, error or None) per file, in order.
 
-    `outputs(model, windows)` gives each window's vector (probabilities by default). `on_window(file
+    `outputs(model, windows)` gives each window's vector (window_outputs(checkpoint) by default: probabilities). `on_window(file
     index, window, vector)`, when given, sees every window (float16 dB on the CPU) with its vector, a
     file's windows in order, before the file is yielded: what plots.py draws. Windows from
     consecutive tracks share batches. Windows flow from the decoding workers to the model as they are
     computed, so memory does not grow with the length of a track.
     """
-    preprocessing = checkpoint["preprocessing"]
+    preprocessing, outputs = checkpoint["preprocessing"], outputs or window_outputs(checkpoint)
     dataset = audio_windows.TrackWindows(files, preprocessing, hop or default_hop(checkpoint), max_windows)
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=keep_item,
                         worker_init_fn=audio_windows.silence_decoder_notes)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import utils
+from fma_genres import tasks
 from fma_genres.runtime import errors
 
 WATCH_LOG_FREQ = 10  # batches between gradient and parameter histograms: the original's wandb.watch(log_freq=10)
@@ -105,22 +106,22 @@ class WandbLog:
             self.run.log({**{key: row[column] for column, key in EPOCH_KEYS.items()}, **selected}, step=step)
 
     def final(self, config, data, metrics, result, files):
-        """Test metrics; per-genre table and F1 bars; confusion matrix, ROC and PR curves; the hardest
-        clips; the report's PNGs; the reported checkpoint as an artifact unless upload_checkpoints=False."""
+        """The task's test entries (tasks.py: metrics, per-genre table, curves, ...); the hardest clips; the
+        report's PNGs; the reported checkpoint as an artifact unless upload_checkpoints=False."""
         if self.run is None:
             return
         import wandb
-        targets, probabilities = result["targets"], result["probabilities"]
+        task = tasks.of(metrics)
         self.run.summary.update({"val/best_epoch": metrics["best_epoch"],
                                  "val/best_accuracy": metrics["best_val_accuracy"],
                                  f"val/best_{metrics['select_metric']}": metrics["best_val_score"],
                                  "test/epoch": metrics["reported_epoch"]})
         figures = {f"test/figures/{p.stem}": wandb.Image(str(p)) for p in files if p.suffix == ".png"}
-        if metrics.get("target") == "genres_all":  # multi-label: AP per genre, PR curves (multilabel_report)
-            from fma_genres import multilabel_report
-            self.run.log({**multilabel_report.wandb_entries(metrics, targets, probabilities), **figures})
-        else:
-            self.run.log(single_label_entries(config, data, metrics, result, figures))
+        logged = {**logged_entries(task.wandb_entries(metrics, result, data.class_names)), **figures}
+        hardest = task.hardest(result, config["hardest_clips"])
+        if hardest:
+            logged["test/hardest_clips"] = hardest_clips_table(config, data, result, hardest)
+        self.run.log(logged)
         if config["upload_checkpoints"]:
             name = config["report_epoch"]  # best.pt or last.pt: the weights the test metrics come from
             artifact = wandb.Artifact(f"{config['model']}-{name}", type="model", metadata=metrics)
@@ -137,54 +138,39 @@ class WandbLog:
                       f"upload it with: wandb sync {run_dir}")
 
 
-def single_label_entries(config, data, metrics, result, figures):
-    """test/* of a single-label run: scores, per-genre table and F1 bars, confusion matrix, ROC and PR
-    curves, the report's figures and the hardest clips."""
+def logged_entries(entries):
+    """A task's W&B entries (plain data: tasks.Table, Bar, ConfusionMatrix, Curves; numbers) as W&B objects."""
+    return {key: to_wandb(value) for key, value in entries.items()}
+
+
+def to_wandb(value):
+    """One entry as W&B logs it (a number stays a number)."""
     import wandb
-    names, targets, probabilities = data.class_names, result["targets"], result["probabilities"]
-    per_genre = per_genre_table(metrics)
-    logged = {"test/accuracy": metrics["test_accuracy"], "test/loss": metrics["test_loss"],
-              "test/balanced_accuracy": metrics["balanced_accuracy"], "test/macro_f1": metrics["macro_f1"],
-              "test/per_genre": per_genre,
-              "test/f1_per_genre": wandb.plot.bar(per_genre, "genre", "f1", title="Test F1 per genre"),
-              "test/confusion_matrix": wandb.plot.confusion_matrix(
-                  y_true=targets.tolist(), preds=result["predictions"].tolist(), class_names=names),
-              "test/roc": wandb.plot.roc_curve(targets, probabilities, labels=names),
-              "test/pr": wandb.plot.pr_curve(targets, probabilities, labels=names), **figures}
-    if config["hardest_clips"]:
-        logged["test/hardest_clips"] = hardest_clips_table(config, data, result)
-    return logged
+    curves = {"roc": wandb.plot.roc_curve, "pr": wandb.plot.pr_curve}
+    convert = {
+        tasks.Table: lambda t: wandb.Table(columns=t.columns, data=t.rows),
+        tasks.Bar: lambda b: wandb.plot.bar(to_wandb(b.table), b.x, b.y, title=b.title),
+        tasks.ConfusionMatrix: lambda c: wandb.plot.confusion_matrix(y_true=c.y_true, preds=c.preds,
+                                                                     class_names=c.class_names),
+        tasks.Curves: lambda c: curves[c.kind](c.targets, c.scores, labels=c.labels, classes_to_plot=c.classes_to_plot),
+    }.get(type(value))
+    return convert(value) if convert else value
 
 
-def per_genre_table(metrics):
-    """One row per genre: precision, recall, F1, support and ROC AUC (None for a genre absent from test)."""
+def hardest_clips_table(config, data, result, hardest):
+    """The most confidently wrong test clips (``hardest``: the task's [(index, true, predicted)]): track, true
+    and predicted genre, every genre's probability, the mel-spectrogram the model saw and (with
+    upload_audio) that part of the audio."""
     import wandb
-    columns = ["genre", "precision", "recall", "f1", "support", "roc_auc"]
-    rows = [[genre, *(scores[c] for c in columns[1:5]), metrics["roc_auc"][genre]]
-            for genre, scores in metrics["per_class"].items()]
-    return wandb.Table(columns=columns, data=rows)
-
-
-def hardest_clips(targets, probabilities, n):
-    """Indices of the ``n`` most confidently wrong predictions, the most confident first."""
-    predictions = probabilities.argmax(axis=1)
-    wrong = np.flatnonzero(predictions != targets)
-    return wrong[np.argsort(-probabilities[wrong, predictions[wrong]], kind="stable")][:n]
-
-
-def hardest_clips_table(config, data, result):
-    """The hardest_clips most confidently wrong test clips: track, true and predicted genre, every genre's
-    probability, the mel-spectrogram the model saw and (with upload_audio) that part of the audio."""
-    import wandb
-    names, targets, probabilities = data.class_names, result["targets"], result["probabilities"]
+    names, probabilities = data.class_names, result["probabilities"]
     test_set = data.loaders["test"].dataset  # the test loader keeps the split's order: result's rows
     table = wandb.Table(columns=["track_id", "true", "predicted", "confidence",
                                  *(f"p({genre})" for genre in names), "mel", "audio"])
-    for i in hardest_clips(targets, probabilities, config["hardest_clips"]):
-        track_id, predicted = test_set.track_ids[i], int(probabilities[i].argmax())
+    for i, true, predicted in hardest:
+        track_id = test_set.track_ids[i]
         audio = clip_audio(data.tracks.loc[track_id, "path"], data.preprocessing) \
             if config["upload_audio"] else None
-        table.add_data(track_id, names[targets[i]], names[predicted], float(probabilities[i, predicted]),
+        table.add_data(track_id, names[true], names[predicted], float(probabilities[i, predicted]),
                        *map(float, probabilities[i]), wandb.Image(mel_image(test_set.cache[track_id])), audio)
     return table
 
