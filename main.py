@@ -291,8 +291,7 @@ def evaluate_best(config, data, state, device, counts):
     metrics.json and PNGs; returns (metrics, test result, files written)."""
     best = distributed.from_main(models_utils.load_checkpoint, Path(config["out_dir"]) / f"{config['report_epoch']}.pt")
     scores, result = evaluate(models_utils.model_from_checkpoint(best, device), data.loaders["test"], device,
-                              data.class_names, amp=config["amp"], gather=distributed.gather,
-                              genres=best.get("genres"), task=tasks.of(best))
+                              best, amp=config["amp"], gather=distributed.gather)
     metrics = {**scores, "reported_epoch": best["training"]["epoch"],
                "report_epoch": config["report_epoch"], "best_epoch": state.best_epoch,
                "select_metric": config["select_metric"], "best_val_score": state.best_val_score,

@@ -8,7 +8,7 @@ project root leads ``sys.path`` (``python main.py``; pytest via pytest.ini).
 
     from test import evaluate, test
     result = test(model, loaders["val"], "cpu")
-    scores, result = evaluate(model, loaders["test"], "cpu", class_names)  # scores: metrics.json's keys
+    scores, result = evaluate(model, loaders["test"], "cpu", checkpoint)  # scores: metrics.json's keys
 """
 import numpy as np
 import torch
@@ -68,15 +68,17 @@ def host_batches(losses, targets, probabilities):
     return list(zip(torch.stack(losses).double().tolist(), pieces(targets), pieces(probabilities)))
 
 
-def evaluate(model, loader, device, class_names, amp=False, gather=None, genres=None, task=tasks.TASKS[tasks.DEFAULT]):
+def evaluate(model, loader, device, checkpoint, amp=False, gather=None):
     """(scores, result): test()'s result and its scores on the test split as metrics.json names them.
 
     scores: {"test_loss", then the task's scores (tasks.py: its metrics, per-genre table, ...),
-    "test_examples"}; callers add their own context (epoch, checkpoint, split settings) to it. ``genres``:
-    a multi-label checkpoint's genre ids, tree and thresholds.
+    "test_examples"}; callers add their own context (epoch, checkpoint, split settings) to it. The
+    ``checkpoint`` (models_utils.make_checkpoint's) gives the task, the class names and, multi-label, the
+    genre ids, tree and thresholds.
     """
+    task = tasks.of(checkpoint)
     result = test(model, loader, device, amp=amp, desc="test", gather=gather, task=task)
-    scores = task.scores(result["targets"], result["probabilities"], class_names, genres)
+    scores = task.scores(result["targets"], result["probabilities"], checkpoint["class_names"], checkpoint.get("genres"))
     return {"test_loss": result["loss"], **scores, "test_examples": result["examples"]}, result
 
 

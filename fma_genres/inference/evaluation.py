@@ -74,11 +74,11 @@ def shared_split_settings(args, members, defaults):
     return settings[0]
 
 
-def member_scores(members, loader, device, class_names):
+def member_scores(members, loader, device):
     """Each member's own test figures (the numbers only), shown next to the ensemble's."""
     rows = []
     for path, model, checkpoint in members:
-        scores = evaluate(model, loader, device, class_names, genres=checkpoint.get("genres"), task=tasks.of(checkpoint))[0]
+        scores = evaluate(model, loader, device, checkpoint)[0]
         rows.append({"checkpoint": str(path), **{k: v for k, v in scores.items() if not isinstance(v, (dict, list))}})
     return rows
 
@@ -109,12 +109,12 @@ def report(args, members, model, checkpoint, settings, device):
     loaders, _ = utils.make_loaders(cache, dict.fromkeys(("train", "val", "test"), test_tracks),
                                     args.batch_size, settings=utils.LoaderSettings(device=device))
     task.use_labels(loaders, data)
-    scores, result = evaluate(model, loaders["test"], device, class_names, genres=checkpoint.get("genres"), task=task)
+    scores, result = evaluate(model, loaders["test"], device, checkpoint)
     metrics = {**scores, "checkpoint": " + ".join(map(str, args.checkpoints)),
                "model": " + ".join(c["model"] for _, _, c in members),
                "epoch": (checkpoint.get("training") or {}).get("epoch"), **settings}
     if len(members) > 1:
-        metrics["members"] = member_scores(members, loaders["test"], device, class_names)
+        metrics["members"] = member_scores(members, loaders["test"], device)
     out_dir = Path(args.out_dir or Path(args.checkpoint).parent / ("evaluation" if len(members) == 1 else "ensemble"))
     models_utils.save_report(out_dir, metrics, result["targets"], result["probabilities"], class_names)
     seeded = f", seed {datasets.split_seed(settings)}, train_size {settings['train_size']}"
