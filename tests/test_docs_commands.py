@@ -288,3 +288,22 @@ def test_readmes_demo_commands_run_end_to_end_and_reach_the_stated_accuracy(tmp_
     assert metrics["test_accuracy"] >= 0.75, metrics["test_accuracy"]
     predicted = [line.split() for line in outputs[1].splitlines() if "fma_small" in line]
     assert len(predicted) == 80 and all(words[1] in metrics["class_names"] for words in predicted)
+
+
+def anchor(heading):
+    """GitHub's anchor of a markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_between_the_pages_reaches_a_file_and_a_heading():
+    broken = []
+    for doc in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            path, _, fragment = target.partition("#")
+            if target.startswith(("http://", "https://")):
+                continue
+            page = (doc.parent / path).resolve() if path else doc
+            headings = re.findall(r"(?m)^#+ (.+)$", page.read_text()) if page.suffix == ".md" and page.is_file() else []
+            if not page.exists() or fragment and fragment not in {anchor(h) for h in headings}:
+                broken.append(f"{doc.relative_to(ROOT)}: ({target})")
+    assert broken == []
