@@ -3,9 +3,6 @@
     python -m pytest tests/test_demo_data.py -q
 """
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import librosa
@@ -162,17 +159,3 @@ def test_genres_are_separable_from_mel_spectrograms(demo):
         centroids = {g: profiles[rest & (genres == g)].mean(axis=0) for g in GENRE_IDS}
         correct += min(centroids, key=lambda g: np.sum((profiles[i] - centroids[g]) ** 2)) == genres[i]
     assert correct / len(profiles) >= 0.9
-
-
-@pytest.mark.slow
-def test_the_demo_reaches_the_accuracy_readme_states(tmp_path):
-    """README's demo figure: `python main.py --demo=True` (CRNN, 25 epochs) classifies at least 6 of its 8
-    test clips (0.75) on any CPU; the exact figure depends on the CPU's float path (0.875 on a 2-core AMD
-    EPYC). About 3 minutes on 2 quiet cores: 77 s to write the 80 clips, ~5 s an epoch."""
-    command = [sys.executable, "main.py", "--demo=True", f"--data_dir={tmp_path / 'demo'}", f"--out_dir={tmp_path / 'run'}"]
-    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "WANDB_MODE": "disabled"}, stdin=subprocess.DEVNULL,
-                            capture_output=True, text=True, timeout=1800)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["epochs"] == 25 and metrics["test_examples"] == 8
-    assert metrics["test_accuracy"] >= 0.75, metrics["test_accuracy"]

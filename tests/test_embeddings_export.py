@@ -1,5 +1,5 @@
-"""Embeddings (inference.embeddings, --embeddings) and ONNX export (export.py, --export), and the README's
-scikit-learn and librosa snippets, run as the README prints them.
+"""Embeddings (inference.embeddings, --embeddings) and ONNX export (export.py, --export), and docs/prediction.md's
+scikit-learn and librosa snippets, run as the page prints them.
 
 Audio files are real WAV/MP3/FLAC files written here with soundfile; checkpoints are built here in
 the project's format (100-frame windows, so every model is quick); ONNX files are read back with
@@ -56,9 +56,9 @@ def write_checkpoint(path, name, faithful):
     return path
 
 
-def readme_block(containing):
-    """The README's python code block that contains `containing` (the tests run what users read)."""
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+def docs_block(containing):
+    """docs/prediction.md's python code block that contains `containing` (the tests run what users read)."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "prediction.md").read_text(), re.DOTALL)
     (block,) = [b for b in blocks if containing in b]
     return block
 
@@ -121,9 +121,9 @@ def test_embeddings_file_reloads_and_feeds_the_readme_classifier(tmp_path, monke
     assert data["windows"].tolist() == [1] * 10
     assert data["class_names"].tolist() == GENRES and str(data["model"]) == "crnn"
     assert np.isfinite(data["embeddings"]).all() and data["embeddings"].std(axis=0).max() > 0
-    monkeypatch.chdir(tmp_path)  # the README example reads music.npz from the working folder
+    monkeypatch.chdir(tmp_path)  # the docs' example reads music.npz from the working folder
     namespace = {}
-    exec(readme_block("cross_val_score"), namespace)
+    exec(docs_block("cross_val_score"), namespace)
     assert namespace["labels"] == [Path(p).parent.name for p in expected_paths]
 
 
@@ -179,13 +179,13 @@ def test_modes_are_exclusive_and_export_takes_no_audio(tmp_path, capsys):
     assert "--evaluate and --embeddings are separate tasks" in err
 
 
-# ----------------------------------------------------------------------------- the README's librosa input
+# ----------------------------------------------------------------------------- the docs' librosa input
 
-def test_readme_librosa_input_matches_the_project_mel_function(tmp_path):
+def test_the_docs_librosa_input_matches_the_project_mel_function(tmp_path):
     """Within 1e-3 dB of utils.clip_spectrogram (measured: 2.3e-4 dB at most) on a stereo 44.1 kHz MP3,
     a mono 22.05 kHz WAV a little short of 30 s (padded) and a 48 kHz FLAC."""
     namespace = {}
-    code = readme_block("def mel_db")
+    code = docs_block("def mel_db")
     exec(code[:code.index("session = ")], namespace)  # the function; the session needs an exported model
     for name, seconds, rate, channels in (("a.mp3", 30, 44100, 2), ("b.wav", 28, 22050, 1), ("c.flac", 30, 48000, 2)):
         path = tmp_path / name

@@ -7,7 +7,7 @@ train and the upload keys off: the final logging alone, a few seconds.
 
 The records are read with `wandb leet inspect --json` (W&B 0.31's CLI prints the run's .wandb log as one
 JSON object per record: run, config, history, summary, artifact ...) and `--summary --json` (the run's
-final summary as one object): the public reader of offline runs, the one README points reviewers to.
+final summary as one object): the public reader of offline runs, the one docs/wandb.md points reviewers to.
 A W&B Table is stored in a run_table artifact; its record's manifest gives the local copy of the table's
 JSON and of the media it references, which is where the tests read rows, images and audio.
 """
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_CLIPS, BATCH_SIZE, N_FRAMES = 16, 2, 96  # fma_small: 2 training clips per genre
 RUN_NAME = "cnn1d n_frames=96 epochs=2 batch_size=2 seed=0"  # the model, what differs from the defaults, seed
 TAGS = ["model:cnn1d", "subset:small", "split:official", "faithful:True", "dataset:fma"]
-# Every key the run logs besides watch's gradients/* and parameters/*; README lists each of them.
+# Every key the run logs besides watch's gradients/* and parameters/*; docs/wandb.md lists each of them.
 KEYS = {"train/loss", "train/epoch", "train/epoch_loss", "train/accuracy", "train/lr", "train/epoch_seconds",
         "val/loss", "val/accuracy", "val/best_accuracy", "val/best_epoch",
         "test/accuracy", "test/loss", "test/balanced_accuracy", "test/macro_f1", "test/epoch", "test/per_genre", "test/f1_per_genre_table",
@@ -138,8 +138,8 @@ def test_summary_keys_follow_one_scheme_without_duplicates(runs):
     assert run.summary["test/loss"] == pytest.approx(metrics["test_loss"])
     assert run.summary["val/best_epoch"] == metrics["best_epoch"]
     assert run.summary["test/epoch"] == metrics["reported_epoch"]
-    readme = (ROOT / "README.md").read_text()
-    assert not [key for key in KEYS if f"`{key}`" not in readme]  # the reviewer's list of keys
+    page = (ROOT / "docs" / "wandb.md").read_text()
+    assert not [key for key in KEYS if f"`{key}`" not in page]  # the reviewer's list of keys
 
 
 def test_per_genre_table_holds_every_genres_scores(runs):
