@@ -98,7 +98,7 @@ def test_select_metric_chooses_best_pt_and_is_in_every_row(data_dir, tmp_path):
     best_row = max(history, key=lambda row: (float(row["val_macro_f1"]), -float(row["val_loss"])))
     assert metrics["select_metric"] == "macro_f1" and metrics["best_epoch"] == int(best_row["epoch"])
     assert metrics["best_val_score"] == pytest.approx(float(best_row["val_macro_f1"]))
-    assert "select_metric='f1' is not valid" in error_of(args(data_dir, tmp_path / "x", "--select_metric=f1"))
+    assert "select_metric=f1 does not apply to target=genre_top" in error_of(args(data_dir, tmp_path / "x", "--select_metric=f1"))
 
 
 def test_checkpoints_hold_everything_to_rebuild_and_resume(full_run):
