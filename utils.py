@@ -205,9 +205,9 @@ class MelDataset(Dataset):
     them, so they are the same whatever the number of DataLoader workers (or with preload.py).
     """
 
-    def __init__(self, cache, track_ids, labels, mean=None, std=None, augment=False, mask_draw="inclusive"):
+    def __init__(self, cache, track_ids, labels, augment=False, mask_draw="inclusive"):
         self.cache, self.track_ids, self.labels = cache, [int(t) for t in track_ids], [int(l) for l in labels]
-        self.mean, self.std, self.augment, self.mask_draw = mean, std, augment, mask_draw
+        self.augment, self.mask_draw = augment, mask_draw
 
     def __len__(self):
         return len(self.track_ids) * (2 if self.augment else 1)
@@ -219,8 +219,6 @@ class MelDataset(Dataset):
         if index >= len(self.track_ids):
             uniforms = draw_mask_uniforms(1) if uniforms is None else torch.tensor([uniforms], dtype=torch.float64)
             mel = spec_augment(mel[None], uniforms, self.mask_draw)[0]
-        if self.mean is not None:
-            mel = (mel - self.mean) / self.std
         return mel, self.labels[clip]
 
 
@@ -369,8 +367,9 @@ def train_sampler(size, seed, shuffle, augment, augment_masks, labels=None):
 def make_loaders(cache, splits, batch_size, num_workers=0, standardise=False, augment=False, seed=0,
                  device="cpu", shuffle=True, augment_masks="per_epoch", mask_draw="inclusive", balanced=False,
                  shard=(0, 1)):
-    """({"train", "val", "test"} DataLoaders, {"mean", "std"}). Broken tracks (listed in the cache's
-    report) are left out; standardise feeds dB standardised with train-split stats, else raw dB.
+    """({"train", "val", "test"} DataLoaders of raw dB, {"mean", "std"}). Broken tracks (listed in the cache's
+    report) are left out; standardise computes the train split's stats (the model's Standardise layer uses
+    them), else they are None.
     shuffle=False keeps the training split's order every epoch; augment appends a masked copy of every
     training clip (augment_masks: redrawn per epoch or fixed; mask_draw: see MASK_DRAWS); balanced
     draws the training clips class-balanced. The train order (and masks) depend only on
@@ -393,8 +392,7 @@ def make_loaders(cache, splits, batch_size, num_workers=0, standardise=False, au
     loaders = {}
     for name, frame in usable.items():
         train = name == "train"
-        data = MelDataset(cache, frame.index, frame["label"], mean, std, augment=train and augment,
-                          mask_draw=mask_draw)
+        data = MelDataset(cache, frame.index, frame["label"], augment=train and augment, mask_draw=mask_draw)
         if train:
             labels = [data.labels[i % len(data.labels)] for i in range(len(data))] if balanced else None
             sampler = train_sampler(len(data), seed, shuffle, augment, augment_masks, labels)

@@ -88,7 +88,7 @@ def save_epoch(config, data, model, optimizer, scheduler, state, position=None):
                 **{k: state[k] for k in RUN_STATE}}
     checkpoint = models_utils.make_checkpoint(
         config["model"], state["model_args"], model.state_dict(), data["class_names"], data["preprocessing"],
-        data["normalisation"], config, state["provenance"], training,
+        config, state["provenance"], training,
         genres=data["genres"] and {**data["genres"], "thresholds": state["thresholds"]})
     if position is None and state["best_epoch"] == state["epoch"]:
         models_utils.save_checkpoint(models_utils.without_resume_state(checkpoint), out_dir / "best.pt")
