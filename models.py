@@ -9,8 +9,8 @@ CNN1D 236,680, CNN2D 37,912,576, CRNN 438,808 (SPEC.md section 4).
 weights give the original's outputs; ``faithful=False`` is the corrected pass. Parameter names and
 counts are identical either way. CNN2D had no quirk, so it takes no ``faithful``.
 
-The contract every model keeps (Classifier): ``embed(x)`` gives the features its classifier ``head``
-reads, and forward is ``head(embed(x))`` with its softmax. The first layer, ``standardise``, holds the
+The contract every model keeps: ``embed(x)`` gives the features its classifier ``head`` (one of its
+layers) reads, and forward is ``head(embed(x))`` with its softmax. The first layer, ``standardise``, holds the
 input scaling as buffers saved with the weights (raw dB unless the run standardises), so every user of a
 model (training, prediction, ONNX, embeddings, the web page) feeds it raw dB.
 
@@ -48,13 +48,9 @@ def standardisation_state(mean=None, std=None):
     return {f"standardise.{key}": value for key, value in Standardise().use(mean, std).state_dict().items()}
 
 
-class Classifier(nn.Module):
-    """What every model has: ``standardise``, ``embed(x)`` (the features the head reads), ``head`` (their
-    classifier, a layer of the model) and forward(x) = (head(embed(x)), softmax of it)."""
-
-    def forward(self, x):                       # (B, n_mels, T)
-        logits = self.head(self.embed(x))       # (B, n_classes)
-        return logits, F.softmax(logits, dim=1)
+def with_probabilities(logits):
+    """(logits, softmax probabilities): what every model's forward returns."""
+    return logits, F.softmax(logits, dim=1)
 
 
 class QuirkyLinear(nn.Linear):
@@ -71,7 +67,7 @@ class QuirkyLinear(nn.Linear):
         return self.dropout(F.relu(logits)) if self.faithful else logits
 
 
-class CNN1D(Classifier):
+class CNN1D(nn.Module):
     """The original's CNN1D ("CNNGH1D"): mel bands as Conv1d channels, three conv blocks, one Linear."""
 
     pools = (4, 4, 2)
@@ -99,12 +95,18 @@ class CNN1D(Classifier):
     def head(self):
         return self.fc1
 
+    # Each model has its own forward, even if alike: torch.compile caches compiled frames by code object,
+    # and one forward shared by the three models made a second model's compile a recompile of the first's,
+    # with its weights' shapes turned symbolic (an InductorError for CNN2D after CRNN in one process).
+    def forward(self, x):                       # (B, n_mels, T) -> (B, n_classes) twice
+        return with_probabilities(self.head(self.embed(x)))
+
     def embed(self, x):                         # (B, n_mels, T)
         x = self.layer3(self.layer2(self.layer1(self.standardise(x))))  # (B, n_mels, T')
         return x.flatten(1)                     # (B, n_mels * T')
 
 
-class CNN2D(Classifier):
+class CNN2D(nn.Module):
     """The original's CNN2D: a LeNet-style 2-D CNN over the spectrogram image, then three Linear layers."""
 
     def __init__(self, n_mels=128, n_frames=1291, n_classes=8):
@@ -129,6 +131,9 @@ class CNN2D(Classifier):
     @property
     def head(self):
         return self.fc3
+
+    def forward(self, x):                                 # (B, n_mels, T) -> (B, n_classes) twice
+        return with_probabilities(self.head(self.embed(x)))
 
     def embed(self, x):                                   # (B, n_mels, T)
         x = self.standardise(x).unsqueeze(1)              # (B, 1, n_mels, T)
@@ -175,7 +180,7 @@ class ConvBlock(nn.Module):
         return self.block(x)
 
 
-class CRNN(Classifier):
+class CRNN(nn.Module):
     """The original's CRNN: residual 2-D conv blocks, an LSTM over time, the last step to a Linear."""
 
     def __init__(self, n_mels=128, n_frames=1291, n_classes=8, faithful=True):
@@ -196,6 +201,9 @@ class CRNN(Classifier):
     @property
     def head(self):
         return self.fc1
+
+    def forward(self, x):                       # (B, n_mels, T) -> (B, n_classes) twice
+        return with_probabilities(self.head(self.embed(x)))
 
     def embed(self, x):                         # (B, n_mels, T)
         x = self.conv_block(self.standardise(x).unsqueeze(1))  # (B, 128, H, T') with H = n_mels // 128

@@ -18,12 +18,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-import models_utils  # noqa: E402
-from fma_genres.inference import predict  # noqa: E402
-from models import build_model  # noqa: E402
-from utils import PREPROCESSING  # noqa: E402
+import models_utils
+from fma_genres.inference import predict
+from models import build_model
+from utils import PREPROCESSING
 
 GENRES = ["Electronic", "Experimental", "Folk", "Hip-Hop", "Instrumental", "International", "Pop", "Rock"]
 MODEL_ARGS = {"n_mels": 16, "n_frames": 20, "n_classes": len(GENRES), "faithful": False}
