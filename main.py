@@ -33,7 +33,7 @@ from fma_genres.runtime import allocator, devices, distributed, errors, preempti
 from fma_genres.runtime.errors import ConfigError, PeerFailed
 from fma_genres.runtime.preemption import Preempted, RunSignals
 from fma_genres.training import finetune, run_state
-from models import build_model
+from models import accepted_args, build_model
 from models_utils import CheckpointError
 from test import evaluate, test  # the project's test.py (it comes first on sys.path), not the stdlib package
 from train import EPOCH_LOSSES, EpochHooks, NonFiniteLossError, TrainSettings, continue_epoch, epoch_position, train
@@ -183,13 +183,14 @@ def build_data(config, device):
 def build_training(config, data, device, checkpoint=None, overrides=()):
     """Model (initialised, or from the checkpoint), Adam, ReduceLROnPlateau and the run state:
     a run_state.Training whose ``model`` is the raw model until run() compiles or wraps it."""
-    model_args = {"n_mels": data.preprocessing["n_mels"], "n_frames": config["n_frames"],
-                  "n_classes": len(data.class_names), "faithful": config["faithful"]}
+    model_args = accepted_args(config["model"], n_mels=data.preprocessing["n_mels"], n_frames=config["n_frames"],
+                               n_classes=len(data.class_names), faithful=config["faithful"])
     reseed(config["seed"])
     try:
         model = models_utils.init_weights(build_model(config["model"], **model_args), config["init"])
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    model.standardise.use(**data.normalisation)  # the train split's dB statistics, or None: raw dB
     if config["init_from"] and checkpoint is None:  # a resumed run has its own weights
         finetune.load_features(model, config["init_from"], config["model"], data.class_names)
     model = finetune.freeze(model, config["freeze"]).to(device)

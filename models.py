@@ -7,12 +7,64 @@ CNN1D 236,680, CNN2D 37,912,576, CRNN 438,808 (SPEC.md section 4).
 
 ``faithful=True`` reproduces the original forward pass, quirks included, so the original's trained
 weights give the original's outputs; ``faithful=False`` is the corrected pass. Parameter names and
-counts are identical either way.
+counts are identical either way. CNN2D had no quirk, so it takes no ``faithful``.
+
+The contract every model keeps: ``embed(x)`` gives the features its classifier ``head`` (one of its
+layers) reads, and forward is ``head(embed(x))`` with its softmax. The first layer, ``standardise``, holds the
+input scaling as buffers saved with the weights (raw dB unless the run standardises), so every user of a
+model (training, prediction, ONNX, embeddings, the web page) feeds it raw dB.
 
     python models.py        # prints each model's parameter count
 """
+import inspect
+
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+class Standardise(nn.Module):
+    """(x - mean) / std with the training split's dB statistics, kept as buffers in the state_dict;
+    mean 0 and std 1 (the default, a run without standardise) give the raw dB back exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(0.0))
+        self.register_buffer("std", torch.tensor(1.0))
+
+    def use(self, mean, std):
+        """Standardise with these statistics (utils.normalisation_stats); None: feed raw dB."""
+        with torch.no_grad():
+            self.mean.fill_(0.0 if mean is None else mean)
+            self.std.fill_(1.0 if std is None else std)
+        return self
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+def standardisation_state(mean=None, std=None):
+    """The state_dict entries of a model's Standardise layer (what the original's bare weights lack)."""
+    return {f"standardise.{key}": value for key, value in Standardise().use(mean, std).state_dict().items()}
+
+
+def with_probabilities(logits):
+    """(logits, softmax probabilities): what every model's forward returns."""
+    return logits, F.softmax(logits, dim=1)
+
+
+class QuirkyLinear(nn.Linear):
+    """CNN1D's classifier: a Linear layer (its parameters keep the Linear's names) whose outputs the
+    faithful pass sends through ReLU and Dropout(0.3), as the original did (quirk 1)."""
+
+    def __init__(self, in_features, out_features, faithful):
+        super().__init__(in_features, out_features)
+        self.faithful = faithful
+        self.dropout = nn.Dropout(0.3)
+
+    def forward(self, x):
+        logits = super().forward(x)
+        return self.dropout(F.relu(logits)) if self.faithful else logits
 
 
 class CNN1D(nn.Module):
@@ -23,7 +75,7 @@ class CNN1D(nn.Module):
 
     def __init__(self, n_mels=128, n_frames=1291, n_classes=8, faithful=True):
         super().__init__()
-        self.faithful = faithful
+        self.standardise = Standardise()
         length = n_frames
         for i, pool in enumerate(self.pools, start=1):
             # Layer order (dropout before batch norm) and names are the original's.
@@ -37,29 +89,34 @@ class CNN1D(nn.Module):
             length = (length - self.kernel + 1) // pool
         if length < 1:
             raise ValueError(f"CNN1D needs n_frames >= 95 (three conv + pool blocks); got n_frames={n_frames}.")
-        self.fc1 = nn.Linear(n_mels * length, n_classes)
-        # Quirk 1: the original passed its logits through ReLU and Dropout(0.3).
-        self.logit_dropout = nn.Dropout(0.3)
+        self.fc1 = QuirkyLinear(n_mels * length, n_classes, faithful)
 
-    def forward(self, x):                       # (B, n_mels, T)
-        x = self.layer3(self.layer2(self.layer1(x)))  # (B, n_mels, T')
-        logits = self.fc1(x.flatten(1))         # (B, n_classes)
-        if self.faithful:
-            logits = self.logit_dropout(F.relu(logits))
-        return logits, F.softmax(logits, dim=1)
+    @property
+    def head(self):
+        return self.fc1
+
+    # Each model has its own forward, even if alike: torch.compile caches compiled frames by code object,
+    # and one forward shared by the three models made a second model's compile a recompile of the first's,
+    # with its weights' shapes turned symbolic (an InductorError for CNN2D after CRNN in one process).
+    def forward(self, x):                       # (B, n_mels, T) -> (B, n_classes) twice
+        return with_probabilities(self.head(self.embed(x)))
+
+    def embed(self, x):                         # (B, n_mels, T)
+        x = self.layer3(self.layer2(self.layer1(self.standardise(x))))  # (B, n_mels, T')
+        return x.flatten(1)                     # (B, n_mels * T')
 
 
 class CNN2D(nn.Module):
     """The original's CNN2D: a LeNet-style 2-D CNN over the spectrogram image, then three Linear layers."""
 
-    def __init__(self, n_mels=128, n_frames=1291, n_classes=8, faithful=True):
+    def __init__(self, n_mels=128, n_frames=1291, n_classes=8):
         super().__init__()
-        self.faithful = faithful  # no quirk in this model; kept so every model takes the same arguments
         height, width = n_mels, n_frames
         for _ in range(2):  # conv 5x5 (no padding) then max-pool 2
             height, width = (height - 4) // 2, (width - 4) // 2
         if height < 1 or width < 1:
             raise ValueError(f"CNN2D needs n_mels and n_frames >= 16; got {n_mels} x {n_frames}.")
+        self.standardise = Standardise()
         self.conv1 = nn.Conv2d(1, 6, 5)
         self.bn1 = nn.BatchNorm2d(6)
         self.conv2 = nn.Conv2d(6, 16, 5)
@@ -71,14 +128,19 @@ class CNN2D(nn.Module):
         self.bn4 = nn.BatchNorm1d(64)
         self.fc3 = nn.Linear(64, n_classes)
 
-    def forward(self, x):                                 # (B, n_mels, T)
-        x = x.unsqueeze(1)                                # (B, 1, n_mels, T)
+    @property
+    def head(self):
+        return self.fc3
+
+    def forward(self, x):                                 # (B, n_mels, T) -> (B, n_classes) twice
+        return with_probabilities(self.head(self.embed(x)))
+
+    def embed(self, x):                                   # (B, n_mels, T)
+        x = self.standardise(x).unsqueeze(1)              # (B, 1, n_mels, T)
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)  # (B, 6, H1, W1)
         x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)  # (B, 16, H2, W2)
         x = self.dropout(F.relu(self.bn3(self.fc1(x.flatten(1)))))  # (B, 256)
-        x = F.relu(self.bn4(self.fc2(x)))                 # (B, 64)
-        logits = self.fc3(x)                              # (B, n_classes)
-        return logits, F.softmax(logits, dim=1)
+        return F.relu(self.bn4(self.fc2(x)))              # (B, 64)
 
 
 class ResidualBlock(nn.Module):
@@ -130,13 +192,21 @@ class CRNN(nn.Module):
         if height < 1 or n_frames < 8:
             raise ValueError(f"CRNN needs n_mels >= 128 and n_frames >= 8; got {n_mels} x {n_frames}.")
         channels = ConvBlock.channels[-1]
+        self.standardise = Standardise()
         self.conv_block = ConvBlock()
         self.lstm = nn.LSTM(channels * height, 128, batch_first=True)
         self.dropout = nn.Dropout(0.5)
         self.fc1 = nn.Linear(128, n_classes)
 
-    def forward(self, x):                       # (B, n_mels, T)
-        x = self.conv_block(x.unsqueeze(1))     # (B, 128, H, T') with H = n_mels // 128
+    @property
+    def head(self):
+        return self.fc1
+
+    def forward(self, x):                       # (B, n_mels, T) -> (B, n_classes) twice
+        return with_probabilities(self.head(self.embed(x)))
+
+    def embed(self, x):                         # (B, n_mels, T)
+        x = self.conv_block(self.standardise(x).unsqueeze(1))  # (B, 128, H, T') with H = n_mels // 128
         batch, channels, height, steps = x.shape
         if self.faithful:
             # Quirk 2: the original reshaped (B, 128, 1, T') straight to (B, T', 128), which
@@ -145,8 +215,7 @@ class CRNN(nn.Module):
         else:
             x = x.permute(0, 3, 1, 2).reshape(batch, steps, channels * height)  # (B, T', 128 H)
         out, _ = self.lstm(x)                   # (B, T', 128)
-        logits = self.fc1(self.dropout(out[:, -1]))  # (B, n_classes)
-        return logits, F.softmax(logits, dim=1)
+        return self.dropout(out[:, -1])         # (B, 128): the last step
 
 
 MODELS = {"cnn1d": CNN1D, "cnn2d": CNN2D, "crnn": CRNN}
@@ -159,6 +228,12 @@ def build_model(name, **model_args):
     except KeyError:
         raise ValueError(f"Unknown model {name!r}: choose one of {', '.join(sorted(MODELS))}.") from None
     return model_class(**model_args)
+
+
+def accepted_args(name, **model_args):
+    """The entries of ``model_args`` that model ``name`` takes (CNN2D takes no ``faithful``)."""
+    accepted = inspect.signature(MODELS[name]).parameters
+    return {key: value for key, value in model_args.items() if key in accepted}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Helpers around the models: initialisation, parameter counts, checkpoints and report figures.
 
 Checkpoints are self-describing dicts (model name and arguments, class names, preprocessing,
-normalisation, config, ...) written atomically and read with ``torch.load(weights_only=True)``, so
+config, ...) written atomically and read with ``torch.load(weights_only=True)``, so
 a checkpoint can never run code. Figures are drawn headless (Agg) and returned as matplotlib Figures.
 """
 import os
@@ -16,12 +16,12 @@ from fma_genres.data.fma import FMA_SMALL_GENRES
 from fma_genres.runtime import preemption
 from fma_genres.runtime.atomic import atomic_write
 from fma_genres.runtime.figures import pyplot
-from models import MODELS, build_model
+from models import MODELS, accepted_args, build_model, standardisation_state
 from utils import PREPROCESSING
 
 CHECKPOINT_FORMAT = "fma-genre-classifier"
-CHECKPOINT_VERSION = 2
-CHECKPOINT_KEYS = ("model", "model_args", "state_dict", "class_names", "preprocessing", "normalisation")
+CHECKPOINT_VERSION = 3
+CHECKPOINT_KEYS = ("model", "model_args", "state_dict", "class_names", "preprocessing")
 # What only resuming needs: best.pt leaves it out (Adam's two moments per weight make a checkpoint three times
 # its weights' size: a CNN2D's last.pt is 455 MB, its best.pt 152 MB). last.pt keeps the full state.
 RESUME_KEYS = ("optimizer", "scheduler", "position")
@@ -90,14 +90,14 @@ def compile_model(model, backend="inductor"):
 # -----------------------------------------------------------------------------
 # checkpoints
 
-def make_checkpoint(model, model_args, state_dict, class_names, preprocessing, normalisation, config=None,
+def make_checkpoint(model, model_args, state_dict, class_names, preprocessing, config=None,
                     provenance=None, training=None, genres=None):
-    """The one checkpoint layout (format 2), from which inference rebuilds everything.
+    """The one checkpoint layout (format 3), from which inference rebuilds everything.
 
     model, model_args: ``build_model(model, **model_args)`` rebuilds the network (model_args holds
-    n_mels, n_frames, n_classes and faithful); class_names: output index -> genre; preprocessing:
-    audio -> dB parameters (utils.PREPROCESSING); normalisation: {"mean", "std"} of the input dB
-    (None: raw dB); config: the run's config; provenance: commit, versions, hardware, command line;
+    n_mels, n_frames, n_classes and, for the models with a quirk, faithful); state_dict: its weights,
+    the input's standardisation included (models.Standardise's buffers); class_names: output index ->
+    genre; preprocessing: audio -> dB parameters (utils.PREPROCESSING); config: the run's config; provenance: commit, versions, hardware, command line;
     training: what resumes the run exactly (epoch, optimizer, scheduler, history, ...), or None.
     genres (multi-label models only, target=genres_all): {"ids": FMA genre id per output, "tree": genres.csv's
     id/parent/title lists, "thresholds": per output, tuned on validation}; the checkpoint then also records
@@ -105,8 +105,7 @@ def make_checkpoint(model, model_args, state_dict, class_names, preprocessing, n
     """
     checkpoint = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": model,
                   "model_args": dict(model_args), "state_dict": state_dict, "class_names": list(class_names),
-                  "preprocessing": dict(preprocessing), "normalisation": dict(normalisation),
-                  "config": dict(config or {}), "provenance": dict(provenance or {}), "training": training}
+                  "preprocessing": dict(preprocessing), "config": dict(config or {}), "provenance": dict(provenance or {}), "training": training}
     if genres is not None:
         checkpoint.update(target=tasks.GenreTree.name, genres=dict(genres))
     return checkpoint
@@ -119,15 +118,33 @@ def without_resume_state(checkpoint):
     return {**checkpoint, "training": training and {k: v for k, v in training.items() if k not in RESUME_KEYS}}
 
 
+def from_format_1(checkpoint):
+    """Format 1 kept the training state at the top level and repeated model_args["faithful"] there."""
+    training = {key: checkpoint.pop(key) for key in TRAINING_KEYS_V1 if key in checkpoint}
+    checkpoint.pop("faithful", None)
+    config = checkpoint.setdefault("config", {})
+    config.setdefault("standardise", checkpoint.get("normalisation", {}).get("mean") is not None)
+    checkpoint.update(provenance={}, training=training or None)
+
+
+def from_format_2(checkpoint):
+    """Format 2 kept the input's {"mean", "std"} beside the weights (None: raw dB); format 3 has them in the
+    model's Standardise buffers. Its CNN2D model_args said faithful, which CNN2D no longer takes."""
+    normalisation = checkpoint.pop("normalisation", None) or {}
+    scaling = standardisation_state(normalisation.get("mean"), normalisation.get("std"))
+    checkpoint["state_dict"] = {**checkpoint["state_dict"], **scaling}
+    if checkpoint["model"] in MODELS:  # an unknown name gets build_model's error later
+        checkpoint["model_args"] = accepted_args(checkpoint["model"], **checkpoint["model_args"])
+
+
+MIGRATIONS = {1: from_format_1, 2: from_format_2}  # version -> the step to the next one
+
+
 def migrate_checkpoint(checkpoint):
-    """A checkpoint of an older format in today's layout (format 1: training state at the top level)."""
-    if checkpoint.get("version", 1) == 1:
-        training = {key: checkpoint.pop(key) for key in TRAINING_KEYS_V1 if key in checkpoint}
-        checkpoint.pop("faithful", None)  # format 1 repeated model_args["faithful"] at the top level
-        config = checkpoint.setdefault("config", {})
-        standardised = checkpoint.get("normalisation", {}).get("mean") is not None
-        config.setdefault("standardise", standardised)
-        checkpoint.update(version=CHECKPOINT_VERSION, provenance={}, training=training or None)
+    """A checkpoint of an older format in today's layout, one version at a time."""
+    for version in range(checkpoint.get("version", 1), CHECKPOINT_VERSION):
+        MIGRATIONS[version](checkpoint)
+        checkpoint["version"] = version + 1
     return checkpoint
 
 
@@ -196,16 +213,18 @@ def original_checkpoint(state_dict, model_name, path):
         hint = f" (these weights fit --model={fits[0]})" if fits else ""
         raise CheckpointError(f"{path} is a bare state_dict (the original project's format), which does not "
                               f"say which model it belongs to: add --model=cnn1d|crnn{hint}.")
-    model_args = {"n_mels": PREPROCESSING["n_mels"], "n_frames": PREPROCESSING["n_frames"],
-                  "n_classes": len(FMA_SMALL_GENRES), "faithful": True}
-    return make_checkpoint(model_name, model_args, state_dict, FMA_SMALL_GENRES, PREPROCESSING,
-                           {"mean": None, "std": None})
+    model_args = accepted_args(model_name, n_mels=PREPROCESSING["n_mels"], n_frames=PREPROCESSING["n_frames"],
+                               n_classes=len(FMA_SMALL_GENRES), faithful=True)
+    # the original fed raw dB: its weights get the Standardise layer's identity buffers
+    return make_checkpoint(model_name, model_args, {**standardisation_state(), **state_dict}, FMA_SMALL_GENRES,
+                           PREPROCESSING)
 
 
 def weights_fit(name, checkpoint):
     """Whether checkpoint's state_dict loads into model `name` (used only to suggest the right --model)."""
     try:
-        MODELS[name](**checkpoint["model_args"]).load_state_dict(checkpoint["state_dict"])
+        model = MODELS[name](**accepted_args(name, **checkpoint["model_args"]))
+        model.load_state_dict({**standardisation_state(), **checkpoint["state_dict"]})
         return True
     except (RuntimeError, TypeError, ValueError):
         return False

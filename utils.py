@@ -206,9 +206,9 @@ class MelDataset(Dataset):
     them, so they are the same whatever the number of DataLoader workers (or with preload.py).
     """
 
-    def __init__(self, cache, track_ids, labels, mean=None, std=None, augment=False, mask_draw="inclusive"):
+    def __init__(self, cache, track_ids, labels, augment=False, mask_draw="inclusive"):
         self.cache, self.track_ids, self.labels = cache, [int(t) for t in track_ids], [int(l) for l in labels]
-        self.mean, self.std, self.augment, self.mask_draw = mean, std, augment, mask_draw
+        self.augment, self.mask_draw = augment, mask_draw
 
     def __len__(self):
         return len(self.track_ids) * (2 if self.augment else 1)
@@ -220,8 +220,6 @@ class MelDataset(Dataset):
         if index >= len(self.track_ids):
             uniforms = draw_mask_uniforms(1) if uniforms is None else torch.tensor([uniforms], dtype=torch.float64)
             mel = spec_augment(mel[None], uniforms, self.mask_draw)[0]
-        if self.mean is not None:
-            mel = (mel - self.mean) / self.std
         return mel, self.labels[clip]
 
 
@@ -371,7 +369,7 @@ def train_sampler(size, seed, shuffle, augment, augment_masks, labels=None):
 class LoaderSettings:
     """How make_loaders feeds the splits to a model (main.py builds it once from its keys)."""
     num_workers: int = 0              # DataLoader worker processes (0: the main process loads)
-    standardise: bool = False         # dB standardised with the training split's mean and std, else raw dB
+    standardise: bool = False         # compute the training split's dB mean and std (the model's Standardise uses them)
     augment: bool = False             # append a SpecAugment copy of every training clip
     augment_masks: str = "per_epoch"  # the copies' masks redrawn per epoch or fixed (AUGMENT_MASKS)
     mask_draw: str = "inclusive"      # how a mask's width and start are drawn (MASK_DRAWS)
@@ -382,8 +380,8 @@ class LoaderSettings:
 
 
 def make_loaders(cache, splits, batch_size, settings=LoaderSettings(), shard=(0, 1)):
-    """({"train", "val", "test"} DataLoaders, {"mean", "std"}) as ``settings`` (LoaderSettings) describe.
-    Broken tracks (listed in the cache's report) are left out. shard=(rank, processes) under torchrun:
+    """({"train", "val", "test"} DataLoaders of raw dB, {"mean", "std"}: None unless settings.standardise) as
+    ``settings`` (LoaderSettings) describe. Broken tracks (listed in the cache's report) are left out. shard=(rank, processes) under torchrun:
     this process's part of every global batch of batch_size, and its block of the evaluation splits
     (ShardSampler, EvalShard)."""
     unknown = [t for frame in splits.values() for t in frame.index if t not in cache._rows]
@@ -402,7 +400,7 @@ def make_loaders(cache, splits, batch_size, settings=LoaderSettings(), shard=(0,
     loaders = {}
     for name, frame in usable.items():
         train = name == "train"
-        data = MelDataset(cache, frame.index, frame["label"], mean, std, augment=train and settings.augment,
+        data = MelDataset(cache, frame.index, frame["label"], augment=train and settings.augment,
                           mask_draw=settings.mask_draw)
         if train:
             labels = [data.labels[i % len(data.labels)] for i in range(len(data))] if settings.balanced else None

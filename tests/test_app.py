@@ -45,9 +45,10 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("app")
     torch.manual_seed(0)
     model = models_utils.init_weights(CNN1D(n_mels=128, n_frames=N_FRAMES, n_classes=8, faithful=False))
+    model.standardise.use(-45.0, 18.0)
     checkpoint = models_utils.make_checkpoint(
         "cnn1d", {"n_mels": 128, "n_frames": N_FRAMES, "n_classes": 8, "faithful": False}, model.state_dict(),
-        fma.FMA_SMALL_GENRES, {**utils.PREPROCESSING, "n_frames": N_FRAMES}, {"mean": -45.0, "std": 18.0},
+        fma.FMA_SMALL_GENRES, {**utils.PREPROCESSING, "n_frames": N_FRAMES},
         config={"model": "cnn1d", "subset": "small", "split": "official", "select_metric": "macro_f1"},
         training={"epoch": 7, "best_val_score": 0.4321})
     models_utils.save_checkpoint(checkpoint, root / "run" / "best.pt")
@@ -370,11 +371,11 @@ def test_a_multilabel_checkpoint_shows_the_genres_above_their_thresholds(browser
                                   "title": ["Rock", "Punk", "Hardcore", "Indie", "Jazz"]}
     torch.manual_seed(0)
     model = models_utils.init_weights(CNN1D(n_mels=128, n_frames=N_FRAMES, n_classes=len(ids), faithful=False))
+    model.standardise.use(-45.0, 18.0)
     # thresholds 0 and above 1: Rock > Punk, Rock and Jazz are shown whatever the (untrained) model says
     checkpoint = models_utils.make_checkpoint(
         "cnn1d", {"n_mels": 128, "n_frames": N_FRAMES, "n_classes": len(ids), "faithful": False}, model.state_dict(),
-        tree["title"], {**utils.PREPROCESSING, "n_frames": N_FRAMES}, {"mean": -45.0, "std": 18.0},
-        genres={"ids": ids, "tree": tree, "thresholds": [0.0, 0.0, 1.01, 1.01, 0.0]})
+        tree["title"], {**utils.PREPROCESSING, "n_frames": N_FRAMES}, genres={"ids": ids, "tree": tree, "thresholds": [0.0, 0.0, 1.01, 1.01, 0.0]})
     models_utils.save_checkpoint(checkpoint, tmp_path / "run" / "best.pt")
     process, served = serve(tmp_path / "run" / "best.pt", tmp_path)
     try:

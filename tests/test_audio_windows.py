@@ -143,7 +143,7 @@ def test_predicting_a_long_file_needs_far_less_memory_than_its_decoded_audio(tmp
     checkpoint = tmp_path / "cnn1d.pt"
     models_utils.save_checkpoint(models_utils.make_checkpoint(
         "cnn1d", {"n_mels": 128, "n_frames": 1291, "n_classes": 8, "faithful": True}, CNN1D().state_dict(),
-        fma.FMA_SMALL_GENRES, P, {"mean": None, "std": None}), checkpoint)
+        fma.FMA_SMALL_GENRES, P), checkpoint)
     minutes, rate = 20, 22050
     warm_up, long = tmp_path / "warm_up.wav", tmp_path / "long.wav"
     sf.write(warm_up, noisy_tone(240, rate), rate, subtype="PCM_16")

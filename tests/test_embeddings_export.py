@@ -23,7 +23,7 @@ import models_utils
 import pre_trained_models as ptm
 import utils
 from fma_genres.inference import audio_windows, export, predict
-from models import MODELS
+from models import MODELS, accepted_args
 
 ROOT = Path(__file__).resolve().parents[1]
 N_FRAMES = 100
@@ -42,17 +42,17 @@ def tone(seconds, rate, seed, channels=1):
 def write_checkpoint(path, name, faithful):
     """A randomly initialised model in the project's checkpoint format; faithful=False is standardised."""
     torch.manual_seed(0)
-    model_args = {"n_mels": 128, "n_frames": N_FRAMES, "n_classes": len(GENRES), "faithful": faithful}
+    model_args = accepted_args(name, n_mels=128, n_frames=N_FRAMES, n_classes=len(GENRES), faithful=faithful)
     model = models_utils.init_weights(MODELS[name](**model_args))
     if faithful:  # random weights on raw dB give one-hot probabilities, which would hide differences
         with torch.no_grad():
             logit_scale = model.eval()(-80.0 * torch.rand(4, 128, N_FRAMES))[0].std()
-            fc = predict.last_linear(model)
-            fc.weight.div_(logit_scale)
-            fc.bias.div_(logit_scale)
-    normalisation = {"mean": None, "std": None} if faithful else {"mean": MEAN, "std": STD}
+            model.head.weight.div_(logit_scale)
+            model.head.bias.div_(logit_scale)
+    else:
+        model.standardise.use(MEAN, STD)
     models_utils.save_checkpoint(models_utils.make_checkpoint(
-        name, model_args, model.state_dict(), GENRES, PREPROCESSING, normalisation), path)
+        name, model_args, model.state_dict(), GENRES, PREPROCESSING), path)
     return path
 
 
@@ -76,13 +76,13 @@ def test_embedding_sizes_are_the_documented_ones():
     sizes = {name: predict.embeddings(MODELS[name]().eval(), torch.zeros(1, 128, 1291)).shape
              for name in MODELS}
     assert sizes == {"cnn1d": (1, 4864), "cnn2d": (1, 64), "crnn": (1, 128)}
-    assert [type(predict.last_linear(MODELS[name]())) for name in MODELS] == [torch.nn.Linear] * 3
+    assert {name: MODELS[name]().head.in_features for name in MODELS} == {k: v[1] for k, v in sizes.items()}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_embedding_is_the_last_linear_input_averaged_over_windows(name, tmp_path):
-    """The last Linear of the averaged embedding gives the average of the windows' logits (it is linear),
-    so the hook read the right layer, through the Standardised wrapper, batched across tracks."""
+def test_embedding_is_the_head_input_averaged_over_windows(name, tmp_path):
+    """The (corrected, linear) head of the averaged embedding gives the average of the windows' logits, so
+    the embedding is what the head reads, of standardised input, batched across tracks."""
     long_track, short_track = tmp_path / "long.wav", tmp_path / "short.flac"
     sf.write(long_track, tone(8, 22050, seed=1), 22050)       # 8 s: several 100-frame windows
     sf.write(short_track, tone(1, 44100, seed=2, channels=2), 44100)  # shorter than a window: padded
@@ -90,11 +90,11 @@ def test_embedding_is_the_last_linear_input_averaged_over_windows(name, tmp_path
     results = list(predict.predict(model, checkpoint, [long_track, short_track], batch_size=3,
                                      outputs=predict.embeddings))
     assert [(path, n, error) for path, _, n, error in results] == [(long_track, 5, None), (short_track, 1, None)]
-    fc = predict.last_linear(model)
+    fc = model.head
     for path, embedding, _, _ in results:
         windows = torch.from_numpy(np.stack(list(audio_windows.track_windows(path, PREPROCESSING, N_FRAMES // 2))))
         with torch.no_grad():
-            logits = model.model((windows.float() - MEAN) / STD)[0].double()
+            logits = model(windows.float())[0].double()
             from_embedding = torch.from_numpy(embedding) @ fc.weight.double().T + fc.bias.double()
         assert len(windows) == 1 or logits.std(dim=0).max() > 1e-4  # the windows differ: averaging is tested
         np.testing.assert_allclose(from_embedding.numpy(), logits.mean(dim=0).numpy(), atol=1e-4)
@@ -142,19 +142,21 @@ def test_export_matches_pytorch_with_dynamic_batch_and_metadata(name, faithful, 
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     assert [i.shape for i in session.get_inputs()] == [["batch", 128, N_FRAMES]]
     props = {key: json.loads(value) for key, value in session.get_modelmeta().custom_metadata_map.items()}
-    assert props["class_names"] == GENRES and props["model"] == name and props["faithful"] == faithful
+    assert props["class_names"] == GENRES and props["model"] == name
+    assert props["faithful"] == (faithful or name == "cnn2d")  # CNN2D's forward pass is the original's either way
     assert {key: props[key] for key in utils.PREPROCESSING} == PREPROCESSING
 
-    bare = MODELS[name](n_mels=128, n_frames=N_FRAMES, n_classes=len(GENRES), faithful=faithful)
-    bare.load_state_dict(torch.load(checkpoint_path, weights_only=True)["state_dict"])
+    bare = MODELS[name](**accepted_args(name, n_mels=128, n_frames=N_FRAMES, n_classes=len(GENRES), faithful=faithful))
+    bare.load_state_dict(torch.load(checkpoint_path, weights_only=True)["state_dict"])  # its Standardise buffers too
+    assert bare.standardise.mean.item() == (0.0 if faithful else MEAN)
     bare.eval()
     spectrograms = [audio_windows.window_db(tone(3, 22050, seed)[:N_FRAMES * 512], PREPROCESSING)
                     for seed in range(5)]
     for batch in (1, 5):  # another size than the export's example: the batch dimension is dynamic
         mel_db = np.stack(spectrograms[:batch]).astype(np.float32)
         x = torch.from_numpy(mel_db)
-        with torch.no_grad():  # standardisation, when the model was trained with it, is the graph's job
-            expected = bare(x if faithful else (x - MEAN) / STD)[1].numpy()
+        with torch.no_grad():  # standardisation, when the model was trained with it, is in the graph too
+            expected = bare(x)[1].numpy()
         (got,) = session.run(["probabilities"], {"mel_db": mel_db})
         assert got.shape == (batch, len(GENRES)) and (batch == 1 or expected.std(axis=0).max() > 0.01)
         np.testing.assert_allclose(got, expected, atol=1e-4)

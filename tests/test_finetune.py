@@ -13,7 +13,8 @@ import models_utils
 from fma_genres import configurator
 from fma_genres.runtime.errors import ConfigError
 from fma_genres.training import finetune
-from models import build_model
+from fma_genres.inference import predict
+from models import CNN1D, build_model
 from models_utils import CheckpointError
 
 PITCHES = (220.0, 440.0, 880.0)
@@ -96,8 +97,12 @@ def test_other_genres_get_a_new_classifier_on_loaded_frozen_features(source, tmp
     assert tuned["class_names"] == ["x_low", "y_mid"] and tuned["training"]["epoch"] == 2
     assert tuned["config"]["init_from"] == str(source) and tuned["config"]["freeze"] == "features"
     for key, value in before["state_dict"].items():  # weights and BatchNorm statistics: the source's, unchanged
-        if not key.startswith("fc1."):
+        if not key.startswith(("fc1.", "standardise.")):
             assert torch.equal(tuned["state_dict"][key], value), key
+    # the input's standardisation (faithful=False): each run's own training split's statistics, in the model
+    scaling = {run: (c["state_dict"]["standardise.mean"].item(), c["state_dict"]["standardise.std"].item())
+               for run, c in (("source", before), ("tuned", tuned))}
+    assert scaling["source"][0] < -1 and scaling["source"][1] > 1 and scaling["tuned"] != scaling["source"], scaling
     assert tuned["state_dict"]["fc1.weight"].shape == (2, 128)
 
 
@@ -113,9 +118,28 @@ def test_without_freeze_the_features_are_loaded_and_the_classifier_kept_fresh(so
     assert new == [] and torch.equal(same.fc1.weight, models_utils.load_checkpoint(source)["state_dict"]["fc1.weight"])
 
 
+class WithProbe(CNN1D):
+    """A CNN1D with a Linear layer defined after its head (say, an auxiliary output): not the classifier."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.probe = torch.nn.Linear(4, 2)
+
+
+def test_fine_tuning_takes_the_models_head_not_its_last_linear_layer():
+    model = finetune.freeze(WithProbe(n_frames=96, n_classes=3), "features")
+    assert [name for name, p in model.named_parameters() if p.requires_grad] == ["fc1.weight", "fc1.bias"]
+    assert finetune.head_prefix(model) == "fc1."
+    x = torch.randn(2, 128, 96) * 20 - 40
+    with torch.no_grad():  # embeddings are what that head reads, and the logits are the head's of them
+        embeddings = predict.embeddings(model.eval(), x)
+        assert embeddings.shape == (2, model.fc1.in_features) and torch.equal(model.head(embeddings), model(x)[0])
+
+
 def test_the_originals_bare_state_dicts_are_a_source_too(tmp_path):
     original = build_model("cnn1d", n_mels=128, n_frames=1291, n_classes=8)
-    torch.save(original.state_dict(), tmp_path / "CNN1D.pt")  # the original's format: tensors only
+    weights = {k: v for k, v in original.state_dict().items() if not k.startswith("standardise.")}
+    torch.save(weights, tmp_path / "CNN1D.pt")  # the original's format: tensors only, no Standardise layer
     model = build_model("cnn1d", n_mels=128, n_frames=1291, n_classes=10)
     loaded, new = finetune.load_features(model, tmp_path / "CNN1D.pt", "cnn1d", [str(k) for k in range(10)])
     assert new == ["fc1.weight", "fc1.bias"] and torch.equal(model.layer1[0].weight, original.layer1[0].weight)

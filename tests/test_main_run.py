@@ -106,13 +106,14 @@ def test_checkpoints_hold_everything_to_rebuild_and_resume(full_run):
     best = models_utils.load_checkpoint(full_run / "best.pt")
     # the one layout, models_utils.make_checkpoint: what rebuilds the model, then what resumes the run
     assert set(last) == {"format", "version", "model", "model_args", "state_dict", "class_names", "preprocessing",
-                         "normalisation", "config", "provenance", "training"}
+                         "config", "provenance", "training"}
     for key in ("epoch", "metrics", "optimizer", "scheduler", "history", "best_val_accuracy", "examples_seen"):
         assert key in last["training"], key
     assert last["training"]["epoch"] == 4 and last["model"] == "cnn1d"
     assert last["model_args"] == {"n_mels": 128, "n_frames": 96, "n_classes": 8, "faithful": True}
     assert last["preprocessing"]["n_frames"] == 96 and last["config"]["lr"] == 1e-3
-    assert last["config"]["standardise"] is False and last["normalisation"] == {"mean": None, "std": None}
+    assert last["config"]["standardise"] is False  # raw dB: the Standardise layer's identity
+    assert (last["state_dict"]["standardise.mean"], last["state_dict"]["standardise.std"]) == (0, 1)
     metrics = json.loads((full_run / "metrics.json").read_text())
     assert best["training"]["epoch"] == metrics["best_epoch"] == metrics["reported_epoch"]
     for record in (last["provenance"], metrics["provenance"]):  # what produced the run

@@ -17,6 +17,8 @@ import torch
 import models_utils
 from fma_genres.runtime import atomic
 from models import CNN1D, CRNN, build_model
+from fma_genres import tasks
+from fma_genres.inference import predict
 from fma_genres.metrics import classification_metrics
 from fma_genres.report_figures import plot_confusion_matrix, plot_roc_curves
 from models_utils import CheckpointError, compile_model, init_weights, load_checkpoint, model_from_checkpoint, plot_training_curves, save_checkpoint
@@ -61,8 +63,7 @@ def test_unknown_init_method_is_rejected():
 def make_checkpoint(model):
     return models_utils.make_checkpoint(
         "cnn1d", {"n_mels": 128, "n_frames": 431, "n_classes": 4, "faithful": True}, model.state_dict(),
-        ["a", "b", "c", "d"], {"sample_rate": 22050, "n_frames": 431}, {"mean": None, "std": None},
-        training={"epoch": 3})
+        ["a", "b", "c", "d"], {"sample_rate": 22050, "n_frames": 431}, training={"epoch": 3})
 
 
 def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
@@ -79,6 +80,21 @@ def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x)[0], model(x)[0])
     assert not rebuilt.training
+
+
+def test_a_saved_checkpoint_carries_the_models_standardisation(tmp_path):
+    torch.manual_seed(0)
+    model = CNN1D(n_frames=431, n_classes=4).eval()
+    model.standardise.use(-47.3, 16.1)
+    save_checkpoint(make_checkpoint(model), tmp_path / "best.pt")
+    checkpoint = load_checkpoint(tmp_path / "best.pt")
+    assert "normalisation" not in checkpoint  # the state_dict holds it, once
+    rebuilt = model_from_checkpoint(checkpoint)
+    assert rebuilt.standardise.mean.item() == pytest.approx(-47.3) and rebuilt.standardise.std.item() == pytest.approx(16.1)
+    x = torch.randn(2, 128, 431) * 20 - 40
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x)[0], model(x)[0])
+        assert not torch.allclose(rebuilt(x)[0], CNN1D(n_frames=431, n_classes=4).eval()(x)[0])
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path):
@@ -279,7 +295,8 @@ def test_ctrl_c_during_save_completes_the_file_then_interrupts(tmp_path, keyboar
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
 
 
-V1 = Path(__file__).parent / "data" / "checkpoint_v1_cnn1d.pt"
+DATA = Path(__file__).parent / "data"
+V1, V2 = DATA / "checkpoint_v1_cnn1d.pt", DATA / "checkpoint_v2_cnn2d.pt"
 
 
 def test_a_format_1_checkpoint_still_loads_and_predicts_the_same():
@@ -289,6 +306,7 @@ def test_a_format_1_checkpoint_still_loads_and_predicts_the_same():
     assert expected["version"] == 1 and "optimizer" in expected["keys"]  # the old layout, for real
     checkpoint = load_checkpoint(V1)
     assert checkpoint["version"] == models_utils.CHECKPOINT_VERSION and "faithful" not in checkpoint
+    assert "normalisation" not in checkpoint and checkpoint["state_dict"]["standardise.std"] == 1  # raw dB
     assert checkpoint["training"]["epoch"] == 1 and "optimizer" in checkpoint["training"]
     assert checkpoint["config"]["standardise"] is False and checkpoint["provenance"] == {}
     x = torch.randn(*expected["shape"], generator=torch.Generator().manual_seed(0)) * 20 - 40
@@ -296,6 +314,33 @@ def test_a_format_1_checkpoint_still_loads_and_predicts_the_same():
         logits = model_from_checkpoint(checkpoint)(x)[0]
     torch.testing.assert_close(logits, torch.tensor(expected["logits"]), rtol=0, atol=1e-5)
     assert checkpoint["class_names"] == expected["class_names"]
+
+
+def test_a_format_2_checkpoint_migrates_its_normalisation_into_the_model():
+    """tests/data/checkpoint_v2_cnn2d.pt (a standardised CNN2D, format 2: its {"mean", "std"} beside the
+    weights, and model_args' faithful, which CNN2D no longer takes) loads as the current format."""
+    raw = torch.load(V2, weights_only=True)
+    assert raw["version"] == 2 and raw["normalisation"] == {"mean": -41.25, "std": 17.5}  # the old layout, for real
+    assert raw["model_args"]["faithful"] is False
+    checkpoint = load_checkpoint(V2)
+    assert checkpoint["version"] == models_utils.CHECKPOINT_VERSION and "normalisation" not in checkpoint
+    assert "faithful" not in checkpoint["model_args"] and checkpoint["config"]["standardise"] is True
+    model = model_from_checkpoint(checkpoint)
+    assert (model.standardise.mean.item(), model.standardise.std.item()) == (-41.25, 17.5)
+
+
+@pytest.mark.parametrize("path", [V1, V2], ids=["format-1", "format-2"])
+def test_older_formats_predict_what_the_format_2_code_predicted(path):
+    """predictions_format_2.json: the probabilities and embeddings main's format-2 code (git e3dbcd5) gave
+    for each fixture (tests/data/make_checkpoint_v2.py made them); within 1e-6 of them today."""
+    expected = json.loads((DATA / "predictions_format_2.json").read_text())[path.name]
+    model, checkpoint = predict.load_predictor(path)
+    x = torch.randn(*expected["shape"], generator=torch.Generator().manual_seed(0)) * 20 - 40
+    with torch.no_grad():
+        probabilities, embeddings = tasks.of(checkpoint).window_probabilities(model, x), predict.embeddings(model, x)
+    assert probabilities.max(dim=1).values.min() < 0.9  # not saturated: a change would show
+    torch.testing.assert_close(probabilities, torch.tensor(expected["probabilities"]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(embeddings, torch.tensor(expected["embeddings"]), rtol=1e-6, atol=1e-6)
 
 
 def test_a_checkpoint_from_a_newer_version_is_refused_with_the_fix(tmp_path):

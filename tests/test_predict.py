@@ -81,10 +81,11 @@ def wide_checkpoint(tmp_path_factory):
     """A full-width (1,291 frames) standardised CNN1D checkpoint in the project's format."""
     torch.manual_seed(0)
     model = models_utils.init_weights(CNN1D(faithful=False))
+    model.standardise.use(-45.0, 18.0)
     path = tmp_path_factory.mktemp("wide") / "cnn1d.pt"
     models_utils.save_checkpoint(models_utils.make_checkpoint(
         "cnn1d", {"n_mels": 128, "n_frames": 1291, "n_classes": 8, "faithful": False}, model.state_dict(),
-        fma.FMA_SMALL_GENRES, utils.PREPROCESSING, {"mean": -45.0, "std": 18.0}), path)
+        fma.FMA_SMALL_GENRES, utils.PREPROCESSING), path)
     return path
 
 
@@ -118,6 +119,7 @@ def test_window_average_equals_mean_of_direct_window_probabilities(music, wide_c
     assert [(r[0], r[2], r[3]) for r in results] == [(files[0], 1, None), (files[1], 11, None), (files[2], 1, None)]
     raw = CNN1D(faithful=False)
     raw.load_state_dict(checkpoint["state_dict"])
+    raw.standardise.use(None, None)  # direct_probabilities standardises by hand
     raw.eval()
     windows = [list(audio_windows.track_windows(f, utils.PREPROCESSING, hop=645)) for f in files]
     per_window = direct_probabilities(raw, windows[1])
@@ -181,7 +183,7 @@ def test_original_weights_reproduce_expected_outputs():
         model, checkpoint = predict.load_predictor(REFERENCE / f"{file}.pt", name)
         assert checkpoint["class_names"] == fma.FMA_SMALL_GENRES
         assert checkpoint["preprocessing"] == utils.PREPROCESSING
-        assert checkpoint["normalisation"] == {"mean": None, "std": None} and model.faithful
+        assert model.standardise.mean == 0 and model.standardise.std == 1 and checkpoint["model_args"]["faithful"]
         with torch.no_grad():
             logits, probabilities = model(x)
         np.testing.assert_allclose(logits.numpy(), expected[file]["faithful"]["logits"], atol=1e-4)

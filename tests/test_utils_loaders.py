@@ -110,13 +110,12 @@ def test_standardisation_uses_train_split_only(data):
     assert stats["std"] == pytest.approx(train.std(), rel=1e-9)
     everything = normalisation_stats(cache, cache.track_ids)
     assert everything[0] != pytest.approx(stats["mean"], rel=1e-4)
-    x, _ = epoch(loaders["val"])
+    x, _ = epoch(loaders["val"])  # the loaders give raw dB: the model's Standardise layer scales them
     raw = torch.from_numpy(np.stack([cache[t] for t in splits["val"].index]).astype(np.float32))
-    assert torch.allclose(x, (raw - stats["mean"]) / stats["std"], atol=1e-5)
+    assert torch.equal(x, raw)
     clean, masked = loaders["train"].dataset[0][0], loaders["train"].dataset[(15, [[0.5, 0.5]] * 4)][0]
     changed = clean != masked
-    assert changed.any()  # masks are 0 dB before standardisation:
-    assert torch.allclose(masked[changed], torch.tensor((0 - stats["mean"]) / stats["std"]))
+    assert changed.any() and (masked[changed] == 0).all()  # masks are 0 dB before standardisation
 
 
 def test_spec_augment_bounds_and_only_the_augmented_clips():

@@ -6,8 +6,8 @@ training DataLoader. The split's cache rows are copied once into one float16 ten
 stores them) on the training device: on CUDA when they fit its free memory with a margin, else in
 pinned host memory; on a CPU into RAM. Each epoch the sampler's plan (utils.EpochSampler: the order
 and every item's mask uniforms, drawn from the same generator as the DataLoader path's) is cut into
-batches, and each batch is gathered, masked (utils.spec_augment, vectorised over the batch) and
-standardised on that device, so the same seed gives the same batches and masks on both paths.
+batches, and each batch is gathered and masked (utils.spec_augment, vectorised over the batch) on that
+device, so the same seed gives the same batches and masks on both paths (the model standardises its input).
 
     loader = preloaded(loaders["train"], True, torch.device("cpu"))
     for inputs, targets in loader: ...  # float32 (B, n_mels, n_frames); int64 (B,), or (B, G) 0/1 genre rows
@@ -108,10 +108,7 @@ class PreloadedLoader:
         if uniforms is not None:  # on float16, half the bytes: 0 dB is exact in both precisions
             utils.spec_augment(mels, uniforms.to(self.device), self.dataset.mask_draw,
                                augmented=(indices >= n_clips).to(self.device))
-        inputs = mels.float()
-        if self.dataset.mean is not None:  # in place, the same float32 operations as MelDataset's
-            inputs.sub_(self.dataset.mean).div_(self.dataset.std)
-        return inputs, targets
+        return mels.float(), targets
 
 
 def preloaded(loader, preload, device):

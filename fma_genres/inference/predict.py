@@ -3,9 +3,9 @@
 Each track is cut into windows as wide as the model's input (audio_windows.py decodes them as a stream
 in background workers), windows of consecutive tracks share batches, and a track's result is the mean
 over its windows of what the model gives each window: its genre probabilities (predict) or its
-embedding (predict with outputs=embeddings), the input of the model's last Linear layer:
+embedding (predict with outputs=embeddings), what the model's classifier head reads (model.embed):
 
-    model   last Linear   embedding size (default 128 x 1291 input)
+    model   head          embedding size (default 128 x 1291 input)
     cnn1d   fc1           n_mels * T' = 128 * 38 = 4,864 (the last conv block's output, flattened)
     cnn2d   fc3           64 (after fc2, BatchNorm and ReLU)
     crnn    fc1           128 (the LSTM's last step; dropout is the identity in eval mode)
@@ -50,23 +50,11 @@ def find_audio_files(inputs):
 # -----------------------------------------------------------------------------
 # what the model gives each window
 
-def last_linear(model):
-    """The model's last Linear layer (modules() lists layers in the order the models define them)."""
-    return [module for module in model.modules() if isinstance(module, torch.nn.Linear)][-1]
 
 
 def embeddings(model, windows):
-    """(B, D) inputs of the model's last Linear layer for a batch of windows (see the module docstring).
-
-    A forward pre-hook reads them, so one code path serves every model, wrapped (Standardised) or not.
-    """
-    captured = []
-    hook = last_linear(model).register_forward_pre_hook(lambda layer, inputs: captured.append(inputs[0]))
-    try:
-        model(windows)
-    finally:
-        hook.remove()
-    return captured[0].flatten(1)
+    """(B, D) features the model's head reads for a batch of windows (see the module docstring)."""
+    return model.embed(windows)
 
 
 # -----------------------------------------------------------------------------
@@ -133,21 +121,7 @@ def load_predictor(path, model_name=None, device="cpu"):
         hint = f" They fit --model={fits[0]}." if fits else ""
         raise CheckpointError(f"The weights in {path} do not fit model {checkpoint['model']!r} "
                               f"{checkpoint['model_args']}.{hint}") from None
-    normalisation = checkpoint["normalisation"]
-    if normalisation.get("mean") is not None:
-        model = Standardised(model, normalisation["mean"], normalisation["std"])
-    return model, checkpoint
-
-
-class Standardised(torch.nn.Module):
-    """A model trained on standardised dB (faithful=False) made to take raw dB like every other model."""
-
-    def __init__(self, model, mean, std):
-        super().__init__()
-        self.model, self.mean, self.std = model, float(mean), float(std)
-
-    def forward(self, x):
-        return self.model((x - self.mean) / self.std)
+    return model, checkpoint  # it takes raw dB: a standardised model's scaling is in its Standardise layer
 
 
 def window_outputs(checkpoint):

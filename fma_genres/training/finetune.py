@@ -3,9 +3,10 @@
     python main.py --dataset=folder --data_dir=data/gtzan/genres --init_from=runs/crnn/latest/best.pt
     python main.py --init_from=original_weights/CRNN.pt --model=crnn --freeze=features ...   # original weights
 
-Every weight whose name and shape fit is loaded; the classifier (the last Linear layer) starts afresh,
+Every weight whose name and shape fit is loaded; the classifier (the model's ``head``) starts afresh,
 near zero, when the genres differ. The input preprocessing must be the source's (checked before the cache is
-built); the input normalisation, when used, comes from the new training split like any run's. The
+built); the input standardisation (the model's Standardise layer) is never loaded: when used, it comes from
+the new training split like any run's. The
 source stays recorded as config["init_from"] in every checkpoint and in the W&B config.
 Tests: python -m pytest tests/test_finetune.py -q
 """
@@ -56,18 +57,19 @@ def checked_preprocessing(config, preprocessing):
     return preprocessing
 
 
-def classifier(model):
-    """The name of the model's last Linear layer, whose outputs are the genres."""
-    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)][-1]
+def head_prefix(model):
+    """The state_dict prefix of the model's classifier head, whose outputs are the genres."""
+    return next(name for name, module in model.named_modules() if module is model.head) + "."
 
 
 def load_features(model, path, model_name, class_names):
-    """Load init_from's weights that fit into ``model`` (the classifier's only when the genres are the
-    same, in the same order); print the layers loaded and the new ones; return their parameter names."""
+    """Load init_from's weights that fit into ``model`` (the head's only when the genres are the same, in
+    the same order; never its input standardisation); print the layers loaded and the new ones; return
+    their parameter names."""
     source = read_source(path, model_name)
-    head = classifier(model) + "."
+    head = head_prefix(model)
     same_genres = list(source["class_names"]) == list(class_names)
-    own = model.state_dict()
+    own = {key: value for key, value in model.state_dict().items() if not key.startswith("standardise.")}
     loaded = {key: value for key, value in source["state_dict"].items()
               if key in own and own[key].shape == value.shape and (same_genres or not key.startswith(head))}
     if not loaded:
@@ -76,7 +78,7 @@ def load_features(model, path, model_name, class_names):
     model.load_state_dict(loaded, strict=False)
     if not same_genres:
         with torch.no_grad():
-            model.get_submodule(head[:-1]).weight.mul_(NEW_HEAD_SCALE)
+            model.head.weight.mul_(NEW_HEAD_SCALE)
     new = [key for key in own if key not in loaded]
     layers = lambda keys: ", ".join(dict.fromkeys(key.rsplit(".", 1)[0] for key in keys)) or "none"
     why = "" if same_genres else f" (its genres {list(source['class_names'])} are not this dataset's)"
@@ -85,12 +87,12 @@ def load_features(model, path, model_name, class_names):
 
 
 def freeze(model, mode):
-    """freeze=features: only the classifier trains; BatchNorm layers stay on their running statistics."""
+    """freeze=features: only the head trains; BatchNorm layers stay on their running statistics."""
     if mode == "none":
         return model
-    head = classifier(model) + "."
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad = name.startswith(head)
+    head = {id(parameter) for parameter in model.head.parameters()}
+    for parameter in model.parameters():
+        parameter.requires_grad = id(parameter) in head
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in module.parameters()):
             module.train = types.MethodType(stay_in_eval, module)  # model.train() then leaves it in eval mode

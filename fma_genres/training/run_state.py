@@ -123,7 +123,7 @@ def save_epoch(config, data, training, position=None):
     record = state.to_dict(training.optimizer, training.scheduler, position)
     checkpoint = models_utils.make_checkpoint(
         config["model"], state.model_args, training.raw_model.state_dict(), data.class_names, data.preprocessing,
-        data.normalisation, config, state.provenance, record,
+        config, state.provenance, record,
         genres=data.genres and {**data.genres, "thresholds": state.thresholds})
     if position is None and state.best_epoch == state.epoch:
         models_utils.save_checkpoint(models_utils.without_resume_state(checkpoint), out_dir / "best.pt")
