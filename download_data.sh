@@ -32,7 +32,7 @@ die() {  # one paragraph on stderr, then a non-zero exit
     exit 1
 }
 
-# Official SHA1 of each archive (SPEC section 2, from the FMA repository).
+# Official SHA1 of each archive (from the FMA repository; docs/data.md: FMA's files).
 # A case statement rather than an associative array keeps macOS's bash 3.2 working.
 builtin_sha1() {
     case "$1" in

@@ -1,4 +1,4 @@
-"""Train and evaluate one FMA genre classifier end to end (SPEC section 5), nanoGPT style.
+"""Train and evaluate one FMA genre classifier end to end (docs/faithfulness.md), nanoGPT style.
 
 Edit the constants below, or override any of them with a config file and/or --key=value:
 
@@ -41,7 +41,7 @@ from train import EPOCH_LOSSES, EpochHooks, NonFiniteLossError, TrainSettings, c
 
 # -----------------------------------------------------------------------------
 # data
-dataset = "fma"              # fma | folder: data_dir/<genre>/**/<audio> | csv: data_dir is a CSV (README: Your own music)
+dataset = "fma"              # fma | folder: data_dir/<genre>/**/<audio> | csv: data_dir is a CSV (docs/data.md: Your own music)
 data_dir = "data"            # FMA: holds fma_metadata/ and fma_<subset>/ (download_data.sh's layout); the folder or CSV
 subset = "small"             # FMA subset: small (8 balanced genres) | medium (16, unbalanced) | large
 target = "genre_top"         # genre_top: one top genre per clip | genres_all: every genre of FMA's tree, multi-label (multilabel.py)

@@ -3,7 +3,7 @@
 Every model takes a batch of mel-spectrograms in decibels, shape (batch, n_mels, n_frames), and
 returns ``(logits, probabilities)``. Layer sizes derive from the constructor arguments; with the
 defaults (128 x 1291 input, 8 classes) the parameter counts are exactly the original's:
-CNN1D 236,680, CNN2D 37,912,576, CRNN 438,808 (SPEC.md section 4).
+CNN1D 236,680, CNN2D 37,912,576, CRNN 438,808 (docs/faithfulness.md: Models).
 
 ``faithful=True`` reproduces the original forward pass, quirks included, so the original's trained
 weights give the original's outputs; ``faithful=False`` is the corrected pass. Parameter names and

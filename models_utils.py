@@ -44,7 +44,7 @@ INITIALISERS = {
 
 
 def init_weights(model, method="kaiming"):
-    """Initialise Linear/Conv1d/Conv2d weights as the original did (SPEC section 4); biases to zero.
+    """Initialise Linear/Conv1d/Conv2d weights as the original did (docs/faithfulness.md: Models); biases to zero.
 
     "kaiming": Kaiming-uniform (a=0, fan_in, leaky_relu); "xavier": Xavier-uniform. LSTM and
     batch-norm layers keep PyTorch's defaults.

@@ -1,7 +1,7 @@
 """Data pipeline: audio -> mel-spectrogram (dB) -> SpecAugment -> DataLoaders over the cache (FMA's metadata:
 fma_genres/data/fma.py).
 
-SPEC.md sections 2, 3 and 5 are the reference. A library for main.py, pre_trained_models.py and
+docs/faithfulness.md and docs/data.md state the facts it follows. A library for main.py, pre_trained_models.py and
 cache.py (the float16 spectrogram cache, built from clip_spectrogram below); its tests:
 python -m pytest tests/test_utils*.py -q
 """
@@ -23,7 +23,7 @@ PREPROCESSING = {"sample_rate": 22050, "n_fft": 2048, "hop_length": 512, "n_mels
 # A clip decoding to fewer than 90% of the window's frames (26.98 s of the 29.98 s window) is broken;
 # a clip between 90% and 100% is padded at the end with its own minimum dB (its silence floor).
 MIN_CLIP_FRACTION = 0.9
-# Augmentation (SPEC section 5): two band masks of up to 25% of the bands, two time masks of up to
+# Augmentation (docs/faithfulness.md): two band masks of up to 25% of the bands, two time masks of up to
 # 15% of the frames, set to 0 dB.
 BAND_MASK_FRACTION, TIME_MASK_FRACTION, MASKS_PER_AXIS = 0.25, 0.15, 2
 # How a mask's width and start are drawn. inclusive: width uniform in 0..int(fraction * n) and start
@@ -87,7 +87,7 @@ def resample(mono, native_rate, sample_rate):
 def _mel_transform(sample_rate, n_fft, hop_length, n_mels):
     import torchaudio  # here, as below: only decoding clips needs it, not the start-up
 
-    # These options make torchaudio match librosa.feature.melspectrogram's defaults (SPEC section 3).
+    # These options make torchaudio match librosa.feature.melspectrogram's defaults (docs/faithfulness.md: Preprocessing).
     return torchaudio.transforms.MelSpectrogram(
         sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=0.0,
         f_max=sample_rate / 2, power=2.0, norm="slaney", mel_scale="slaney", center=True,

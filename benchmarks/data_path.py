@@ -1,4 +1,4 @@
-"""Benchmarks of issue 15: the training data path (DataLoader against preload.py) and start-up imports.
+"""Benchmarks of the training data path (DataLoader against preload.py) and start-up imports.
 On CUDA, the GPU's share of time waiting for data is benchmarks/gpu.py's (the one GPU check).
 
     python benchmarks/data_path.py                    # full size; writes benchmarks/results_data_path.md

@@ -72,7 +72,7 @@ SIZES = {
                  backend="eager", last_batch_model="cnn1d", ddp_model="cnn1d", ddp_steps=2, threads=1,
                  windows=8, tracks=2, caps={"t": 120, "a": 60, "b": 60, "c": 60, "d": 120, "e": 60}),
 }
-ORIGINAL_SECONDS = {"cnn1d": 900, "cnn2d": 5180, "crnn": 6220}  # 30 epochs on fma_small (SPEC section 5)
+ORIGINAL_SECONDS = {"cnn1d": 900, "cnn2d": 5180, "crnn": 6220}  # 30 epochs on fma_small (docs/faithfulness.md)
 
 
 # ----------------------------------------------------------------------------- the machine and the report

@@ -4,7 +4,7 @@
     python benchmarks/run.py --only=cache,loading     # some parts: cache, loading, training, predict, ddp, allocator
     python benchmarks/run.py --size=tiny              # smoke test in seconds: every row, numbers meaningless
 
-Parts (issue 6):
+Parts:
   cache     tracks/s building the mel cache from generated 30 s 44.1 kHz stereo MP3s:
             cache.build_cache with 1 worker and with all cores against the original's sequential
             librosa.load + melspectrogram + power_to_db + np.save per track.
@@ -26,7 +26,7 @@ Parts (issue 6):
   allocator CRNN and CNN2D training steps (batch 50, eager) with glibc's default malloc against
             allocator.keep_large_allocations(), each in a fresh process (benchmarks/train_step.py:
             malloc settings apply from process start): step time, kernel share of the CPU time, page
-            faults per step and peak resident memory: the speed/memory trade-off of issue 16.
+            faults per step and peak resident memory: the speed/memory trade-off of fma_genres/runtime/allocator.py.
 
 Contenders alternate (A/B/C, then C/B/A, ...) so a busy machine slows all of them alike; each row is
 the median over rounds. Generated data lives under data/benchmarks/ (git-ignored) and is reused.

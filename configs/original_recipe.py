@@ -1,5 +1,5 @@
-# The original's training procedure (SPEC section 5), for the rows of its results table that include
-# this file. Every key below changes the numbers; README's "Differences from the original" table says
+# The original's training procedure (docs/faithfulness.md: Training, as the original ran it), for the rows of its results table that include
+# this file. Every key below changes the numbers; docs/faithfulness.md's table of differences says
 # what this project does by default instead, and why.
 split = "random"              # a random stratified 80/20 split; its held-out part is both val and test
 train_size = 0.8

@@ -28,7 +28,7 @@ SMALL = dict(PREPROCESSING, n_frames=100)  # the 2.5 s fixture clips have 107 fr
 
 
 def librosa_db(path):
-    """The reference: librosa's own decode, mel-spectrogram and power_to_db (SPEC section 3)."""
+    """The reference: librosa's own decode, mel-spectrogram and power_to_db (docs/faithfulness.md: Preprocessing)."""
     y, sr = librosa.load(path, sr=22050)
     return librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=sr), ref=1.0, amin=1e-10, top_db=80)
 

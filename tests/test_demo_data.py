@@ -145,7 +145,7 @@ def test_refuses_to_overwrite_a_real_fma_folder(tmp_path):
 
 
 def test_genres_are_separable_from_mel_spectrograms(demo):
-    """Leave-one-out nearest centroid on mean mel-band profiles (SPEC section 3 preprocessing)."""
+    """Leave-one-out nearest centroid on mean mel-band profiles (docs/faithfulness.md: Preprocessing)."""
     tracks = read_tracks(demo)
     profiles = []
     for path in mp3_paths(demo).values():

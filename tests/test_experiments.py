@@ -1,5 +1,5 @@
 """experiments.py on the tiny FMA-format dataset (conftest's fma_small; CNN1D, 96 frames): an interrupted
-Optuna study continued, with a resumed trial and a pruned one; README's tune commands (the default space
+Optuna study continued, with a resumed trial and a pruned one; docs/experiments.md's tune commands (the default space
 narrowed by the fixed keys, refusals that leave nothing behind); repeat over seeds (summary statistics
 by hand, reruns); ensembles in pre_trained_models.py; sweep.yaml's keys. Several processes on one
 study, killed ones, PostgreSQL: test_studies.py."""
@@ -122,7 +122,7 @@ def test_a_continued_study_refuses_other_fixed_arguments(study):
 
 
 # -----------------------------------------------------------------------------
-# README's tune commands (each with tiny data, 1 epoch): the default space less the fixed keys
+# docs/experiments.md's tune commands (each with tiny data, 1 epoch): the default space less the fixed keys
 
 def tiny(data_dir):
     return [f"--data_dir={data_dir}", "--n_frames=96", "--download=False", "--wandb_mode=disabled", "--num_workers=0",

@@ -1,4 +1,4 @@
-"""Types for what travels (issue 25 part 2): the training state's checkpoint layout defined once, FMA's
+"""Types for what travels : the training state's checkpoint layout defined once, FMA's
 metadata read by one module for every target, and library functions that take a few fields, not the config."""
 import ast
 import math
@@ -16,7 +16,7 @@ MAX_PARAMETERS = 7
 # Functions still over the limit, each left to the change that owns it; the test fails once one is fixed,
 # so the list only shrinks.
 OVER_THE_LIMIT = {
-    "models_utils.make_checkpoint": "the checkpoint format's own change (issue 25, the model contract) regroups it",
+    "models_utils.make_checkpoint": "the checkpoint format's own change regroups it",
     "fma_genres/inference/predict.predict": "prediction's options (hop, windows, batch, workers, outputs) are "
                                              "the inference layer's to group",
 }

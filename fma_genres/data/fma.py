@@ -1,4 +1,4 @@
-"""FMA's metadata (tracks.csv, genres.csv): the tracks of a subset, their labels and splits (SPEC 2)."""
+"""FMA's metadata (tracks.csv, genres.csv): the tracks of a subset, their labels and splits (docs/data.md: FMA's files)."""
 from pathlib import Path
 
 import pandas as pd

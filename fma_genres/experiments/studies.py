@@ -5,7 +5,7 @@ be reached), an existing study found without creating anything, and the trials o
     storage, recorded = studies.find_study(url, name)   # (None, None): no study (and no file) yet
     studies.requeue_orphans(study, lock_path)           # this machine's dead trials, queued to resume
 
-PostgreSQL needs its driver: pip install -r requirements-postgres.txt (README, "Experiments").
+PostgreSQL needs its driver: pip install -r requirements-postgres.txt (docs/experiments.md).
 """
 import socket
 import time

@@ -138,7 +138,7 @@ def open_audio(path):
 
 
 def truncated(path, seconds, declared):
-    """A truncated download decodes "successfully" to a short signal (SPEC section 2): it must not pass for a short track."""
+    """A truncated download decodes "successfully" to a short signal (docs/data.md: Broken tracks): it must not pass for a short track."""
     return errors.AudioError(f"{path}: decodes to {seconds:.2f} s of audio but its header declares {declared:.2f} s: "
                             f"the file is truncated or corrupt. Download or copy it again.")
 

@@ -6,7 +6,7 @@
     log.final(config, data, metrics, result, files) # test metrics, tables, plots, figures, the checkpoint
     log.finish(exit_code)
 
-Every key is train/*, val/* or test/* (README, "Reviewing a run on Weights & Biases", lists them), plus
+Every key is train/*, val/* or test/* (docs/wandb.md lists them), plus
 W&B's own gradients/* and parameters/* histograms with watch=True. The step is the number of training
 examples seen in the run, as the original logged it, so train/loss points and epoch rows share one
 axis, also across a resumed run. A run is offline unless an API key is configured; W&B never prompts.

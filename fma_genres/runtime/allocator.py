@@ -1,4 +1,4 @@
-"""Keep large freed memory in the process: glibc's malloc tuned for CPU training (issue 16).
+"""Keep large freed memory in the process: glibc's malloc tuned for CPU training.
 
     from fma_genres.runtime import allocator
     allocator.keep_large_allocations()   # first thing in a script, before torch allocates anything
