@@ -10,7 +10,7 @@ Adding a metric is one register() call. ``compute(targets, probabilities, genres
 are class indices (N,) and probabilities (N, C) softmax; multi-label targets are 0/1 rows (N, G) and
 probabilities (N, G) sigmoids, ``genres`` the checkpoint's {"ids", "tree", "thresholds"} (None while
 training: the default thresholds). A value may be None where a metric is undefined (a genre without
-positives); an undefined score never selects best.pt (it counts as 0). Tests: tests/test_metrics.py.
+positives); an undefined score never selects best.pt (it counts as 0). Tests: tests/test_tasks.py (a metric registered in a test is selectable, summarised and logged).
 """
 import warnings
 from dataclasses import dataclass
