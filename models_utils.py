@@ -90,22 +90,23 @@ def compile_model(model, backend="inductor"):
 # -----------------------------------------------------------------------------
 # checkpoints
 
-def make_checkpoint(model, model_args, state_dict, class_names, preprocessing, config=None,
-                    provenance=None, training=None, genres=None):
+def make_checkpoint(model, model_args, state_dict, class_names, preprocessing, genres=None, run=None):
     """The one checkpoint layout (format 3), from which inference rebuilds everything.
 
     model, model_args: ``build_model(model, **model_args)`` rebuilds the network (model_args holds
     n_mels, n_frames, n_classes and, for the models with a quirk, faithful); state_dict: its weights,
     the input's standardisation included (models.Standardise's buffers); class_names: output index ->
-    genre; preprocessing: audio -> dB parameters (utils.PREPROCESSING); config: the run's config; provenance: commit, versions, hardware, command line;
-    training: what resumes the run exactly (epoch, optimizer, scheduler, history, ...), or None.
+    genre; preprocessing: audio -> dB parameters (utils.PREPROCESSING). run: the run that trained it,
+    {"config": its config, "provenance": commit, versions, hardware, command line, "training": what resumes
+    it exactly (run_state.TrainingState.to_dict: epoch, optimizer, scheduler, history, ...)}, each optional.
     genres (multi-label models only, target=genres_all): {"ids": FMA genre id per output, "tree": genres.csv's
     id/parent/title lists, "thresholds": per output, tuned on validation}; the checkpoint then also records
     its task, target=genres_all (tasks.of reads it). Without it the layout is the single-label one.
     """
     checkpoint = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": model,
                   "model_args": dict(model_args), "state_dict": state_dict, "class_names": list(class_names),
-                  "preprocessing": dict(preprocessing), "config": dict(config or {}), "provenance": dict(provenance or {}), "training": training}
+                  "preprocessing": dict(preprocessing), "config": dict((run or {}).get("config") or {}),
+                  "provenance": dict((run or {}).get("provenance") or {}), "training": (run or {}).get("training")}
     if genres is not None:
         checkpoint.update(target=tasks.GenreTree.name, genres=dict(genres))
     return checkpoint

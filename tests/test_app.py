@@ -49,8 +49,8 @@ def tiny(tmp_path_factory):
     checkpoint = models_utils.make_checkpoint(
         "cnn1d", {"n_mels": 128, "n_frames": N_FRAMES, "n_classes": 8, "faithful": False}, model.state_dict(),
         fma.FMA_SMALL_GENRES, {**utils.PREPROCESSING, "n_frames": N_FRAMES},
-        config={"model": "cnn1d", "subset": "small", "split": "official", "select_metric": "macro_f1"},
-        training={"epoch": 7, "best_val_score": 0.4321})
+        run={"config": {"model": "cnn1d", "subset": "small", "split": "official", "select_metric": "macro_f1"},
+             "training": {"epoch": 7, "best_val_score": 0.4321}})
     models_utils.save_checkpoint(checkpoint, root / "run" / "best.pt")
     (root / "run" / "metrics.json").write_text(json.dumps({"test_accuracy": 0.375, "macro_f1": 0.25}))
     write_mp3(root / "song.mp3", 12, seed=1)

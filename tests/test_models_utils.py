@@ -63,7 +63,7 @@ def test_unknown_init_method_is_rejected():
 def make_checkpoint(model):
     return models_utils.make_checkpoint(
         "cnn1d", {"n_mels": 128, "n_frames": 431, "n_classes": 4, "faithful": True}, model.state_dict(),
-        ["a", "b", "c", "d"], {"sample_rate": 22050, "n_frames": 431}, training={"epoch": 3})
+        ["a", "b", "c", "d"], {"sample_rate": 22050, "n_frames": 431}, run={"training": {"epoch": 3}})
 
 
 def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):

@@ -123,8 +123,8 @@ def save_epoch(config, data, training, position=None):
     record = state.to_dict(training.optimizer, training.scheduler, position)
     checkpoint = models_utils.make_checkpoint(
         config["model"], state.model_args, training.raw_model.state_dict(), data.class_names, data.preprocessing,
-        config, state.provenance, record,
-        genres=data.genres and {**data.genres, "thresholds": state.thresholds})
+        genres=data.genres and {**data.genres, "thresholds": state.thresholds},
+        run={"config": config, "provenance": state.provenance, "training": record})
     if position is None and state.best_epoch == state.epoch:
         models_utils.save_checkpoint(models_utils.without_resume_state(checkpoint), out_dir / "best.pt")
     models_utils.save_checkpoint(checkpoint, out_dir / "last.pt")
