@@ -54,7 +54,13 @@ FOLDERS = {
     "test_experiments.py": "experiments",
     "test_studies.py": "experiments",
     "test_seed_summary.py": "experiments",
-    # tests/ itself: entry points, scripts, root modules and the package's own rules
+    # fma_genres/encoders/: pre-trained audio encoders and their embedding cache
+    "test_encoders.py": "encoders",
+    # tests/ itself: entry points, scripts, root modules, the package's top modules and its own rules, the docs
+    "test_config_keys.py": "",
+    "test_docs_commands.py": "",
+    "test_tasks.py": "",
+    "test_types.py": "",
     "test_main_config.py": "",
     "test_main_run.py": "",
     "test_app.py": "",
