@@ -16,6 +16,24 @@ GENRE_IDS = {"Electronic": 15, "Experimental": 38, "Folk": 17, "Hip-Hop": 21, "I
              "Easy Listening": 13, "Old-Time / Historic": 8, "Soul-RnB": 14, "Spoken": 20}
 SMALL_GENRES = sorted(list(GENRE_IDS)[:8])
 
+# The full suite only (pytest.ini's `slow` marker): modules of end-to-end runs, training for epochs,
+# subprocesses, servers, torchrun, a browser, prediction and export, and the demo data's synthesis. The fast
+# tier, `python -m pytest -m "not slow"`, is the rest: config, models, tasks, data, cache and the training
+# step (212 tests, 50 s of CPU on 2 cores). A slow test in a fast module carries @pytest.mark.slow itself.
+SLOW_MODULES = {
+    "test_allocator.py", "test_app.py", "test_audio_windows.py", "test_benchmarks.py", "test_demo_data.py",
+    "test_distributed.py", "test_download.py", "test_embeddings_export.py", "test_experiments.py", "test_finetune.py",
+    "test_main_run.py", "test_predict.py", "test_preemption.py", "test_quickstart.py", "test_signals.py",
+    "test_studies.py", "test_unbalanced.py", "test_wandb.py",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the markers
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 def write_mp3(path, seconds, seed=0, pitch=220.0, rate=44100):
     """A stereo 44.1 kHz MP3 of a noisy chord (distinct per seed), written by libsndfile."""

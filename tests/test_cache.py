@@ -177,6 +177,7 @@ cache.build_cache(tracks, sys.argv[2], "small", dict(utils.PREPROCESSING, n_fram
 """
 
 
+@pytest.mark.slow  # a builder process killed with -9, then a second build
 def test_resume_after_kill_9(fma_small, tmp_path):
     tracks, _ = load_metadata(fma_small, "small")
     paths = [tracks["path"].iloc[i % 32] for i in range(120)]  # 120 rows, reusing the 32 clips
@@ -257,6 +258,7 @@ print("COMPUTED", build().computed, flush=True)
 """
 
 
+@pytest.mark.slow  # builder processes on a full disk
 def test_disk_full_during_the_build_says_so_and_resumes(fma_small, tmp_path):
     """A real full disk: a tmpfs exactly as big as the rows, so the cache's own small files fill it
     before the last rows are written (a private mount namespace, where the system allows one)."""
@@ -384,6 +386,7 @@ def assert_same_folder(folder, reference):
         assert (folder / name).read_bytes() == (reference / name).read_bytes(), name
 
 
+@pytest.mark.slow  # two builder processes
 def test_two_runs_started_together_share_the_rows(single_build, tmp_path):
     paths, reference = single_build
     first, second = (start_builder(paths, tmp_path / "cache", tmp_path / "go") for _ in range(2))
@@ -393,6 +396,7 @@ def test_two_runs_started_together_share_the_rows(single_build, tmp_path):
     assert not list((tmp_path / "cache" / reference.name / "locks").iterdir()), "every lock is released"
 
 
+@pytest.mark.slow  # two builder processes
 def test_shards_fill_disjoint_rows_and_wait_for_each_other(single_build, tmp_path):
     paths, reference = single_build
     first, second = (start_builder(paths, tmp_path / "cache", tmp_path / f"go{i}", shard=[i, 2]) for i in (0, 1))

@@ -159,6 +159,7 @@ def test_training_never_starts_without_a_genre_in_its_training_split(folder, tmp
         datasets.load(settings(write_csv(tmp_path / "given.csv", rows, "path,genre,split"), "csv"))
 
 
+@pytest.mark.slow  # trains main.py
 def test_main_trains_on_a_folder_dataset_and_evaluate_reads_its_split(folder, tmp_path):
     out_dir, cache_dir = tmp_path / "run", tmp_path / "cache"
     assert main.main([f"--dataset=folder", f"--data_dir={folder}", f"--out_dir={out_dir}", f"--cache_dir={cache_dir}",

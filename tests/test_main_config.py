@@ -106,6 +106,7 @@ def test_demo_settings_apply_only_where_the_user_did_not_choose():
     assert config["download"] is False
 
 
+@pytest.mark.slow  # main.py processes
 def test_command_line_error_is_one_message_without_traceback():
     result = subprocess.run([sys.executable, "main.py", "--bogus=1"], cwd=ROOT, capture_output=True, text=True,
                             stdin=subprocess.DEVNULL)
@@ -174,6 +175,7 @@ def test_main_pys_defaults_read_from_its_file_are_its_config():
     assert [type(value) for value in defaults.values()] == [type(value) for value in main.CONFIG.values()]
 
 
+@pytest.mark.slow  # a main.py process
 def test_help_prints_every_key_with_its_default_and_comment():
     result = subprocess.run([sys.executable, "main.py", "--help"], cwd=ROOT, capture_output=True, text=True,
                             stdin=subprocess.DEVNULL)

@@ -214,6 +214,7 @@ def test_training_curves_figure():
     assert png_bytes(fig).startswith(b"\x89PNG")
 
 
+@pytest.mark.slow  # torch.compile
 def test_compile_model_gives_the_eager_results_and_trains():
     torch.manual_seed(0)
     model = CNN1D(n_frames=100).eval()
@@ -254,6 +255,7 @@ def test_compiling_keeps_inductors_autotuning_tables_out_of_the_output(tmp_path)
     assert "AUTOTUNE" not in result.stderr and "Autotune Choices Stats" not in result.stderr, result.stderr
 
 
+@pytest.mark.slow  # inductor compiles
 def test_inductors_own_variable_still_asks_for_the_autotuning_tables(tmp_path):
     result = compile_a_linear(tmp_path, run=False, TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED="5")
     assert result.stdout.split() == ["5"]  # what inductor read from it: compile_model leaves it

@@ -194,6 +194,7 @@ def run_dir(demo, tmp_path_factory):
     return out_dir
 
 
+@pytest.mark.slow  # makes the demo dataset
 def test_demo_subgenres_are_an_fma_style_tree(demo):
     genres = pd.read_csv(demo / "fma_metadata" / "genres.csv", index_col=0)
     assert len(genres) == 24 and genres.loc[25, "title"] == "Punk" and genres.loc[25, "parent"] == 12
@@ -207,6 +208,7 @@ def test_demo_subgenres_are_an_fma_style_tree(demo):
     assert 0 < (tracks[("track", "genres_all")].str.count(",") == 0).sum() < 16  # some in their top genre only
 
 
+@pytest.mark.slow  # trains main.py
 def test_multilabel_training_end_to_end(run_dir, capsys):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("pr_auc_macro", "pr_auc_micro", "roc_auc_macro", "roc_auc_micro", "f1_macro", "f1_micro",
@@ -226,6 +228,7 @@ def test_multilabel_training_end_to_end(run_dir, capsys):
         assert (run_dir / name).read_bytes().startswith(b"\x89PNG"), name
 
 
+@pytest.mark.slow  # trains main.py twice
 def test_a_resumed_multilabel_run_matches_the_uninterrupted_one(demo, run_dir, tmp_path):
     train(demo, tmp_path, "--epochs=2")
     train(demo, tmp_path, "--epochs=4", "--resume=True")
@@ -241,6 +244,7 @@ def predict(checkpoint, *argv):
     return pre_trained_models.main([f"--checkpoint={checkpoint}", "--num_workers=0", *map(str, argv)])
 
 
+@pytest.mark.slow  # reads the run main.py trains (run_dir)
 def test_prediction_prints_tree_paths_and_respects_thresholds(run_dir, demo, tmp_path, capsys):
     song = next((demo / "fma_small").rglob("*.mp3"))
     assert predict(run_dir / "best.pt", "--json", song) == 0
@@ -265,6 +269,7 @@ def test_prediction_prints_tree_paths_and_respects_thresholds(run_dir, demo, tmp
     assert list(pd.read_csv(tmp_path / "all.csv").columns) == ["path", "windows", *names, "error"]
 
 
+@pytest.mark.slow  # reads the run main.py trains (run_dir)
 def test_evaluate_reports_the_multilabel_metrics(run_dir, demo, tmp_path, capsys):
     assert predict(run_dir / "best.pt", "--evaluate=True", f"--data_dir={demo}", f"--out_dir={tmp_path}") == 0
     out = capsys.readouterr().out

@@ -98,6 +98,7 @@ def run_args(data_dir, out_dir, *extra):
             "--num_workers=0", "--hardest_clips=0", "--data_augmentation=True", "--faithful=False", *extra]
 
 
+@pytest.mark.slow  # trains main.py twice
 def test_a_run_ends_with_the_same_weights_with_and_without_preload(fma_small, tmp_path, capsys):
     weights = {}
     for preload in (True, False):
@@ -109,6 +110,7 @@ def test_a_run_ends_with_the_same_weights_with_and_without_preload(fma_small, tm
     assert all(torch.equal(weights[True][k], weights[False][k]) for k in weights[True])
 
 
+@pytest.mark.slow  # a Python process importing main.py
 def test_importing_main_leaves_the_late_needed_libraries_unimported():
     late = ("sklearn", "matplotlib", "wandb", "librosa", "scipy")
     code = (f"import sys, main, pre_trained_models; "

@@ -153,6 +153,7 @@ def test_a_non_finite_loss_skips_its_step_on_the_device_and_raises_at_the_next_r
             assert torch.equal(state[key], clean_state[key]), key
 
 
+@pytest.mark.slow  # torch.compile, twice
 @pytest.mark.parametrize("dynamic_batch, graphs", [(True, 1), (False, 2)])
 def test_the_epochs_last_smaller_batch_compiles_no_second_graph(dynamic_batch, graphs):
     compiled = []
