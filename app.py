@@ -27,15 +27,14 @@ import sys
 import threading
 from pathlib import Path
 
-from fma_genres.runtime import allocator
+import models_utils
 from fma_genres import tasks
 from fma_genres.inference import predict
-import models_utils
 from fma_genres.reporting import plots
+from fma_genres.runtime import allocator, devices
 from fma_genres.runtime.errors import ConfigError
 from models import MODELS
 from models_utils import CheckpointError
-from fma_genres.runtime import devices
 
 INSTALL_HINT = "pip install -r requirements-app.txt"
 # Gradio's default theme loads its fonts from Google; the page must work offline.

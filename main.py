@@ -38,7 +38,6 @@ from models_utils import CheckpointError
 from test import evaluate, test  # the project's test.py (it comes first on sys.path), not the stdlib package
 from train import EPOCH_LOSSES, EpochHooks, NonFiniteLossError, TrainSettings, continue_epoch, epoch_position, train
 
-
 # -----------------------------------------------------------------------------
 # data
 dataset = "fma"              # fma | folder: data_dir/<genre>/**/<audio> | csv: data_dir is a CSV (docs/data.md: Your own music)

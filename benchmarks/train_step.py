@@ -59,6 +59,7 @@ def main(argv=None):
         trim = int(trim) << 20 if trim and trim != "-1" else allocator.TRIM_THRESHOLD
         allocator.keep_large_allocations(int(mmap) << 20, trim)
     import torch  # after mallopt, as in main.py
+
     from models import build_model
     from models_utils import compile_model
     from train import train

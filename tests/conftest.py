@@ -22,7 +22,7 @@ SMALL_GENRES = sorted(list(GENRE_IDS)[:8])
 # step (212 tests, 50 s of CPU on 2 cores). A slow test in a fast module carries @pytest.mark.slow itself.
 SLOW_MODULES = {
     "test_allocator.py", "test_app.py", "test_audio_windows.py", "test_benchmarks.py", "test_demo_data.py",
-    "test_distributed.py", "test_download.py", "test_embeddings_export.py", "test_experiments.py", "test_finetune.py",
+    "test_distributed.py", "test_download.py", "test_embeddings_export.py", "test_encoders.py", "test_experiments.py", "test_finetune.py",
     "test_main_run.py", "test_predict.py", "test_preemption.py", "test_quickstart.py", "test_signals.py",
     "test_studies.py", "test_unbalanced.py", "test_wandb.py",
 }

@@ -6,7 +6,6 @@ import warnings
 import torch
 from torch.overrides import TorchFunctionMode
 
-
 # What makes the host wait for a GPU's results; on the CPU, the calls that would on a GPU.
 HOST_READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__float__,
               torch.Tensor.__int__, torch.Tensor.cpu, torch.Tensor.numpy}

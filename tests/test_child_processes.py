@@ -3,7 +3,6 @@ keeps running while its parent process lives, and gets SIGTERM when the parent i
 on Linux by the kernel (PR_SET_PDEATHSIG), and anywhere by the watchdog fallback."""
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest

@@ -52,6 +52,7 @@ def name_of(overrides, defaults):
     return wandb_logging.run_name(config, configurator.naming_defaults(config, defaults))
 
 
+@pytest.mark.slow  # runs main.py copies as subprocesses
 def test_a_constant_line_alone_makes_a_key_valid_typed_and_documented(new_main):
     helped = run_copy(new_main, "--help")
     assert helped.returncode == 0, helped.stderr

@@ -162,7 +162,7 @@ def test_training_never_starts_without_a_genre_in_its_training_split(folder, tmp
 @pytest.mark.slow  # trains main.py
 def test_main_trains_on_a_folder_dataset_and_evaluate_reads_its_split(folder, tmp_path):
     out_dir, cache_dir = tmp_path / "run", tmp_path / "cache"
-    assert main.main([f"--dataset=folder", f"--data_dir={folder}", f"--out_dir={out_dir}", f"--cache_dir={cache_dir}",
+    assert main.main(["--dataset=folder", f"--data_dir={folder}", f"--out_dir={out_dir}", f"--cache_dir={cache_dir}",
                       "--model=cnn1d", "--n_frames=96", "--batch_size=8", "--epochs=1", "--wandb_mode=disabled",
                       "--num_workers=0", "--cache_workers=1", "--split_seed=4"]) == 0
     splits = pd.read_csv(out_dir / "splits.csv")

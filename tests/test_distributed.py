@@ -25,7 +25,6 @@ import pre_trained_models
 import utils
 from conftest import wait_for
 from fma_genres.data import demo_data, fma
-from fma_genres.runtime import distributed
 from fma_genres.runtime.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +134,7 @@ def test_sigterm_stops_every_rank_at_one_step_and_rank_0_saves_it(preempted):
     assert "forcefully exiting via SIGKILL" not in output and "lost the other processes" not in output
     assert 'main.py", line' not in output, output[-3000:]  # no traceback through the project (torchrun has its own)
     assert output.count("interrupted (SIGTERM)") == 1
-    assert (f"Continue with: torchrun --standalone --nproc_per_node=2 main.py --data_dir=" in output
+    assert ("Continue with: torchrun --standalone --nproc_per_node=2 main.py --data_dir=" in output
             and f"--out_dir={out_dir} --resume=True" in output)
     position = models_utils.load_checkpoint(out_dir / "last.pt")["training"]["position"]
     assert position is not None and position["progress"]["batches"] >= 3  # the step it stopped at, mid-epoch

@@ -11,9 +11,9 @@ import torch
 import main
 import models_utils
 from fma_genres import configurator
+from fma_genres.inference import predict
 from fma_genres.runtime.errors import ConfigError
 from fma_genres.training import finetune
-from fma_genres.inference import predict
 from models import CNN1D, build_model
 from models_utils import CheckpointError
 
@@ -48,7 +48,7 @@ def make_csv(root, genres, splits, seed):
 
 
 def run(csv_path, out_dir, cache_dir, *extra):
-    assert main.main([f"--dataset=csv", f"--data_dir={csv_path}", f"--out_dir={out_dir}", f"--cache_dir={cache_dir}",
+    assert main.main(["--dataset=csv", f"--data_dir={csv_path}", f"--out_dir={out_dir}", f"--cache_dir={cache_dir}",
                       "--model=cnn1d", "--n_frames=96", "--faithful=False", "--wandb_mode=disabled", "--num_workers=0",
                       "--cache_workers=1", "--seed=0", *extra]) == 0
     return out_dir

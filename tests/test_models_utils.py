@@ -15,13 +15,21 @@ import pytest
 import torch
 
 import models_utils
-from fma_genres.runtime import atomic
-from models import CNN1D, CRNN, build_model
 from fma_genres import tasks
 from fma_genres.inference import predict
 from fma_genres.metrics import classification_metrics
 from fma_genres.report_figures import plot_confusion_matrix, plot_roc_curves
-from models_utils import CheckpointError, compile_model, init_weights, load_checkpoint, model_from_checkpoint, plot_training_curves, save_checkpoint
+from fma_genres.runtime import atomic
+from models import CNN1D, CRNN, build_model
+from models_utils import (
+    CheckpointError,
+    compile_model,
+    init_weights,
+    load_checkpoint,
+    model_from_checkpoint,
+    plot_training_curves,
+    save_checkpoint,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

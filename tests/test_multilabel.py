@@ -290,6 +290,7 @@ def shifted_member(run_dir, tmp_path):
     return tmp_path / "shifted.pt"
 
 
+@pytest.mark.slow  # trains two checkpoints
 def test_an_ensemble_of_multilabel_checkpoints_averages_probabilities_and_thresholds(run_dir, demo, tmp_path, capsys):
     from fma_genres.inference import predict as inference
 
@@ -308,6 +309,7 @@ def test_an_ensemble_of_multilabel_checkpoints_averages_probabilities_and_thresh
     assert checkpoint["genres"]["thresholds"] == pytest.approx(np.mean(thresholds, axis=0).tolist())
 
 
+@pytest.mark.slow  # trains a checkpoint, exports ONNX
 def test_onnx_export_of_a_multilabel_checkpoint_gives_sigmoids_thresholds_and_tree(run_dir, tmp_path, capsys):
     import onnxruntime
 

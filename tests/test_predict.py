@@ -322,7 +322,7 @@ def test_checkpoints_of_other_formats_are_refused(music, tmp_path, capsys):
     for path, message in ((text, "could not be read"), (a_list, "not a checkpoint of this project"),
                           (exploit, "could not be read")):
         status, out, err = run_main(capsys, f"--checkpoint={path}", audio)
-        assert (status, out) == (2, "") and err.startswith(f"error: ") and message in err and str(path) in err
+        assert (status, out) == (2, "") and err.startswith("error: ") and message in err and str(path) in err
     assert not marker.exists()  # weights_only=True: a checkpoint never runs code
 
 

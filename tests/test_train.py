@@ -9,7 +9,6 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from host_reads import host_reads
-
 from models import build_model
 from test import test
 from train import EpochHooks, NonFiniteLossError, TrainSettings, train

@@ -10,8 +10,16 @@ from sklearn.model_selection import train_test_split
 from fma_genres.data.cache import build_cache
 from fma_genres.data.fma import load_metadata, split_tracks
 from fma_genres.runtime.errors import DataError
-from utils import (LoaderSettings, MelDataset, PREPROCESSING, draw_mask_uniforms, make_loaders, mask_spans,
-                   normalisation_stats, spec_augment)
+from utils import (
+    PREPROCESSING,
+    LoaderSettings,
+    MelDataset,
+    draw_mask_uniforms,
+    make_loaders,
+    mask_spans,
+    normalisation_stats,
+    spec_augment,
+)
 
 SMALL = dict(PREPROCESSING, n_frames=100)
 BROKEN_TRAIN_TRACK = 1003

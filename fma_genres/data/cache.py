@@ -45,8 +45,8 @@ from tqdm import tqdm
 
 from fma_genres.runtime.atomic import atomic_write
 from fma_genres.runtime.devices import available_cpus
-from fma_genres.runtime.errors import AudioError, DataError, DISK_FULL, format_bytes
-from fma_genres.runtime.locks import FileLock, POLL_SECONDS, notice_due
+from fma_genres.runtime.errors import DISK_FULL, AudioError, DataError, format_bytes
+from fma_genres.runtime.locks import POLL_SECONDS, FileLock, notice_due
 from utils import PREPROCESSING, clip_spectrogram
 
 CHUNK_ROWS = 8  # rows per claim and worker task (fewer in small folders, to keep every worker busy)

@@ -254,11 +254,11 @@ def load_csv(settings):
                         f"artist and split); its first row is {lines[0] if lines else 'empty'}.")
     has_split = "split" in header
     rows, bad = [], []
-    for number, fields in enumerate(lines[1:], start=2):
-        if not any(f.strip() for f in fields):
+    for number, cells in enumerate(lines[1:], start=2):
+        if not any(f.strip() for f in cells):
             continue  # a blank line
-        row = dict(zip(header, (f.strip() for f in fields)))
-        problem = (f"has {len(fields)} fields, the header {len(header)}" if len(fields) != len(header)
+        row = dict(zip(header, (f.strip() for f in cells)))
+        problem = (f"has {len(cells)} fields, the header {len(header)}" if len(cells) != len(header)
                    else "has no path or no genre" if not row["path"] or not row["genre"]
                    else f"split {row['split']!r} is not one of {', '.join(SPLIT_NAMES)}"
                    if has_split and row["split"] not in SPLIT_NAMES else None)

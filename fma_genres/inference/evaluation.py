@@ -18,6 +18,7 @@ from fma_genres.runtime import errors
 from fma_genres.runtime.errors import UsageError
 from test import evaluate  # the project's test.py (python and pytest.ini put the project root first on sys.path)
 
+
 def split_settings(args, checkpoint, defaults, path=None):
     """The keys that define the test split (``defaults``: their main.py defaults) as the checkpoint was trained.
 
