@@ -164,7 +164,7 @@ def parse_command_line(argv, defaults, source):
 
 # With demo=True these replace the defaults of keys not given on the command line. The demo dataset
 # (demo_data.py) has 80 clips of 30 s, 64/8/8 train/val/test. Batch 8 gives 8 optimiser steps an epoch;
-# 25 epochs reach at least 0.75 test accuracy on any CPU (tests/test_demo_data.py checks it; 0.875 on a
+# 25 epochs reach at least 0.75 test accuracy on any CPU (tests/data/test_demo_data.py checks it; 0.875 on a
 # 2-core AMD EPYC, 2026-12); ~5 s an epoch with freed memory kept (allocator.py).
 DEMO = {"data_dir": "data/demo", "epochs": 25, "batch_size": 8, "download": False, "compile": "False"}
 # compile=auto compiles these models, in channels_last layout. Measured on a 2-core CPU with freed

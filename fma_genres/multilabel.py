@@ -16,7 +16,7 @@ module holds everything specific to that task:
 
 Macro and micro figures and the threshold tuning cover the genres with both positives and negatives in
 the split (a ranking is undefined otherwise); "left_out_genres" says how many were not. Figures and
-W&B: tasks.GenreTree. Tests: python -m pytest tests/test_multilabel.py -q
+W&B: tasks.GenreTree. Tests: python -m pytest tests/training/test_multilabel.py -q
 """
 import ast
 import json

@@ -2,7 +2,7 @@
 run's confusion matrix and ROC curves; a multi-label run's average precision per genre and PR curves.
 
 Multi-label: metrics is tasks.GenreTree's scores (per_genre in output order, class_names); targets (N, G)
-0/1; probabilities (N, G) sigmoid outputs. Tests: tests/test_models_utils.py, tests/test_multilabel.py
+0/1; probabilities (N, G) sigmoid outputs. Tests: tests/test_models_utils.py, tests/training/test_multilabel.py
 """
 import numpy as np
 

@@ -10,7 +10,7 @@ W&B entries, the summary table and the prediction line. The task is chosen once,
     scores = task.scores(targets, probabilities, class_names, genres)   # metrics.json's
 
 W&B entries are plain data (Table, Bar, ConfusionMatrix, Curves below) that reporting/wandb_logging.py, the
-one module that imports wandb, turns into W&B's objects. Tests: tests/test_tasks.py, tests/test_multilabel.py
+one module that imports wandb, turns into W&B's objects. Tests: tests/test_tasks.py, tests/training/test_multilabel.py
 """
 import json
 import warnings

@@ -1,4 +1,4 @@
-"""host_reads(device): how often a block of code makes the host wait for tensors (tests/test_train.py,
+"""host_reads(device): how often a block of code makes the host wait for tensors (tests/training/test_train.py,
 tests/test_cuda.py). Its own module, without pytest: the GPU runners run tests/test_cuda.py as a script."""
 import contextlib
 import warnings

@@ -1,5 +1,5 @@
 """main.py end to end on a tiny generated FMA-format dataset (48 clips of 3 s, CNN1D, 96 frames):
-a real run and its artefacts, exact resume, the NaN stop, --prepare_only and Ctrl-C (W&B: tests/test_wandb.py)."""
+a real run and its artefacts, exact resume, the NaN stop, --prepare_only and Ctrl-C (W&B: tests/reporting/test_wandb.py)."""
 import csv
 import json
 import shutil

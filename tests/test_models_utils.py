@@ -305,12 +305,12 @@ def test_ctrl_c_during_save_completes_the_file_then_interrupts(tmp_path, keyboar
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
 
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "fixtures"
 V1, V2 = DATA / "checkpoint_v1_cnn1d.pt", DATA / "checkpoint_v2_cnn2d.pt"
 
 
 def test_a_format_1_checkpoint_still_loads_and_predicts_the_same():
-    """tests/data/checkpoint_v1_cnn1d.pt was written by the format-1 code's own main.save_epoch (git 5ad4953)
+    """tests/fixtures/checkpoint_v1_cnn1d.pt was written by the format-1 code's own main.save_epoch (git 5ad4953)
     for a 16-mel CNN1D after one Adam step (60 KB), with its logits on a fixed input."""
     expected = json.loads(V1.with_suffix(".json").read_text())
     assert expected["version"] == 1 and "optimizer" in expected["keys"]  # the old layout, for real
@@ -327,7 +327,7 @@ def test_a_format_1_checkpoint_still_loads_and_predicts_the_same():
 
 
 def test_a_format_2_checkpoint_migrates_its_normalisation_into_the_model():
-    """tests/data/checkpoint_v2_cnn2d.pt (a standardised CNN2D, format 2: its {"mean", "std"} beside the
+    """tests/fixtures/checkpoint_v2_cnn2d.pt (a standardised CNN2D, format 2: its {"mean", "std"} beside the
     weights, and model_args' faithful, which CNN2D no longer takes) loads as the current format."""
     raw = torch.load(V2, weights_only=True)
     assert raw["version"] == 2 and raw["normalisation"] == {"mean": -41.25, "std": 17.5}  # the old layout, for real
@@ -342,7 +342,7 @@ def test_a_format_2_checkpoint_migrates_its_normalisation_into_the_model():
 @pytest.mark.parametrize("path", [V1, V2], ids=["format-1", "format-2"])
 def test_older_formats_predict_what_the_format_2_code_predicted(path):
     """predictions_format_2.json: the probabilities and embeddings main's format-2 code (git e3dbcd5) gave
-    for each fixture (tests/data/make_checkpoint_v2.py made them); within 1e-6 of them today."""
+    for each fixture (tests/fixtures/make_checkpoint_v2.py made them); within 1e-6 of them today."""
     expected = json.loads((DATA / "predictions_format_2.json").read_text())[path.name]
     model, checkpoint = predict.load_predictor(path)
     x = torch.randn(*expected["shape"], generator=torch.Generator().manual_seed(0)) * 20 - 40

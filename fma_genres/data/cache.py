@@ -3,7 +3,7 @@
     cache = build_cache(tracks, "data/cache", "small")  # reuse, resume or build; prints its summary
     cache[track_id]                                     # (n_mels, n_frames) float16, read lazily
 
-Used by main.py and pre_trained_models.py; tests: python -m pytest tests/test_cache.py -q
+Used by main.py and pre_trained_models.py; tests: python -m pytest tests/data/test_cache.py -q
 
 A folder cache_root/<subset>-<hash of subset, preprocessing, track ids>/ holds params.json (subset,
 preprocessing, track ids in row order), mels.npy (float16 (tracks, n_mels, n_frames); a sparse file

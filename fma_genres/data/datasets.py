@@ -16,7 +16,7 @@ cache (cache.py), so two datasets never share cached rows.
 Folder and CSV datasets: a track's id is a hash of its path (stable when files are added); a file with the
 same content as an earlier one (GTZAN has some) is left out and reported; without a split column the
 split is drawn from split_seed, stratified by genre and grouped by artist when artists are known.
-Tests: python -m pytest tests/test_datasets.py -q
+Tests: python -m pytest tests/data/test_datasets.py -q
 """
 import csv
 import hashlib

@@ -12,7 +12,7 @@ device, so the same seed gives the same batches and masks on both paths (the mod
     loader = preloaded(loaders["train"], True, torch.device("cpu"))
     for inputs, targets in loader: ...  # float32 (B, n_mels, n_frames); int64 (B,), or (B, G) 0/1 genre rows
 
-Its tests: python -m pytest tests/test_preload.py -q
+Its tests: python -m pytest tests/data/test_preload.py -q
 """
 import math
 import os

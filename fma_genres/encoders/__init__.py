@@ -6,7 +6,7 @@
 ENCODERS is the registry (adding an encoder is one class and one entry); transformers and dasheng are
 imported only when an encoder is loaded, so start-up stays that of `import torch`. The optional
 packages are in requirements-encoders.txt (Python >= 3.11); docs/encoders.md has the keys, licences,
-published figures and the MERT recipe. Tests: python -m pytest tests/test_encoders.py -q
+published figures and the MERT recipe. Tests: python -m pytest tests/encoders/test_encoders.py -q
 """
 from fma_genres.encoders.base import Encoder, weights_error
 from fma_genres.encoders.dasheng import DashengEncoder

@@ -18,7 +18,7 @@ function here acts for the one process. What the processes share:
   failure to every process.
 - output: rank 0 alone prints to stdout, shows progress bars, logs to W&B and writes files.
 
-Tests (real torchrun, gloo): python -m pytest tests/test_distributed.py -q
+Tests (real torchrun, gloo): python -m pytest tests/runtime/test_distributed.py -q
 """
 import contextlib
 import datetime

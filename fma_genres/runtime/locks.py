@@ -7,7 +7,7 @@
 A lock file holds its owner as JSON (pid, host, time, token). A lock whose owner has died on this host,
 or older than STALE_LOCK_SECONDS (a process on another host cannot be checked), is taken over. A
 process that waits says once, after NOTICE_SECONDS, which lock and owner it waits for.
-cache.py uses them; tests: python -m pytest tests/test_locks.py -q
+cache.py uses them; tests: python -m pytest tests/runtime/test_locks.py -q
 """
 import contextlib
 import json

@@ -8,7 +8,7 @@ near zero, when the genres differ. The input preprocessing must be the source's 
 built); the input standardisation (the model's Standardise layer) is never loaded: when used, it comes from
 the new training split like any run's. The
 source stays recorded as config["init_from"] in every checkpoint and in the W&B config.
-Tests: python -m pytest tests/test_finetune.py -q
+Tests: python -m pytest tests/training/test_finetune.py -q
 """
 import types
 
@@ -22,7 +22,7 @@ FREEZE = ("none", "features")  # features: every layer but the classifier, Batch
 # A new classifier starts near zero, its init's weights scaled down (BiT zero-initialises its heads; not
 # exactly zero, as the faithful CNN1D's ReLU on the logits passes no gradient at 0): its first outputs
 # are near-uniform instead of a random head's large logits on the loaded features, which took many
-# epochs to unlearn. Measured in tests/test_finetune.py's setting (one clip of each of 3 new genres,
+# epochs to unlearn. Measured in tests/training/test_finetune.py's setting (one clip of each of 3 new genres,
 # freeze=features): test accuracy 0.79 after 4 epochs with this scale (0.29 from scratch); at full scale
 # 0.04 after 6 epochs, 0.46 after 10 at lr=0.01.
 NEW_HEAD_SCALE = 0.01

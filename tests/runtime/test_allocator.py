@@ -1,7 +1,7 @@
 """allocator.py: a training process (main.py and its DataLoader workers) keeps large freed blocks for
 reuse instead of faulting them in again; the user's own allocator settings win.
 
-    python -m pytest tests/test_allocator.py -q
+    python -m pytest tests/runtime/test_allocator.py -q
 """
 import json
 import os
@@ -13,7 +13,7 @@ import pytest
 
 from fma_genres.runtime import allocator
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = (256 << 20) // os.sysconf("SC_PAGE_SIZE")  # of the 256 MiB tensor the probe measures
 # Starts main.py as `python main.py` does (its --help: nothing is trained), frees a 300 MiB tensor, then counts the page faults of filling
 # a 256 MiB one, in this process and in a (forked) DataLoader worker: near 0 when the freed memory

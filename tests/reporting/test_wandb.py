@@ -26,7 +26,7 @@ from conftest import clean_env
 from fma_genres import configurator
 from fma_genres.runtime.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TRAIN_CLIPS, BATCH_SIZE, N_FRAMES = 16, 2, 96  # fma_small: 2 training clips per genre
 RUN_NAME = "cnn1d n_frames=96 epochs=2 batch_size=2 seed=0"  # the model, what differs from the defaults, seed
 TAGS = ["model:cnn1d", "subset:small", "split:official", "faithful:True", "dataset:fma"]

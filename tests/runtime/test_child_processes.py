@@ -10,7 +10,7 @@ import pytest
 from conftest import ends_within
 from fma_genres.runtime import child_processes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # A parent process: starts a sleeping child with child_processes.<argv[1]> from a short-lived thread,
 # prints the child's pid, then waits to be killed.
 PARENT = """

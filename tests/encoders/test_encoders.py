@@ -2,7 +2,7 @@
 audio; the embedding cache (windows, broken clips, resume after kill -9); errors for weights that cannot be
 loaded offline; lazy imports; the probe head. Nothing is downloaded: HF_HUB_OFFLINE=1 throughout.
 
-    python -m pytest tests/test_encoders.py -q
+    python -m pytest tests/encoders/test_encoders.py -q
 """
 import importlib.util
 import json
@@ -20,7 +20,7 @@ import torch
 
 from conftest import write_mp3
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MISSING = [name for name in ("transformers", "dasheng") if importlib.util.find_spec(name) is None]
 needs_packages = pytest.mark.skipif(bool(MISSING), reason=f"{' and '.join(MISSING)} not installed: the encoders "
                                     f"are optional (pip install -r requirements-encoders.txt, Python >= 3.11)")

@@ -4,7 +4,7 @@ artefacts whose metrics equal a single-process evaluation of best.pt, SIGTERM to
 rank stops at the same step, rank 0 saves) and exact resumption under torchrun, continuation on one
 process, a rank killed mid-run, and the NCCL path (one rank, where CUDA is present).
 
-    python -m pytest tests/test_distributed.py -q
+    python -m pytest tests/runtime/test_distributed.py -q
 """
 import json
 import os
@@ -27,7 +27,7 @@ from conftest import wait_for
 from fma_genres.data import demo_data, fma
 from fma_genres.runtime.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

@@ -1,6 +1,6 @@
 """Tests for demo_data.py: real MP3s written to tmp folders, read back with the real FMA calls.
 
-    python -m pytest tests/test_demo_data.py -q
+    python -m pytest tests/data/test_demo_data.py -q
 """
 import json
 from pathlib import Path
@@ -13,7 +13,7 @@ import soundfile as sf
 
 from fma_genres.data.demo_data import GENRE_IDS, KNOWN_BROKEN, MARKER, _plan, make_demo_dataset, synthesize
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DURATION = 6.0  # long enough for a few bars of every genre, short enough to keep the tests fast
 
 

@@ -3,7 +3,7 @@
 Audio files are real MP3/WAV files written here with soundfile; the memory bound is measured in a real
 subprocess (its peak resident memory while it predicts a 20-minute file).
 
-    python -m pytest tests/test_audio_windows.py -q
+    python -m pytest tests/inference/test_audio_windows.py -q
 """
 import json
 import subprocess
@@ -25,7 +25,7 @@ from fma_genres.inference.audio_windows import track_windows
 from fma_genres.runtime import errors
 from models import CNN1D
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 P = utils.PREPROCESSING
 SPAN = audio_windows.segment_samples(P)
 

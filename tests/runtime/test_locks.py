@@ -1,5 +1,5 @@
 """locks.py: a stale lock file is taken over, a live one is not; a waiting process says once whom it
-waits for. (tests/test_cache.py runs real concurrent cache builders on these locks.)"""
+waits for. (tests/data/test_cache.py runs real concurrent cache builders on these locks.)"""
 import json
 import os
 import socket

@@ -23,7 +23,7 @@ import pre_trained_models
 from conftest import clean_env, wait_for
 from fma_genres import configurator
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
 GOOD_LR, BAD_LR = 3e-3, 1e-7  # epoch 1 on this data: val accuracy 0.5 (both good trials alike), 0.25
 

@@ -2,7 +2,7 @@
 and docker send it, DataLoader workers included), SIGUSR1's checkpoint, and exact resumption from a
 mid-epoch checkpoint written every save_interval steps (bitwise equal final weights, CNN1D).
 
-    python -m pytest tests/test_preemption.py -q
+    python -m pytest tests/runtime/test_preemption.py -q
 """
 import os
 import shutil
@@ -20,7 +20,7 @@ import models_utils
 from conftest import default_sigint, wait_for
 from fma_genres.data import demo_data
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Signals as clusters and shells deliver them: the tests that send SIGINT pass however the suite was
 started, including by a parent that ignores SIGINT (nohup, `cmd &` in a script, job runners).
 
-    python -m pytest tests/test_signals.py -q
+    python -m pytest tests/runtime/test_signals.py -q
 """
 import signal
 import subprocess
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIGNAL_TESTS = ["tests/test_models_utils.py::test_ctrl_c_during_save_completes_the_file_then_interrupts",
                 "tests/test_main_run.py::test_ctrl_c_saves_and_exits_cleanly_with_a_resume_hint"]
 

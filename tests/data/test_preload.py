@@ -16,7 +16,7 @@ from fma_genres.data.fma import load_metadata, split_tracks
 from fma_genres.data.preload import PreloadedLoader, placement, preloaded
 from utils import PREPROCESSING, LoaderSettings, make_loaders
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

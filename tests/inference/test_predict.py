@@ -3,7 +3,7 @@
 Audio files are real MP3/WAV files written here with soundfile; the checkpoint comes from a real
 (tiny) main.py run; the command line runs as a real subprocess for the end-to-end cases.
 
-    python -m pytest tests/test_predict.py -q
+    python -m pytest tests/inference/test_predict.py -q
 """
 import csv
 import json
@@ -24,8 +24,8 @@ from fma_genres.data import fma
 from fma_genres.inference import audio_windows, predict
 from models import CNN1D, CRNN
 
-ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "original_weights"
+ROOT = Path(__file__).resolve().parents[2]
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "original_weights"
 needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"original weights not found at {REFERENCE} "
                                      "(reference data lives outside the repository)")
 

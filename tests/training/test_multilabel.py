@@ -2,7 +2,7 @@
 the metrics against scikit-learn, threshold tuning, a real end-to-end run on the demo's sub-genres and
 prediction with tree paths.
 
-    python -m pytest tests/test_multilabel.py -q
+    python -m pytest tests/training/test_multilabel.py -q
 """
 import csv
 import json

@@ -5,7 +5,7 @@ Audio files are real WAV/MP3/FLAC files written here with soundfile; checkpoints
 the project's format (100-frame windows, so every model is quick); ONNX files are read back with
 onnxruntime.
 
-    python -m pytest tests/test_embeddings_export.py -q
+    python -m pytest tests/inference/test_embeddings_export.py -q
 """
 import json
 import re
@@ -25,7 +25,7 @@ import utils
 from fma_genres.inference import audio_windows, export, predict
 from models import MODELS, accepted_args
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N_FRAMES = 100
 PREPROCESSING = {**utils.PREPROCESSING, "n_frames": N_FRAMES}
 GENRES = ["Blues", "Jazz", "Metal"]

@@ -9,7 +9,7 @@ training get towards that prior depends on the seed and the CPU's float path (ra
 over seeds 0-3 on an AMD EPYC, 0.62 for seed 0 on an Intel Xeon), while balancing gave 0.92 to 1.0 on
 every seed: so the comparison is of means over SEEDS, with margins that hold on any CPU.
 
-    python -m pytest tests/test_unbalanced.py -q
+    python -m pytest tests/training/test_unbalanced.py -q
 """
 import json
 import os
@@ -24,7 +24,7 @@ import pre_trained_models
 import utils
 from conftest import GENRE_IDS, tid_path, write_metadata, write_mp3
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GENRES = sorted(GENRE_IDS)
 TRAINING_CLIPS = {"Rock": 30, "Electronic": 10, "Experimental": 6}  # every other genre: 1
 RARE = [genre for genre in GENRES if genre not in TRAINING_CLIPS]
