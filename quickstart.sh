@@ -12,7 +12,7 @@ usage: ./quickstart.sh VERB [ARGS]
 verbs:
   demo          set up the environment, then run the offline demo end to end:
                 python main.py --demo=True, then predict the demo clips with its checkpoint
-  test [ARGS]   set up the environment, then run the test suite: python -m pytest [ARGS]
+  test [ARGS]   set up the environment, then run the test suite: python -m pytest -n auto [ARGS]
   setup         only set up the environment (what .ci/run does before running the tests itself)
   --help        this message
 
@@ -155,7 +155,7 @@ case $verb in
     ;;
   test)
     set_up
-    exec python -m pytest "$@"
+    exec python -m pytest -n auto "$@"
     ;;
   setup)
     [ $# -eq 0 ] || die "setup takes no arguments."
