@@ -140,3 +140,18 @@ def ends_within(pid, seconds):
             return False
         time.sleep(0.05)
     return True
+
+
+def kill_mid_build(build, folder_glob, rows):
+    """SIGKILL the cache-building process ``build`` once ``rows`` rows of its folder, ``folder_glob`` = (root,
+    pattern) such as (tmp_path, "small-*"), are marked done; returns (the folder, its status array)."""
+    root, pattern = folder_glob
+    done, deadline = 0, time.monotonic() + 120
+    while done < rows and build.poll() is None and time.monotonic() < deadline:
+        for status_file in root.glob(f"{pattern}/status.npy"):
+            done = int(np.count_nonzero(np.load(status_file)))
+        time.sleep(0.01)
+    os.kill(build.pid, signal.SIGKILL)
+    build.wait()
+    folder = next(root.glob(pattern))
+    return folder, np.load(folder / "status.npy")

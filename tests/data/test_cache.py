@@ -5,10 +5,8 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import librosa
@@ -16,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import write_mp3
+from conftest import kill_mid_build, write_mp3
 from fma_genres.data import cache as mel_cache
 from fma_genres.data.cache import build_cache
 from fma_genres.data.fma import load_metadata
@@ -184,15 +182,7 @@ def test_resume_after_kill_9(fma_small, tmp_path):
     reference = {p: clip_spectrogram(p, SMALL)[0] for p in set(paths)}
     build = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, json.dumps(paths), str(tmp_path)],
                              cwd=Path(mel_cache.__file__).resolve().parents[2], stderr=subprocess.DEVNULL)
-    done, deadline = 0, time.monotonic() + 120
-    while done < 12 and build.poll() is None and time.monotonic() < deadline:
-        for status_file in tmp_path.glob("small-*/status.npy"):
-            done = int(np.count_nonzero(np.load(status_file)))
-        time.sleep(0.01)
-    os.kill(build.pid, signal.SIGKILL)
-    build.wait()
-    folder = next(tmp_path.glob("small-*"))
-    status = np.load(folder / "status.npy")
+    folder, status = kill_mid_build(build, (tmp_path, "small-*"), 12)
     done = int(np.count_nonzero(status))
     assert 0 < done < 120, "the kill must land halfway through the build"
     mels = np.load(folder / "mels.npy", mmap_mode="r")

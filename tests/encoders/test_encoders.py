@@ -7,10 +7,8 @@ loaded offline; lazy imports; the probe head. Nothing is downloaded: HF_HUB_OFFL
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import write_mp3
+from conftest import kill_mid_build, write_mp3
 
 ROOT = Path(__file__).resolve().parents[2]
 MISSING = [name for name in ("transformers", "dasheng") if importlib.util.find_spec(name) is None]
@@ -235,15 +233,7 @@ def test_cache_reports_broken_clips_and_resumes_after_kill_9(name, weights, clip
         reference[path] = encoder.embed_layers(windows).numpy().astype(np.float64)
     build = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, name, str(weights[name]), json.dumps(paths),
                               str(tmp_path)], cwd=ROOT, stderr=subprocess.DEVNULL)
-    done, deadline = 0, time.monotonic() + 120
-    while done < 3 and build.poll() is None and time.monotonic() < deadline:
-        for status_file in tmp_path.glob("embeddings/small-*/status.npy"):
-            done = int(np.count_nonzero(np.load(status_file)))
-        time.sleep(0.01)
-    os.kill(build.pid, signal.SIGKILL)
-    build.wait()
-    folder = next(tmp_path.glob("embeddings/small-*"))
-    status = np.load(folder / "status.npy")
+    folder, status = kill_mid_build(build, (tmp_path, "embeddings/small-*"), 3)
     done = int(np.count_nonzero(status))
     assert 0 < done < len(paths), "the kill must land halfway through the build"
     stored = np.load(folder / "embeddings.npy", mmap_mode="r")
