@@ -23,26 +23,20 @@ the metric's range) and the seeds' ensemble (pre_trained_models.py --evaluate). 
 seeds and resume the rest.
 README, "Experiments", says more.
 """
-import csv
-import io
-import json
 import logging
 import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from functools import lru_cache
 from pathlib import Path
 
 from fma_genres import configurator
 from fma_genres.data import datasets
-from fma_genres.experiments import seed_summary, studies
+from fma_genres.experiments import main_runs, seed_summary, studies
 from fma_genres.reporting import wandb_logging
-from fma_genres.runtime import atomic, child_processes
+from fma_genres.runtime import atomic
 from fma_genres.runtime.errors import ConfigError
 from fma_genres.runtime.figures import pyplot
 from fma_genres.runtime.locks import FileLock
@@ -61,11 +55,9 @@ OPTIONS = {"trials": 20, "parallel": 1, "space": "", "storage": "", "report": Fa
            "seeds": "0,1,2",                                                          # repeat
            "name": "", "dir": ""}  # name: <command>_<model>; dir: runs/experiments/<name>
 MANAGED = ("out_dir", "resume", "overwrite")  # each run's own, set here
-POLL_SECONDS = 0.2  # how often a running main.py's history.csv is read
 # Median pruning from the 3rd trial on (2 finished ones give a median), from the first epoch.
 PRUNER_STARTUP_TRIALS = 2
-STOP = threading.Event()  # set by Ctrl-C or SIGTERM (STOP.signum): running main.py processes are stopped and saved
-MAIN_PY, PREDICT_PY = Path(__file__).with_name("main.py"), Path(__file__).with_name("pre_trained_models.py")
+PREDICT_PY = Path(__file__).with_name("pre_trained_models.py")
 
 
 def fail(message):
@@ -76,7 +68,7 @@ def fail(message):
 @lru_cache(maxsize=1)
 def main_defaults():
     """main.py's CONFIG, read from its constants block (an entry point is run, never imported)."""
-    return configurator.script_defaults(MAIN_PY)
+    return configurator.script_defaults(main_runs.MAIN_PY)
 
 
 def main_config(overrides):
@@ -90,78 +82,6 @@ class TrialError(Exception):
 
 class Interrupted(Exception):
     """The experiment was asked to stop; the running trial is queued again, to resume from its last.pt."""
-
-
-# -----------------------------------------------------------------------------
-# running main.py
-
-def main_command(main_args, **keys):
-    """python main.py <the fixed config file and overrides> --key=value for ``keys``."""
-    return [sys.executable, str(MAIN_PY), *main_args,
-            *(f"--{key}={value}" for key, value in keys.items())]
-
-
-def run_main(command, out_dir, on_row=None, slot=None, on_start=None):
-    """Run main.py (output appended to <out_dir>/main.log), calling on_start(pid) once it runs and on_row(row)
-    for each new history.csv row; on_row returns True to stop the run (SIGTERM: main.py saves last.pt).
-    Returns the exit status. ``slot``: ("cuda", id) for one GPU, or ("cpu", cores) to share the CPU with
-    other runs. main.py ends with this process (child_processes), and with this call when it fails."""
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    if slot and slot[0] == "cuda":
-        env["CUDA_VISIBLE_DEVICES"] = str(slot[1])
-    with open(Path(out_dir) / "main.log", "ab") as log:
-        process = child_processes.start(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        if slot and slot[0] == "cpu":  # before torch starts: main.py sizes its threads by its affinity
-            os.sched_setaffinity(process.pid, slot[1])
-        if on_start:
-            on_start(process.pid)
-        seen, stopping = 0, False
-        while True:
-            ended = process.poll() is not None
-            rows = read_history(out_dir)[seen:]
-            seen += len(rows)
-            if not stopping and (STOP.is_set() or on_row and any(on_row(row) for row in rows)):
-                process.terminate()
-                stopping = True
-            if ended:
-                return process.returncode
-            time.sleep(POLL_SECONDS)
-    except BaseException:  # e.g. the study's database failed: the run must not go on unobserved
-        process.terminate()
-        process.wait()
-        raise
-
-
-def read_history(out_dir):
-    """history.csv's rows (main.py replaces it atomically after every epoch); [] before the first."""
-    try:
-        return list(csv.DictReader(io.StringIO((Path(out_dir) / "history.csv").read_text())))
-    except FileNotFoundError:
-        return []
-
-
-def read_metrics(out_dir):
-    path = Path(out_dir) / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def run_args(out_dir):
-    """--resume=True when out_dir holds an unfinished run (its last.pt), so it continues from there."""
-    return {"out_dir": out_dir, **({"resume": True} if (Path(out_dir) / "last.pt").is_file() else {})}
-
-
-def slots(parallel):
-    """A queue of where runs go: one GPU each when GPUs are present, else a share of this process's cores."""
-    import torch
-
-    places = queue.Queue()
-    gpus = torch.cuda.device_count()
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    for i in range(parallel):
-        places.put(("cuda", i % gpus) if gpus else ("cpu", cores[i::parallel]) if 1 < parallel <= len(cores) else None)
-    return places
 
 
 # -----------------------------------------------------------------------------
@@ -279,28 +199,28 @@ def objective(study, opts, main_args, space, metric, places):
                 pruned.append(f"val_{metric} {value:.4f} at epoch {epoch}")
             return bool(pruned)
 
-        if STOP.is_set():  # asked to stop before this trial began: nothing to resume
+        if main_runs.STOP.is_set():  # asked to stop before this trial began: nothing to resume
             study.stop()
             raise Interrupted(f"trial {trial.number} not started")
-        finished = read_metrics(out_dir)  # a run that ended before its trial could be told
+        finished = main_runs.read_metrics(out_dir)  # a run that ended before its trial could be told
         slot = places.get()
         try:
-            status = 0 if finished else run_main(main_command(main_args, **params, wandb_group=opts["name"],
-                                                               **run_args(out_dir)), out_dir, on_row, slot,
-                                                  on_start=lambda pid: trial.set_user_attr("main_pid", pid))
+            command = main_runs.main_command(main_args, **params, wandb_group=opts["name"], **main_runs.run_args(out_dir))
+            status = 0 if finished else main_runs.run_main(command, out_dir, on_row, slot,
+                                                           on_start=lambda pid: trial.set_user_attr("main_pid", pid))
         finally:
             places.put(slot)
         if pruned:
             drop_resume_state(out_dir, opts)
             raise optuna.TrialPruned(f"{pruned[0]}, below the median of the finished trials")
-        if STOP.is_set() and not read_metrics(out_dir):
+        if main_runs.STOP.is_set() and not main_runs.read_metrics(out_dir):
             study.enqueue_trial(trial.params, user_attrs={"out_dir": out_dir})  # resumed from its last.pt
             study.stop()
             raise Interrupted(f"trial {trial.number} stopped; it resumes from {out_dir}/last.pt on the next run")
         if status != 0:
             raise TrialError(f"trial {trial.number}: main.py exited with status {status}: see {out_dir}/main.log")
         drop_resume_state(out_dir, opts)
-        return read_metrics(out_dir)["best_val_score"]
+        return main_runs.read_metrics(out_dir)["best_val_score"]
 
     return run_trial
 
@@ -350,13 +270,13 @@ def tune(opts, main_args, config):
         print(f"study {opts['name']}: searches {', '.join(space)}{'; fixed: ' + ', '.join(fixed) if fixed else ''}; "
               f"{done} of {opts['trials']} trials finished; runs in {opts['dir']}/trial_<n>", flush=True)
         logging.getLogger("optuna.study._optimize").addFilter(ONE_LINE_TRIAL_ERRORS)
-        run_trial = objective(study, opts, main_args, space, config["select_metric"], slots(opts["parallel"]))
+        run_trial = objective(study, opts, main_args, space, config["select_metric"], main_runs.slots(opts["parallel"]))
         study.optimize(run_trial, n_trials=opts["trials"] - done, n_jobs=opts["parallel"], catch=(TrialError, Interrupted),
                        callbacks=[optuna.study.MaxTrialsCallback(opts["trials"], states=states),
                                   lambda study, trial: studies.requeue_orphans(study, Path(opts["dir"]) / "study.lock")])
-        if STOP.is_set():
+        if main_runs.STOP.is_set():
             print(f"interrupted: rerun the same command to continue study {opts['name']}.", file=sys.stderr)
-            return 128 + STOP.signum
+            return 128 + main_runs.STOP.signum
     report(study, opts)
     return 0
 
@@ -421,20 +341,21 @@ def repeat(opts, main_args, config):
     split_seed = datasets.split_seed(config)  # -1 would follow each training seed: one split for all instead
     for seed in seeds:
         out_dir = str(folder / f"seed_{seed}")
-        if read_metrics(out_dir):
+        if main_runs.read_metrics(out_dir):
             print(f"seed {seed}: finished ({out_dir}/metrics.json), skipped")
             continue
         print(f"seed {seed}: {'resuming' if (Path(out_dir) / 'last.pt').is_file() else 'training'} in {out_dir} "
               f"(log: {out_dir}/main.log)", flush=True)
-        status = run_main(main_command(main_args, seed=seed, split_seed=split_seed, wandb_group=opts["name"],
-                                       **run_args(out_dir)), out_dir)
-        if STOP.is_set():
+        command = main_runs.main_command(main_args, seed=seed, split_seed=split_seed, wandb_group=opts["name"],
+                                         **main_runs.run_args(out_dir))
+        status = main_runs.run_main(command, out_dir)
+        if main_runs.STOP.is_set():
             print("interrupted: rerun the same command to continue (finished seeds are skipped).", file=sys.stderr)
-            return 128 + STOP.signum
+            return 128 + main_runs.STOP.signum
         if status != 0:
             fail(f"seed {seed}: main.py exited with status {status}; see {out_dir}/main.log. Rerun the same "
                  f"command to retry it (finished seeds are skipped).")
-    runs = {seed: read_metrics(folder / f"seed_{seed}") for seed in seeds}
+    runs = {seed: main_runs.read_metrics(folder / f"seed_{seed}") for seed in seeds}
     table = seed_summary.summarise(runs)
     ensemble = ensemble_of_seeds(folder, config, seeds)
     seed_summary.write_summary(folder, table, seeds, ensemble)
@@ -465,7 +386,7 @@ def ensemble_of_seeds(folder, config, seeds):
     if subprocess.run([sys.executable, str(PREDICT_PY), *args]).returncode != 0:
         print("note: the ensemble of the seeds could not be evaluated (see the error above).", file=sys.stderr)
         return None
-    return read_metrics(folder / "ensemble")
+    return main_runs.read_metrics(folder / "ensemble")
 
 
 # -----------------------------------------------------------------------------
@@ -497,8 +418,8 @@ def parse(argv):
 
 def stop_runs(signum, frame):
     """Ctrl-C or SIGTERM: the running main.py processes are stopped (they save last.pt) and the experiment ends."""
-    STOP.signum = signum
-    STOP.set()
+    main_runs.STOP.signum = signum
+    main_runs.STOP.set()
 
 
 def run(argv=None):
@@ -511,7 +432,7 @@ def run(argv=None):
 def experiment(argv):
     """The tune or repeat command that ``argv`` asks for; returns the exit status."""
     command, opts, main_args, config = parse(argv)
-    STOP.clear()
+    main_runs.STOP.clear()
     handlers = {number: signal.signal(number, stop_runs) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         return (tune if command == "tune" else repeat)(opts, main_args, config)

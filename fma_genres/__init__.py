@@ -18,7 +18,7 @@ ones too) against this order, lowest first:
     training    train.py, test.py; fma_genres/training/: run state and resume, fine-tuning
     inference   fma_genres/inference/: audio windows, prediction, evaluation of a checkpoint, export
     reporting   fma_genres/reporting/: W&B, prediction plots
-    experiments fma_genres/experiments/: experiments.py's library, an Optuna study's shared storage
+    experiments fma_genres/experiments/: experiments.py's library: main.py run as a child (main_runs), an Optuna study's shared storage
                 (studies) and repeat's summary over seeds (seed_summary)
     config      fma_genres/configurator.py: a run's keys resolved and checked against the registries of
                 every layer below (MODELS, DATASETS, EPOCH_LOSSES, ...), config files, run folders
