@@ -18,6 +18,7 @@ Weights & Biases (offline unless an API key is configured).
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +29,15 @@ import utils
 from fma_genres import configurator, multilabel, tasks
 from fma_genres.data import cache as mel_cache, datasets
 from fma_genres.data.preload import preloaded  # a function: main's key `preload` would shadow the module
+from fma_genres.encoders import load_encoder
+from fma_genres.encoders.embedding_cache import build_embedding_cache, checkpoint_preprocessing
+from fma_genres.encoders.probe import feature_stats
 from fma_genres.reporting import wandb_logging
 from fma_genres.runtime import allocator, devices, distributed, errors, preemption
 from fma_genres.runtime.errors import ConfigError, PeerFailed
 from fma_genres.runtime.preemption import Preempted, RunSignals
 from fma_genres.training import finetune, run_state
-from models import accepted_args, build_model
+from models import PROBES, accepted_args, build_model
 from models_utils import CheckpointError
 from test import evaluate, test  # the project's test.py (it comes first on sys.path), not the stdlib package
 from train import EPOCH_LOSSES, EpochHooks, NonFiniteLossError, TrainSettings, continue_epoch, epoch_position, train
@@ -58,12 +62,15 @@ cache_workers = -1           # processes decoding audio into the cache; -1 = eve
 num_workers = -1             # DataLoader worker processes; -1 = auto: 0 on a CPU (its cores train), up to 4 on CUDA
 preload = "auto"             # training split copied once onto the training device, batches gathered there: auto = when it fits (docs/performance.md)
 # model
-model = "crnn"               # cnn1d | cnn2d | crnn (models.py)
+model = "crnn"               # cnn1d | cnn2d | crnn (models.py); an encoder other than mel makes it probe
+encoder = "mel"              # mel: the CNNs on mel-spectrograms | dasheng | whisper | clap: a probe on that frozen encoder's cached embeddings (docs/encoders.md)
+encoder_weights = ""         # the encoder's weights: a hub name, a local folder or a .pt file; "" = its published default
+head = "linear"              # the probe on the encoder's layers (a learned mix of them): linear | mlp (512 hidden, dropout 0.5)
 faithful = True              # the original's forward pass with its quirks (models.py); False: the corrected pass
 standardise = "auto"         # input dB standardised with train-split mean/std; auto = not faithful; True/False force it
 init = "kaiming"             # Linear/Conv weight init: kaiming (the original's) | xavier
-init_from = ""               # fine-tune from this checkpoint (or an original bare state_dict of --model); "" = none
-freeze = "none"              # with init_from: none | features: train only the classifier (BatchNorm statistics frozen)
+init_from = ""               # fine-tune from this checkpoint (or an original bare state_dict of --model; a probe's of the same encoder); "" = none
+freeze = "none"              # with init_from: none | features: train only the classifier (BatchNorm statistics frozen); a probe's encoder is always frozen
 # optimisation (Adam + cross-entropy, ReduceLROnPlateau with PyTorch defaults on the validation loss)
 epochs = 30                  # training epochs
 batch_size = 50              # examples per batch
@@ -142,7 +149,8 @@ def loader_settings(config, device):
 
 
 def build_data(config, device):
-    """Tracks and splits (datasets.py) -> spectrogram cache -> loaders: a datasets.RunData; None when prepare_only."""
+    """Tracks and splits (datasets.py) -> spectrogram cache (or, for a probe, the encoder's embedding cache) ->
+    loaders: a datasets.RunData; None when prepare_only."""
     settings = datasets.DataSettings.from_config(config)
     if config["dataset"] == "fma":
         datasets.ensure_fma(settings, config["download"], DEMO_TRACKS_PER_GENRE if config["demo"] else None)
@@ -151,18 +159,17 @@ def build_data(config, device):
     task = tasks.TASKS[config["target"]]  # the run's one choice between single-label and the genre tree
     if config["dataset"] == "fma" and not config["demo"]:  # a partial download: before any caching
         distributed.from_main(datasets.ensure_complete, tracks, settings, config["download"], config["allow_partial"])
-    preprocessing = finetune.checked_preprocessing(config, {**utils.PREPROCESSING, "n_frames": config["n_frames"]})
-    # Under torchrun each process of a machine decodes its share of the chunks, then waits for the rest.
-    cache = mel_cache.build_cache(tracks, dataset.cache_root, dataset.identity, preprocessing,
-                                  workers=config["cache_workers"] if config["cache_workers"] > 0 else devices.cpu_share(),
-                                  progress=distributed.is_main(),
-                                  shard=(distributed.local_rank(), distributed.local_world_size()))
+    cache, preprocessing = (spectrogram_cache if config["encoder"] == "mel" else embedding_cache)(config, dataset, device)
     if config["prepare_only"]:  # build_cache has printed the cache's summary
         print("prepare_only=True: the data and the cache are ready; nothing was trained.")
         return None
     distributed.from_main(datasets.write_splits, splits, Path(config["out_dir"]) / "splits.csv", config["resume"])
-    loaders, normalisation = utils.make_loaders(cache, splits, config["batch_size"], loader_settings(config, device),
+    probe = config["model"] in PROBES  # it standardises each feature of its embeddings, not all dB values at once
+    settings = replace(loader_settings(config, device), standardise=config["standardise"] and not probe)
+    loaders, normalisation = utils.make_loaders(cache, splits, config["batch_size"], settings,
                                                 shard=(distributed.rank(), distributed.world_size()))
+    if probe:
+        normalisation = dict(zip(("mean", "std"), feature_stats(cache, loaders["train"].dataset.track_ids)))
     sizes = ", ".join(f"{name} {len(loader.dataset)}" for name, loader in loaders.items())
     print(f"data: {dataset.identity} in {config['data_dir']}: {sizes} clips (the split: splits.csv)")
     data = datasets.RunData(loaders, class_names, preprocessing, normalisation, tracks, task, genres=dataset.genres,
@@ -176,14 +183,39 @@ def build_data(config, device):
     return data
 
 
+def cache_settings(config):
+    """build_cache's keyword arguments: under torchrun each process of a machine decodes its share of the
+    chunks, then waits for the rest."""
+    return dict(workers=config["cache_workers"] if config["cache_workers"] > 0 else devices.cpu_share(),
+                progress=distributed.is_main(), shard=(distributed.local_rank(), distributed.local_world_size()))
+
+
+def spectrogram_cache(config, dataset, device):
+    """(the run's spectrogram cache, its preprocessing: utils.PREPROCESSING with the run's n_frames)."""
+    preprocessing = finetune.checked_preprocessing(config, {**utils.PREPROCESSING, "n_frames": config["n_frames"]})
+    return mel_cache.build_cache(dataset.tracks, dataset.cache_root, dataset.identity, preprocessing,
+                                 **cache_settings(config)), preprocessing
+
+
+def embedding_cache(config, dataset, device):
+    """(the run's embedding cache of its encoder, run on the training device; the preprocessing its
+    checkpoints record: the cache's key and encoder_weights, which prediction loads the encoder from)."""
+    encoder = load_encoder(config["encoder"], config["encoder_weights"], device)
+    preprocessing = finetune.checked_preprocessing(config, checkpoint_preprocessing(encoder))
+    return build_embedding_cache(dataset.tracks, dataset.cache_root, dataset.identity, encoder,
+                                 **cache_settings(config)), preprocessing
+
+
 # -----------------------------------------------------------------------------
 # model and training state
 
 def build_training(config, data, device, checkpoint=None, overrides=()):
     """Model (initialised, or from the checkpoint), Adam, ReduceLROnPlateau and the run state:
     a run_state.Training whose ``model`` is the raw model until run() compiles or wraps it."""
-    model_args = accepted_args(config["model"], n_mels=data.preprocessing["n_mels"], n_frames=config["n_frames"],
-                               n_classes=len(data.class_names), faithful=config["faithful"])
+    p = data.preprocessing  # a CNN's mel bands, or a probe's encoder layers and width
+    model_args = accepted_args(config["model"], n_mels=p.get("n_mels"), n_frames=config["n_frames"],
+                               n_classes=len(data.class_names), faithful=config["faithful"], layers=p.get("layers"),
+                               dim=p.get("dim"), head=config["head"])
     reseed(config["seed"])
     try:
         model = models_utils.init_weights(build_model(config["model"], **model_args), config["init"])
@@ -323,7 +355,7 @@ def run(config, overrides, provenance):
     state.provenance = provenance
     n_parameters = models_utils.count_parameters(raw_model)  # trainable: all but the frozen ones (freeze)
     counts = {"parameters": n_parameters, "total_parameters": models_utils.count_parameters(raw_model, trainable=False)}
-    print(f"model: {config['model']} ({'faithful' if config['faithful'] else 'corrected'}), "
+    print(f"model: {models_utils.describe_model(config)}, "
           f"{models_utils.describe_parameters(counts['parameters'], counts['total_parameters'])}, "
           f"on {device}" + (f"; resuming after epoch {state.epoch}" if checkpoint else ""))
     config["world_size"] = distributed.world_size()  # recorded in the checkpoints, not a key

@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fma_genres.encoders.probe import ProbeHead
+
 
 class Standardise(nn.Module):
     """(x - mean) / std with the training split's dB statistics, kept as buffers in the state_dict;
@@ -218,21 +220,24 @@ class CRNN(nn.Module):
         return self.dropout(out[:, -1])         # (B, 128): the last step
 
 
-MODELS = {"cnn1d": CNN1D, "cnn2d": CNN2D, "crnn": CRNN}
+MODELS = {"cnn1d": CNN1D, "cnn2d": CNN2D, "crnn": CRNN}  # on mel-spectrograms: --model's choices
+# On a pretrained encoder's cached embeddings (main.py's encoder other than mel, which makes model=probe).
+PROBES = {"probe": ProbeHead}
 
 
 def build_model(name, **model_args):
     """The registry's model ``name`` built with ``model_args``; an unknown name lists the valid ones."""
     try:
-        model_class = MODELS[name]
+        model_class = {**MODELS, **PROBES}[name]
     except KeyError:
         raise ValueError(f"Unknown model {name!r}: choose one of {', '.join(sorted(MODELS))}.") from None
     return model_class(**model_args)
 
 
 def accepted_args(name, **model_args):
-    """The entries of ``model_args`` that model ``name`` takes (CNN2D takes no ``faithful``)."""
-    accepted = inspect.signature(MODELS[name]).parameters
+    """The entries of ``model_args`` that model ``name`` takes (CNN2D takes no ``faithful``, a probe its
+    ``layers``, ``dim``, ``n_classes`` and ``head``)."""
+    accepted = inspect.signature({**MODELS, **PROBES}[name]).parameters
     return {key: value for key, value in model_args.items() if key in accepted}
 
 

@@ -16,7 +16,7 @@ from fma_genres.data.fma import FMA_SMALL_GENRES
 from fma_genres.runtime import preemption
 from fma_genres.runtime.atomic import atomic_write
 from fma_genres.runtime.figures import pyplot
-from models import MODELS, accepted_args, build_model, standardisation_state
+from models import MODELS, PROBES, accepted_args, build_model, standardisation_state
 from utils import PREPROCESSING
 
 CHECKPOINT_FORMAT = "fma-genre-classifier"
@@ -287,12 +287,18 @@ def describe_parameters(trainable, total):
     return f"{total:,} parameters" if trainable == total else f"{trainable:,} trainable of {total:,} parameters"
 
 
+def describe_model(config):
+    """'crnn (faithful)', or a probe's 'probe (linear head on dasheng)'."""
+    if config["model"] in PROBES:
+        return f"{config['model']} ({config['head']} head on {config['encoder']})"
+    return f"{config['model']} ({'faithful' if config['faithful'] else 'corrected'})"
+
+
 def format_summary(config, history, metrics, genres=None):
     """The run's closing text: the per-epoch table, then the reported checkpoint's test result per genre
     (tasks.of(metrics).summary; multi-label: ``genres``, the checkpoint's, gives the tree)."""
     parameters = describe_parameters(metrics["parameters"], metrics.get("total_parameters", metrics["parameters"]))
-    lines = [f"\n=== {config['model']} ({'faithful' if config['faithful'] else 'corrected'}), "
-             f"{parameters}, {describe_data(config)} ===",
+    lines = [f"\n=== {describe_model(config)}, {parameters}, {describe_data(config)} ===",
              f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>9} {'val acc':>8} {'lr':>8} {'s':>7}"]
     lines += [f"{row['epoch']:5d} {row['train_loss']:10.4f} {row['train_accuracy']:9.3f} {row['val_loss']:9.4f} "
               f"{row['val_accuracy']:8.3f} {row['lr']:8.1e} {row['seconds']:7.1f}" for row in history]

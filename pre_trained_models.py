@@ -51,7 +51,7 @@ from fma_genres.inference import evaluation, export, predict
 from fma_genres.reporting import plots
 from fma_genres.runtime import allocator, atomic, devices, errors
 from fma_genres.runtime.errors import ConfigError, UsageError
-from models import MODELS
+from models import MODELS, PROBES
 from models_utils import CheckpointError
 
 MAIN_PY = Path(__file__).with_name("main.py")  # read for its defaults (main_split_defaults), never imported
@@ -99,7 +99,7 @@ def exit_status(failed, total, what):
 
 def load_members(args, device):
     """[(path, model, checkpoint)] of every --checkpoint given."""
-    return [(path, *predict.load_predictor(path, args.model, device)) for path in args.checkpoints]
+    return [(path, *predict.load_predictor(path, args.model, device, args.encoder_weights)) for path in args.checkpoints]
 
 
 def as_one_model(members):
@@ -112,6 +112,14 @@ def as_one_model(members):
         raise UsageError(str(error)) from None
 
 
+def spectrogram_model(checkpoint, what):
+    """UsageError for a probe checkpoint in a mode made for the CNNs on mel-spectrograms."""
+    if checkpoint["model"] in PROBES:
+        raise UsageError(f"{what}; this checkpoint is a probe on {checkpoint['preprocessing']['encoder']}'s "
+                         f"embeddings, which has none. Predict (table, --json, --output), --embeddings and "
+                         f"--evaluate work with it.")
+
+
 def run_prediction(args):
     """Predict every file named on the command line (with an ensemble's mean probabilities); returns the exit status."""
     device = devices.pick_device(args.device)
@@ -119,7 +127,9 @@ def run_prediction(args):
     files = audio_files(args.inputs, "predict")
     class_names, task = checkpoint["class_names"], tasks.of(checkpoint)
     widths = max(len(str(f)) for f in files), max(map(len, class_names))
-    hop = args.hop or predict.default_hop(checkpoint)
+    if args.plot:
+        spectrogram_model(checkpoint, "--plot draws the spectrogram a model saw")
+    hop = (args.hop or predict.default_hop(checkpoint)) if args.plot else None
     recorder = plots.WindowRecorder(hop) if args.plot else None
     rows, figure_names = [], set()
     for track, probabilities, n_windows, error in each_track(args, model, checkpoint, files, device,
@@ -141,7 +151,7 @@ def run_prediction(args):
 def run_embeddings(args):
     """Write the embedding of every file named on the command line to args.embeddings; returns the exit status."""
     device = devices.pick_device(args.device)
-    model, checkpoint = predict.load_predictor(args.checkpoint, args.model, device)
+    model, checkpoint = predict.load_predictor(args.checkpoint, args.model, device, args.encoder_weights)
     files = audio_files(args.inputs, "embed")
     rows = [(track, vector, n_windows) for track, vector, n_windows, error
             in each_track(args, model, checkpoint, files, device, predict.embeddings) if error is None]
@@ -155,6 +165,7 @@ def run_embeddings(args):
 def run_export(args):
     """Write the checkpoint's model as ONNX to args.export, checked against PyTorch; returns the exit status."""
     model, checkpoint = predict.load_predictor(args.checkpoint, args.model)
+    spectrogram_model(checkpoint, "--export writes a model that takes mel dB")
     try:
         difference = export.export_onnx(model, checkpoint, args.export)
     except export.ExportError as error:
@@ -212,7 +223,10 @@ def parse_args(argv=None):
     parser.add_argument("--model", choices=sorted(MODELS), help="model of a bare state_dict (original weights)")
     parser.add_argument("--top_k", type=int, help=f"genres shown per track (default {tasks.DEFAULT_TOP_K}); multi-label: "
                                                   f"the K most probable instead of those above their thresholds")
-    parser.add_argument("--hop", type=int, help="frames between window starts (default: half a window)")
+    parser.add_argument("--encoder_weights", help="a probe's encoder weights (hub name, folder or .pt; default: those "
+                                                  "its checkpoint records)")
+    parser.add_argument("--hop", type=int, help="frames between window starts (default: half a window; a probe's "
+                                                "windows are its encoder's, spread evenly)")
     parser.add_argument("--max_windows", type=int, help="at most this many evenly spaced windows per track")
     parser.add_argument("--json", action=argparse.BooleanOptionalAction, default=False,
                         help="one JSON object per line (also --json=True)")

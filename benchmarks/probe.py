@@ -3,8 +3,9 @@
     python benchmarks/probe.py                         # 6,400 tracks x 3 windows x 12 layers x 768 (Dasheng-base)
     python benchmarks/probe.py --layers=1 --dim=512    # CLAP's projected embedding
 
-Each track's windows are training rows (19,200 at full size), float16 in memory as the cache stores them,
-batches of 256, Adam; prints seconds per epoch for the linear and the MLP head on this machine's CPU.
+Each track is one training example, its windows' embeddings averaged by the probe as main.py trains it
+(6,400 at full size), float16 in memory as the cache stores them, batches of 50 (main.py's batch_size),
+Adam; prints seconds per epoch for the linear and the MLP head on this machine's CPU.
 """
 import argparse
 import sys
@@ -16,19 +17,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fma_genres.encoders.probe import HEADS, ProbeHead  # noqa: E402
 
-BATCH_SIZE = 256
+BATCH_SIZE = 50
 
 
 def epoch_seconds(x, labels, head, epochs):
     """Mean seconds of an epoch after the first (which pays for the allocations)."""
-    probe = ProbeHead(x.shape[1], x.shape[2], int(labels.max()) + 1, head)
+    probe = ProbeHead(x.shape[2], x.shape[3], int(labels.max()) + 1, head)
     optimiser = torch.optim.Adam(probe.parameters(), lr=1e-3)
     times = []
     for _ in range(epochs):
         start = time.perf_counter()
         for batch in torch.randperm(len(x)).split(BATCH_SIZE):
             optimiser.zero_grad()
-            torch.nn.functional.cross_entropy(probe(x[batch]), labels[batch]).backward()
+            torch.nn.functional.cross_entropy(probe(x[batch])[0], labels[batch]).backward()
             optimiser.step()
         times.append(time.perf_counter() - start)
     return sum(times[1:]) / len(times[1:]) if len(times) > 1 else times[0]
@@ -44,9 +45,8 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=4)
     args = parser.parse_args(argv)
     generator = torch.Generator().manual_seed(0)
-    rows = args.tracks * args.windows
-    x = torch.randn(rows, args.layers, args.dim, generator=generator).half()
-    labels = torch.randint(0, args.classes, (rows,), generator=generator)
+    x = torch.randn(args.tracks, args.windows, args.layers, args.dim, generator=generator).half()
+    labels = torch.randint(0, args.classes, (args.tracks,), generator=generator)
     shape = f"{args.tracks} tracks x {args.windows} windows x {args.layers} layers x {args.dim}"
     for head in HEADS:
         seconds = epoch_seconds(x, labels, head, args.epochs)

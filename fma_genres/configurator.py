@@ -30,11 +30,13 @@ import models_utils
 import utils
 from fma_genres import tasks
 from fma_genres.data import datasets, fma
+from fma_genres.encoders import ENCODERS, MERT_MESSAGE
+from fma_genres.encoders.probe import HEADS
 from fma_genres.reporting import wandb_logging
 from fma_genres.runtime import devices
 from fma_genres.runtime.errors import ConfigError
 from fma_genres.training import finetune
-from models import MODELS
+from models import MODELS, PROBES
 from train import EPOCH_LOSSES
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
@@ -199,8 +201,8 @@ KEYS = {
     "n_frames": Key(minimum=1), "cache_workers": Key(**RUN_CONTROL), "num_workers": Key(**RUN_CONTROL),
     "preload": Key(**RUN_CONTROL),
     # model (its name starts every run name)
-    "model": Key(choices=tuple(MODELS), names_run=False), "init": Key(choices=tuple(models_utils.INITIALISERS)),
-    "freeze": Key(choices=finetune.FREEZE),
+    "model": Key(choices=(*MODELS, *PROBES), names_run=False), "init": Key(choices=tuple(models_utils.INITIALISERS)),
+    "freeze": Key(choices=finetune.FREEZE), "encoder": Key(choices=("mel", *ENCODERS)), "head": Key(choices=tuple(HEADS)),
     # optimisation: epochs, lr and weight_decay change what is learnt, and may change on resume
     "epochs": Key(minimum=1, may_change_on_resume=True), "batch_size": Key(minimum=1),
     "lr": Key(may_change_on_resume=True), "weight_decay": Key(minimum=0, may_change_on_resume=True),
@@ -243,6 +245,7 @@ def make_config(overrides, defaults):
     if overrides.get("demo", defaults["demo"]):
         config.update(DEMO, **(task.demo if task else {}))  # the demo with sub-genres has its own folder
     config.update(overrides)
+    resolve_model(config, overrides)
     # W&B's watch hooks would make torch.compile recompile at every step, hence no auto compile with watch
     config["compile"] = resolve_auto(config, "compile", config["model"] in COMPILED_MODELS and not config["watch"])
     config["standardise"] = resolve_auto(config, "standardise", not config["faithful"])
@@ -272,6 +275,27 @@ def make_config(overrides, defaults):
     return config
 
 
+def resolve_model(config, overrides):
+    """An encoder other than mel trains model=probe on its cached embeddings (docs/encoders.md); a CNN or
+    SpecAugment asked for with it, or model=probe without one, is refused."""
+    encoder, model = config["encoder"], overrides.get("model")
+    if encoder == "mert":
+        raise ConfigError(MERT_MESSAGE)
+    if encoder == "mel":
+        if config["model"] in PROBES:
+            raise ConfigError(f"model={config['model']} is trained on a pretrained encoder's embeddings: give "
+                              f"--encoder={'|'.join(ENCODERS)} (docs/encoders.md), or a CNN ({', '.join(MODELS)}).")
+        return
+    if model is not None and model not in PROBES:
+        raise ConfigError(f"model={model} is a CNN on mel-spectrograms, but encoder={encoder} trains a probe on the "
+                          f"encoder's embeddings (choose its head with --head={'|'.join(HEADS)}): drop --model, or "
+                          f"use --encoder=mel for the CNN.")
+    if config["data_augmentation"]:
+        raise ConfigError(f"data_augmentation=True masks mel-spectrograms (SpecAugment); encoder={encoder} trains on "
+                          f"cached embeddings, which it cannot mask: drop --data_augmentation.")
+    config["model"] = next(iter(PROBES))
+
+
 def demo_help():
     """The demo settings, for main.py's --help."""
     def options(settings):
@@ -290,7 +314,8 @@ def resume_help(defaults):
 def naming_defaults(config, defaults):
     """What a run's W&B name compares it with: the values the keys that name runs (KEYS) would take by
     default in a run of its model (and demo or not)."""
-    resolved = make_config({"demo": config["demo"], "model": config["model"]}, defaults)
+    model = {"model": config["model"]} if config["model"] in MODELS else {}  # a probe's: the default CNN's
+    resolved = make_config({"demo": config["demo"], **model}, defaults)
     return {key: resolved[key] for key in keys_where("names_run", defaults)}
 
 

@@ -38,6 +38,17 @@ def preprocessing_of(encoder):
             "layers": int(encoder.layers), "dim": int(encoder.dim)}
 
 
+def checkpoint_preprocessing(encoder):
+    """What a probe's checkpoints record as their preprocessing: the cache's key, and the weights as given
+    (a hub name or a path), from which prediction and --evaluate load the encoder again."""
+    return {**preprocessing_of(encoder), "encoder_weights": encoder.weights}
+
+
+def window_starts(samples, window, count):
+    """First sample of each of ``count`` windows spread evenly from the audio's start to its end."""
+    return np.linspace(0, max(samples - window, 0), count).round().astype(int)
+
+
 def clip_windows(path, p):
     """(status, reason, float32 (windows, window samples) or None) of one clip; any failure is the clip's."""
     if not Path(path).is_file():
@@ -53,8 +64,7 @@ def clip_windows(path, p):
     except Exception as e:
         reason = str(e) if isinstance(e, AudioError) else f"{type(e).__name__}: {e}"
         return BROKEN, reason.replace(f"{path}: ", ""), None
-    starts = np.linspace(0, len(audio) - window, p["windows"]).round().astype(int)
-    return OK, None, np.stack([audio[s:s + window] for s in starts])
+    return OK, None, np.stack([audio[s:s + window] for s in window_starts(len(audio), window, p["windows"])])
 
 
 def _decode_rows(tasks, p):

@@ -14,6 +14,7 @@ import models_utils
 import utils
 from fma_genres import tasks
 from fma_genres.data import cache as mel_cache, datasets
+from fma_genres.inference import probe_windows
 from fma_genres.runtime import errors
 from fma_genres.runtime.errors import UsageError
 from test import evaluate  # the project's test.py (python and pytest.ini put the project root first on sys.path)
@@ -103,8 +104,8 @@ def report(args, members, model, checkpoint, settings, device):
         raise UsageError(f"The checkpoint was trained on the genres {checkpoint['class_names']} but "
                          f"{args.data_dir} ({settings['dataset']} {settings['subset']}) has {class_names}: "
                          f"evaluate it on the data it was trained on (--data_dir, --subset).")
-    cache = mel_cache.build_cache(test_tracks, data.cache_root, data.identity,
-                                  preprocessing=checkpoint["preprocessing"])
+    cache = (probe_windows.test_cache(model, test_tracks, data) if isinstance(model, probe_windows.EncoderProbe)
+             else mel_cache.build_cache(test_tracks, data.cache_root, data.identity, preprocessing=checkpoint["preprocessing"]))
     # make_loaders wants three splits; only "test" is used. It feeds raw dB (the model standardises
     # itself when its checkpoint says so), so no statistics are computed.
     loaders, _ = utils.make_loaders(cache, dict.fromkeys(("train", "val", "test"), test_tracks),

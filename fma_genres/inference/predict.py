@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader
 import models_utils
 import utils
 from fma_genres import tasks
-from fma_genres.inference import audio_windows
+from fma_genres.inference import audio_windows, probe_windows
 from fma_genres.runtime import atomic
-from models import MODELS
+from models import MODELS, PROBES
 from models_utils import CheckpointError
 
 
@@ -82,6 +82,10 @@ def ensemble(members):
     the members' mean thresholds for a multi-label one (tasks.py). Members must share the task, genres (in
     order) and preprocessing, else ValueError naming the two files."""
     first_path, _, first = members[0]
+    probes = [path for path, _, checkpoint in members if checkpoint["model"] in PROBES]
+    if probes:
+        raise ValueError(f"{probes[0]} is a probe on a pretrained encoder: probes do not form ensembles here yet; "
+                         f"give one probe checkpoint, or CNN checkpoints only.")
     for path, _, checkpoint in members[1:]:
         for key, what in (("target", "target"), ("class_names", "genres"), ("genres", "genre ids"),
                           ("preprocessing", "preprocessing")):
@@ -99,10 +103,11 @@ def ensemble(members):
 # -----------------------------------------------------------------------------
 # a checkpoint's model, and what a track's prediction shows
 
-def load_predictor(path, model_name=None, device="cpu"):
+def load_predictor(path, model_name=None, device="cpu", encoder_weights=None):
     """(model in eval mode, checkpoint dict) from a checkpoint of this project or an original bare state_dict.
 
-    Both are read with torch.load(weights_only=True), so a checkpoint can never run code.
+    Both are read with torch.load(weights_only=True), so a checkpoint can never run code. A probe's model
+    is a probe_windows.EncoderProbe: its encoder loaded from ``encoder_weights`` or those it records.
     """
     try:
         checkpoint = models_utils.load_checkpoint(path, device)
@@ -121,6 +126,8 @@ def load_predictor(path, model_name=None, device="cpu"):
         hint = f" They fit --model={fits[0]}." if fits else ""
         raise CheckpointError(f"The weights in {path} do not fit model {checkpoint['model']!r} "
                               f"{checkpoint['model_args']}.{hint}") from None
+    if checkpoint["model"] in PROBES:
+        model = probe_windows.EncoderProbe(model, probe_windows.encoder_of(checkpoint, encoder_weights, device))
     return model, checkpoint  # it takes raw dB: a standardised model's scaling is in its Standardise layer
 
 
@@ -155,6 +162,9 @@ def predict(model, checkpoint, files, hop=None, max_windows=None, batch_size=32,
     computed, so memory does not grow with the length of a track.
     """
     preprocessing, outputs = checkpoint["preprocessing"], outputs or window_outputs(checkpoint)
+    if isinstance(model, probe_windows.EncoderProbe):  # the encoder's windows of audio, not spectrograms
+        yield from probe_windows.predict(model, checkpoint, files, outputs, max_windows, batch_size, device, num_workers)
+        return
     dataset = audio_windows.TrackWindows(files, preprocessing, hop or default_hop(checkpoint), max_windows)
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=keep_item,
                         worker_init_fn=audio_windows.silence_decoder_notes)

@@ -170,8 +170,9 @@ def hardest_clips_table(config, data, result, hardest):
         track_id = test_set.track_ids[i]
         audio = clip_audio(data.tracks.loc[track_id, "path"], data.preprocessing) \
             if config["upload_audio"] else None
+        row = test_set.cache[track_id]  # a probe's is its windows' embeddings: no picture
         table.add_data(track_id, names[true], names[predicted], float(probabilities[i, predicted]),
-                       *map(float, probabilities[i]), wandb.Image(mel_image(test_set.cache[track_id])), audio)
+                       *map(float, probabilities[i]), wandb.Image(mel_image(row)) if row.ndim == 2 else None, audio)
     return table
 
 
@@ -184,7 +185,7 @@ def mel_image(mel_db):
 
 
 def clip_audio(path, preprocessing):
-    """The part of the clip the model saw (its first n_frames frames) as wandb.Audio, decoded by the
+    """The part of the clip the model saw (its first n_frames frames; a probe's: all) as wandb.Audio, decoded by the
     project's own loader; None with a warning when the file no longer decodes (the run still finishes)."""
     import wandb
     p = preprocessing
@@ -193,7 +194,8 @@ def clip_audio(path, preprocessing):
     except errors.DataError as error:
         print(f"warning: W&B hardest clips: no audio: {error}")
         return None
-    return wandb.Audio(audio[:p["n_frames"] * p["hop_length"]], sample_rate=p["sample_rate"])
+    seen = p["n_frames"] * p["hop_length"] if "n_frames" in p else None  # a probe's windows span the clip
+    return wandb.Audio(audio[:seen], sample_rate=p["sample_rate"])
 
 
 def summary_run(config, group, job_type, summary, tables=None, images=()):

@@ -283,16 +283,20 @@ def test_the_probe_learns_to_weight_the_layer_that_holds_the_genre(head):
     x = 3.0 * torch.randn(256, 3, 8, generator=generator)  # layers 0 and 2: loud noise
     x[:, 1] = 0.3 * torch.randn(256, 8, generator=generator)
     x[torch.arange(256), 1, labels] += 2.0  # layer 1: the class, far above its noise
+    rows = x[:, None]  # one window per clip: (B, windows, layers, dim), as the embedding cache's rows
     probe = ProbeHead(layers=3, dim=8, n_classes=4, head=head)
-    assert probe(x).shape == (256, 4) and torch.allclose(probe.layer_weights(), torch.full((3,), 1 / 3))
+    logits, probabilities = probe(rows)
+    assert logits.shape == (256, 4) and torch.allclose(probabilities, logits.softmax(1))
+    assert torch.allclose(logits, probe.head(probe.embed(rows))), "the model contract: logits == head(embed(x))"
+    assert torch.allclose(probe.layer_weights(), torch.full((3,), 1 / 3))
     optimiser = torch.optim.Adam(probe.parameters(), lr=0.05)
     for _ in range(60):
         optimiser.zero_grad()
-        torch.nn.functional.cross_entropy(probe(x), labels).backward()
+        torch.nn.functional.cross_entropy(probe(rows)[0], labels).backward()
         optimiser.step()
     probe.eval()
     assert probe.layer_weights()[1] > 0.6
-    assert (probe(x).argmax(1) == labels).float().mean() > 0.9
+    assert (probe(rows)[0].argmax(1) == labels).float().mean() > 0.9
 
 
 def test_probe_benchmark_prints_seconds_per_epoch():
