@@ -1,0 +1,141 @@
+"""Probes on pretrained encoders through the suite's own commands: main.py trains a probe on the embedding
+cache (encoder=dasheng|whisper|clap), resumes it and reports it (W&B offline, hardest clips included);
+pre_trained_models.py predicts files with it (long tracks in the encoder's windows, CSV) and --evaluate
+scores it on its test split. Tiny random encoders saved locally (tests/test_encoders.py's), generated
+WAV clips in a folder dataset; nothing is downloaded (HF_HUB_OFFLINE=1).
+
+    python -m pytest tests/test_probes.py -q
+"""
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import clean_env
+from test_encoders import MISSING, Weights, needs_packages
+
+ROOT = sys.modules["test_encoders"].ROOT
+GENRES = ("Folk", "Jazz", "Rock")
+
+
+def write_wav(path, seconds, pitch, seed, rate=16000):
+    import soundfile as sf
+
+    t = np.arange(int(seconds * rate)) / rate
+    noise = np.random.default_rng(seed).standard_normal(t.size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, (0.3 * np.sin(2 * np.pi * pitch * t) + 0.05 * noise).astype(np.float32), rate)
+    return path
+
+
+@pytest.fixture(scope="module")
+def music(tmp_path_factory):
+    """A folder dataset: 3 genres x 4 WAV clips of 30 s (each genre its own pitch)."""
+    root = tmp_path_factory.mktemp("music")
+    for g, genre in enumerate(GENRES):
+        for k in range(4):
+            write_wav(root / genre / f"{k}.wav", 30.0, 110.0 * (g + 1), seed=10 * g + k)
+    return root
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    if MISSING:
+        pytest.skip(f"{MISSING} not installed")
+    return Weights(tmp_path_factory.mktemp("weights"))
+
+
+def run(script, *args, env, check=True):
+    result = subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert not check or result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@needs_packages
+@pytest.mark.parametrize("name", ["dasheng", pytest.param("whisper", marks=pytest.mark.slow),
+                                  pytest.param("clap", marks=pytest.mark.slow)])
+def test_a_probe_trains_resumes_predicts_and_evaluates_with_the_suites_commands(name, weights, music, tmp_path):
+    env = {**clean_env(tmp_path), "HF_HUB_OFFLINE": "1"}
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    train = ["main.py", "--dataset=folder", f"--data_dir={music}", f"--cache_dir={cache}", f"--encoder={name}",
+             f"--encoder_weights={weights[name]}", "--head=mlp", "--batch_size=4", f"--out_dir={out}",
+             "--wandb_mode=offline", "--hardest_clips=2", "--upload_audio=True", "--cache_workers=1"]
+    first = run(*train, "--epochs=1", env=env)
+    assert f"model: probe (mlp head on {name})" in first.stdout and "Embedding cache" in first.stdout
+    best = torch.load(out / "best.pt", weights_only=True)
+    p = best["preprocessing"]
+    assert best["model"] == "probe" and best["config"]["encoder"] == name
+    assert (p["encoder"], p["encoder_weights"], p["windows"]) == (name, str(weights[name]), 3)
+    assert best["model_args"] == {"layers": p["layers"], "dim": p["dim"], "n_classes": 3, "head": "mlp"}
+    assert best["state_dict"]["standardise.std"].shape == (p["layers"], p["dim"])  # per feature, from training
+    assert not torch.allclose(best["state_dict"]["standardise.std"], torch.ones(p["layers"], p["dim"]))
+
+    resumed = run(*train, "--epochs=2", "--resume=True", env=env)
+    assert "resuming after epoch 1" in resumed.stdout and "[0 computed now, " in resumed.stdout  # the cache reused
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["training"]["epoch"] == 2 and len(last["training"]["history"]) == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_examples"] == 3 and 0 <= metrics["test_accuracy"] <= 1
+
+    # prediction: an FMA-length clip gets the cache's 3 windows, a 52 s track 5, a 4 s one 1 (padded)
+    long_track, short_track = write_wav(tmp_path / "long.wav", 52.0, 220.0, 1), write_wav(tmp_path / "s.wav", 4.0, 330.0, 2)
+    clip = music / "Jazz" / "0.wav"
+    table = tmp_path / "genres.csv"
+    run("pre_trained_models.py", f"--checkpoint={out / 'best.pt'}", f"--output={table}", "--num_workers=1",
+        clip, long_track, short_track, env=env)
+    rows = {row["path"]: row for row in csv.DictReader(table.open())}
+    assert [rows[str(f)]["windows"] for f in (clip, long_track, short_track)] == ["3", "5", "1"]
+    for row in rows.values():
+        assert abs(sum(float(row[genre]) for genre in GENRES) - 1) < 1e-5
+    # the clip's prediction is the probe on its cache row (float16 embeddings: a float16 step's tolerance)
+    from fma_genres.data import datasets
+    from fma_genres.encoders.embedding_cache import EmbeddingCache
+    from fma_genres.inference import predict
+
+    data = datasets.load(datasets.DataSettings.from_config({**best["config"], "data_dir": str(music)}))
+    track_id = data.tracks.index[data.tracks["path"] == str(clip)][0]
+    folder = next(f for f in (cache / "embeddings").iterdir() if track_id in EmbeddingCache(f))
+    model, _ = predict.load_predictor(out / "best.pt", device="cpu")
+    expected = model(torch.from_numpy(EmbeddingCache(folder)[track_id][None].astype(np.float32)))[1][0]
+    predicted = torch.tensor([float(rows[str(clip)][genre]) for genre in GENRES])
+    assert torch.allclose(predicted, expected.double().float(), atol=2e-3)
+
+    # --evaluate: the test split it was trained with, through the embedding cache, as training's test
+    evaluation = run("pre_trained_models.py", f"--checkpoint={out / 'best.pt'}", "--evaluate=True",
+                     f"--cache_dir={cache}", f"--out_dir={tmp_path / 'evaluation'}", env=env)
+    assert "on 3 clips" in evaluation.stdout
+    evaluated = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+    assert abs(evaluated["test_loss"] - metrics["test_loss"]) < 1e-4 and evaluated["test_accuracy"] == metrics["test_accuracy"]
+
+    # the encoder's weights given again: another copy works; weights that are not there say how to fix it
+    missing = run("pre_trained_models.py", f"--checkpoint={out / 'best.pt'}", "--encoder_weights=/nowhere/weights.pt",
+                  clip, env=env, check=False)
+    assert missing.returncode == 2 and "--encoder_weights=" in missing.stderr and "/nowhere/weights.pt" in missing.stderr
+
+
+def test_the_encoder_keys_choose_the_probe_and_refuse_what_does_not_fit():
+    from fma_genres import configurator
+    from fma_genres.runtime.errors import ConfigError
+    from main import CONFIG
+
+    probe = configurator.make_config({"encoder": "dasheng", "head": "mlp"}, CONFIG)
+    assert probe["model"] == "probe" and configurator.make_config({}, CONFIG)["model"] == "crnn"
+    assert configurator.runs_folder(probe, "runs").name == "probe"
+    assert configurator.naming_defaults(probe, CONFIG)["encoder"] == "mel", "a probe's W&B name shows its encoder"
+    refused = {
+        "trust_remote_code": {"encoder": "mert"},
+        "is a CNN on mel-spectrograms, but encoder=whisper": {"encoder": "whisper", "model": "cnn1d"},
+        "--encoder=dasheng|whisper|clap": {"model": "probe"},
+        "drop --data_augmentation": {"encoder": "clap", "data_augmentation": True},
+        "choose one of linear, mlp": {"encoder": "clap", "head": "deep"},
+    }
+    for message, overrides in refused.items():
+        with pytest.raises(ConfigError, match=message.replace("|", r"\|")):
+            configurator.make_config(overrides, CONFIG)
+    assert "encoder_weights" in configurator.keys_where("names_run", CONFIG)
+    assert not set(configurator.keys_where("may_change_on_resume", CONFIG)) & {"encoder", "encoder_weights", "head"}
