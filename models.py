@@ -22,23 +22,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fma_genres.encoders.probe import ProbeHead
-
 
 class Standardise(nn.Module):
     """(x - mean) / std with the training split's dB statistics, kept as buffers in the state_dict;
-    mean 0 and std 1 (the default, a run without standardise) give the raw dB back exactly."""
+    mean 0 and std 1 (the default, a run without standardise) give the raw dB back exactly. ``shape``:
+    the statistics' (a probe's: one per layer and feature of its embeddings), broadcast over the input."""
 
-    def __init__(self):
+    def __init__(self, shape=()):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(0.0))
-        self.register_buffer("std", torch.tensor(1.0))
+        self.register_buffer("mean", torch.zeros(shape))
+        self.register_buffer("std", torch.ones(shape))
 
     def use(self, mean, std):
-        """Standardise with these statistics (utils.normalisation_stats); None: feed raw dB."""
+        """Standardise with these statistics (utils.normalisation_stats, probe.feature_stats); None: raw input."""
         with torch.no_grad():
-            self.mean.fill_(0.0 if mean is None else mean)
-            self.std.fill_(1.0 if std is None else std)
+            self.mean.copy_(torch.as_tensor(0.0 if mean is None else mean))
+            self.std.copy_(torch.as_tensor(1.0 if std is None else std))
         return self
 
     def forward(self, x):
@@ -218,6 +217,43 @@ class CRNN(nn.Module):
             x = x.permute(0, 3, 1, 2).reshape(batch, steps, channels * height)  # (B, T', 128 H)
         out, _ = self.lstm(x)                   # (B, T', 128)
         return self.dropout(out[:, -1])         # (B, 128): the last step
+
+
+MLP_HIDDEN, MLP_DROPOUT = 512, 0.5  # MARBLE's MLP probe: one hidden layer of 512, dropout 0.5
+
+
+def linear_head(dim, n_classes):
+    return nn.Linear(dim, n_classes)
+
+
+def mlp_head(dim, n_classes):
+    return nn.Sequential(nn.Linear(dim, MLP_HIDDEN), nn.ReLU(), nn.Dropout(MLP_DROPOUT), nn.Linear(MLP_HIDDEN, n_classes))
+
+
+HEADS = {"linear": linear_head, "mlp": mlp_head}  # main.py's head
+
+
+class ProbeHead(nn.Module):
+    """A probe on a frozen encoder's cached embeddings (fma_genres/encoders/probe.py, docs/encoders.md):
+    (B, windows, layers, dim) -> the windows' mean, standardised per (layer, feature), a learned softmax
+    mix of the layers (MARBLE's probes), then a linear or MLP head."""
+
+    def __init__(self, layers, dim, n_classes, head="linear"):
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head={head!r}: choose one of {sorted(HEADS)}")
+        self.standardise = Standardise((layers, dim))  # an encoder's layers differ in scale by orders of magnitude
+        self.layer_logits = nn.Parameter(torch.zeros(layers))  # uniform weights to start, as MARBLE's
+        self.head = HEADS[head](dim, n_classes)
+
+    def layer_weights(self):
+        return torch.softmax(self.layer_logits, dim=0)
+
+    def forward(self, x):                       # (B, windows, layers, dim) -> (B, n_classes) twice
+        return with_probabilities(self.head(self.embed(x)))
+
+    def embed(self, x):                         # (B, windows, layers, dim) -> (B, dim)
+        return torch.einsum("bld,l->bd", self.standardise(x.float()).mean(dim=1), self.layer_weights())
 
 
 MODELS = {"cnn1d": CNN1D, "cnn2d": CNN2D, "crnn": CRNN}  # on mel-spectrograms: --model's choices

@@ -31,12 +31,11 @@ import utils
 from fma_genres import tasks
 from fma_genres.data import datasets, fma
 from fma_genres.encoders import ENCODERS, MERT_MESSAGE
-from fma_genres.encoders.probe import HEADS
 from fma_genres.reporting import wandb_logging
 from fma_genres.runtime import devices
 from fma_genres.runtime.errors import ConfigError
 from fma_genres.training import finetune
-from models import MODELS, PROBES
+from models import HEADS, MODELS, PROBES
 from train import EPOCH_LOSSES
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository

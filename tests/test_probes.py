@@ -139,3 +139,16 @@ def test_the_encoder_keys_choose_the_probe_and_refuse_what_does_not_fit():
             configurator.make_config(overrides, CONFIG)
     assert "encoder_weights" in configurator.keys_where("names_run", CONFIG)
     assert not set(configurator.keys_where("may_change_on_resume", CONFIG)) & {"encoder", "encoder_weights", "head"}
+
+
+def test_each_encoder_has_a_probe_config_for_fma_small_and_medium():
+    from fma_genres import configurator
+    from fma_genres.encoders import ENCODERS
+    from main import CONFIG
+
+    for name in ENCODERS:
+        for subset in ("small", "medium"):
+            path = ROOT / "configs" / f"probe_{name}_{subset}.py"
+            config = configurator.make_config(configurator.read_config_file(path, CONFIG), CONFIG)
+            assert (config["model"], config["encoder"], config["subset"], config["split"]) == ("probe", name, subset,
+                                                                                             "official")
