@@ -84,7 +84,7 @@ def analyse(paths, model, checkpoint, top_k=None, device="cpu"):
     hop = predict.default_hop(checkpoint)  # pre_trained_models.py's default
     recorder = plots.WindowRecorder(hop)
     # num_workers=0: the windows are decoded in this process (the page serves one request at a time)
-    predicted = predict.predict(model, checkpoint, paths, hop, device=device,
+    predicted = predict.predict(model, checkpoint, paths, predict.Reading(hop), device=device,
                                   outputs=predict.window_outputs(checkpoint), on_window=recorder)
     for k, (result, (_, probabilities, _, error)) in enumerate(zip(results, predicted)):
         windows = recorder.pop(k)

@@ -82,8 +82,8 @@ def audio_files(inputs, task):
 
 def each_track(args, model, checkpoint, files, device, outputs=None, on_window=None):
     """inference.predict's results, with a progress bar on many files and an error line for each failure."""
-    results = predict.predict(model, checkpoint, files, args.hop, args.max_windows, args.batch_size, device,
-                                min(args.num_workers, len(files)), outputs, on_window)
+    reading = predict.Reading(args.hop, args.max_windows, args.batch_size, min(args.num_workers, len(files)))
+    results = predict.predict(model, checkpoint, files, reading, device, outputs, on_window)
     for track, vector, n_windows, error in tqdm(results, total=len(files), unit="track",
                                                 disable=len(files) < 10 or None, file=sys.stderr):
         if error:

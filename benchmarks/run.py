@@ -374,8 +374,8 @@ def bench_predict(size, tracks, work, rows):
     files = [Path(p) for p in tracks["path"]]
 
     def run(batch_size, workers):
-        results = list(predict.predict(model, checkpoint, files, batch_size=batch_size,
-                                         num_workers=workers))
+        results = list(predict.predict(model, checkpoint, files,
+                                         predict.Reading(batch_size=batch_size, num_workers=workers)))
         failed = [(path, error) for path, _, _, error in results if error]
         if failed or len(results) != len(files):
             raise RuntimeError(f"prediction failed: {failed[:3]}")

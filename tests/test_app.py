@@ -77,8 +77,8 @@ def test_windows_recorded_are_those_the_model_saw_and_average_to_the_prediction(
     model, checkpoint = predict.load_predictor(tiny / "run" / "best.pt")
     hop = 40  # not a divisor of the window: each window adds its last 40 columns
     recorder = plots.WindowRecorder(hop)
-    [(_, probabilities, n_windows, error)] = predict.predict(model, checkpoint, [tiny / "song.mp3"], hop,
-                                                                on_window=recorder)
+    [(_, probabilities, n_windows, error)] = predict.predict(model, checkpoint, [tiny / "song.mp3"],
+                                                                predict.Reading(hop), on_window=recorder)
     spectrogram, window_probabilities = recorder.pop(0)
     windows = list(audio_windows.track_windows(tiny / "song.mp3", checkpoint["preprocessing"], hop))
     assert error is None and n_windows == len(windows) == len(window_probabilities) > 1

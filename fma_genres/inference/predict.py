@@ -18,6 +18,7 @@ A library for pre_trained_models.py and app.py (the command line and the web pag
     model, checkpoint = inference.ensemble([(path, *inference.load_predictor(path)) for path in paths])
 """
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -151,9 +152,19 @@ def default_hop(checkpoint):
     return checkpoint["preprocessing"]["n_frames"] // 2
 
 
-def predict(model, checkpoint, files, hop=None, max_windows=None, batch_size=32, device="cpu", num_workers=0,
-            outputs=None, on_window=None):
-    """Yield (path, mean of its windows' outputs or None, number of windows, error or None) per file, in order.
+@dataclass(frozen=True)
+class Reading:
+    """How predict reads tracks: ``hop`` seconds between windows (None: the checkpoint's), at most
+    ``max_windows`` a track (None: all), ``batch_size`` windows a batch, ``num_workers`` decoding processes."""
+    hop: float = None
+    max_windows: int = None
+    batch_size: int = 32
+    num_workers: int = 0
+
+
+def predict(model, checkpoint, files, reading=Reading(), device="cpu", outputs=None, on_window=None):
+    """Yield (path, mean of its windows' outputs or None, number of windows, error or None) per file, in order,
+    reading them as ``reading`` (a Reading) says.
 
     `outputs(model, windows)` gives each window's vector (window_outputs(checkpoint) by default: probabilities). `on_window(file
     index, window, vector)`, when given, sees every window (float16 dB on the CPU) with its vector, a
@@ -163,10 +174,10 @@ def predict(model, checkpoint, files, hop=None, max_windows=None, batch_size=32,
     """
     preprocessing, outputs = checkpoint["preprocessing"], outputs or window_outputs(checkpoint)
     if isinstance(model, probe_windows.EncoderProbe):  # the encoder's windows of audio, not spectrograms
-        yield from probe_windows.predict(model, checkpoint, files, outputs, max_windows, batch_size, device, num_workers)
+        yield from probe_windows.predict(model, checkpoint, files, outputs, reading, device)
         return
-    dataset = audio_windows.TrackWindows(files, preprocessing, hop or default_hop(checkpoint), max_windows)
-    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=keep_item,
+    dataset = audio_windows.TrackWindows(files, preprocessing, reading.hop or default_hop(checkpoint), reading.max_windows)
+    loader = DataLoader(dataset, batch_size=None, num_workers=reading.num_workers, collate_fn=keep_item,
                         worker_init_fn=audio_windows.silence_decoder_notes)
     tracks = [{"sum": 0.0, "windows": 0, "queued": 0, "done": False, "error": None} for _ in files]
     queue = []     # (file index, window) waiting for a batch
@@ -178,9 +189,9 @@ def predict(model, checkpoint, files, hop=None, max_windows=None, batch_size=32,
             track["windows"] += len(windows)
             track["queued"] += len(windows)
             queue.extend((i, w) for w in windows)
-        while len(queue) >= batch_size:
-            run_batch(model, outputs, queue[:batch_size], tracks, device, on_window)
-            queue = queue[batch_size:]
+        while len(queue) >= reading.batch_size:
+            run_batch(model, outputs, queue[:reading.batch_size], tracks, device, on_window)
+            queue = queue[reading.batch_size:]
         emitted = yield from finished_tracks(files, tracks, emitted)
     if queue:
         run_batch(model, outputs, queue, tracks, device, on_window)

@@ -92,11 +92,13 @@ def keep_item(item):
     return item
 
 
-def predict(model, checkpoint, files, outputs, max_windows=None, batch_size=32, device="cpu", num_workers=0):
+def predict(model, checkpoint, files, outputs, reading, device="cpu"):
     """Yield (path, outputs(model, the track's embedding row) or None, windows, error or None) per file, in
-    order, as predict.predict does for the CNNs; the encoder embeds batch_size windows at a time."""
-    loader = DataLoader(TrackAudio(files, checkpoint["preprocessing"], max_windows), batch_size=None,
-                        num_workers=num_workers, collate_fn=keep_item, worker_init_fn=silence_decoder_notes)
+    order, as predict.predict does for the CNNs (``reading``: its predict.Reading, whose hop the encoder's
+    windows ignore); the encoder embeds reading.batch_size windows at a time."""
+    loader = DataLoader(TrackAudio(files, checkpoint["preprocessing"], reading.max_windows), batch_size=None,
+                        num_workers=reading.num_workers, collate_fn=keep_item, worker_init_fn=silence_decoder_notes)
+    batch_size = reading.batch_size
     for i, windows, error in loader:
         if error:
             yield files[i], None, 0, error

@@ -7,7 +7,7 @@ server's threads share no global figure state):
 
     recorder = plots.WindowRecorder(hop)
     for i, (path, probabilities, n_windows, error) in enumerate(
-            inference.predict(model, checkpoint, files, hop, on_window=recorder)):
+            inference.predict(model, checkpoint, files, inference.Reading(hop), on_window=recorder)):
         spectrogram, window_probabilities = recorder.pop(i)
         shown = inference.shown_genres(probabilities, checkpoint, k)
         figure = plots.track_figure(path.name, spectrogram, window_probabilities, checkpoint, hop, shown)

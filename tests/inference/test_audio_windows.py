@@ -130,10 +130,10 @@ MEMORY_PROBE = textwrap.dedent("""
     hop = checkpoint["preprocessing"]["n_frames"]  # windows side by side: half the work of the default hop
     peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     for _ in range(2):  # warm-up: every buffer, and the allocators' caches, once
-        list(inference.predict(model, checkpoint, [Path(sys.argv[2])], hop, batch_size=4))
+        list(inference.predict(model, checkpoint, [Path(sys.argv[2])], inference.Reading(hop, batch_size=4)))
     before = peak()
     tracemalloc.start()  # NumPy reports its arrays to tracemalloc
-    (_, probabilities, windows, error), = inference.predict(model, checkpoint, [Path(sys.argv[3])], hop, batch_size=4)
+    (_, probabilities, windows, error), = inference.predict(model, checkpoint, [Path(sys.argv[3])], inference.Reading(hop, batch_size=4))
     print(json.dumps({"growth": peak() - before, "numpy_peak": tracemalloc.get_traced_memory()[1],
                       "windows": windows, "error": error}))
 """)

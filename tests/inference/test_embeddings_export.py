@@ -87,7 +87,7 @@ def test_embedding_is_the_head_input_averaged_over_windows(name, tmp_path):
     sf.write(long_track, tone(8, 22050, seed=1), 22050)       # 8 s: several 100-frame windows
     sf.write(short_track, tone(1, 44100, seed=2, channels=2), 44100)  # shorter than a window: padded
     model, checkpoint = predict.load_predictor(write_checkpoint(tmp_path / "model.pt", name, faithful=False))
-    results = list(predict.predict(model, checkpoint, [long_track, short_track], batch_size=3,
+    results = list(predict.predict(model, checkpoint, [long_track, short_track], predict.Reading(batch_size=3),
                                      outputs=predict.embeddings))
     assert [(path, n, error) for path, _, n, error in results] == [(long_track, 5, None), (short_track, 1, None)]
     fc = model.head

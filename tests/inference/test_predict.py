@@ -114,8 +114,8 @@ def test_window_average_equals_mean_of_direct_window_probabilities(music, wide_c
     files = [music / "short_mono_22k.wav", music / "nested/LONG_STEREO_48K.WAV", music / "clip_mono_22k.wav"]
     # batch_size 4: the long track's 11 windows share batches with the other tracks' windows; two
     # workers (files 0 and 2 in one, file 1 in the other) send their windows interleaved
-    results = list(predict.predict(model, checkpoint, files, batch_size=4, num_workers=2))
-    bounded = list(predict.predict(model, checkpoint, files[1:2], max_windows=4, batch_size=3))
+    results = list(predict.predict(model, checkpoint, files, predict.Reading(batch_size=4, num_workers=2)))
+    bounded = list(predict.predict(model, checkpoint, files[1:2], predict.Reading(max_windows=4, batch_size=3)))
     assert [(r[0], r[2], r[3]) for r in results] == [(files[0], 1, None), (files[1], 11, None), (files[2], 1, None)]
     raw = CNN1D(faithful=False)
     raw.load_state_dict(checkpoint["state_dict"])
