@@ -51,7 +51,7 @@ import torch  # noqa: E402
 
 import main  # noqa: E402
 import utils  # noqa: E402
-from fma_genres import configurator  # noqa: E402
+from fma_genres import configurator, tasks  # noqa: E402
 from fma_genres.data import cache as mel_cache  # noqa: E402
 from fma_genres.data.preload import preloaded  # noqa: E402
 from fma_genres.inference import audio_windows, predict  # noqa: E402
@@ -249,9 +249,15 @@ def recipe(name, size, **overrides):
     return config
 
 
+def run_data_stub(class_names):
+    """What main.build_training reads of a run's data (datasets.RunData): the mel bands, genres, raw dB."""
+    return SimpleNamespace(preprocessing={"n_mels": 128}, class_names=class_names,
+                           normalisation={"mean": None, "std": None})
+
+
 def timed_epoch(config, size, loaders, device, deadline):
     """{samples_s, epoch_s, waits, val_s, compile_s, peak_gb, cut} of one epoch after warm-up, and a validation pass."""
-    meta = SimpleNamespace(preprocessing={"n_mels": 128}, class_names=[str(i) for i in range(8)])  # build_training's
+    meta = run_data_stub([str(i) for i in range(8)])
     training = main.build_training(config, meta, device)
     raw_model, optimizer = training.raw_model, training.optimizer
     model = main.compiled(config, raw_model, size["backend"])
@@ -332,8 +338,7 @@ def last_batch_rows(size, report, device, deadline):
             continue
         torch._dynamo.reset()
         config = recipe(size["last_batch_model"], size, compile="True")
-        training = main.build_training(config, SimpleNamespace(preprocessing={"n_mels": 128},
-                                                               class_names=list("01234567")), device)
+        training = main.build_training(config, run_data_stub(list("01234567")), device)
         raw_model, optimizer = training.raw_model, training.optimizer
         model, seconds = main.compiled(config, raw_model, size["backend"]), []
         for inputs, targets in batches:
@@ -389,15 +394,14 @@ def part_torchrun(size, report, deadline):
 def part_predict(size, report, deadline, device):
     """Windows/s of the model on the device; tracks/s from generated audio through the mel path."""
     preprocessing = {**utils.PREPROCESSING, "n_frames": size["n_frames"]}
-    model = main.build_training(recipe("crnn", size), SimpleNamespace(preprocessing=preprocessing,
-                                                                      class_names=list("01234567")), device).raw_model.eval()
+    model = main.build_training(recipe("crnn", size), run_data_stub(list("01234567")), device).raw_model.eval()
     windows = (torch.rand(size["windows"], 128, size["n_frames"]) * -80).half()
     queue = [(0, window) for window in windows]
     tracks = [{"sum": 0.0, "queued": len(queue)}]
-    predict.run_batch(model, predict.probabilities, queue, tracks, device)  # warm-up
+    predict.run_batch(model, tasks.TASKS[tasks.DEFAULT].window_probabilities, queue, tracks, device)  # warm-up
     start, done = time.perf_counter(), 0
     for _ in range(10):  # each batch's .cpu() waits for the device: the time is the device's
-        predict.run_batch(model, predict.probabilities, queue, tracks, device)
+        predict.run_batch(model, tasks.TASKS[tasks.DEFAULT].window_probabilities, queue, tracks, device)
         done += len(queue)
         if time.monotonic() > deadline:
             break
@@ -415,7 +419,7 @@ def part_predict(size, report, deadline, device):
     start = time.perf_counter()
     with torch.no_grad():
         for track in audio:  # one window per clip, as an FMA clip gives
-            predict.run_batch(model, predict.probabilities,
+            predict.run_batch(model, tasks.TASKS[tasks.DEFAULT].window_probabilities,
                                 [(0, torch.from_numpy(audio_windows.window_db(track, preprocessing)))],
                                 tracks, device)
     report.add("e predict", f"crnn, {size['tracks']} tracks of {seconds:.1f} s generated audio",

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # as pytest.ini's pythonpath, for the script
 import models_utils  # noqa: E402
 import utils  # noqa: E402
+from fma_genres import tasks  # noqa: E402
 from fma_genres.data import cache as mel_cache  # noqa: E402
 from fma_genres.data.preload import preloaded  # noqa: E402
 from fma_genres.inference import predict  # noqa: E402
@@ -145,7 +146,7 @@ def test_prediction_on_cuda_matches_the_cpu():
     for device in ("cpu", "cuda"):
         tracks = [{"sum": 0.0, "queued": 6}, {"sum": 0.0, "queued": 6}]
         queue = [(i // 6, window) for i, window in enumerate(windows)]
-        predict.run_batch(model.to(device).eval(), predict.probabilities, queue, tracks, device)
+        predict.run_batch(model.to(device).eval(), tasks.TASKS[tasks.DEFAULT].window_probabilities, queue, tracks, device)
         results[device] = np.stack([track["sum"] for track in tracks])
     np.testing.assert_allclose(results["cuda"], results["cpu"], atol=2e-3)  # summed probabilities, TF32 convs
 
