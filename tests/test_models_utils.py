@@ -342,15 +342,25 @@ def test_a_format_2_checkpoint_migrates_its_normalisation_into_the_model():
 @pytest.mark.parametrize("path", [V1, V2], ids=["format-1", "format-2"])
 def test_older_formats_predict_what_the_format_2_code_predicted(path):
     """predictions_format_2.json: the probabilities and embeddings main's format-2 code (git e3dbcd5) gave
-    for each fixture (tests/fixtures/make_checkpoint_v2.py made them); within 1e-6 of them today."""
+    for each fixture (tests/fixtures/make_checkpoint_v2.py made them), on an AVX-512 CPU. On this CPU the
+    migrated model gives within 1e-6 what format 2's wrapper gave (the model fed (x - mean) / std, computed
+    here), and within 1e-5 the stored figures: another kernel set rounds differently (1.7e-6 seen with
+    ATEN_CPU_CAPABILITY=default)."""
     expected = json.loads((DATA / "predictions_format_2.json").read_text())[path.name]
     model, checkpoint = predict.load_predictor(path)
+    task = tasks.of(checkpoint)
     x = torch.randn(*expected["shape"], generator=torch.Generator().manual_seed(0)) * 20 - 40
+    wrapped = copy.deepcopy(model)  # format 2: a raw-dB model behind a wrapper that standardised its input
+    mean, std = wrapped.standardise.mean.clone(), wrapped.standardise.std.clone()
+    wrapped.standardise.use(None, None)
     with torch.no_grad():
-        probabilities, embeddings = tasks.of(checkpoint).window_probabilities(model, x), predict.embeddings(model, x)
+        probabilities, embeddings = task.window_probabilities(model, x), predict.embeddings(model, x)
+        then = task.window_probabilities(wrapped, (x - mean) / std), predict.embeddings(wrapped, (x - mean) / std)
     assert probabilities.max(dim=1).values.min() < 0.9  # not saturated: a change would show
-    torch.testing.assert_close(probabilities, torch.tensor(expected["probabilities"]), rtol=0, atol=1e-6)
-    torch.testing.assert_close(embeddings, torch.tensor(expected["embeddings"]), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(probabilities, then[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(embeddings, then[1], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(probabilities, torch.tensor(expected["probabilities"]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(embeddings, torch.tensor(expected["embeddings"]), rtol=1e-5, atol=1e-5)
 
 
 def test_a_checkpoint_from_a_newer_version_is_refused_with_the_fix(tmp_path):
