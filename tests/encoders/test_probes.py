@@ -120,6 +120,32 @@ def test_a_probe_trains_resumes_predicts_and_evaluates_with_the_suites_commands(
         predict.load_predictor(out / "best.pt", encoder_weights="/nowhere/weights.pt")
 
 
+@needs_packages
+@pytest.mark.slow  # the demo's sub-genre clips (24 of 30 s), one epoch of a Dasheng probe, a prediction
+def test_a_probe_learns_fmas_genre_tree_as_multi_label(weights, tmp_path):
+    """target=genres_all with a probe: the demo's FMA-format data with sub-genres, one sigmoid per genre of
+    the tree, thresholds tuned on validation, and a prediction that names genres by their tree paths."""
+    from fma_genres.data.demo_data import make_demo_dataset
+
+    demo = make_demo_dataset(tmp_path / "demo", tracks_per_genre=3, subgenres=True)
+    env = {**clean_env(tmp_path), "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "run"
+    run("main.py", f"--data_dir={demo}", "--download=False", "--target=genres_all", "--min_genre_tracks=1",
+        "--encoder=dasheng", f"--encoder_weights={weights['dasheng']}", "--epochs=1", "--batch_size=4",
+        f"--out_dir={out}", "--wandb_mode=disabled", "--cache_workers=1", env=env)
+    best = torch.load(out / "best.pt", weights_only=True)
+    genres = best["genres"]
+    assert best["model"] == "probe" and best["target"] == "genres_all"
+    assert best["model_args"]["n_classes"] == len(genres["ids"]) == len(genres["thresholds"]) > 8  # sub-genres too
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["select_metric"] == "pr_auc_macro" and 0 <= metrics["pr_auc_macro"] <= 1
+    clip = sorted((demo / "fma_small").rglob("*.mp3"))[0]
+    predicted = run("pre_trained_models.py", f"--checkpoint={out / 'best.pt'}", "--json", "--top_k=3",
+                    "--num_workers=1", clip, env=env)
+    shown = json.loads(predicted.stdout.strip().splitlines()[-1])
+    assert len(shown["genres"]) == 3 and set(shown["probabilities"]) == set(best["class_names"])
+
+
 def test_the_encoder_keys_choose_the_probe_and_refuse_what_does_not_fit():
     from fma_genres import configurator
     from fma_genres.runtime.errors import ConfigError
