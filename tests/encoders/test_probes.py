@@ -8,6 +8,7 @@ WAV clips in a folder dataset; nothing is downloaded (HF_HUB_OFFLINE=1).
 """
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -144,6 +145,34 @@ def test_a_probe_learns_fmas_genre_tree_as_multi_label(weights, tmp_path):
                     "--num_workers=1", clip, env=env)
     shown = json.loads(predicted.stdout.strip().splitlines()[-1])
     assert len(shown["genres"]) == 3 and set(shown["probabilities"]) == set(best["class_names"])
+
+
+@needs_packages
+@pytest.mark.slow  # torchrun's two ranks each load the encoder, then one process builds the same cache
+def test_two_ranks_fill_the_embedding_cache_one_process_would(weights, music, tmp_path):
+    """Under torchrun the ranks of a machine share the embedding cache's rows (the mel cache's shards): the
+    folder they fill is the one a single process fills, row for row (a float16 step apart at most: each
+    process runs the encoder on its own threads)."""
+    from fma_genres.encoders.embedding_cache import EmbeddingCache
+
+    env = {**clean_env(tmp_path), "HF_HUB_OFFLINE": "1"}
+    keys = ["--dataset=folder", f"--data_dir={music}", "--encoder=dasheng", f"--encoder_weights={weights['dasheng']}",
+            "--prepare_only=True", "--cache_workers=1", "--wandb_mode=disabled"]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "main.py", *keys, f"--cache_dir={tmp_path / 'two'}", f"--out_dir={tmp_path / 'run_two'}"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    assert "nothing was trained" in two.stdout
+    rank_0 = int(re.search(r"\[(\d+) computed now", two.stdout).group(1))
+    assert 0 < rank_0 < 9, two.stdout  # rank 0 computed its share, rank 1 the rest
+    one = run("main.py", *keys, f"--cache_dir={tmp_path / 'one'}", f"--out_dir={tmp_path / 'run_one'}", env=env)
+    assert "[9 computed now" in one.stdout
+    (folder_two,), (folder_one,) = ((tmp_path / name / "embeddings").iterdir() for name in ("two", "one"))
+    assert folder_two.name == folder_one.name  # the same tracks, encoder, weights and preprocessing
+    caches = EmbeddingCache(folder_two), EmbeddingCache(folder_one)
+    for track_id in caches[1].track_ids:
+        a, b = (cache[track_id].astype(np.float32) for cache in caches)
+        assert np.allclose(a, b, rtol=2 ** -10, atol=1e-6), track_id
 
 
 def test_the_encoder_keys_choose_the_probe_and_refuse_what_does_not_fit():
