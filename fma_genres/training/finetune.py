@@ -62,6 +62,11 @@ def head_prefix(model):
     return next(name for name, module in model.named_modules() if module is model.head) + "."
 
 
+def output_layer(head):
+    """The Linear layer of ``head`` that gives the genres: the head itself, or its last (a probe's MLP)."""
+    return [module for module in head.modules() if isinstance(module, torch.nn.Linear)][-1]
+
+
 def load_features(model, path, model_name, class_names):
     """Load init_from's weights that fit into ``model`` (the head's only when the genres are the same, in
     the same order; never its input standardisation); print the layers loaded and the new ones; return
@@ -78,7 +83,7 @@ def load_features(model, path, model_name, class_names):
     model.load_state_dict(loaded, strict=False)
     if not same_genres:
         with torch.no_grad():
-            model.head.weight.mul_(NEW_HEAD_SCALE)
+            output_layer(model.head).weight.mul_(NEW_HEAD_SCALE)
     new = [key for key in own if key not in loaded]
     layers = lambda keys: ", ".join(dict.fromkeys(key.rsplit(".", 1)[0] for key in keys)) or "none"
     why = "" if same_genres else f" (its genres {list(source['class_names'])} are not this dataset's)"

@@ -161,3 +161,20 @@ def test_a_source_that_does_not_fit_is_refused_before_any_work(source, tmp_path,
 def test_freeze_needs_a_source():
     with pytest.raises(ConfigError, match="freeze=features needs init_from"):
         configurator.make_config({"freeze": "features"}, main.CONFIG)
+
+
+def test_a_probes_mlp_head_starts_afresh_near_zero_for_new_genres(tmp_path):
+    """init_from a probe with an MLP head (a Sequential, no .weight of its own) on other genres: the features'
+    layer mix loads, the head's layers stay new, and its output layer starts scaled down near zero."""
+    source = build_model("probe", layers=3, dim=8, n_classes=3, head="mlp")
+    path = tmp_path / "probe.pt"
+    models_utils.save_checkpoint(models_utils.make_checkpoint(
+        "probe", {"layers": 3, "dim": 8, "n_classes": 3, "head": "mlp"}, source.state_dict(), ["a", "b", "c"],
+        {}), path)
+    torch.manual_seed(0)
+    model = build_model("probe", layers=3, dim=8, n_classes=4, head="mlp")
+    fresh = finetune.output_layer(model.head).weight.abs().mean().item()
+    loaded, new = finetune.load_features(model, path, "probe", ["w", "x", "y", "z"])
+    assert loaded and all(key.startswith("head.") for key in new) and not any(k.startswith("head.") for k in loaded)
+    assert finetune.output_layer(model.head).weight.abs().mean().item() == pytest.approx(
+        fresh * finetune.NEW_HEAD_SCALE)
