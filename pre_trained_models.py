@@ -32,6 +32,9 @@ checkpoints averages their probabilities and uses their mean thresholds (fma_gen
     # raw mel dB in, probabilities out (multi-label: sigmoids, thresholds and genre tree in the metadata);
     # checked with onnxruntime against PyTorch before it is written
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --export=crnn.onnx
+    # zero-shot with CLAP, no checkpoint: scores against "This audio is a {genre} song." (docs/encoders.md)
+    python pre_trained_models.py --zero_shot=True --genres=Rock,Jazz,Folk song.mp3 album/
+    python pre_trained_models.py --zero_shot=True --evaluate=True --data_dir=data --subset=small
 
 Exit status: 0 when every file was predicted (or embedded, or the export verified), 1 when any failed
 (each failure has an error line on stderr), 2 for a usage error (bad checkpoint, no audio files, ...).
@@ -46,8 +49,8 @@ from tqdm import tqdm
 
 import utils
 from fma_genres import configurator, tasks
-from fma_genres.data import fma
-from fma_genres.inference import evaluation, export, predict
+from fma_genres.data import datasets, fma
+from fma_genres.inference import evaluation, export, predict, zero_shot
 from fma_genres.reporting import plots
 from fma_genres.runtime import allocator, atomic, devices, errors
 from fma_genres.runtime.errors import ConfigError, UsageError
@@ -97,8 +100,13 @@ def exit_status(failed, total, what):
     return 1 if failed else 0
 
 
-def load_members(args, device):
-    """[(path, model, checkpoint)] of every --checkpoint given."""
+def load_members(args, device, genres=None):
+    """[(path, model, checkpoint)] of every --checkpoint given, or [(its name, model, checkpoint)] of
+    --zero_shot's CLAP over ``genres`` (default: --genres's, zero_shot.chosen_genres)."""
+    if args.zero_shot:
+        genres = genres or zero_shot.chosen_genres(args.genres, args.subset, args.data_dir)
+        model, checkpoint = zero_shot.load_zero_shot(genres, args.prompt, args.encoder_weights, device)
+        return [(f"zero-shot CLAP {model.encoder.weights}", model, checkpoint)]
     return [(path, *predict.load_predictor(path, args.model, device, args.encoder_weights)) for path in args.checkpoints]
 
 
@@ -189,16 +197,31 @@ def main_split_defaults():
 def run_evaluation(args):
     """Evaluate the checkpoint (or the ensemble of --checkpoint's) on the test split it was trained with."""
     device = devices.pick_device(args.device)
+    if args.zero_shot:
+        return run_zero_shot_evaluation(args, device)
     members = load_members(args, device)
     args.data_dir = args.data_dir or evaluation.recorded_data_dir(members)
     settings = evaluation.shared_split_settings(args, members, main_split_defaults())
     return evaluation.report(args, members, *as_one_model(members), settings, device)
 
 
+def run_zero_shot_evaluation(args, device):
+    """Score --zero_shot's CLAP on the test split of --data_dir (its genres are the dataset's): trained on
+    nothing, any split is fair, so the command line's split keys (or main.py's defaults) choose it."""
+    if not args.data_dir:
+        raise UsageError("--zero_shot=True --evaluate=True needs --data_dir: the folder holding fma_metadata/ and "
+                         "fma_<subset>/ (the layout download_data.sh writes), or a folder or CSV dataset.")
+    settings = {**main_split_defaults(), **evaluation.given_settings(args, main_split_defaults())}
+    data = evaluation.test_data(args, {}, settings)
+    members = load_members(args, device, data.class_names)
+    args.out_dir = args.out_dir or str(Path("runs") / "zero_shot" / "evaluation")
+    return evaluation.report(args, members, *members[0][1:], settings, device, data)
+
+
 # -----------------------------------------------------------------------------
 # command line
 
-BOOLEAN_FLAGS = ("json", "evaluate")
+BOOLEAN_FLAGS = ("json", "evaluate", "zero_shot")
 
 
 def expand_boolean_flags(argv, parser):
@@ -218,13 +241,20 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", metavar="FILE_OR_DIR", help="audio files and folders (searched recursively)")
-    parser.add_argument("--checkpoint", required=True, action="append", dest="checkpoints",
+    parser.add_argument("--checkpoint", action="append", dest="checkpoints", default=[],
                         help="a .pt written by main.py, or an original bare state_dict; several: their ensemble")
+    parser.add_argument("--zero_shot", action=argparse.BooleanOptionalAction, default=False,
+                        help="no checkpoint: CLAP scores each genre's text prompt (--encoder_weights: CLAP's, "
+                             f"default {zero_shot.DEFAULT_WEIGHTS})")
+    parser.add_argument("--genres", help="with --zero_shot: Rock,Jazz,... or tree (genres.csv's; needs --data_dir); "
+                                         "default: FMA's top genres of --subset (small: 8, medium: 16)")
+    parser.add_argument("--prompt", default=zero_shot.DEFAULT_PROMPT,
+                        help="with --zero_shot: the text template, {genre} is each genre's name (default: %(default)r)")
     parser.add_argument("--model", choices=sorted(MODELS), help="model of a bare state_dict (original weights)")
     parser.add_argument("--top_k", type=int, help=f"genres shown per track (default {tasks.DEFAULT_TOP_K}); multi-label: "
                                                   f"the K most probable instead of those above their thresholds")
     parser.add_argument("--encoder_weights", help="a probe's encoder weights (hub name, folder or .pt; default: those "
-                                                  "its checkpoint records)")
+                                                  "its checkpoint records), or --zero_shot's CLAP weights")
     parser.add_argument("--hop", type=int, help="frames between window starts (default: half a window; a probe's "
                                                 "windows are its encoder's, spread evenly)")
     parser.add_argument("--max_windows", type=int, help="at most this many evenly spaced windows per track")
@@ -242,7 +272,10 @@ def parse_args(argv=None):
                         help="evaluate on the test split of --data_dir instead of predicting files")
     parser.add_argument("--data_dir", help="with --evaluate: folder with fma_metadata/ and fma_<subset>/, or the "
                                            "genre folder or CSV of a folder or csv dataset (default: the checkpoint's)")
-    # The test split is the checkpoint's own (its training config); these are for the original's weights.
+    # The test split is the checkpoint's own (its training config); these are for the original's weights
+    # and --zero_shot (trained on nothing: any split, main.py's defaults unless given).
+    parser.add_argument("--dataset", choices=sorted(datasets.DATASETS),
+                        help="with --evaluate: the kind of --data_dir (default: the checkpoint's; --zero_shot: fma)")
     parser.add_argument("--subset", choices=fma.SUBSETS, help="with --evaluate: FMA subset (default: the checkpoint's)")
     parser.add_argument("--split", choices=fma.SPLIT_MODES, help="with --evaluate: (default: the checkpoint's)")
     parser.add_argument("--seed", type=int, help="with --evaluate and a random split (default: the checkpoint's)")
@@ -250,7 +283,8 @@ def parse_args(argv=None):
     parser.add_argument("--cache_dir", help="with --evaluate: spectrogram cache (default: <data_dir>/cache)")
     parser.add_argument("--out_dir", help="with --evaluate: report folder (default: <checkpoint folder>/evaluation)")
     args = parser.parse_args(expand_boolean_flags(sys.argv[1:] if argv is None else argv, parser))
-    args.checkpoint = args.checkpoints[0]
+    args.checkpoint = args.checkpoints[0] if args.checkpoints else None
+    check_zero_shot(args, parser)
     if len(args.checkpoints) > 1 and (args.embeddings or args.export):
         parser.error(f"--{'embeddings' if args.embeddings else 'export'} takes one --checkpoint, not an ensemble")
     if args.batch_size < 1:
@@ -268,6 +302,32 @@ def parse_args(argv=None):
     if not (args.evaluate or args.export or args.inputs):
         parser.error("give at least one audio file or folder to predict (or --evaluate=True --data_dir=...)")
     return args
+
+
+def check_zero_shot(args, parser):
+    """Exactly one of --checkpoint and --zero_shot; zero-shot's own keys only with it, and only where it fits."""
+    if not args.zero_shot:
+        if not args.checkpoints:
+            parser.error("give --checkpoint=FILE.pt (a model trained by main.py), or --zero_shot=True to score "
+                         "genres with CLAP's text prompts and no training")
+        given = [f"--{key}" for key in ("genres", "prompt") if getattr(args, key) != parser.get_default(key)]
+        if given:
+            parser.error(f"{given[0]} is for --zero_shot=True: a checkpoint's genres are those it was trained on")
+        return
+    if args.model or args.checkpoints:
+        parser.error("--zero_shot=True scores genres with CLAP's text prompts and needs no checkpoint: drop "
+                     f"{'--checkpoint' if args.checkpoints else '--model'} (or drop --zero_shot to use the checkpoint)")
+    modes = [f"--{mode}" for mode in ("embeddings", "export", "plot") if getattr(args, mode)]
+    if modes:
+        parser.error(f"{modes[0]} needs a trained checkpoint; --zero_shot=True predicts genres (table, --json, "
+                     f"--output) and --evaluate: drop {modes[0]}")
+    if args.evaluate and args.genres:
+        parser.error("with --zero_shot=True --evaluate=True the genres are those of the test split's dataset "
+                     f"(--data_dir, --subset): drop --genres={args.genres}")
+    try:
+        zero_shot.check_prompt(args.prompt)
+    except UsageError as error:
+        parser.error(str(error))
 
 
 def main(argv=None):

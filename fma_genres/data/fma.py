@@ -7,6 +7,9 @@ from fma_genres.runtime.errors import DataError
 
 FMA_SMALL_GENRES = ["Electronic", "Experimental", "Folk", "Hip-Hop", "Instrumental",
                     "International", "Pop", "Rock"]
+FMA_TOP_GENRES = ["Blues", "Classical", "Country", "Easy Listening", "Electronic", "Experimental", "Folk", "Hip-Hop",
+                  "Instrumental", "International", "Jazz", "Old-Time / Historic", "Pop", "Rock", "Soul-RnB",
+                  "Spoken"]  # genres.csv's 16 top-level genres: fma_medium's (and large's) classes
 SUBSETS = ("small", "medium", "large")  # ('set','subset') is the smallest subset a track is in
 SPLITS = {"train": "training", "val": "validation", "test": "test"}
 SPLIT_MODES = ("official", "random")
@@ -50,6 +53,16 @@ def subset_tracks(data_dir, subset, track_columns=(), genre_columns=()):
                         f"rows). Download fma_metadata.zip again with download_data.sh.")
     rank = tracks[("set", "subset")].map({name: i for i, name in enumerate(SUBSETS)})
     return tracks[rank <= SUBSETS.index(subset)], genres
+
+
+def genre_titles(data_dir):
+    """Every genre title of genres.csv (FMA's tree: 163 genres), in its order; no need to read tracks.csv."""
+    path = Path(data_dir) / "fma_metadata" / "genres.csv"
+    genres = read_csv(path, data_dir, "small", index_col=0)
+    if "title" not in genres.columns:
+        raise DataError(f"{path} has no title column: it is not FMA's genres.csv. Download fma_metadata.zip "
+                        f"again with download_data.sh.")
+    return genres["title"].astype(str).tolist()
 
 
 def track_frame(chosen, data_dir, subset, labels):

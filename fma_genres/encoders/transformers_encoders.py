@@ -1,6 +1,7 @@
 """The encoders from Hugging Face transformers: Whisper's encoder (OpenAI, MIT) and CLAP's audio tower
-(LAION, laion/larger_clap_music, Apache-2.0). Each loads a hub name or a local folder holding the model
-and its feature extractor (what save_pretrained writes); transformers is imported only here, on load."""
+(LAION, laion/larger_clap_music, Apache-2.0), whose text tower embeds zero-shot prompts. Each loads a hub
+name or a local folder holding the model and its feature extractor (what save_pretrained writes; CLAP's
+prompts also need its tokenizer); transformers is imported only here, on load."""
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ from fma_genres.encoders.base import Encoder, looks_local, weights_error
 class TransformersEncoder(Encoder):
     """A transformers model and its feature extractor, loaded from a hub name or a local folder."""
     model_class = ""  # the transformers class name of the whole model
+    model_type = ""   # its config.json's model_type: other weights would load as a random model, with a warning
     local_form = "folder (the model's config.json, weights and preprocessor_config.json)"
 
     def load(self, weights):
@@ -20,12 +22,15 @@ class TransformersEncoder(Encoder):
         if looks_local(weights) and not path.is_dir():
             why = "a .pt file is the dasheng encoder's format" if path.is_file() else "no such folder"
             raise weights_error(self, weights, why)
-        source = str(path) if path.is_dir() else weights
+        self.location = str(path) if path.is_dir() else weights
         try:
-            self.features = transformers.AutoFeatureExtractor.from_pretrained(source)
-            return self.submodule(getattr(transformers, self.model_class).from_pretrained(source))
+            model_type = transformers.AutoConfig.from_pretrained(self.location).model_type
+            if model_type != self.model_type:
+                raise weights_error(self, weights, f"they are a {model_type} model, not {self.name}")
+            self.features = transformers.AutoFeatureExtractor.from_pretrained(self.location)
+            return self.submodule(getattr(transformers, self.model_class).from_pretrained(self.location))
         except OSError as e:  # transformers' "not found / cannot connect / not cached" errors are OSErrors
-            raise weights_error(self, weights, str(e).split("\n")[0].rstrip(".")) from None
+            raise weights_error(self, weights, first_line(e)) from None
 
     def submodule(self, model):
         return model
@@ -35,8 +40,13 @@ class TransformersEncoder(Encoder):
                              return_attention_mask=True)
 
 
+def first_line(error):
+    return str(error).split("\n")[0].rstrip(".")
+
+
 class WhisperEncoder(TransformersEncoder):
     name, sample_rate, default_weights, model_class = "whisper", 16000, "openai/whisper-base", "WhisperModel"
+    model_type = "whisper"
     licence = "MIT"
     source = "the Hugging Face hub (https://huggingface.co/openai, e.g. openai/whisper-base)"
 
@@ -55,6 +65,8 @@ class WhisperEncoder(TransformersEncoder):
 
 class ClapEncoder(TransformersEncoder):
     name, sample_rate, default_weights, model_class = "clap", 48000, "laion/larger_clap_music", "ClapModel"
+    model_type = "clap"
+    local_form = "folder (the model's config.json, weights, preprocessor_config.json and, for zero-shot, its tokenizer)"
     licence = "Apache-2.0"
     source = "the Hugging Face hub (https://huggingface.co/laion/larger_clap_music)"
 
@@ -64,3 +76,26 @@ class ClapEncoder(TransformersEncoder):
         features = self.model.get_audio_features(input_features=inputs["input_features"].to(self.device),
                                                  is_longer=inputs["is_longer"].to(self.device))
         return features.pooler_output.unsqueeze(1)
+
+    @torch.inference_mode()
+    def embed_text(self, prompts):
+        """float32 (prompts, dim) on the CPU: CLAP's projected text embeddings (normalised), the audio's peers."""
+        import transformers
+
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(self.location)
+        except (OSError, ValueError) as e:  # not cached offline, or unreadable files
+            raise weights_error(self, self.weights, f"no tokenizer for the text prompts ({first_line(e)})") from None
+        inputs = tokenizer(list(prompts), padding=True, return_tensors="pt")
+        # A folder without tokenizer files loads as an empty tokenizer, silently: every prompt gets the same tokens.
+        if len(set(map(tuple, inputs["input_ids"].tolist()))) < len(set(prompts)):
+            raise weights_error(self, self.weights, "no tokenizer for the text prompts: different prompts get the same "
+                                "tokens (the folder lacks tokenizer.json, or vocab.json and merges.txt)")
+        features = self.model.get_text_features(input_ids=inputs["input_ids"].to(self.device),
+                                                attention_mask=inputs["attention_mask"].to(self.device))
+        return features.pooler_output.float().cpu()
+
+    @property
+    def logit_scale(self):
+        """CLAP's learned temperature of audio-to-text cosine similarities (exp of logit_scale_a)."""
+        return float(self.model.logit_scale_a.exp())

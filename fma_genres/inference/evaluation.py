@@ -29,7 +29,7 @@ def split_settings(args, checkpoint, defaults, path=None):
     """
     path = path or args.checkpoint
     trained = checkpoint.get("config") or {}
-    given = {key: getattr(args, key, None) for key in defaults if getattr(args, key, None) is not None}
+    given = given_settings(args, defaults)
     settings = {**defaults, **given, **{key: trained[key] for key in defaults if key in trained}}
     random = settings["split"] == "random" or settings["dataset"] != "fma"
     relevant = defaults if random else ("subset", "split")  # seeds shape random splits only
@@ -44,6 +44,12 @@ def split_settings(args, checkpoint, defaults, path=None):
               f"trained on a random split with an unrecorded seed): its test clips may include training clips.",
               file=sys.stderr)
     return settings
+
+
+def given_settings(args, defaults):
+    """The split keys given on the command line; a zero-shot model, trained on nothing, takes any split with
+    these on top of ``defaults``."""
+    return {key: getattr(args, key) for key in defaults if getattr(args, key, None) is not None}
 
 
 def recorded_data_dir(members):
@@ -85,20 +91,26 @@ def member_scores(members, loader, device):
     return rows
 
 
-def report(args, members, model, checkpoint, settings, device):
-    """Evaluate ``model`` (the one member, or the members' ensemble) on the test split of ``settings``;
-    write metrics.json and figures like training does, print the summary; returns the exit status 0."""
-    task = tasks.of(checkpoint)  # a multi-label one's genres: those of its training split (multilabel.load_fma)
+def test_data(args, checkpoint, settings):
+    """The datasets.Dataset of ``settings`` in args.data_dir, with the checkpoint's labels (target, genres)."""
     labels = {key: checkpoint["config"][key] for key in ("target", "min_genre_tracks") if key in (checkpoint.get("config") or {})}
     recorded = (checkpoint.get("config") or {}).get("data_dir")
     try:
-        data = datasets.load(datasets.DataSettings.from_config(
+        return datasets.load(datasets.DataSettings.from_config(
             {**settings, **labels, "data_dir": args.data_dir, "cache_dir": args.cache_dir or ""}))
     except errors.DataError as error:
         if not recorded or recorded == args.data_dir:
             raise
         raise errors.DataError(f"{error} Note: {args.checkpoint} was trained on the data in {recorded}, which "
                               f"--evaluate uses when --data_dir is not given.") from None
+
+
+def report(args, members, model, checkpoint, settings, device, data=None):
+    """Evaluate ``model`` (the one member, or the members' ensemble) on the test split of ``settings`` (in
+    ``data``, default test_data's); write metrics.json and figures like training does, print the summary;
+    returns the exit status 0."""
+    task = tasks.of(checkpoint)  # a multi-label one's genres: those of its training split (multilabel.load_fma)
+    data = data or test_data(args, checkpoint, settings)
     class_names, test_tracks = data.class_names, data.splits["test"]
     if list(class_names) != list(checkpoint["class_names"]):
         raise UsageError(f"The checkpoint was trained on the genres {checkpoint['class_names']} but "
@@ -112,7 +124,7 @@ def report(args, members, model, checkpoint, settings, device):
                                     args.batch_size, settings=utils.LoaderSettings(device=device))
     task.use_labels(loaders, data)
     scores, result = evaluate(model, loaders["test"], device, checkpoint)
-    metrics = {**scores, "checkpoint": " + ".join(map(str, args.checkpoints)),
+    metrics = {**scores, "checkpoint": " + ".join(str(path) for path, _, _ in members),
                "model": " + ".join(c["model"] for _, _, c in members),
                "epoch": (checkpoint.get("training") or {}).get("epoch"), **settings}
     if len(members) > 1:
