@@ -211,7 +211,8 @@ def run_zero_shot_evaluation(args, device):
     if not args.data_dir:
         raise UsageError("--zero_shot=True --evaluate=True needs --data_dir: the folder holding fma_metadata/ and "
                          "fma_<subset>/ (the layout download_data.sh writes), or a folder or CSV dataset.")
-    settings = {**main_split_defaults(), **evaluation.given_settings(args, main_split_defaults())}
+    defaults = main_split_defaults()
+    settings = {**defaults, **evaluation.given_settings(args, defaults)}
     data = evaluation.test_data(args, {}, settings)
     members = load_members(args, device, data.class_names)
     args.out_dir = args.out_dir or str(Path("runs") / "zero_shot" / "evaluation")
@@ -281,7 +282,8 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, help="with --evaluate and a random split (default: the checkpoint's)")
     parser.add_argument("--train_size", type=float, help="with --evaluate and a random split (default: the checkpoint's)")
     parser.add_argument("--cache_dir", help="with --evaluate: spectrogram cache (default: <data_dir>/cache)")
-    parser.add_argument("--out_dir", help="with --evaluate: report folder (default: <checkpoint folder>/evaluation)")
+    parser.add_argument("--out_dir", help="with --evaluate: report folder (default: <checkpoint folder>/evaluation; "
+                                          "--zero_shot: runs/zero_shot/evaluation)")
     args = parser.parse_args(expand_boolean_flags(sys.argv[1:] if argv is None else argv, parser))
     args.checkpoint = args.checkpoints[0] if args.checkpoints else None
     check_zero_shot(args, parser)

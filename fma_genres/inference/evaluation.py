@@ -6,6 +6,7 @@
 
 The test clips go through the training pipeline (cache, first n_frames, broken clips reported) and
 test.evaluate, so the numbers compare with main.py's test results, not with the windowed prediction.
+A zero-shot model (zero_shot.py), trained on nothing, takes the command line's split (given_settings).
 """
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ def split_settings(args, checkpoint, defaults, path=None):
     given = given_settings(args, defaults)
     settings = {**defaults, **given, **{key: trained[key] for key in defaults if key in trained}}
     random = settings["split"] == "random" or settings["dataset"] != "fma"
-    relevant = defaults if random else ("subset", "split")  # seeds shape random splits only
+    relevant = defaults if random else ("dataset", "subset", "split")  # seeds shape random splits only
     conflicts = [f"--{key}={value} (trained with {trained[key]})" for key, value in given.items()
                  if key in relevant and key in trained and trained[key] != value]
     if conflicts:

@@ -174,3 +174,15 @@ def test_what_zero_shot_cannot_do_is_refused_with_the_way_forward(clap, tmp_path
         assert pre_trained_models.main(["--zero_shot", option, str(track)]) == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and message in errors[0], option  # one paragraph (transformers' bars aside)
+
+
+def test_the_genres_are_fmas_top_genres_of_the_subset_a_list_or_the_genre_tree(tmp_path):
+    from fma_genres.inference.zero_shot import chosen_genres
+
+    assert len(chosen_genres()) == 8 and "Rock" in chosen_genres() and "Jazz" not in chosen_genres()
+    assert len(chosen_genres(subset="medium")) == 16 and {"Jazz", "Old-Time / Historic"} <= set(chosen_genres(subset="large"))
+    assert chosen_genres(" Rock, Jazz ,Folk") == ["Rock", "Jazz", "Folk"]
+    (tmp_path / "fma_metadata").mkdir()
+    (tmp_path / "fma_metadata" / "genres.csv").write_text(
+        "genre_id,#tracks,parent,title,top_level\n12,10,0,Rock,12\n25,4,12,Punk,12\n10,8,0,Pop,10\n")
+    assert chosen_genres("tree", data_dir=tmp_path) == ["Rock", "Punk", "Pop"]
