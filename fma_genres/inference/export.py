@@ -140,8 +140,7 @@ def onnx_bytes(model, checkpoint, graph_input, note=None):
         warnings.simplefilter("ignore", FutureWarning)
         program = torch.onnx.export(module, (example_batch(model, checkpoint, graph_input, 2, 2, seed=0),),
                                     input_names=[graph_input.name], output_names=[OUTPUT_NAME],
-                                    dynamic_shapes={graph_input.name: {k: torch.export.Dim(axis) for k, axis
-                                                                       in enumerate(graph_input.dynamic)}},
+                                    dynamic_shapes=({k: torch.export.Dim(axis) for k, axis in enumerate(graph_input.dynamic)},),
                                     dynamo=True, verbose=False)
     proto = program.model_proto
     for key, value in metadata(checkpoint, graph_input, note).items():
@@ -169,7 +168,8 @@ def verified_bytes(model, checkpoint, graph_input, note=None):
         serialized = onnx_bytes(model, checkpoint, graph_input, note)
         difference = max_difference(model, checkpoint, serialized, graph_input)
     except Exception as error:  # whatever stops the exporter: reported, or the next input tried
-        reason = (str(error).strip().splitlines() or [""])[0][:300]
+        lines = str(error).strip().splitlines()
+        reason = next((line for line in lines if line.startswith("<class")), lines[0] if lines else "")[:300]
         raise ExportError(f"torch.onnx could not export it ({type(error).__name__}: {reason})") from None
     if not difference < MAX_DIFFERENCE:
         raise ExportError(f"its ONNX graph disagrees with PyTorch by up to {difference:.2e} in probability (limit "

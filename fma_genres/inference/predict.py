@@ -220,7 +220,7 @@ def predict(model, checkpoint, files, reading=Reading(), device="cpu", outputs=N
         yield from model.predict(files, reading, device, outputs)
         return
     if reads_encoder(checkpoint):  # the encoder's windows of audio, not spectrograms
-        yield from probe_windows.predict(model, checkpoint, files, outputs, reading, device)
+        yield from probe_windows.predict(model, checkpoint, files, outputs, reading, device, on_window)
         return
     dataset = audio_windows.TrackWindows(files, preprocessing, reading.hop or default_hop(checkpoint), reading.max_windows)
     loader = DataLoader(dataset, batch_size=None, num_workers=reading.num_workers, collate_fn=keep_item,
