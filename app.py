@@ -1,8 +1,9 @@
 """A local web page for trying a trained model on your own music: upload songs (several at once) or record
-from the microphone, and see for each its top genres as bars, the mel-spectrogram the model saw, for a import 
-
+from the microphone, and see for each its top genres as bars, the mel-spectrogram the model saw, for a
 track longer than one window the genre probabilities over time, and an audio player. A header names the
-checkpoint's model, genres and training summary. Built with Gradio, an optional dependency:
+checkpoint's model, genres and training summary. A probe on a pretrained encoder (main.py's encoder=...)
+reads windows of audio: its page shows no spectrogram (the header says so) and its timeline is the
+probabilities of each window alone. Built with Gradio, an optional dependency:
 
     pip install -r requirements-app.txt
     python app.py --checkpoint=runs/crnn/latest/best.pt          # then open http://127.0.0.1:7860
@@ -52,8 +53,7 @@ CSS = """
 def checkpoint_summary(checkpoint, path):
     """The header: model, genres and how the checkpoint was trained (its config, training state and metrics.json)."""
     config, training = checkpoint.get("config") or {}, checkpoint.get("training") or {}
-    forward = "faithful" if checkpoint["model_args"].get("faithful", True) else "corrected"
-    lines = [f"**{checkpoint['model']}** ({forward} forward pass) from `{path}`",
+    lines = [f"{model_line(checkpoint)} from `{path}`",
              f"{len(checkpoint['class_names'])} genres: {', '.join(checkpoint['class_names'])}"]
     trained = []
     if config.get("subset"):
@@ -69,6 +69,17 @@ def checkpoint_summary(checkpoint, path):
     return "  \n".join(lines)
 
 
+def model_line(checkpoint):
+    """The header's model: a CNN and its forward pass, or an encoder checkpoint's head, encoder and weights."""
+    if predict.reads_encoder(checkpoint):
+        p = checkpoint["preprocessing"]
+        return (f"**{checkpoint['model']}** ({checkpoint['model_args'].get('head')} head on the {p['encoder']} encoder, "
+                f"weights `{p['encoder_weights']}`; {p['window_seconds']:g} s windows of audio, no mel-spectrogram "
+                f"to show)")
+    forward = "faithful" if checkpoint["model_args"].get("faithful", True) else "corrected"
+    return f"**{checkpoint['model']}** ({forward} forward pass)"
+
+
 def read_metrics(path):
     """metrics.json beside the checkpoint, or {} when there is none (or it cannot be read: the header is optional)."""
     try:
@@ -81,7 +92,8 @@ def analyse(paths, model, checkpoint, top_k=None, device="cpu"):
     """One dict per file: name, path, error (None when predicted), predictions [(label, p)] and figure."""
     paths = [Path(p) for p in paths]
     results = [{"name": p.name, "path": str(p), "error": None, "predictions": None, "figure": None} for p in paths]
-    hop = predict.default_hop(checkpoint)  # pre_trained_models.py's default
+    # pre_trained_models.py's default; an encoder's windows are its own (audio: no spectrogram is drawn)
+    hop = None if predict.reads_encoder(checkpoint) else predict.default_hop(checkpoint)
     recorder = plots.WindowRecorder(hop)
     # num_workers=0: the windows are decoded in this process (the page serves one request at a time)
     predicted = predict.predict(model, checkpoint, paths, predict.Reading(hop), device=device,
@@ -92,7 +104,8 @@ def analyse(paths, model, checkpoint, top_k=None, device="cpu"):
             result["error"] = error
             continue
         result["predictions"] = predict.shown_genres(probabilities, checkpoint, top_k)
-        result["figure"] = plots.track_figure(None, *windows, checkpoint, hop)  # the page names the track
+        result["figure"] = plots.track_figure(None, *windows, checkpoint, hop)  # the page names the track; None:
+        # nothing to draw (an encoder checkpoint's track of one window)
     return results
 
 
@@ -186,7 +199,8 @@ def build_page(gr, model, checkpoint, args):
                     gr.Markdown(f"### {result['name']}")
                     gr.HTML(genre_bars(result["predictions"]))
                     gr.Audio(value=result["path"], label=result["name"], interactive=False)
-                    gr.Plot(value=result["figure"], format="png", show_label=False)
+                    if result["figure"] is not None:
+                        gr.Plot(value=result["figure"], format="png", show_label=False)
     # One prediction at a time: it already uses every core. Waiting uploads beyond max_queue are refused
     # at once (the page says "This application is currently busy. Please try again.") rather than hanging.
     return page.queue(max_size=args.max_queue, default_concurrency_limit=1)

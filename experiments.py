@@ -10,8 +10,10 @@ main.py's, the fixed part of every run.
     #   pip install -r requirements-postgres.txt (the driver) on each
     python experiments.py tune --model=crnn --report                          # best trial, trials.csv, figures
     python experiments.py repeat --model=cnn1d --epochs=30 --seeds=0,1,2,3,4  # runs/experiments/repeat_cnn1d/
+    python experiments.py tune --encoder=dasheng --epochs=20 --trials=30      # a probe: PROBE_SPACE (lr, head, ...)
+    python experiments.py repeat configs/probe_dasheng_small.py --seeds=0,1,2 # runs/experiments/repeat_probe_dasheng/
 
-tune: searches SPACE less the keys the fixed part sets (or --space's SPACE). The study lives in
+tune: searches SPACE (a probe on an encoder: PROBE_SPACE) less the keys the fixed part sets (or --space's SPACE). The study lives in
 <dir>/study.db (or --storage=URL), so rerunning continues it up to --trials finished trials, also from
 several processes at once. A median pruner, fed each epoch's val_<select_metric> from history.csv,
 stops hopeless trials with SIGTERM (main.py saves last.pt); so do Ctrl-C and SIGTERM, and the next run
@@ -50,6 +52,14 @@ SPACE = {
     "data_augmentation": [False, True],
     "model": ["cnn1d", "cnn2d", "crnn"],
 }
+# A probe on a pretrained encoder (main.py's encoder=dasheng|whisper|clap) searches its head instead of the CNN
+# and SpecAugment, which a probe on cached embeddings does not have.
+PROBE_SPACE = {
+    "lr": {"low": 1e-4, "high": 1e-2, "log": True},
+    "weight_decay": [0.0, 1e-5, 1e-4, 1e-3],
+    "batch_size": [16, 32, 50, 64],
+    "head": ["linear", "mlp"],
+}
 # experiments.py's own options; every other --key=value is main.py's
 OPTIONS = {"trials": 20, "parallel": 1, "space": "", "storage": "", "report": False, "keep_last": False,  # tune
            "seeds": "0,1,2",                                                          # repeat
@@ -87,9 +97,14 @@ class Interrupted(Exception):
 # -----------------------------------------------------------------------------
 # tune: an Optuna study
 
-def load_space(path):
-    """SPACE, or the SPACE dict defined by the Python file ``path``, checked against main.py's keys."""
-    space = SPACE
+def default_space(config):
+    """The space searched when no --space is given: PROBE_SPACE for an encoder's probe, else SPACE."""
+    return SPACE if config["encoder"] == "mel" else PROBE_SPACE
+
+
+def load_space(path, config):
+    """default_space(config), or the SPACE dict defined by the Python file ``path``, checked against main.py's keys."""
+    space = default_space(config)
     if path:
         namespace = {}
         try:
@@ -115,10 +130,10 @@ def fixed_keys(main_args):
             **{key: "on the command line" for key in configurator.parse_overrides(overrides, main_defaults())}}
 
 
-def search_space(space_file, main_args):
-    """The keys a study searches: SPACE without the keys main_args fix, or --space's SPACE, which must not
-    search a fixed key (the user wrote both: which one is meant is theirs to say)."""
-    space, fixed = load_space(space_file), fixed_keys(main_args)
+def search_space(space_file, main_args, config):
+    """The keys a study searches: default_space(config) without the keys main_args fix, or --space's SPACE,
+    which must not search a fixed key (the user wrote both: which one is meant is theirs to say)."""
+    space, fixed = load_space(space_file, config), fixed_keys(main_args)
     if space_file:
         clashes = {}
         for key in [key for key in space if key in fixed]:
@@ -129,7 +144,8 @@ def search_space(space_file, main_args):
         return space
     left = {key: choice for key, choice in space.items() if key not in fixed}
     if not left:
-        fail(f"nothing is left to search: every key of experiments.py's SPACE is fixed ("
+        fail(f"nothing is left to search: every key of experiments.py's {'SPACE' if space is SPACE else 'PROBE_SPACE'} "
+             f"is fixed ("
              f"{', '.join(f'{key} {fixed[key]}' for key in space)}). Leave one of them unset, or search keys of "
              f"your choice with --space=FILE.py (a Python file defining SPACE = {{...}}).")
     return left
@@ -259,14 +275,14 @@ def tune(opts, main_args, config):
     if opts["report"]:
         report(optuna.load_study(study_name=opts["name"], storage=storage), opts)
         return 0
-    space = search_space(opts["space"], main_args)
+    config = main_config(configurator.parse_command_line(main_args, main_defaults(), "main.py")[0])
+    space = search_space(opts["space"], main_args, config)
     study = open_study(opts, url, storage, main_args, space)
     studies.requeue_orphans(study, Path(opts["dir"]) / "study.lock")
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=states))
     if done < opts["trials"]:
-        config = main_config(configurator.parse_command_line(main_args, main_defaults(), "main.py")[0])
-        fixed = [key for key in SPACE if key not in space] if not opts["space"] else []
+        fixed = [key for key in default_space(config) if key not in space] if not opts["space"] else []
         print(f"study {opts['name']}: searches {', '.join(space)}{'; fixed: ' + ', '.join(fixed) if fixed else ''}; "
               f"{done} of {opts['trials']} trials finished; runs in {opts['dir']}/trial_<n>", flush=True)
         logging.getLogger("optuna.study._optimize").addFilter(ONE_LINE_TRIAL_ERRORS)
@@ -409,7 +425,8 @@ def parse(argv):
             main_args.append(arg)
     overrides, _ = configurator.parse_command_line(main_args, main_defaults(), "main.py")
     config = main_config(overrides)
-    opts["name"] = opts["name"] or f"{command}_{config['model']}"
+    kind = config["model"] if config["encoder"] == "mel" else f"probe_{config['encoder']}"
+    opts["name"] = opts["name"] or f"{command}_{kind}"
     opts["dir"] = opts["dir"] or str(Path("runs") / "experiments" / opts["name"])
     if opts["trials"] < 1 or opts["parallel"] < 1:
         fail(f"--trials and --parallel must be at least 1, got {opts['trials']} and {opts['parallel']}.")

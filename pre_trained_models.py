@@ -27,10 +27,12 @@ checkpoints averages their probabilities and uses their mean thresholds (fma_gen
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --evaluate=True   # its own data_dir and split
     # per track, the input of the model's last Linear layer averaged over windows (fma_genres/inference/predict.py lists the sizes)
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --embeddings=music.npz music/
-    # an ensemble: the mean of the members' probabilities (same target, genres and preprocessing; --evaluate: same split)
+    # an ensemble: the mean of the members' probabilities (same target and genres; --evaluate: same split); members of
+    # other preprocessing (a probe with a CNN) each predict a track from their own windows, and their track means are averaged
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --checkpoint=runs/cnn1d/latest/best.pt song.mp3
     # raw mel dB in, probabilities out (multi-label: sigmoids, thresholds and genre tree in the metadata);
-    # checked with onnxruntime against PyTorch before it is written
+    # checked with onnxruntime against PyTorch before it is written. A probe: audio windows in where its encoder
+    # exports (Dasheng), else its head on the encoder's embeddings (it says so; metadata input_kind)
     python pre_trained_models.py --checkpoint=runs/crnn/latest/best.pt --export=crnn.onnx
     # zero-shot with CLAP, no checkpoint: scores against "This audio is a {genre} song." (docs/encoders.md)
     python pre_trained_models.py --zero_shot=True --genres=Rock,Jazz,Folk song.mp3 album/
@@ -54,7 +56,7 @@ from fma_genres.inference import evaluation, export, predict, zero_shot
 from fma_genres.reporting import plots
 from fma_genres.runtime import allocator, atomic, devices, errors
 from fma_genres.runtime.errors import ConfigError, UsageError
-from models import MODELS, PROBES
+from models import MODELS
 from models_utils import CheckpointError
 
 MAIN_PY = Path(__file__).with_name("main.py")  # read for its defaults (main_split_defaults), never imported
@@ -120,12 +122,13 @@ def as_one_model(members):
         raise UsageError(str(error)) from None
 
 
-def spectrogram_model(checkpoint, what):
-    """UsageError for a probe checkpoint in a mode made for the CNNs on mel-spectrograms."""
-    if checkpoint["model"] in PROBES:
-        raise UsageError(f"{what}; this checkpoint is a probe on {checkpoint['preprocessing']['encoder']}'s "
-                         f"embeddings, which has none. Predict (table, --json, --output), --embeddings and "
-                         f"--evaluate work with it.")
+def spectrogram_model(model, checkpoint, what):
+    """UsageError for a probe checkpoint, or a mixed ensemble, in a mode made for mel-spectrogram windows."""
+    if not predict.reads_spectrograms(model, checkpoint):
+        kind = ("an ensemble of members with different preprocessing" if isinstance(model, predict.TrackEnsemble)
+                else f"a probe on {checkpoint['preprocessing']['encoder']}'s embeddings")
+        raise UsageError(f"{what}; this is {kind}, which has none: drop --plot (the table, --json, --output "
+                         f"and --evaluate work with it).")
 
 
 def run_prediction(args):
@@ -136,7 +139,7 @@ def run_prediction(args):
     class_names, task = checkpoint["class_names"], tasks.of(checkpoint)
     widths = max(len(str(f)) for f in files), max(map(len, class_names))
     if args.plot:
-        spectrogram_model(checkpoint, "--plot draws the spectrogram a model saw")
+        spectrogram_model(model, checkpoint, "--plot draws the spectrogram a model saw")
     hop = (args.hop or predict.default_hop(checkpoint)) if args.plot else None
     recorder = plots.WindowRecorder(hop) if args.plot else None
     rows, figure_names = [], set()
@@ -165,23 +168,30 @@ def run_embeddings(args):
             in each_track(args, model, checkpoint, files, device, predict.embeddings) if error is None]
     if rows:
         predict.save_embeddings(args.embeddings, rows, checkpoint)
-        print(f"{args.embeddings}: {len(rows)} embeddings of size {rows[0][1].size} (the input of "
-              f"{checkpoint['model']}'s last Linear layer, averaged over windows)", file=sys.stderr)
+        what = ("the probe's mix of the encoder's layers over the track's windows, what its head reads"
+                if predict.reads_encoder(checkpoint) else
+                f"the input of {checkpoint['model']}'s last Linear layer, averaged over windows")
+        print(f"{args.embeddings}: {len(rows)} embeddings of size {rows[0][1].size} ({what})", file=sys.stderr)
     return exit_status(len(files) - len(rows), len(files), "embedded")
 
 
 def run_export(args):
     """Write the checkpoint's model as ONNX to args.export, checked against PyTorch; returns the exit status."""
-    model, checkpoint = predict.load_predictor(args.checkpoint, args.model)
-    spectrogram_model(checkpoint, "--export writes a model that takes mel dB")
+    model, checkpoint = predict.load_predictor(args.checkpoint, args.model, encoder_weights=args.encoder_weights)
     try:
-        difference = export.export_onnx(model, checkpoint, args.export)
+        difference, graph_input, note = export.export_onnx(model, checkpoint, args.export)
     except export.ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    forward = "faithful" if checkpoint["model_args"].get("faithful", True) else "corrected"
-    print(f"{args.export}: {checkpoint['model']} ({forward} forward pass); onnxruntime vs PyTorch: max abs "
-          f"probability difference {difference:.1e} (limit {export.MAX_DIFFERENCE:.0e})")
+    if graph_input is export.MEL:
+        forward = "faithful" if checkpoint["model_args"].get("faithful", True) else "corrected"
+        what = f"{checkpoint['model']} ({forward} forward pass), input mel_db"
+    else:
+        what = f"{checkpoint['model']} on {checkpoint['preprocessing']['encoder']}, input {graph_input.name}"
+    if note:
+        print(f"note: {note}.")
+    print(f"{args.export}: {what}; onnxruntime vs PyTorch: max abs probability difference {difference:.1e} "
+          f"(limit {export.MAX_DIFFERENCE:.0e})")
     return 0
 
 

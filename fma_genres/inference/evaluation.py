@@ -8,17 +8,21 @@ The test clips go through the training pipeline (cache, first n_frames, broken c
 test.evaluate, so the numbers compare with main.py's test results, not with the windowed prediction.
 A zero-shot model (zero_shot.py), trained on nothing, takes the command line's split (given_settings).
 """
+import json
 import sys
 from pathlib import Path
+
+import numpy as np
+import torch
 
 import models_utils
 import utils
 from fma_genres import tasks
 from fma_genres.data import cache as mel_cache, datasets
-from fma_genres.inference import probe_windows
+from fma_genres.inference import predict, probe_windows
 from fma_genres.runtime import errors
 from fma_genres.runtime.errors import UsageError
-from test import evaluate  # the project's test.py (python and pytest.ini put the project root first on sys.path)
+from test import evaluate, test  # the project's test.py (python and pytest.ini put the project root first on sys.path)
 
 
 def split_settings(args, checkpoint, defaults, path=None):
@@ -83,13 +87,59 @@ def shared_split_settings(args, members, defaults):
     return settings[0]
 
 
-def member_scores(members, loader, device):
-    """Each member's own test figures (the numbers only), shown next to the ensemble's."""
+def member_scores(members, loaders, device):
+    """Each member's own test figures (the numbers only), shown next to the ensemble's; ``loaders``: the
+    test loader of each member's preprocessing (by its JSON)."""
     rows = []
     for path, model, checkpoint in members:
+        loader = loaders[json.dumps(checkpoint["preprocessing"], sort_keys=True)]
         scores = evaluate(model, loader, device, checkpoint)[0]
         rows.append({"checkpoint": str(path), **{k: v for k, v in scores.items() if not isinstance(v, (dict, list))}})
     return rows
+
+
+def groups_of(model, checkpoint):
+    """[(model, checkpoint, members)] that read one preprocessing each: a TrackEnsemble's groups, or the model."""
+    return model.groups if isinstance(model, predict.TrackEnsemble) else [(model, checkpoint, 1)]
+
+
+def test_cache(model, checkpoint, tracks, data):
+    """The test tracks' cache a model reads: its encoder's embeddings, or its mel-spectrograms."""
+    if predict.reads_encoder(checkpoint):
+        return probe_windows.test_cache(model, tracks, data)
+    return mel_cache.build_cache(tracks, data.cache_root, data.identity, preprocessing=checkpoint["preprocessing"])
+
+
+def test_loaders(groups, test_tracks, data, batch_size, device, task):
+    """{preprocessing JSON: test loader} over the test tracks every group's cache can read (a clip broken
+    for one preprocessing is left out for all, so the groups score the same clips in the same order)."""
+    caches = [test_cache(model, checkpoint, test_tracks, data) for model, checkpoint, _ in groups]
+    usable = test_tracks.loc[[all(t in cache for cache in caches) for t in test_tracks.index]]
+    loaders = {}
+    for cache, (_, checkpoint, _) in zip(caches, groups):
+        # make_loaders wants three splits; only "test" is used. It feeds raw dB (the model standardises
+        # itself when its checkpoint says so), so no statistics are computed.
+        split, _ = utils.make_loaders(cache, dict.fromkeys(("train", "val", "test"), usable), batch_size,
+                                      settings=utils.LoaderSettings(device=device))
+        task.use_labels(split, data)
+        loaders[json.dumps(checkpoint["preprocessing"], sort_keys=True)] = split["test"]
+    return loaders
+
+
+def evaluate_groups(groups, loaders, device, checkpoint):
+    """test.evaluate's (scores, result) of the groups' mean track probabilities (one group: its own)."""
+    key = lambda c: json.dumps(c["preprocessing"], sort_keys=True)
+    if len(groups) == 1:
+        return evaluate(groups[0][0], loaders[key(groups[0][1])], device, checkpoint)
+    task = tasks.of(checkpoint)
+    results = [test(model, loaders[key(c)], device, task=task) for model, c, _ in groups]
+    weights = np.array([count for _, _, count in groups], dtype=np.float64)
+    mean = sum(w * r["probabilities"].astype(np.float64) for w, r in zip(weights, results)) / weights.sum()
+    targets = results[0]["targets"]
+    loss = task.loss(task.logits(torch.from_numpy(mean)), torch.from_numpy(targets), reduction="sum").item()
+    scores = task.scores(targets, mean, checkpoint["class_names"], checkpoint.get("genres"))
+    return ({"test_loss": loss / len(targets), **scores, "test_examples": len(targets)},
+            {"targets": targets, "probabilities": mean})
 
 
 def test_data(args, checkpoint, settings):
@@ -117,19 +167,14 @@ def report(args, members, model, checkpoint, settings, device, data=None):
         raise UsageError(f"The checkpoint was trained on the genres {checkpoint['class_names']} but "
                          f"{args.data_dir} ({settings['dataset']} {settings['subset']}) has {class_names}: "
                          f"evaluate it on the data it was trained on (--data_dir, --subset).")
-    cache = (probe_windows.test_cache(model, test_tracks, data) if isinstance(model, probe_windows.EncoderProbe)
-             else mel_cache.build_cache(test_tracks, data.cache_root, data.identity, preprocessing=checkpoint["preprocessing"]))
-    # make_loaders wants three splits; only "test" is used. It feeds raw dB (the model standardises
-    # itself when its checkpoint says so), so no statistics are computed.
-    loaders, _ = utils.make_loaders(cache, dict.fromkeys(("train", "val", "test"), test_tracks),
-                                    args.batch_size, settings=utils.LoaderSettings(device=device))
-    task.use_labels(loaders, data)
-    scores, result = evaluate(model, loaders["test"], device, checkpoint)
+    groups = groups_of(model, checkpoint)
+    loaders = test_loaders(groups, test_tracks, data, args.batch_size, device, task)
+    scores, result = evaluate_groups(groups, loaders, device, checkpoint)
     metrics = {**scores, "checkpoint": " + ".join(str(path) for path, _, _ in members),
                "model": " + ".join(c["model"] for _, _, c in members),
                "epoch": (checkpoint.get("training") or {}).get("epoch"), **settings}
     if len(members) > 1:
-        metrics["members"] = member_scores(members, loaders["test"], device)
+        metrics["members"] = member_scores(members, loaders, device)
     out_dir = Path(args.out_dir or Path(args.checkpoint).parent / ("evaluation" if len(members) == 1 else "ensemble"))
     models_utils.save_report(out_dir, metrics, result["targets"], result["probabilities"], class_names)
     seeded = f", seed {datasets.split_seed(settings)}, train_size {settings['train_size']}"

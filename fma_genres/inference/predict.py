@@ -17,6 +17,7 @@ A library for pre_trained_models.py and app.py (the command line and the web pag
     for path, embedding, n_windows, error in inference.predict(model, checkpoint, files, outputs=inference.embeddings): ...
     model, checkpoint = inference.ensemble([(path, *inference.load_predictor(path)) for path in paths])
 """
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,7 @@ def embeddings(model, windows):
 # ensembles
 
 class Ensemble(torch.nn.Module):
-    """Several models as one: the mean of the members' genre probabilities (softmax, or a sigmoid per genre).
+    """Several models of one preprocessing as one: the mean of the members' genre probabilities per window.
 
     forward returns (the task's logits of the mean, the mean) where a model returns (logits, probabilities):
     the task's probabilities of those logits are the mean again and its loss of them is the mean's log
@@ -73,32 +74,74 @@ class Ensemble(torch.nn.Module):
         super().__init__()
         self.members, self.task = torch.nn.ModuleList(members), task
 
+    @property
+    def encoder(self):
+        """Probe members' encoder (one preprocessing: the same encoder and weights), for probe_windows."""
+        return self.members[0].encoder
+
     def forward(self, x):
         mean = torch.stack([self.task.window_probabilities(member, x) for member in self.members]).mean(dim=0)
         return self.task.logits(mean), mean
 
 
+class TrackEnsemble:
+    """Members of several preprocessings (a probe with a CNN): each group of one preprocessing predicts a
+    track from its own windows (mel windows, or the encoder's audio windows) and the track's probabilities
+    are the mean of the members' track probabilities. groups: [(model, checkpoint, members in it)]."""
+
+    def __init__(self, groups):
+        self.groups = groups
+
+    def predict(self, files, reading, device, outputs):
+        """predict's rows: per file the members' mean (windows: the first group's count; error: the first)."""
+        weights = np.array([count for _, _, count in self.groups], dtype=np.float64)
+        rows = (predict(model, checkpoint, files, reading, device, outputs) for model, checkpoint, _ in self.groups)
+        for results in zip(*rows):
+            error = next((error for _, _, _, error in results if error), None)
+            mean = None if error else sum(w * vector for w, (_, vector, _, _) in zip(weights, results)) / weights.sum()
+            yield results[0][0], mean, results[0][2], error
+
+
+def reads_encoder(checkpoint):
+    """Whether a checkpoint's model reads a pretrained encoder's audio windows (a probe, or a fine-tuned
+    encoder) rather than mel-spectrograms: its preprocessing names the encoder."""
+    return "encoder" in (checkpoint.get("preprocessing") or {})
+
+
+def reads_spectrograms(model, checkpoint):
+    """Whether the model's windows are mel-spectrograms (what --plot draws and a mel ONNX graph takes)."""
+    return not isinstance(model, TrackEnsemble) and not reads_encoder(checkpoint)
+
+
 def ensemble(members):
-    """(Ensemble, its checkpoint) from [(path, model, checkpoint), ...]: the first member's checkpoint, with
-    the members' mean thresholds for a multi-label one (tasks.py). Members must share the task, genres (in
-    order) and preprocessing, else ValueError naming the two files."""
+    """(Ensemble or TrackEnsemble, its checkpoint) from [(path, model, checkpoint), ...]: the first member's
+    checkpoint, with the members' mean thresholds for a multi-label one (tasks.py). Members must share the
+    task and genres (in order), else ValueError naming the two files; members of one preprocessing form an
+    Ensemble (mean per window), of several a TrackEnsemble (mean per track)."""
     first_path, _, first = members[0]
-    probes = [path for path, _, checkpoint in members if checkpoint["model"] in PROBES]
-    if probes:
-        raise ValueError(f"{probes[0]} is a probe on a pretrained encoder: probes do not form ensembles here yet; "
-                         f"give one probe checkpoint, or CNN checkpoints only.")
     for path, _, checkpoint in members[1:]:
-        for key, what in (("target", "target"), ("class_names", "genres"), ("genres", "genre ids"),
-                          ("preprocessing", "preprocessing")):
+        for key, what in (("target", "target"), ("class_names", "genres"), ("genres", "genre ids")):
             mine, theirs = (c.get(key) for c in (checkpoint, first))
             if key == "genres":  # thresholds may differ: the ensemble takes their mean
                 mine, theirs = ((g or {}).get("ids") for g in (mine, theirs))
             if (mine or None) != (theirs or None):
                 raise ValueError(f"{path} and {first_path} cannot form an ensemble: their {what} differ "
-                                 f"({mine} vs {theirs}). Give checkpoints trained on the same "
-                                 f"genres with the same preprocessing.")
+                                 f"({mine} vs {theirs}). Give checkpoints trained on the same genres.")
     task = tasks.of(first)
-    return Ensemble([model for _, model, _ in members], task), task.ensemble_checkpoint([c for _, _, c in members])
+    checkpoint = task.ensemble_checkpoint([c for _, _, c in members])
+    groups = {}
+    for member in members:
+        groups.setdefault(json.dumps(member[2]["preprocessing"], sort_keys=True), []).append(member)
+    if len(groups) == 1:
+        return Ensemble([model for _, model, _ in members], task), checkpoint
+    return TrackEnsemble([group_model(group, task) for group in groups.values()]), checkpoint
+
+
+def group_model(group, task):
+    """(model, checkpoint, members) of a TrackEnsemble's group: its one member, or their Ensemble."""
+    if len(group) == 1:
+        return group[0][1], group[0][2], 1
+    return Ensemble([model for _, model, _ in group], task), task.ensemble_checkpoint([c for _, _, c in group]), len(group)
 
 
 # -----------------------------------------------------------------------------
@@ -173,8 +216,11 @@ def predict(model, checkpoint, files, reading=Reading(), device="cpu", outputs=N
     computed, so memory does not grow with the length of a track.
     """
     preprocessing, outputs = checkpoint["preprocessing"], outputs or window_outputs(checkpoint)
-    if isinstance(model, probe_windows.EncoderProbe):  # the encoder's windows of audio, not spectrograms
-        yield from probe_windows.predict(model, checkpoint, files, outputs, reading, device)
+    if isinstance(model, TrackEnsemble):  # each group reads its own windows
+        yield from model.predict(files, reading, device, outputs)
+        return
+    if reads_encoder(checkpoint):  # the encoder's windows of audio, not spectrograms
+        yield from probe_windows.predict(model, checkpoint, files, outputs, reading, device, on_window)
         return
     dataset = audio_windows.TrackWindows(files, preprocessing, reading.hop or default_hop(checkpoint), reading.max_windows)
     loader = DataLoader(dataset, batch_size=None, num_workers=reading.num_workers, collate_fn=keep_item,

@@ -92,10 +92,11 @@ def keep_item(item):
     return item
 
 
-def predict(model, checkpoint, files, outputs, reading, device="cpu"):
+def predict(model, checkpoint, files, outputs, reading, device="cpu", on_window=None):
     """Yield (path, outputs(model, the track's embedding row) or None, windows, error or None) per file, in
     order, as predict.predict does for the CNNs (``reading``: its predict.Reading, whose hop the encoder's
-    windows ignore); the encoder embeds reading.batch_size windows at a time."""
+    windows ignore); the encoder embeds reading.batch_size windows at a time. ``on_window(file index, audio
+    window, vector)``, when given, sees each window with outputs of that window alone (a timeline)."""
     loader = DataLoader(TrackAudio(files, checkpoint["preprocessing"], reading.max_windows), batch_size=None,
                         num_workers=reading.num_workers, collate_fn=keep_item, worker_init_fn=silence_decoder_notes)
     batch_size = reading.batch_size
@@ -108,6 +109,8 @@ def predict(model, checkpoint, files, outputs, reading, device="cpu"):
                           for k in range(0, len(windows), batch_size)])
         with torch.no_grad():
             vector = outputs(model, rows[None].float().to(device))[0]
+            for window, alone in zip(windows, outputs(model, rows[:, None].float().to(device)) if on_window else ()):
+                on_window(i, window, alone.double().cpu().numpy())
         yield files[i], vector.double().cpu().numpy(), len(windows), None
 
 

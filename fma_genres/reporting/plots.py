@@ -36,21 +36,25 @@ class WindowRecorder:
     """
 
     def __init__(self, hop):
-        self.hop, self.pieces, self.vectors = hop, {}, {}
+        self.hop, self.pieces, self.vectors = hop, {}, {}  # hop None: audio windows (an encoder's), not kept
 
     def __call__(self, index, window, vector):
+        self.vectors.setdefault(index, []).append(vector)
+        if self.hop is None:
+            return
         pieces = self.pieces.setdefault(index, [])
         n_frames = window.shape[-1]
         new = n_frames if not pieces else min(self.hop, n_frames)
         pieces.append(window[:, n_frames - new:].numpy())
-        self.vectors.setdefault(index, []).append(vector)
 
     def pop(self, index):
         """(spectrogram (n_mels, frames) float32 with NaN where no window reached, (windows, n_classes)),
-        or None for a file without windows (one that could not be read)."""
+        or None for a file without windows (one that could not be read); no spectrogram (None) for audio windows."""
         pieces, vectors = self.pieces.pop(index, None), self.vectors.pop(index, None)
-        if pieces is None:
+        if vectors is None:
             return None
+        if pieces is None:
+            return None, np.stack(vectors)
         n_mels, n_frames = pieces[0].shape
         spectrogram = np.full((n_mels, (len(pieces) - 1) * self.hop + n_frames), np.nan, np.float32)
         spectrogram[:, :n_frames] = pieces[0]
@@ -62,11 +66,16 @@ class WindowRecorder:
 
 def track_figure(title, spectrogram, window_probabilities, checkpoint, hop, predictions=None):
     """The figure of one track; title: None for none; predictions: [(label, probability)] bars
-    (inference.shown_genres), or None for none."""
+    (inference.shown_genres), or None for none; spectrogram None for an encoder checkpoint's audio windows
+    (then the timeline is over window numbers, and a track of one window without bars has no figure: None)."""
     from matplotlib.figure import Figure  # here, not at start-up: a one-file prediction needs no plot
 
     timeline = len(window_probabilities) > 1
-    rows = [kind for kind, shown in (("bars", predictions), ("spectrogram", True), ("timeline", timeline)) if shown]
+    spectrogram_row = spectrogram is not None
+    rows = [kind for kind, shown in (("bars", predictions), ("spectrogram", spectrogram_row), ("timeline", timeline))
+            if shown]
+    if not rows:
+        return None
     heights = {"bars": 0.25 + 0.3 * len(predictions or ()), "spectrogram": 2.6, "timeline": 2.2}
     figure = Figure(figsize=(10, 0.6 + sum(heights[row] for row in rows)), layout="constrained")
     axes = dict(zip(rows, figure.subplots(len(rows), 1, squeeze=False,
@@ -75,11 +84,14 @@ def track_figure(title, spectrogram, window_probabilities, checkpoint, hop, pred
         figure.suptitle(title)
     if predictions:
         draw_bars(axes["bars"], predictions)
-    seconds_per_frame = checkpoint["preprocessing"]["hop_length"] / checkpoint["preprocessing"]["sample_rate"]
-    draw_spectrogram(figure, axes["spectrogram"], spectrogram, seconds_per_frame)
-    if timeline:
+    if spectrogram_row:
+        seconds_per_frame = checkpoint["preprocessing"]["hop_length"] / checkpoint["preprocessing"]["sample_rate"]
+        draw_spectrogram(figure, axes["spectrogram"], spectrogram, seconds_per_frame)
+    if timeline and spectrogram_row:
         draw_timeline(axes["timeline"], window_probabilities, checkpoint, hop, seconds_per_frame)
         axes["timeline"].sharex(axes["spectrogram"])
+    elif timeline:
+        draw_window_timeline(axes["timeline"], window_probabilities, checkpoint)
     return figure
 
 
@@ -108,6 +120,17 @@ def draw_timeline(ax, window_probabilities, checkpoint, hop, seconds_per_frame):
         ax.plot(centres, window_probabilities[:, j], marker=".", label=checkpoint["class_names"][j])
     ax.set(xlabel="time (s, window centre)", ylabel="probability", ylim=(0, 1.02),
            title=f"genre probabilities per window ({n_frames * seconds_per_frame:.1f} s windows)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+
+
+def draw_window_timeline(ax, window_probabilities, checkpoint):
+    """An encoder checkpoint's timeline: the leading genres' probabilities of each window alone, by window."""
+    p = checkpoint["preprocessing"]
+    numbers = np.arange(1, len(window_probabilities) + 1)
+    for j in np.argsort(-window_probabilities.mean(axis=0), kind="stable")[:TIMELINE_GENRES]:
+        ax.plot(numbers, window_probabilities[:, j], marker=".", label=checkpoint["class_names"][j])
+    ax.set(xlabel=f"window ({p['window_seconds']:g} s each, spread evenly over the track)", ylabel="probability",
+           ylim=(0, 1.02), xticks=numbers, title=f"genre probabilities per window ({p['encoder']} windows)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
 
 
