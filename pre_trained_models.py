@@ -51,7 +51,7 @@ from fma_genres.inference import evaluation, export, predict
 from fma_genres.reporting import plots
 from fma_genres.runtime import allocator, atomic, devices, errors
 from fma_genres.runtime.errors import ConfigError, UsageError
-from models import MODELS, PROBES
+from models import FINETUNED, MODELS, PROBES
 from models_utils import CheckpointError
 
 MAIN_PY = Path(__file__).with_name("main.py")  # read for its defaults (main_split_defaults), never imported
@@ -113,10 +113,10 @@ def as_one_model(members):
 
 
 def spectrogram_model(checkpoint, what):
-    """UsageError for a probe checkpoint in a mode made for the CNNs on mel-spectrograms."""
-    if checkpoint["model"] in PROBES:
-        raise UsageError(f"{what}; this checkpoint is a probe on {checkpoint['preprocessing']['encoder']}'s "
-                         f"embeddings, which has none. Predict (table, --json, --output), --embeddings and "
+    """UsageError for a probe (or fine-tuned encoder) checkpoint in a mode made for the CNNs on mel-spectrograms."""
+    if checkpoint["model"] in PROBES or checkpoint["model"] in FINETUNED:
+        raise UsageError(f"{what}; this checkpoint is a {checkpoint['model']} model on "
+                         f"{checkpoint['preprocessing']['encoder']}'s audio windows, which has none. Predict (table, --json, --output), --embeddings and "
                          f"--evaluate work with it.")
 
 

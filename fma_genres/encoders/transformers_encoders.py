@@ -1,9 +1,12 @@
 """The encoders from Hugging Face transformers: Whisper's encoder (OpenAI, MIT) and CLAP's audio tower
 (LAION, laion/larger_clap_music, Apache-2.0). Each loads a hub name or a local folder holding the model
 and its feature extractor (what save_pretrained writes); transformers is imported only here, on load."""
+import importlib
+import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from fma_genres.encoders.base import Encoder, looks_local, weights_error
 
@@ -12,6 +15,8 @@ class TransformersEncoder(Encoder):
     """A transformers model and its feature extractor, loaded from a hub name or a local folder."""
     model_class = ""  # the transformers class name of the whole model
     local_form = "folder (the model's config.json, weights and preprocessor_config.json)"
+    augmentation = "specaugment"  # its input is a feature extractor's spectrogram: masked bands and frames
+    module_class = ""  # "module:Class" of the torch module build() makes from the model's config
 
     def load(self, weights):
         import transformers  # lazy: an optional package that takes seconds to import
@@ -30,23 +35,41 @@ class TransformersEncoder(Encoder):
     def submodule(self, model):
         return model
 
+    def architecture(self):
+        return {"config": json.loads(self.model.config.to_json_string(use_diff=False)),
+                "features": json.loads(self.features.to_json_string())}
+
+    def build(self, architecture):
+        import transformers  # lazy: an optional package
+
+        features = architecture["features"]
+        self.features = getattr(transformers, features["feature_extractor_type"]).from_dict(features)
+        module, name = self.module_class.split(":")
+        config = getattr(transformers, self.model_class.replace("Model", "Config")).from_dict(architecture["config"])
+        return getattr(importlib.import_module(module), name)(config)
+
     def inputs(self, audio):
-        return self.features(list(audio.numpy()), sampling_rate=self.sample_rate, return_tensors="pt",
-                             return_attention_mask=True)
+        """The feature extractor's output (numpy, on the CPU: it is no part of what trains)."""
+        return self.features(list(audio.detach().float().cpu().numpy()), sampling_rate=self.sample_rate,
+                             return_tensors="pt", return_attention_mask=True)
 
 
 class WhisperEncoder(TransformersEncoder):
     name, sample_rate, default_weights, model_class = "whisper", 16000, "openai/whisper-base", "WhisperModel"
     licence = "MIT"
     source = "the Hugging Face hub (https://huggingface.co/openai, e.g. openai/whisper-base)"
+    module_class = "transformers.models.whisper.modeling_whisper:WhisperEncoder"
+    front_end, blocks = ("conv1.", "conv2.", "embed_positions."), "layers"
 
     def submodule(self, model):
         return model.get_encoder()  # the decoder is not needed: it is freed with the whole model
 
-    def forward_layers(self, audio):
+    def enable_checkpointing(self):
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def layers_of(self, inputs):
         """Each layer's output (the last one normed), averaged over the positions that hold the window's
         audio: Whisper's feature extractor pads every input to its 30 s, which the mean must leave out."""
-        inputs = self.inputs(audio)
         hidden = self.model(inputs["input_features"].to(self.device), output_hidden_states=True).hidden_states[1:]
         # The two convolutions halve the frames: position i sees frames 2i and 2i+1.
         mask = inputs["attention_mask"][:, ::2].to(self.device, hidden[0].dtype).unsqueeze(-1)
@@ -57,10 +80,30 @@ class ClapEncoder(TransformersEncoder):
     name, sample_rate, default_weights, model_class = "clap", 48000, "laion/larger_clap_music", "ClapModel"
     licence = "Apache-2.0"
     source = "the Hugging Face hub (https://huggingface.co/laion/larger_clap_music)"
+    module_class = "fma_genres.encoders.transformers_encoders:ClapAudio"
+    front_end = ("audio_model.audio_encoder.patch_embed.", "audio_model.audio_encoder.batch_norm.")
+    blocks = "audio_model.audio_encoder.layers"
+    checkpointing = False  # transformers' CLAP does not support gradient checkpointing
 
-    def forward_layers(self, audio):
+    def submodule(self, model):
+        return ClapAudio(model.config, model.audio_model, model.audio_projection)  # the text tower is freed
+
+    def layers_of(self, inputs):
         """CLAP's projected audio embedding (the one its text prompts are compared with), as one layer."""
-        inputs = self.inputs(audio)
-        features = self.model.get_audio_features(input_features=inputs["input_features"].to(self.device),
-                                                 is_longer=inputs["is_longer"].to(self.device))
-        return features.pooler_output.unsqueeze(1)
+        return self.model(inputs["input_features"].to(self.device), inputs["is_longer"].to(self.device)).unsqueeze(1)
+
+
+class ClapAudio(torch.nn.Module):
+    """CLAP's audio tower and projection (ClapModel.get_audio_features), without its text tower."""
+
+    def __init__(self, config, audio_model=None, audio_projection=None):
+        super().__init__()
+        from transformers.models.clap.modeling_clap import ClapAudioModel, ClapProjectionLayer
+
+        self.config = config
+        self.audio_model = audio_model or ClapAudioModel(config.audio_config)
+        self.audio_projection = audio_projection or ClapProjectionLayer(config.audio_config)
+
+    def forward(self, input_features, is_longer):
+        pooled = self.audio_model(input_features=input_features, is_longer=is_longer).pooler_output
+        return F.normalize(self.audio_projection(pooled), dim=-1)

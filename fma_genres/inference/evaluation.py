@@ -104,7 +104,8 @@ def report(args, members, model, checkpoint, settings, device):
         raise UsageError(f"The checkpoint was trained on the genres {checkpoint['class_names']} but "
                          f"{args.data_dir} ({settings['dataset']} {settings['subset']}) has {class_names}: "
                          f"evaluate it on the data it was trained on (--data_dir, --subset).")
-    cache = (probe_windows.test_cache(model, test_tracks, data) if isinstance(model, probe_windows.EncoderProbe)
+    cache = (probe_windows.test_cache(model, test_tracks, data, checkpoint)
+             if isinstance(model, probe_windows.AUDIO_WINDOW_MODELS)
              else mel_cache.build_cache(test_tracks, data.cache_root, data.identity, preprocessing=checkpoint["preprocessing"]))
     # make_loaders wants three splits; only "test" is used. It feeds raw dB (the model standardises
     # itself when its checkpoint says so), so no statistics are computed.

@@ -30,7 +30,7 @@ import utils
 from fma_genres import tasks
 from fma_genres.inference import audio_windows, probe_windows
 from fma_genres.runtime import atomic
-from models import MODELS, PROBES
+from models import FINETUNED, MODELS, PROBES
 from models_utils import CheckpointError
 
 
@@ -83,7 +83,7 @@ def ensemble(members):
     the members' mean thresholds for a multi-label one (tasks.py). Members must share the task, genres (in
     order) and preprocessing, else ValueError naming the two files."""
     first_path, _, first = members[0]
-    probes = [path for path, _, checkpoint in members if checkpoint["model"] in PROBES]
+    probes = [path for path, _, checkpoint in members if checkpoint["model"] in PROBES or checkpoint["model"] in FINETUNED]
     if probes:
         raise ValueError(f"{probes[0]} is a probe on a pretrained encoder: probes do not form ensembles here yet; "
                          f"give one probe checkpoint, or CNN checkpoints only.")
@@ -108,7 +108,8 @@ def load_predictor(path, model_name=None, device="cpu", encoder_weights=None):
     """(model in eval mode, checkpoint dict) from a checkpoint of this project or an original bare state_dict.
 
     Both are read with torch.load(weights_only=True), so a checkpoint can never run code. A probe's model
-    is a probe_windows.EncoderProbe: its encoder loaded from ``encoder_weights`` or those it records.
+    is a probe_windows.EncoderProbe: its encoder loaded from ``encoder_weights`` or those it records; a
+    fine-tuned encoder's (models.FinetunedEncoder) holds its encoder and needs no weights but its own.
     """
     try:
         checkpoint = models_utils.load_checkpoint(path, device)
@@ -173,7 +174,7 @@ def predict(model, checkpoint, files, reading=Reading(), device="cpu", outputs=N
     computed, so memory does not grow with the length of a track.
     """
     preprocessing, outputs = checkpoint["preprocessing"], outputs or window_outputs(checkpoint)
-    if isinstance(model, probe_windows.EncoderProbe):  # the encoder's windows of audio, not spectrograms
+    if isinstance(model, probe_windows.AUDIO_WINDOW_MODELS):  # the encoder's windows of audio, not spectrograms
         yield from probe_windows.predict(model, checkpoint, files, outputs, reading, device)
         return
     dataset = audio_windows.TrackWindows(files, preprocessing, reading.hop or default_hop(checkpoint), reading.max_windows)
