@@ -65,7 +65,7 @@ class WhisperEncoder(TransformersEncoder):
         return model.get_encoder()  # the decoder is not needed: it is freed with the whole model
 
     def enable_checkpointing(self):
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model.activation_checkpointing_enable({"use_reentrant": False})
 
     def layers_of(self, inputs):
         """Each layer's output (the last one normed), averaged over the positions that hold the window's
