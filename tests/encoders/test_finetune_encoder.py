@@ -226,3 +226,19 @@ def test_augmentation_changes_the_encoders_input_only_in_training(name, kind, we
         assert torch.equal(model(x)[0], plain(x)[0])  # evaluation and prediction see the clean input
         model.train(), plain.train()
         assert not torch.allclose(model(x)[0], plain(x)[0])
+
+
+def test_each_encoder_has_a_fine_tuning_config_for_fma_small():
+    from fma_genres import configurator
+    from fma_genres.encoders import ENCODERS
+    from main import CONFIG
+
+    for name in ENCODERS:
+        path = ROOT / "configs" / f"finetune_{name}_small.py"
+        config = configurator.make_config(configurator.read_config_file(path, CONFIG), CONFIG)
+        assert (config["model"], config["encoder"], config["subset"], config["split"]) == ("finetuned", name, "small",
+                                                                                         "official")
+        assert config["encoder_lr"] < config["lr"] and config["warmup_steps"] > 0 and config["data_augmentation"]
+        # LP-FT: its head is the probe config's, so the probe's best.pt is its init_from
+        probe = configurator.read_config_file(ROOT / "configs" / f"probe_{name}_small.py", CONFIG)
+        assert config["head"] == probe["head"]
