@@ -242,3 +242,22 @@ def test_each_encoder_has_a_fine_tuning_config_for_fma_small():
         # LP-FT: its head is the probe config's, so the probe's best.pt is its init_from
         probe = configurator.read_config_file(ROOT / "configs" / f"probe_{name}_small.py", CONFIG)
         assert config["head"] == probe["head"]
+
+
+@needs_packages
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: amp=auto's bfloat16 autocast runs only there "
+                    "(this machine has no GPU)")
+@pytest.mark.parametrize("name", ["dasheng", "whisper", "clap"])
+def test_a_fine_tuned_encoder_trains_under_bfloat16_autocast_on_cuda(name, weights):
+    """amp=auto on CUDA: train.train's autocast reaches the encoder's layers (their states are bfloat16) and
+    the step's gradients are finite."""
+    _, model = finetuned(name, weights, augment=True)
+    model.cuda().train()
+    x = audio(name).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        hidden = model.hidden_states(x)
+        logits, _ = model(x)
+    assert hidden.dtype == torch.bfloat16 or name == "clap"  # CLAP's last op, normalize, autocasts to float32
+    logits.float().square().sum().backward()
+    gradients = [p.grad for p in model.encoder.parameters() if p.grad is not None]
+    assert gradients and all(torch.isfinite(g).all() for g in gradients)
