@@ -261,3 +261,25 @@ def test_a_fine_tuned_encoder_trains_under_bfloat16_autocast_on_cuda(name, weigh
     logits.float().square().sum().backward()
     gradients = [p.grad for p in model.encoder.parameters() if p.grad is not None]
     assert gradients and all(torch.isfinite(g).all() for g in gradients)
+
+
+@needs_packages
+def test_init_from_a_probe_checkpoint_gives_the_fine_tuned_model_its_head_and_standardisation(weights, tmp_path):
+    """LP-FT: a probe of the same encoder is an init_from; its head, layer mix and per-feature standardisation
+    become the fine-tuned model's probe, and the encoder keeps its pretrained weights."""
+    from fma_genres.training import finetune
+    from models import ProbeHead
+
+    encoder, model = finetuned("dasheng", weights)
+    torch.manual_seed(1)
+    probe = ProbeHead(encoder.layers, encoder.dim, 3).eval()
+    probe.standardise.use(torch.rand(encoder.layers, encoder.dim), 1 + torch.rand(encoder.layers, encoder.dim))
+    models_utils.save_checkpoint(models_utils.make_checkpoint("probe", {}, probe.state_dict(), GENRES, {}),
+                                 tmp_path / "probe.pt")
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    finetune.load_features(model, tmp_path / "probe.pt", "finetuned", GENRES)
+    for key, value in probe.state_dict().items():
+        assert torch.equal(model.probe.state_dict()[key], value), key
+    assert all(torch.equal(value, before[key]) for key, value in model.encoder.state_dict().items())
+    with pytest.raises(models_utils.CheckpointError, match="holds a probe model but this run trains a crnn"):
+        finetune.read_source(tmp_path / "probe.pt", "crnn")
