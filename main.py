@@ -30,14 +30,15 @@ from fma_genres import configurator, multilabel, tasks
 from fma_genres.data import cache as mel_cache, datasets
 from fma_genres.data.preload import preloaded  # a function: main's key `preload` would shadow the module
 from fma_genres.encoders import load_encoder
+from fma_genres.encoders.audio_cache import audio_preprocessing, build_audio_cache
 from fma_genres.encoders.embedding_cache import build_embedding_cache, checkpoint_preprocessing
 from fma_genres.encoders.probe import feature_stats
 from fma_genres.reporting import wandb_logging
 from fma_genres.runtime import allocator, devices, distributed, errors, preemption
 from fma_genres.runtime.errors import ConfigError, PeerFailed
 from fma_genres.runtime.preemption import Preempted, RunSignals
-from fma_genres.training import finetune, run_state
-from models import PROBES, accepted_args, build_model
+from fma_genres.training import encoder_tuning, finetune, run_state
+from models import MODELS, PROBES, accepted_args, build_model
 from models_utils import CheckpointError
 from test import evaluate, test  # the project's test.py (it comes first on sys.path), not the stdlib package
 from train import EPOCH_LOSSES, EpochHooks, NonFiniteLossError, TrainSettings, continue_epoch, epoch_position, train
@@ -66,6 +67,10 @@ model = "crnn"               # cnn1d | cnn2d | crnn (models.py); an encoder othe
 encoder = "mel"              # mel: the CNNs on mel-spectrograms | dasheng | whisper | clap: a probe on that frozen encoder's cached embeddings (docs/encoders.md)
 encoder_weights = ""         # the encoder's weights: a hub name, a local folder or a .pt file; "" = its published default
 head = "linear"              # the probe on the encoder's layers (a learned mix of them): linear | mlp (512 hidden, dropout 0.5)
+finetune_encoder = False     # with an encoder: True trains it end to end with its probe on audio windows (model finetuned; docs/encoders.md: Fine-tuning)
+encoder_lr = 1e-5            # finetune_encoder: Adam's learning rate of the encoder's parameters (the probe's is lr)
+frozen_layers = 0            # finetune_encoder: the encoder's input front end and its N lowest layers stay frozen; 0 = none
+grad_checkpointing = False   # finetune_encoder: recompute the encoder's activations in the backward pass (less memory, more time)
 faithful = True              # the original's forward pass with its quirks (models.py); False: the corrected pass
 standardise = "auto"         # input dB standardised with train-split mean/std; auto = not faithful; True/False force it
 init = "kaiming"             # Linear/Conv weight init: kaiming (the original's) | xavier
@@ -76,12 +81,13 @@ epochs = 30                  # training epochs
 batch_size = 50              # examples per batch
 lr = 1e-3                    # Adam's initial learning rate
 weight_decay = 0.0           # Adam weight decay (the original used 1e-4 where enabled)
+warmup_steps = 0             # finetune_encoder: every learning rate rises linearly over the first N optimiser steps; 0 = none
 shuffle = True               # reshuffle the training clips every epoch; False: one fixed order (the original's)
 class_weights = False        # weigh the cross-entropy by inverse class frequency of the training split (unbalanced subsets)
 pos_weight = False           # target=genres_all: weigh each genre's positives in BCE by its training negatives/positives
 balanced_sampler = False     # draw each epoch's training clips class-balanced, with replacement (unbalanced subsets)
 epoch_loss = "per_example"   # epoch loss (and what the scheduler sees): per_example | per_batch (the original's)
-data_augmentation = False    # add one SpecAugment copy of each training clip (2 mel + 2 time masks, 0 dB)
+data_augmentation = False    # add one SpecAugment copy of each training clip (2 mel + 2 time masks, 0 dB); finetune_encoder: the encoder's own (docs/encoders.md)
 augment_masks = "per_epoch"  # per_epoch: masks redrawn every epoch | fixed: drawn once (the original's copies)
 mask_draw = "inclusive"      # inclusive: any width 0..max and position | original: int(U(0, max)) as it drew them
 report_epoch = "best"        # test figures from: best (best.pt, by select_metric) | last (the final epoch, the original's)
@@ -149,8 +155,8 @@ def loader_settings(config, device):
 
 
 def build_data(config, device):
-    """Tracks and splits (datasets.py) -> spectrogram cache (or, for a probe, the encoder's embedding cache) ->
-    loaders: a datasets.RunData; None when prepare_only."""
+    """Tracks and splits (datasets.py) -> spectrogram cache (or, for a probe, the encoder's embedding cache; for
+    a fine-tuned encoder, its audio cache) -> loaders: a datasets.RunData; None when prepare_only."""
     settings = datasets.DataSettings.from_config(config)
     if config["dataset"] == "fma":
         datasets.ensure_fma(settings, config["download"], DEMO_TRACKS_PER_GENRE if config["demo"] else None)
@@ -159,21 +165,27 @@ def build_data(config, device):
     task = tasks.TASKS[config["target"]]  # the run's one choice between single-label and the genre tree
     if config["dataset"] == "fma" and not config["demo"]:  # a partial download: before any caching
         distributed.from_main(datasets.ensure_complete, tracks, settings, config["download"], config["allow_partial"])
-    cache, preprocessing = (spectrogram_cache if config["encoder"] == "mel" else embedding_cache)(config, dataset, device)
+    cache, preprocessing, encoder = DATA_CACHES.get(config["model"], spectrogram_cache)(config, dataset, device)
     if config["prepare_only"]:  # build_cache has printed the cache's summary
         print("prepare_only=True: the data and the cache are ready; nothing was trained.")
         return None
     distributed.from_main(datasets.write_splits, splits, Path(config["out_dir"]) / "splits.csv", config["resume"])
-    probe = config["model"] in PROBES  # it standardises each feature of its embeddings, not all dB values at once
-    settings = replace(loader_settings(config, device), standardise=config["standardise"] and not probe)
+    # A probe or a fine-tuned encoder standardises each feature of its embeddings (not all dB values at once),
+    # and a fine-tuned one augments its own input (Encoder.augment).
+    spectrograms = config["model"] in MODELS
+    settings = replace(loader_settings(config, device), standardise=config["standardise"] and spectrograms,
+                       augment=config["data_augmentation"] and spectrograms)
     loaders, normalisation = utils.make_loaders(cache, splits, config["batch_size"], settings,
                                                 shard=(distributed.rank(), distributed.world_size()))
-    if probe:
-        normalisation = dict(zip(("mean", "std"), feature_stats(cache, loaders["train"].dataset.track_ids)))
+    train_ids = loaders["train"].dataset.track_ids
+    if config["model"] in PROBES:
+        normalisation = dict(zip(("mean", "std"), feature_stats(cache, train_ids)))
+    elif encoder is not None:
+        normalisation = encoder_tuning.initial_stats(config, encoder, cache, train_ids)
     sizes = ", ".join(f"{name} {len(loader.dataset)}" for name, loader in loaders.items())
     print(f"data: {dataset.identity} in {config['data_dir']}: {sizes} clips (the split: splits.csv)")
     data = datasets.RunData(loaders, class_names, preprocessing, normalisation, tracks, task, genres=dataset.genres,
-                            label_report=dataset.label_report)
+                            label_report=dataset.label_report, encoder=encoder)
     if config["class_weights"]:
         data.class_weights = utils.inverse_class_frequency(loaders["train"].dataset.labels, len(class_names)).to(device)
     task.use_labels(loaders, dataset)  # multi-label: the loaders yield 0/1 genre rows
@@ -191,19 +203,31 @@ def cache_settings(config):
 
 
 def spectrogram_cache(config, dataset, device):
-    """(the run's spectrogram cache, its preprocessing: utils.PREPROCESSING with the run's n_frames)."""
+    """(the run's spectrogram cache, its preprocessing: utils.PREPROCESSING with the run's n_frames, no encoder)."""
     preprocessing = finetune.checked_preprocessing(config, {**utils.PREPROCESSING, "n_frames": config["n_frames"]})
     return mel_cache.build_cache(dataset.tracks, dataset.cache_root, dataset.identity, preprocessing,
-                                 **cache_settings(config)), preprocessing
+                                 **cache_settings(config)), preprocessing, None
 
 
 def embedding_cache(config, dataset, device):
     """(the run's embedding cache of its encoder, run on the training device; the preprocessing its
-    checkpoints record: the cache's key and encoder_weights, which prediction loads the encoder from)."""
+    checkpoints record: the cache's key and encoder_weights, which prediction loads the encoder from; None)."""
     encoder = load_encoder(config["encoder"], config["encoder_weights"], device)
     preprocessing = finetune.checked_preprocessing(config, checkpoint_preprocessing(encoder))
     return build_embedding_cache(dataset.tracks, dataset.cache_root, dataset.identity, encoder,
-                                 **cache_settings(config)), preprocessing
+                                 **cache_settings(config)), preprocessing, None
+
+
+def audio_cache(config, dataset, device):
+    """(the run's audio cache at its encoder's rate; the preprocessing its checkpoints record, a probe's (so a
+    probe's checkpoint is an init_from for LP-FT); the loaded encoder, whose weights the model starts from)."""
+    encoder = load_encoder(config["encoder"], config["encoder_weights"], device)
+    preprocessing = finetune.checked_preprocessing(config, checkpoint_preprocessing(encoder))
+    return build_audio_cache(dataset.tracks, dataset.cache_root, dataset.identity, audio_preprocessing(preprocessing),
+                             **cache_settings(config)), preprocessing, encoder
+
+
+DATA_CACHES = {"probe": embedding_cache, "finetuned": audio_cache}  # every other model: spectrogram_cache
 
 
 # -----------------------------------------------------------------------------
@@ -215,19 +239,23 @@ def build_training(config, data, device, checkpoint=None, overrides=()):
     p = data.preprocessing  # a CNN's mel bands, or a probe's encoder layers and width
     model_args = accepted_args(config["model"], n_mels=p.get("n_mels"), n_frames=config["n_frames"],
                                n_classes=len(data.class_names), faithful=config["faithful"], layers=p.get("layers"),
-                               dim=p.get("dim"), head=config["head"])
+                               dim=p.get("dim"), head=config["head"], encoder=config["encoder"],
+                               architecture=data.encoder and data.encoder.architecture(),
+                               augment=config["data_augmentation"])
     reseed(config["seed"])
     try:
         model = models_utils.init_weights(build_model(config["model"], **model_args), config["init"])
     except ValueError as error:
         raise ConfigError(str(error)) from None
     model.standardise.use(**data.normalisation)  # the train split's dB statistics, or None: raw dB
+    encoder_tuning.adopt_pretrained(model, data)  # a fine-tuned encoder starts from its published weights
     if config["init_from"] and checkpoint is None:  # a resumed run has its own weights
         finetune.load_features(model, config["init_from"], config["model"], data.class_names)
-    model = finetune.freeze(model, config["freeze"]).to(device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    model = encoder_tuning.prepare(finetune.freeze(model, config["freeze"]).to(device), config)
     # fused: one kernel per step, and it skips a non-finite loss's step on the device (train.skippable_step)
-    optimizer = torch.optim.Adam(trainable, lr=config["lr"], weight_decay=config["weight_decay"], fused=True)
+    optimizer = torch.optim.Adam(encoder_tuning.param_groups(model, config), lr=config["lr"],
+                                 weight_decay=config["weight_decay"], fused=True)
+    encoder_tuning.warm_up(optimizer, config["warmup_steps"])
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
     state = (run_state.restore(checkpoint, model, optimizer, scheduler, config, overrides) if checkpoint is not None
              else run_state.TrainingState(model_args))
@@ -359,7 +387,8 @@ def run(config, overrides, provenance):
           f"{models_utils.describe_parameters(counts['parameters'], counts['total_parameters'])}, "
           f"on {device}" + (f"; resuming after epoch {state.epoch}" if checkpoint else ""))
     config["world_size"] = distributed.world_size()  # recorded in the checkpoints, not a key
-    for line in (distributed.describe(config), checkpoint and distributed.resume_note(checkpoint["config"])):
+    for line in (encoder_tuning.describe(config), distributed.describe(config),
+                 checkpoint and distributed.resume_note(checkpoint["config"])):
         if line:
             print(line)
     training.model = distributed.wrap(compiled(config, raw_model), raw_model, device, config["sync_batchnorm"])

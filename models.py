@@ -256,15 +256,54 @@ class ProbeHead(nn.Module):
         return torch.einsum("bld,l->bd", self.standardise(x.float()).mean(dim=1), self.layer_weights())
 
 
+class FinetunedEncoder(nn.Module):
+    """A pretrained encoder trained end to end with a ProbeHead (docs/encoders.md: Fine-tuning): audio windows
+    (B, windows, samples) -> the encoder's per-layer states pooled over time (B, windows, layers, dim) -> the
+    probe. ``architecture`` rebuilds the encoder (fma_genres/encoders: Encoder.architecture) without its
+    original weights, which the state_dict holds; ``augment``: data_augmentation in training (Encoder.augment)."""
+
+    def __init__(self, encoder, architecture, layers, dim, n_classes, head="linear", augment=False):
+        super().__init__()
+        from fma_genres.encoders import ENCODERS  # light: the encoders' packages load only in build()
+
+        self.adapter = ENCODERS[encoder].rebuilt(architecture)  # turns audio into the module's input and back
+        self.encoder = self.adapter.model
+        self.probe = ProbeHead(layers, dim, n_classes, head)
+        self.augment = augment
+
+    @property
+    def standardise(self):
+        return self.probe.standardise
+
+    @property
+    def head(self):
+        return self.probe.head
+
+    def forward(self, x):                       # (B, windows, samples) -> (B, n_classes) twice
+        return with_probabilities(self.head(self.embed(x)))
+
+    def embed(self, x):                         # (B, windows, samples) -> (B, dim)
+        return self.probe.embed(self.hidden_states(x))
+
+    def hidden_states(self, x):                 # (B, windows, samples) -> (B, windows, layers, dim)
+        self.adapter.device = x.device
+        inputs = self.adapter.inputs(x.flatten(0, 1).float())
+        if self.training and self.augment:
+            inputs = self.adapter.augment(inputs)
+        return self.adapter.layers_of(inputs).unflatten(0, x.shape[:2])
+
+
 MODELS = {"cnn1d": CNN1D, "cnn2d": CNN2D, "crnn": CRNN}  # on mel-spectrograms: --model's choices
 # On a pretrained encoder's cached embeddings (main.py's encoder other than mel, which makes model=probe).
 PROBES = {"probe": ProbeHead}
+# The encoder trained with its probe on audio (main.py's finetune_encoder=True with an encoder).
+FINETUNED = {"finetuned": FinetunedEncoder}
 
 
 def build_model(name, **model_args):
     """The registry's model ``name`` built with ``model_args``; an unknown name lists the valid ones."""
     try:
-        model_class = {**MODELS, **PROBES}[name]
+        model_class = {**MODELS, **PROBES, **FINETUNED}[name]
     except KeyError:
         raise ValueError(f"Unknown model {name!r}: choose one of {', '.join(sorted(MODELS))}.") from None
     return model_class(**model_args)
@@ -272,8 +311,9 @@ def build_model(name, **model_args):
 
 def accepted_args(name, **model_args):
     """The entries of ``model_args`` that model ``name`` takes (CNN2D takes no ``faithful``, a probe its
-    ``layers``, ``dim``, ``n_classes`` and ``head``)."""
-    accepted = inspect.signature({**MODELS, **PROBES}[name]).parameters
+    ``layers``, ``dim``, ``n_classes`` and ``head``, a fine-tuned encoder also its ``encoder``, ``architecture``
+    and ``augment``)."""
+    accepted = inspect.signature({**MODELS, **PROBES, **FINETUNED}[name]).parameters
     return {key: value for key, value in model_args.items() if key in accepted}
 
 

@@ -16,7 +16,7 @@ from fma_genres.data.fma import FMA_SMALL_GENRES
 from fma_genres.runtime import preemption
 from fma_genres.runtime.atomic import atomic_write
 from fma_genres.runtime.figures import pyplot
-from models import MODELS, PROBES, accepted_args, build_model, standardisation_state
+from models import FINETUNED, MODELS, PROBES, accepted_args, build_model, standardisation_state
 from utils import PREPROCESSING
 
 CHECKPOINT_FORMAT = "fma-genre-classifier"
@@ -288,8 +288,8 @@ def describe_parameters(trainable, total):
 
 
 def describe_model(config):
-    """'crnn (faithful)', or a probe's 'probe (linear head on dasheng)'."""
-    if config["model"] in PROBES:
+    """'crnn (faithful)', or a probe's 'probe (linear head on dasheng)' (a fine-tuned encoder's alike)."""
+    if config["model"] in PROBES or config["model"] in FINETUNED:
         return f"{config['model']} ({config['head']} head on {config['encoder']})"
     return f"{config['model']} ({'faithful' if config['faithful'] else 'corrected'})"
 

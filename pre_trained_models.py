@@ -126,7 +126,7 @@ def spectrogram_model(model, checkpoint, what):
     """UsageError for a probe checkpoint, or a mixed ensemble, in a mode made for mel-spectrogram windows."""
     if not predict.reads_spectrograms(model, checkpoint):
         kind = ("an ensemble of members with different preprocessing" if isinstance(model, predict.TrackEnsemble)
-                else f"a probe on {checkpoint['preprocessing']['encoder']}'s embeddings")
+                else f"a {checkpoint['model']} model on {checkpoint['preprocessing']['encoder']}'s audio windows")
         raise UsageError(f"{what}; this is {kind}, which has none: drop --plot (the table, --json, --output "
                          f"and --evaluate work with it).")
 

@@ -35,7 +35,7 @@ from fma_genres.reporting import wandb_logging
 from fma_genres.runtime import devices
 from fma_genres.runtime.errors import ConfigError
 from fma_genres.training import finetune
-from models import HEADS, MODELS, PROBES
+from models import FINETUNED, HEADS, MODELS, PROBES
 from train import EPOCH_LOSSES
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
@@ -200,11 +200,14 @@ KEYS = {
     "n_frames": Key(minimum=1), "cache_workers": Key(**RUN_CONTROL), "num_workers": Key(**RUN_CONTROL),
     "preload": Key(**RUN_CONTROL),
     # model (its name starts every run name)
-    "model": Key(choices=(*MODELS, *PROBES), names_run=False), "init": Key(choices=tuple(models_utils.INITIALISERS)),
+    "model": Key(choices=(*MODELS, *PROBES, *FINETUNED), names_run=False), "init": Key(choices=tuple(models_utils.INITIALISERS)),
     "freeze": Key(choices=finetune.FREEZE), "encoder": Key(choices=("mel", *ENCODERS)), "head": Key(choices=tuple(HEADS)),
+    "encoder_lr": Key(may_change_on_resume=True), "frozen_layers": Key(minimum=0),
+    "grad_checkpointing": Key(**RUN_CONTROL),  # the same gradients, computed with less memory
     # optimisation: epochs, lr and weight_decay change what is learnt, and may change on resume
     "epochs": Key(minimum=1, may_change_on_resume=True), "batch_size": Key(minimum=1),
     "lr": Key(may_change_on_resume=True), "weight_decay": Key(minimum=0, may_change_on_resume=True),
+    "warmup_steps": Key(minimum=0),
     "epoch_loss": Key(choices=tuple(EPOCH_LOSSES)), "augment_masks": Key(choices=utils.AUGMENT_MASKS),
     "mask_draw": Key(choices=utils.MASK_DRAWS), "report_epoch": Key(choices=("best", "last")),
     # select_metric: the target's task checks it against metrics.py's registry, which may grow after import
@@ -264,8 +267,8 @@ def make_config(overrides, defaults):
         if config[key] < -1 or config[key] == 0 and key == "cache_workers":
             raise ConfigError(f"{key}={config[key]} is not valid: -1 (auto) or a number of processes"
                               f"{' (at least 1)' if key == 'cache_workers' else ''}.")
-    if not (config["lr"] > 0 and 0 < config["train_size"] < 1):
-        raise ConfigError("lr must be > 0 and train_size between 0 and 1.")
+    if not (config["lr"] > 0 and config["encoder_lr"] > 0 and 0 < config["train_size"] < 1):
+        raise ConfigError("lr and encoder_lr must be > 0 and train_size between 0 and 1.")
     if not (config["val_size"] > 0 and config["test_size"] > 0 and config["val_size"] + config["test_size"] < 1):
         raise ConfigError(f"val_size and test_size must be > 0 and leave tracks for training (sum < 1), got "
                           f"{config['val_size']} and {config['test_size']}.")
@@ -274,25 +277,51 @@ def make_config(overrides, defaults):
     return config
 
 
+# Keys that only fine-tuning an encoder reads (main.py's finetune_encoder=True with an encoder).
+FINETUNE_KEYS = ("encoder_lr", "warmup_steps", "frozen_layers", "grad_checkpointing")
+
+
 def resolve_model(config, overrides):
-    """An encoder other than mel trains model=probe on its cached embeddings (docs/encoders.md); a CNN or
-    SpecAugment asked for with it, or model=probe without one, is refused."""
+    """An encoder other than mel trains model=probe on its cached embeddings, or with finetune_encoder=True
+    model=finetuned, the encoder itself with its probe on audio (docs/encoders.md); a CNN asked for with an
+    encoder, a probe or fine-tuning without one, and what a probe cannot do, are refused."""
     encoder, model = config["encoder"], overrides.get("model")
     if encoder == "mert":
         raise ConfigError(MERT_MESSAGE)
+    check_finetune_keys(config, overrides)
     if encoder == "mel":
-        if config["model"] in PROBES:
-            raise ConfigError(f"model={config['model']} is trained on a pretrained encoder's embeddings: give "
+        if config["model"] not in MODELS:
+            raise ConfigError(f"model={config['model']} is trained on a pretrained encoder: give "
                               f"--encoder={'|'.join(ENCODERS)} (docs/encoders.md), or a CNN ({', '.join(MODELS)}).")
         return
-    if model is not None and model not in PROBES:
-        raise ConfigError(f"model={model} is a CNN on mel-spectrograms, but encoder={encoder} trains a probe on the "
-                          f"encoder's embeddings (choose its head with --head={'|'.join(HEADS)}): drop --model, or "
-                          f"use --encoder=mel for the CNN.")
-    if config["data_augmentation"]:
+    family = FINETUNED if config["finetune_encoder"] else PROBES
+    if model is not None and model not in family:
+        what = "a CNN on mel-spectrograms" if model in MODELS else "trained otherwise"
+        raise ConfigError(f"model={model} is {what}, but encoder={encoder}"
+                          f"{' with finetune_encoder=True' * config['finetune_encoder']} trains a {next(iter(family))} "
+                          f"model (choose its head with --head={'|'.join(HEADS)}): drop --model, or use --encoder=mel "
+                          f"for a CNN.")
+    if config["data_augmentation"] and not config["finetune_encoder"]:
         raise ConfigError(f"data_augmentation=True masks mel-spectrograms (SpecAugment); encoder={encoder} trains on "
-                          f"cached embeddings, which it cannot mask: drop --data_augmentation.")
-    config["model"] = next(iter(PROBES))
+                          f"cached embeddings, which it cannot mask: drop --data_augmentation, or fine-tune the "
+                          f"encoder (--finetune_encoder=True), whose input it augments.")
+    if config["grad_checkpointing"] and not ENCODERS[encoder].checkpointing:
+        raise ConfigError(f"grad_checkpointing=True: the {encoder} encoder (transformers' implementation) cannot "
+                          f"recompute its activations; drop --grad_checkpointing and lower --batch_size or raise "
+                          f"--frozen_layers to save memory.")
+    config["model"] = next(iter(family))
+
+
+def check_finetune_keys(config, overrides):
+    """Refuse finetune_encoder without an encoder, and fine-tuning's keys without finetune_encoder."""
+    given = [f"{key}={overrides[key]}" for key in FINETUNE_KEYS if key in overrides]
+    if config["finetune_encoder"] and config["encoder"] == "mel":
+        raise ConfigError("finetune_encoder=True trains a pretrained encoder with its probe: give "
+                          f"--encoder={'|'.join(ENCODERS)} (docs/encoders.md: Fine-tuning), or drop it for a CNN.")
+    if given and not config["finetune_encoder"]:
+        raise ConfigError(f"{', '.join(given)} set how a pretrained encoder is fine-tuned, but this run fine-tunes "
+                          f"none: add --finetune_encoder=True with an --encoder={'|'.join(ENCODERS)}, or drop "
+                          f"{'them' if len(given) > 1 else 'it'}.")
 
 
 def demo_help():

@@ -4,6 +4,7 @@ runners lack.
 
     python -m pytest tests/test_benchmarks.py -q
 """
+import importlib.util
 import os
 import re
 import subprocess
@@ -151,3 +152,14 @@ def test_the_gpu_checks_prediction_part_says_why_it_skips_audio_without_torchaud
     printed, _ = gpu_check(tmp_path, (*RUNNERS_LACK, "torchaudio"), "--only=e")
     assert "e predict | crnn, model alone, batches of 8 windows | " in printed
     assert "| e predict | crnn, tracks from generated audio | skipped |  | torchaudio is missing here" in printed
+
+
+@pytest.mark.slow  # three commands on 9 clips of 30 s: ~35 s on a busy 2-core machine
+@pytest.mark.skipif(importlib.util.find_spec("dasheng") is None, reason="dasheng not installed (requirements-encoders.txt)")
+def test_the_fine_tuning_benchmark_times_a_tiny_dasheng_from_cache_to_prediction():
+    result = subprocess.run([sys.executable, "benchmarks/finetune.py", "--clips=3", "--epochs=1"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for stage in ("audio cache", "fine-tune", "predict", "whole path"):
+        assert re.search(rf"^finetune \| {stage} \| tiny Dasheng, 9 clips of 30 s, 1 epochs \| [\d.]+ s", result.stdout,
+                         re.MULTILINE), result.stdout

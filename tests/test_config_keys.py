@@ -111,7 +111,7 @@ def test_preload_changes_on_resume_and_stays_out_of_run_names_as_every_run_contr
     named = configurator.keys_where("names_run", main.CONFIG)
     may_change = configurator.keys_where("may_change_on_resume", main.CONFIG)
     assert "preload" in may_change and "preload" not in named
-    assert set(may_change) & set(named) == {"epochs", "lr", "weight_decay"}  # these change what is learnt
+    assert set(may_change) & set(named) == {"epochs", "lr", "encoder_lr", "weight_decay"}  # these change what is learnt
 
 
 def test_the_table_declares_only_main_pys_keys():

@@ -172,10 +172,10 @@ def _spectrogram(path, p):
                     f"with the clip's minimum ({mel.min():.1f} dB)"), mel
 
 
-def _fill_rows(mels_path, tasks, preprocessing):
+def _fill_rows(mels_path, tasks, preprocessing, compute=_spectrogram):
     """Worker task: write each (row, audio path, source) -- copied from source = (another folder's
-    mels.npy, its row, status, reason), or computed from the audio -- fsync, return [(row, status,
-    reason)]. pwrite, not the memmap: a full disk is then an OSError (ENOSPC), not a SIGBUS."""
+    mels.npy, its row, status, reason), or computed from the audio by ``compute`` (a Builder's) -- fsync,
+    return [(row, status, reason)]. pwrite, not the memmap: a full disk is then an OSError (ENOSPC), not a SIGBUS."""
     layout = np.load(mels_path, mmap_mode="r")
     fd = os.open(mels_path, os.O_WRONLY)
     results = []
@@ -185,7 +185,7 @@ def _fill_rows(mels_path, tasks, preprocessing):
                 code, reason = source[2:]
                 mel = None if code == BROKEN else np.load(source[0], mmap_mode="r")[source[1]]
             else:
-                code, reason, mel = _spectrogram(path, preprocessing)
+                code, reason, mel = compute(path, preprocessing)
             if mel is not None:
                 write_row(fd, layout, row, mel)
             results.append((row, code, reason))
@@ -208,8 +208,9 @@ def write_row(fd, layout, row, values):
 
 class Builder:
     """Fills the rows of one folder still to do, alongside any other builders of that folder. A subclass for
-    another kind of rows overrides kind, new_pool, submit and finish."""
+    another kind of rows overrides kind and compute, or new_pool, submit and finish."""
     kind = MELS
+    compute = staticmethod(_spectrogram)  # (status, reason, row or None) of one clip's audio, in a worker
 
     def __init__(self, folder, params, paths, sources, shard):
         self.folder, self.params, self.ids, self.paths = folder, params, params["track_ids"], paths
@@ -307,7 +308,8 @@ class Builder:
 
     def submit(self, pool, tasks):
         """A future of the [(row, status, reason)] of these (row, path, source) tasks."""
-        return pool.submit(_fill_rows, self.folder / self.kind.array, tasks, self.params["preprocessing"])
+        return pool.submit(_fill_rows, self.folder / self.kind.array, tasks, self.params["preprocessing"],
+                           self.compute)
 
     def finish(self, results):
         """A task's [(row, status, reason)] once its rows are written and fsynced (mels: by the worker)."""

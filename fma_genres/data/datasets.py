@@ -96,6 +96,7 @@ class RunData:
     pos_weight: object = None     # pos_weight=True: BCE's per-genre positive weights (a tensor)
     genres: dict = None           # multi-label: Dataset.genres
     label_report: dict = None     # multi-label: Dataset.label_report
+    encoder: object = None        # finetune_encoder: the loaded encoder, whose weights the model starts from
 
 
 def load(settings):

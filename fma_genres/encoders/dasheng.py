@@ -4,10 +4,12 @@ Its published weights are .pt files ({"model": state_dict, "config": kwargs}) on
 keeps in its cache (~/.cache/torch/hub/checkpoints). The package's own names (dasheng_base, dasheng_06B,
 dasheng_12B) set the sizes the files' configs may lack; any other .pt must carry them in its config.
 """
+import functools
 import os
 from pathlib import Path
 
 import torch
+import torch.utils.checkpoint
 
 from fma_genres.encoders.base import Encoder, looks_local, weights_error
 
@@ -20,9 +22,13 @@ class DashengEncoder(Encoder):
     licence = "Apache-2.0"
     source = "the dasheng package's Zenodo record (https://zenodo.org/records/11511780), e.g. dasheng_base.pt"
     local_form = ".pt file"
+    augmentation = "waveform"  # its input is audio: its own front end makes the spectrogram
+    front_end = ("front_end.", "init_bn.", "patch_embed.", "time_pos_embed", "freq_pos_embed", "cls_token",
+                 "token_pos_embed")
+    blocks = "blocks"
 
     def load(self, weights):
-        from dasheng.pretrained.pretrained import PRETRAINED_CHECKPOINTS, Dasheng  # lazy: an optional package
+        from dasheng.pretrained.pretrained import PRETRAINED_CHECKPOINTS  # lazy: an optional package
 
         urls = {name.lower(): url for name, url in PRETRAINED_CHECKPOINTS.items()}
         dump = self.read_file(weights) if looks_local(weights) else self.download(weights, urls)
@@ -32,9 +38,23 @@ class DashengEncoder(Encoder):
         sizes = SIZES.get(Path(weights).stem.lower())
         if sizes:
             config.update(zip(("embed_dim", "depth", "num_heads"), sizes))
-        model = Dasheng(**config)
+        model = self.build(config)
         model.load_state_dict(dump["model"], strict=True)
         return model
+
+    def build(self, architecture):
+        from dasheng.pretrained.pretrained import Dasheng  # lazy: an optional package
+
+        self.config = dict(architecture)
+        return Dasheng(**self.config)
+
+    def architecture(self):
+        return self.config
+
+    def enable_checkpointing(self):
+        """torch.utils.checkpoint around each block (the dasheng package has no switch of its own)."""
+        for block in self.model.blocks:
+            block.forward = functools.partial(checkpointed, block.forward)
 
     def read_file(self, weights):
         if not Path(weights).expanduser().is_file():
@@ -57,8 +77,9 @@ class DashengEncoder(Encoder):
         except OSError as e:  # URLError and HTTPError are OSErrors
             raise weights_error(self, weights, f"the download from {url} failed ({e})") from None
 
-    def forward_layers(self, audio):
+    def layers_of(self, inputs):
         """Every block's output (the last through the final norm, i.e. the encoder's output), mean over tokens."""
+        audio = inputs["audio"]
         blocks, outputs = self.model.blocks, [[] for _ in self.model.blocks]
         hooks = [block.register_forward_hook(lambda _, __, out, k=k: outputs[k].append(out))
                  for k, block in enumerate(blocks)]
@@ -71,3 +92,10 @@ class DashengEncoder(Encoder):
         hidden = [torch.cat(pieces, dim=1) for pieces in outputs]
         hidden[-1] = self.model.norm(hidden[-1])
         return torch.stack([h.mean(dim=1) for h in hidden], dim=1)
+
+
+def checkpointed(forward, x, **kwargs):
+    """A block's forward whose activations are recomputed in the backward pass (only when training with grad)."""
+    if not torch.is_grad_enabled():
+        return forward(x, **kwargs)
+    return torch.utils.checkpoint.checkpoint(forward, x, use_reentrant=False, **kwargs)

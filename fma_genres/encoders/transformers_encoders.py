@@ -2,9 +2,13 @@
 (LAION, laion/larger_clap_music, Apache-2.0), whose text tower embeds zero-shot prompts. Each loads a hub
 name or a local folder holding the model and its feature extractor (what save_pretrained writes; CLAP's
 prompts also need its tokenizer); transformers is imported only here, on load."""
+import functools
+import importlib
+import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from fma_genres.encoders.base import Encoder, looks_local, weights_error
 
@@ -14,6 +18,8 @@ class TransformersEncoder(Encoder):
     model_class = ""  # the transformers class name of the whole model
     model_type = ""   # its config.json's model_type: other weights would load as a random model, with a warning
     local_form = "folder (the model's config.json, weights and preprocessor_config.json)"
+    augmentation = "specaugment"  # its input is a feature extractor's spectrogram: masked bands and frames
+    module_class = ""  # "module:Class" of the torch module build() makes from the model's config
 
     def load(self, weights):
         import transformers  # lazy: an optional package that takes seconds to import
@@ -35,9 +41,23 @@ class TransformersEncoder(Encoder):
     def submodule(self, model):
         return model
 
+    def architecture(self):
+        return {"config": json.loads(self.model.config.to_json_string(use_diff=False)),
+                "features": json.loads(self.features.to_json_string())}
+
+    def build(self, architecture):
+        import transformers  # lazy: an optional package
+
+        features = architecture["features"]
+        self.features = getattr(transformers, features["feature_extractor_type"]).from_dict(features)
+        module, name = self.module_class.split(":")
+        config = getattr(transformers, self.model_class.replace("Model", "Config")).from_dict(architecture["config"])
+        return getattr(importlib.import_module(module), name)(config)
+
     def inputs(self, audio):
-        return self.features(list(audio.numpy()), sampling_rate=self.sample_rate, return_tensors="pt",
-                             return_attention_mask=True)
+        """The feature extractor's output (numpy, on the CPU: it is no part of what trains)."""
+        return self.features(list(audio.detach().float().cpu().numpy()), sampling_rate=self.sample_rate,
+                             return_tensors="pt", return_attention_mask=True)
 
 
 def first_line(error):
@@ -49,14 +69,18 @@ class WhisperEncoder(TransformersEncoder):
     model_type = "whisper"
     licence = "MIT"
     source = "the Hugging Face hub (https://huggingface.co/openai, e.g. openai/whisper-base)"
+    module_class = "transformers.models.whisper.modeling_whisper:WhisperEncoder"
+    front_end, blocks = ("conv1.", "conv2.", "embed_positions."), "layers"
 
     def submodule(self, model):
         return model.get_encoder()  # the decoder is not needed: it is freed with the whole model
 
-    def forward_layers(self, audio):
+    def enable_checkpointing(self):
+        self.model.activation_checkpointing_enable({"use_reentrant": False})
+
+    def layers_of(self, inputs):
         """Each layer's output (the last one normed), averaged over the positions that hold the window's
         audio: Whisper's feature extractor pads every input to its 30 s, which the mean must leave out."""
-        inputs = self.inputs(audio)
         hidden = self.model(inputs["input_features"].to(self.device), output_hidden_states=True).hidden_states[1:]
         # The two convolutions halve the frames: position i sees frames 2i and 2i+1.
         mask = inputs["attention_mask"][:, ::2].to(self.device, hidden[0].dtype).unsqueeze(-1)
@@ -69,13 +93,17 @@ class ClapEncoder(TransformersEncoder):
     local_form = "folder (the model's config.json, weights, preprocessor_config.json and, for zero-shot, its tokenizer)"
     licence = "Apache-2.0"
     source = "the Hugging Face hub (https://huggingface.co/laion/larger_clap_music)"
+    module_class = "fma_genres.encoders.transformers_encoders:ClapAudio"
+    front_end = ("audio_model.audio_encoder.patch_embed.", "audio_model.audio_encoder.batch_norm.")
+    blocks = "audio_model.audio_encoder.layers"
+    checkpointing = False  # transformers' CLAP does not support gradient checkpointing
 
-    def forward_layers(self, audio):
+    def submodule(self, model):
+        return ClapAudio(model.config, model.audio_model, model.audio_projection)  # the text tower is freed
+
+    def layers_of(self, inputs):
         """CLAP's projected audio embedding (the one its text prompts are compared with), as one layer."""
-        inputs = self.inputs(audio)
-        features = self.model.get_audio_features(input_features=inputs["input_features"].to(self.device),
-                                                 is_longer=inputs["is_longer"].to(self.device))
-        return features.pooler_output.unsqueeze(1)
+        return self.model(inputs["input_features"].to(self.device), inputs["is_longer"].to(self.device)).unsqueeze(1)
 
     @torch.inference_mode()
     def embed_text(self, prompts):
@@ -91,11 +119,35 @@ class ClapEncoder(TransformersEncoder):
         if len(set(map(tuple, inputs["input_ids"].tolist()))) < len(set(prompts)):
             raise weights_error(self, self.weights, "no tokenizer for the text prompts: different prompts get the same "
                                 "tokens (the folder lacks tokenizer.json, or vocab.json and merges.txt)")
-        features = self.model.get_text_features(input_ids=inputs["input_ids"].to(self.device),
-                                                attention_mask=inputs["attention_mask"].to(self.device))
+        features = self.text_model.get_text_features(input_ids=inputs["input_ids"].to(self.device),
+                                                     attention_mask=inputs["attention_mask"].to(self.device))
         return features.pooler_output.float().cpu()
 
     @property
     def logit_scale(self):
         """CLAP's learned temperature of audio-to-text cosine similarities (exp of logit_scale_a)."""
-        return float(self.model.logit_scale_a.exp())
+        return float(self.text_model.logit_scale_a.exp())
+
+    @functools.cached_property
+    def text_model(self):
+        """The whole ClapModel, loaded again for its text tower: only zero-shot needs it (probes and fine-tuning
+        hold the audio tower alone)."""
+        import transformers
+
+        return transformers.ClapModel.from_pretrained(self.location).eval().requires_grad_(False).to(self.device)
+
+
+class ClapAudio(torch.nn.Module):
+    """CLAP's audio tower and projection (ClapModel.get_audio_features), without its text tower."""
+
+    def __init__(self, config, audio_model=None, audio_projection=None):
+        super().__init__()
+        from transformers.models.clap.modeling_clap import ClapAudioModel, ClapProjectionLayer
+
+        self.config = config
+        self.audio_model = audio_model or ClapAudioModel(config.audio_config)
+        self.audio_projection = audio_projection or ClapProjectionLayer(config.audio_config)
+
+    def forward(self, input_features, is_longer):
+        pooled = self.audio_model(input_features=input_features, is_longer=is_longer).pooler_output
+        return F.normalize(self.audio_projection(pooled), dim=-1)

@@ -106,7 +106,7 @@ def groups_of(model, checkpoint):
 def test_cache(model, checkpoint, tracks, data):
     """The test tracks' cache a model reads: its encoder's embeddings, or its mel-spectrograms."""
     if predict.reads_encoder(checkpoint):
-        return probe_windows.test_cache(model, tracks, data)
+        return probe_windows.test_cache(model, tracks, data, checkpoint)
     return mel_cache.build_cache(tracks, data.cache_root, data.identity, preprocessing=checkpoint["preprocessing"])
 
 

@@ -28,6 +28,7 @@ import torch
 import utils
 from fma_genres import tasks
 from fma_genres.runtime import atomic
+from models import FinetunedEncoder
 
 MAX_DIFFERENCE = 1e-4  # largest accepted |onnxruntime - PyTorch| probability
 OUTPUT_NAME = "probabilities"
@@ -49,17 +50,27 @@ class Probabilities(torch.nn.Module):
 
 
 class AudioProbabilities(Probabilities):
-    """An encoder checkpoint's whole model: audio windows (batch, windows, samples) -> the encoder's
-    per-window embedding rows -> the probe's probabilities (its mean over the windows)."""
+    """An encoder checkpoint's whole model: audio windows (batch, windows, samples) -> the probe's
+    probabilities (its mean over the windows). A probe's frozen encoder turns the windows into embedding
+    rows first; a fine-tuned encoder (models.FinetunedEncoder) takes the windows itself."""
 
     def __init__(self, model, task):
         super().__init__(model, task)
-        self.encoder_model = model.encoder.model  # a submodule: the exporter keeps its weights
+        self.encoder_model = getattr(model.encoder, "model", model.encoder)  # a submodule: its weights are kept
 
     def forward(self, audio):
+        if isinstance(self.model, FinetunedEncoder):
+            return super().forward(audio)
         batch, windows, samples = audio.shape
         rows = self.model.encoder.forward_layers(audio.reshape(batch * windows, samples))
         return super().forward(rows.reshape(batch, windows, *rows.shape[1:]))
+
+
+class HeadProbabilities(Probabilities):
+    """An encoder checkpoint's probe alone: embedding rows (batch, windows, layers, dim) -> probabilities."""
+
+    def __init__(self, model, task):
+        super().__init__(model.probe, task)
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,8 @@ def mel_example(model, checkpoint, batch, windows, generator):
 
 def audio_example(model, checkpoint, batch, windows, generator):
     """Noise at a music-like level, windows of the encoder's length."""
-    return 0.1 * torch.randn(batch, windows, model.encoder.window_samples, generator=generator)
+    p = checkpoint["preprocessing"]
+    return 0.1 * torch.randn(batch, windows, round(p["window_seconds"] * p["sample_rate"]), generator=generator)
 
 
 def embeddings_example(model, checkpoint, batch, windows, generator):
@@ -97,7 +109,7 @@ AUDIO = GraphInput("audio", AudioProbabilities, audio_example, lambda c: (
     f"audio: float32 (batch, windows, {round(c['preprocessing']['window_seconds'] * c['preprocessing']['sample_rate'])})"
     f" mono windows at {c['preprocessing']['sample_rate']} Hz (probe_windows.track_windows), encoder included"), (
     "batch", "windows"))
-EMBEDDINGS = GraphInput("embeddings", Probabilities, embeddings_example, lambda c: (
+EMBEDDINGS = GraphInput("embeddings", HeadProbabilities, embeddings_example, lambda c: (
     f"embeddings: float32 (batch, windows, {c['preprocessing']['layers']}, {c['preprocessing']['dim']}) the "
     f"{c['preprocessing']['encoder']} encoder's per-layer embeddings of each window (an embedding cache row); "
     f"the encoder is not in the graph"), ("batch", "windows"))

@@ -151,7 +151,8 @@ def load_predictor(path, model_name=None, device="cpu", encoder_weights=None):
     """(model in eval mode, checkpoint dict) from a checkpoint of this project or an original bare state_dict.
 
     Both are read with torch.load(weights_only=True), so a checkpoint can never run code. A probe's model
-    is a probe_windows.EncoderProbe: its encoder loaded from ``encoder_weights`` or those it records.
+    is a probe_windows.EncoderProbe: its encoder loaded from ``encoder_weights`` or those it records; a
+    fine-tuned encoder's (models.FinetunedEncoder) holds its encoder and needs no weights but its own.
     """
     try:
         checkpoint = models_utils.load_checkpoint(path, device)

@@ -1,5 +1,6 @@
 """Prediction with a probe checkpoint (main.py's encoder other than mel): audio -> the encoder's windows ->
-their per-layer embeddings -> the probe, per track.
+their per-layer embeddings -> the probe, per track; and with a fine-tuned encoder's (finetune_encoder), whose
+model takes the windows themselves.
 
     model = EncoderProbe(probe, encoder_of(checkpoint))   # predict.load_predictor does this for a probe
     for path, probabilities, n_windows, error in predict(model, checkpoint, ["song.mp3"]): ...
@@ -19,9 +20,11 @@ from torch.utils.data import DataLoader, Dataset
 
 import utils
 from fma_genres.encoders import load_encoder
+from fma_genres.encoders.audio_cache import audio_preprocessing, build_audio_cache
 from fma_genres.encoders.embedding_cache import build_embedding_cache, window_starts
 from fma_genres.inference.audio_windows import silence_decoder_notes
 from fma_genres.runtime.errors import ConfigError, DataError
+from models import FinetunedEncoder
 
 
 class EncoderProbe(torch.nn.Module):
@@ -104,9 +107,7 @@ def predict(model, checkpoint, files, outputs, reading, device="cpu", on_window=
         if error:
             yield files[i], None, 0, error
             continue
-        # float16, as the embedding cache stores each window's embeddings
-        rows = torch.cat([model.encoder.embed_layers(windows[k:k + batch_size]).half()
-                          for k in range(0, len(windows), batch_size)])
+        rows = track_rows(model, windows, batch_size)
         with torch.no_grad():
             vector = outputs(model, rows[None].float().to(device))[0]
             for window, alone in zip(windows, outputs(model, rows[:, None].float().to(device)) if on_window else ()):
@@ -114,6 +115,21 @@ def predict(model, checkpoint, files, outputs, reading, device="cpu", on_window=
         yield files[i], vector.double().cpu().numpy(), len(windows), None
 
 
-def test_cache(model, tracks, data):
-    """--evaluate's embedding cache of the test tracks: the training run's (same encoder and weights) or new."""
+def track_rows(model, windows, batch_size):
+    """A track's row as the model's training cache held it: a probe's, its windows' embeddings (the encoder's,
+    batch_size windows at a time); a fine-tuned encoder's, the windows themselves; float16, as the caches store them."""
+    if isinstance(model, FinetunedEncoder):
+        return windows.half()
+    return torch.cat([model.encoder.embed_layers(windows[k:k + batch_size]).half()
+                      for k in range(0, len(windows), batch_size)])
+
+
+def test_cache(model, tracks, data, checkpoint):
+    """--evaluate's cache of the test tracks, the training run's where it covers them: a probe's embedding cache
+    (same encoder and weights), a fine-tuned encoder's audio cache."""
+    if isinstance(model, FinetunedEncoder):
+        return build_audio_cache(tracks, data.cache_root, data.identity, audio_preprocessing(checkpoint["preprocessing"]))
     return build_embedding_cache(tracks, data.cache_root, data.identity, model.encoder)
+
+
+AUDIO_WINDOW_MODELS = (EncoderProbe, FinetunedEncoder)  # predicted from the encoder's windows of a track

@@ -26,6 +26,9 @@ FREEZE = ("none", "features")  # features: every layer but the classifier, Batch
 # freeze=features): test accuracy 0.79 after 4 epochs with this scale (0.29 from scratch); at full scale
 # 0.04 after 6 epochs, 0.46 after 10 at lr=0.01.
 NEW_HEAD_SCALE = 0.01
+# A model that may start from another kind's checkpoint, and where that one's weights go in it: a fine-tuned
+# encoder from a probe of the same encoder (LP-FT, docs/encoders.md: Fine-tuning), into its probe.
+SOURCES = {"finetuned": {"probe": "probe."}}
 
 
 def read_source(path, model_name):
@@ -37,7 +40,7 @@ def read_source(path, model_name):
         if state_dict is None:
             raise
         source = models_utils.original_checkpoint(state_dict, model_name, path)
-    if source["model"] != model_name:
+    if source["model"] != model_name and source["model"] not in SOURCES.get(model_name, {}):
         raise CheckpointError(f"init_from={path} holds a {source['model']} model but this run trains a "
                               f"{model_name}: add --model={source['model']}.")
     return source
@@ -69,13 +72,15 @@ def output_layer(head):
 
 def load_features(model, path, model_name, class_names):
     """Load init_from's weights that fit into ``model`` (the head's only when the genres are the same, in
-    the same order; never its input standardisation); print the layers loaded and the new ones; return
-    their parameter names."""
+    the same order; never a CNN's input standardisation, but a probe's per-feature one); print the layers
+    loaded and the new ones; return their parameter names."""
     source = read_source(path, model_name)
     head = head_prefix(model)
     same_genres = list(source["class_names"]) == list(class_names)
     own = {key: value for key, value in model.state_dict().items() if not key.startswith("standardise.")}
-    loaded = {key: value for key, value in source["state_dict"].items()
+    prefix = SOURCES.get(model_name, {}).get(source["model"], "")
+    weights = {prefix + key: value for key, value in source["state_dict"].items()}
+    loaded = {key: value for key, value in weights.items()
               if key in own and own[key].shape == value.shape and (same_genres or not key.startswith(head))}
     if not loaded:
         raise CheckpointError(f"No weight of init_from={path} fits this {model_name}: it was trained with "

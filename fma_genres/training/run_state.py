@@ -20,6 +20,7 @@ from pathlib import Path
 import models_utils
 from fma_genres.runtime import atomic, distributed
 from fma_genres.runtime.errors import ConfigError
+from fma_genres.training import encoder_tuning
 from models_utils import CheckpointError
 
 # Run state saved in every checkpoint's "training" entry besides the epoch, optimizer and scheduler.
@@ -105,8 +106,11 @@ def restore(checkpoint, model, optimizer, scheduler, config, overrides):
         reason = str(error).splitlines()[0][:200]
         raise CheckpointError(f"{config['out_dir']}/last.pt does not fit this run ({reason}); start a new "
                               f"run in another --out_dir.") from None
-    for group in optimizer.param_groups:  # an lr or weight_decay given on resume applies from now on
-        group.update({k: config[k] for k in ("lr", "weight_decay") if k in overrides})
+    for group in optimizer.param_groups:  # an lr (encoder_lr) or weight_decay given on resume applies from now on
+        group.update({k: config[k] for k in ("weight_decay",) if k in overrides})
+        key = encoder_tuning.lr_key(group)
+        if key in overrides:
+            group.update({lr: config[key] for lr in ("lr", "warmup_lr") if lr in group})
     return TrainingState.from_dict(training, checkpoint["model_args"], (checkpoint.get("genres") or {}).get("thresholds"))
 
 
