@@ -250,9 +250,10 @@ def recipe(name, size, **overrides):
 
 
 def run_data_stub(class_names):
-    """What main.build_training reads of a run's data (datasets.RunData): the mel bands, genres, raw dB."""
+    """What main.build_training reads of a run's data (datasets.RunData): the mel bands, genres, raw dB, and
+    no pretrained encoder."""
     return SimpleNamespace(preprocessing={"n_mels": 128}, class_names=class_names,
-                           normalisation={"mean": None, "std": None})
+                           normalisation={"mean": None, "std": None}, encoder=None)
 
 
 def timed_epoch(config, size, loaders, device, deadline):

@@ -290,13 +290,14 @@ def resolve_model(config, overrides):
         raise ConfigError(MERT_MESSAGE)
     check_finetune_keys(config, overrides)
     if encoder == "mel":
-        if config["model"] not in MODELS:
+        if config["model"] in (*PROBES, *FINETUNED):
             raise ConfigError(f"model={config['model']} is trained on a pretrained encoder: give "
                               f"--encoder={'|'.join(ENCODERS)} (docs/encoders.md), or a CNN ({', '.join(MODELS)}).")
         return
     family = FINETUNED if config["finetune_encoder"] else PROBES
     if model is not None and model not in family:
-        what = "a CNN on mel-spectrograms" if model in MODELS else "trained otherwise"
+        what = ("a CNN on mel-spectrograms" if model in MODELS else "no model of this suite" if model not in
+                (*PROBES, *FINETUNED) else f"the encoder's {'probe alone' if model in PROBES else 'fine-tuning'}")
         raise ConfigError(f"model={model} is {what}, but encoder={encoder}"
                           f"{' with finetune_encoder=True' * config['finetune_encoder']} trains a {next(iter(family))} "
                           f"model (choose its head with --head={'|'.join(HEADS)}): drop --model, or use --encoder=mel "

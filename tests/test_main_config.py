@@ -11,7 +11,7 @@ import models_utils
 import utils
 from fma_genres import configurator
 from fma_genres.data import fma
-from models import MODELS, PROBES
+from models import FINETUNED, MODELS, PROBES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,7 +162,7 @@ def test_loader_workers_overlap_loading_on_cuda_by_default():
 
 def test_valid_choices_come_from_the_registries_that_define_them():
     keys = configurator.KEYS
-    assert keys["model"].choices == (*MODELS, *PROBES) and keys["subset"].choices == fma.SUBSETS
+    assert keys["model"].choices == (*MODELS, *PROBES, *FINETUNED) and keys["subset"].choices == fma.SUBSETS
     assert keys["init"].choices == tuple(models_utils.INITIALISERS)
     assert keys["split"].choices == fma.SPLIT_MODES and keys["mask_draw"].choices == utils.MASK_DRAWS
 
