@@ -30,10 +30,14 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pandas as pd
 import soundfile as sf
+import soxr
 
-SAMPLE_RATE = 44100
+SAMPLE_RATE = 44100  # the files', as FMA's
+# Rendered at half that rate, then resampled: the pipeline keeps only what lies below 11.025 kHz (it reads at
+# 22,050 Hz, utils.PREPROCESSING) and every sound here was made to lie there, at half the synthesis time.
+SYNTH_RATE = 22050
 MARKER = "demo_dataset.json"
-VERSION = 2  # bump when the synthesis changes, so old demo folders are regenerated
+VERSION = 3  # bump when the synthesis changes, so old demo folders are regenerated
 GENRE_IDS = {"Electronic": 15, "Experimental": 38, "Folk": 17, "Hip-Hop": 21, "Instrumental": 1235,
              "International": 2, "Pop": 10, "Rock": 12}  # FMA's own ids (genres.csv)
 # Two sub-genres per top genre (ids in FMA's style, not checked against FMA's genres.csv).
@@ -120,7 +124,7 @@ def _midi_hz(m):
 def _band_noise(rng, n, lo, hi):
     """White noise band-limited to [lo, hi] Hz (FFT mask: cheap and exact enough here)."""
     spec = np.fft.rfft(rng.standard_normal(n))
-    f = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
+    f = np.fft.rfftfreq(n, 1 / SYNTH_RATE)
     spec[(f < lo) | (f > hi)] = 0
     x = np.fft.irfft(spec, n)
     return x / (np.abs(x).max() + 1e-9)
@@ -128,15 +132,15 @@ def _band_noise(rng, n, lo, hi):
 
 def _sweep(f0, f1, n, decay):
     """A decaying sine whose pitch falls exponentially from f0 to f1 (kick and hand drums)."""
-    t = np.arange(n) / SAMPLE_RATE
+    t = np.arange(n) / SYNTH_RATE
     freq = f1 + (f0 - f1) * np.exp(-t / 0.04)
-    return np.sin(2 * np.pi * np.cumsum(freq) / SAMPLE_RATE) * np.exp(-t / decay)
+    return np.sin(2 * np.pi * np.cumsum(freq) / SYNTH_RATE) * np.exp(-t / decay)
 
 
 def _drum(name, rng):
     """One hit of a drum sound; drawn once per track, so a track keeps its kit."""
-    n = lambda s: int(s * SAMPLE_RATE)
-    env = lambda s, d: np.exp(-np.arange(n(s)) / SAMPLE_RATE / d)
+    n = lambda s: int(s * SYNTH_RATE)
+    env = lambda s, d: np.exp(-np.arange(n(s)) / SYNTH_RATE / d)
     if name == "kick":
         return _sweep(rng.uniform(140, 180), rng.uniform(48, 60), n(0.35), 0.09)
     if name == "boom":  # long 808-style sub kick: hip-hop's energy sits in the lowest bands
@@ -154,10 +158,10 @@ def _drum(name, rng):
 
 def _note(freq, n, wave, decay, vibrato, rng):
     """A note of n samples: additive harmonics (below 11 kHz), vibrato, attack and exponential decay."""
-    t = np.arange(n) / SAMPLE_RATE
+    t = np.arange(n) / SYNTH_RATE
     inst = freq * (1 + vibrato * np.sin(2 * np.pi * rng.uniform(4.5, 6.5) * t))
     # z**k is harmonic k; plucked strings lose their upper harmonics first (damping grows with k).
-    z = np.exp(1j * 2 * np.pi * np.cumsum(inst) / SAMPLE_RATE - (3.0 * t if wave == "pluck" else 0))
+    z = np.exp(1j * 2 * np.pi * np.cumsum(inst) / SYNTH_RATE - (3.0 * t if wave == "pluck" else 0))
     k = np.arange(1, max(1, min(24, int(11000 / freq))) + 1)
     amps = {"sine": k == 1, "triangle": (k % 2) / k ** 2, "square": (k % 2) / k, "saw": 1 / k,
             "pluck": 1 / k, "pad": 1 / k ** 1.5, "buzz": 1 / np.sqrt(k)}[wave].astype(float)
@@ -167,7 +171,7 @@ def _note(freq, n, wave, decay, vibrato, rng):
         if a:
             x += a * zk.imag
     attack = 0.25 if wave in ("pad", "buzz") else 0.005
-    release = np.minimum((n - np.arange(n)) / (0.01 * SAMPLE_RATE), 1)  # no click at the note's end
+    release = np.minimum((n - np.arange(n)) / (0.01 * SYNTH_RATE), 1)  # no click at the note's end
     return x * np.minimum(t / attack, 1) * np.exp(-t / decay) * release / amps.sum()
 
 
@@ -188,7 +192,7 @@ def _render_part(part, style, n, key, step, rng):
     choices = scale[(scale + key >= lo) & (scale + key <= hi)] + key if hit is None else None
     for bar in range(int(n / (step * len(pattern))) + 1):
         for j, i in enumerate(onsets):
-            start = int(round((bar * len(pattern) + i) * step + rng.normal(0, 0.003) * SAMPLE_RATE))
+            start = int(round((bar * len(pattern) + i) * step + rng.normal(0, 0.003) * SYNTH_RATE))
             start = max(start, 0)
             if hit is not None:
                 _place(out, hit, start, gain * rng.uniform(0.8, 1.0))
@@ -209,30 +213,30 @@ def _experimental(n, rng):
     """No pulse: sparse pitch glides, band-noise bursts and silences at random times."""
     left, right = np.zeros(n), np.zeros(n)
     t0 = 0.0
-    while t0 < n / SAMPLE_RATE:
-        length = int(rng.uniform(0.3, 2.5) * SAMPLE_RATE)
+    while t0 < n / SYNTH_RATE:
+        length = int(rng.uniform(0.3, 2.5) * SYNTH_RATE)
         if rng.random() < 0.5:
-            t = np.arange(length) / SAMPLE_RATE
+            t = np.arange(length) / SYNTH_RATE
             f = np.geomspace(*rng.uniform(150, 6000, 2), length)
-            event = np.sin(2 * np.pi * np.cumsum(f) / SAMPLE_RATE) * np.sin(np.pi * t / t[-1]) ** 2
+            event = np.sin(2 * np.pi * np.cumsum(f) / SYNTH_RATE) * np.sin(np.pi * t / t[-1]) ** 2
         else:
             lo = rng.uniform(200, 6000)
             event = _band_noise(rng, length, lo, lo * rng.uniform(1.2, 2.0)) * np.hanning(length)
         pan = rng.uniform(-1, 1)
-        start = int(t0 * SAMPLE_RATE)
+        start = int(t0 * SYNTH_RATE)
         _place(left, event, start, 0.4 * np.sqrt((1 - pan) / 2))
         _place(right, event, start, 0.4 * np.sqrt((1 + pan) / 2))
-        t0 += rng.exponential(0.9) + (length / SAMPLE_RATE) * rng.uniform(0.2, 1.0)
+        t0 += rng.exponential(0.9) + (length / SYNTH_RATE) * rng.uniform(0.2, 1.0)
     return np.stack([left, right], axis=1)
 
 
 def synthesize(genre, duration, rng):
-    """A stereo float32 clip (n, 2) of the genre's synthetic music, peak well below full scale."""
-    n = int(round(duration * SAMPLE_RATE))
+    """A stereo float32 clip (n, 2) at SAMPLE_RATE of the genre's synthetic music, peak well below full scale."""
+    n = int(round(duration * SYNTH_RATE))
     style = STYLES[genre]
     if style["parts"]:
         key = int(rng.integers(-2, 3))  # small transpositions keep each genre in its register
-        step = 60.0 / rng.uniform(*style["bpm"]) / 4 * SAMPLE_RATE  # samples per 16th note
+        step = 60.0 / rng.uniform(*style["bpm"]) / 4 * SYNTH_RATE  # samples per 16th note
         mix = np.zeros((n, 2))
         for part in style["parts"]:
             pan = np.clip(part.get("pan", 0.0) + rng.normal(0, 0.1), -1, 1)
@@ -240,12 +244,13 @@ def synthesize(genre, duration, rng):
             mix += mono[:, None] * np.sqrt([(1 - pan) / 2, (1 + pan) / 2])
     else:
         mix = _experimental(n, rng)
-    t = np.arange(n) / SAMPLE_RATE
+    t = np.arange(n) / SYNTH_RATE
     swell = 1 + 0.3 * np.sin(2 * np.pi * rng.uniform(0.05, 0.2) * t + rng.uniform(0, 2 * np.pi))
     mix += (BED_GAIN * swell * _band_noise(rng, n, *style["bed"]))[:, None]
     mix += rng.normal(0, 1e-4, mix.shape)  # a little hiss, as real recordings have
     peak = np.abs(mix).max()
-    return (mix * 10 ** (rng.uniform(-6, -2) / 20) / peak).astype(np.float32)
+    mix = mix * 10 ** (rng.uniform(-6, -2) / 20) / peak
+    return soxr.resample(mix, SYNTH_RATE, SAMPLE_RATE).astype(np.float32)
 
 
 def subgenre_tone(subgenre, duration, rng):
