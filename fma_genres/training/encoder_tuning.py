@@ -9,14 +9,11 @@ parameters at encoder_lr and the probe's at lr, both warmed up linearly over war
 
 Tests: python -m pytest tests/encoders/test_finetune_encoder.py -q
 """
-import types
-
 import numpy as np
-import torch.nn as nn
 
 from fma_genres.encoders.probe import feature_stats
 from fma_genres.runtime.errors import ConfigError
-from fma_genres.training.finetune import stay_in_eval
+from fma_genres.training.finetune import keep_frozen_batchnorm_in_eval
 from models import FINETUNED
 
 STATS_CLIPS = 32  # training clips whose windows give a fresh run's standardisation (the first ones: deterministic)
@@ -54,9 +51,7 @@ def prepare(model, config):
     for name, parameter in model.encoder.named_parameters():
         if name.startswith(frozen):
             parameter.requires_grad = False
-    for module in model.encoder.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in module.parameters()):
-            module.train = types.MethodType(stay_in_eval, module)
+    keep_frozen_batchnorm_in_eval(model.encoder)
     if config["grad_checkpointing"]:
         adapter.enable_checkpointing()
     return model

@@ -103,6 +103,11 @@ def freeze(model, mode):
     head = {id(parameter) for parameter in model.head.parameters()}
     for parameter in model.parameters():
         parameter.requires_grad = id(parameter) in head
+    return keep_frozen_batchnorm_in_eval(model)
+
+
+def keep_frozen_batchnorm_in_eval(model):
+    """BatchNorm layers whose parameters are all frozen stay on their running statistics in training too."""
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in module.parameters()):
             module.train = types.MethodType(stay_in_eval, module)  # model.train() then leaves it in eval mode

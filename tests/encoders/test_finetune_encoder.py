@@ -133,7 +133,7 @@ def test_the_fine_tuning_keys_need_finetune_encoder_and_an_encoder():
         "frozen_layers=1 set how": {"frozen_layers": 1},
         "finetune_encoder=True trains a pretrained encoder": {"finetune_encoder": True},
         "the clap encoder .* cannot recompute": {"encoder": "clap", "finetune_encoder": True, "grad_checkpointing": True},
-        "model=probe is trained otherwise": {"encoder": "dasheng", "finetune_encoder": True, "model": "probe"},
+        "model=probe is the encoder.s probe alone": {"encoder": "dasheng", "finetune_encoder": True, "model": "probe"},
     }
     for message, overrides in refused.items():
         with pytest.raises(ConfigError, match=message):
