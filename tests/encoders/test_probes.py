@@ -2,15 +2,19 @@
 cache (encoder=dasheng|whisper|clap), resumes it and reports it (W&B offline, hardest clips included);
 pre_trained_models.py predicts files with it (long tracks in the encoder's windows, CSV) and --evaluate
 scores it on its test split. Tiny random encoders saved locally (tests/test_encoders.py's), generated
-WAV clips in a folder dataset; nothing is downloaded (HF_HUB_OFFLINE=1).
+WAV clips in a folder dataset; nothing is downloaded (HF_HUB_OFFLINE=1). The commands run in this process
+(their main()), except torchrun's: each would otherwise import torch and transformers anew.
 
     python -m pytest tests/encoders/test_probes.py -q
 """
 import csv
+import functools
 import json
+import os
 import re
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -57,16 +61,32 @@ def run(script, *args, env, check=True):
     return result
 
 
+def run_here(capsys, script, *args):
+    """The script's main() in this process (transformers is imported once, not by every command: ~3 s of
+    CPU each); what it printed, as run()'s result."""
+    import main
+    import pre_trained_models
+
+    capsys.readouterr()
+    assert {"main.py": main.main, "pre_trained_models.py": pre_trained_models.main}[script](list(map(str, args))) == 0
+    return types.SimpleNamespace(stdout=capsys.readouterr().out)
+
+
 @needs_packages
-@pytest.mark.slow  # five commands: 24-41 s each on a busy 2-core machine
+@pytest.mark.slow  # four commands: 10-25 s in all on a busy 2-core machine
 @pytest.mark.parametrize("name", ["dasheng", "whisper", "clap"])
-def test_a_probe_trains_resumes_predicts_and_evaluates_with_the_suites_commands(name, weights, music, tmp_path):
-    env = {**clean_env(tmp_path), "HF_HUB_OFFLINE": "1"}
+def test_a_probe_trains_resumes_predicts_and_evaluates_with_the_suites_commands(name, weights, music, tmp_path,
+                                                                                capsys, monkeypatch):
+    for key in [key for key in os.environ if key.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    for key, value in clean_env(tmp_path).items():  # W&B's files and HOME under tmp_path
+        monkeypatch.setenv(key, value)
+    run = functools.partial(run_here, capsys)  # this test's commands run in-process
     out, cache = tmp_path / "run", tmp_path / "cache"
     train = ["main.py", "--dataset=folder", f"--data_dir={music}", f"--cache_dir={cache}", f"--encoder={name}",
              f"--encoder_weights={weights[name]}", "--head=mlp", "--batch_size=4", f"--out_dir={out}",
              f"--wandb_mode={'offline' if name == 'dasheng' else 'disabled'}", "--hardest_clips=2", "--cache_workers=1"]
-    first = run(*train, "--epochs=1", env=env)
+    first = run(*train, "--epochs=1")
     assert f"model: probe (mlp head on {name})" in first.stdout and "Embedding cache" in first.stdout
     best = torch.load(out / "best.pt", weights_only=True)
     p = best["preprocessing"]
@@ -76,7 +96,7 @@ def test_a_probe_trains_resumes_predicts_and_evaluates_with_the_suites_commands(
     assert best["state_dict"]["standardise.std"].shape == (p["layers"], p["dim"])  # per feature, from training
     assert not torch.allclose(best["state_dict"]["standardise.std"], torch.ones(p["layers"], p["dim"]))
 
-    resumed = run(*train, "--epochs=2", "--resume=True", env=env)
+    resumed = run(*train, "--epochs=2", "--resume=True")
     assert "resuming after epoch 1" in resumed.stdout and "[0 computed now, " in resumed.stdout  # the cache reused
     last = torch.load(out / "last.pt", weights_only=True)
     assert last["training"]["epoch"] == 2 and len(last["training"]["history"]) == 2
@@ -88,7 +108,7 @@ def test_a_probe_trains_resumes_predicts_and_evaluates_with_the_suites_commands(
     clip = music / "Jazz" / "0.wav"
     table = tmp_path / "genres.csv"
     run("pre_trained_models.py", f"--checkpoint={out / 'best.pt'}", f"--output={table}", "--num_workers=1",
-        clip, long_track, short_track, env=env)
+        clip, long_track, short_track)
     rows = {row["path"]: row for row in csv.DictReader(table.open())}
     assert [rows[str(f)]["windows"] for f in (clip, long_track, short_track)] == ["3", "5", "1"]
     for row in rows.values():
@@ -108,7 +128,7 @@ def test_a_probe_trains_resumes_predicts_and_evaluates_with_the_suites_commands(
 
     # --evaluate: the test split it was trained with, through the embedding cache, as training's test
     evaluation = run("pre_trained_models.py", f"--checkpoint={out / 'best.pt'}", "--evaluate=True",
-                     f"--cache_dir={cache}", f"--out_dir={tmp_path / 'evaluation'}", env=env)
+                     f"--cache_dir={cache}", f"--out_dir={tmp_path / 'evaluation'}")
     assert "on 3 clips" in evaluation.stdout
     evaluated = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
     assert abs(evaluated["test_loss"] - metrics["test_loss"]) < 1e-4 and evaluated["test_accuracy"] == metrics["test_accuracy"]
@@ -123,17 +143,17 @@ def test_a_probe_trains_resumes_predicts_and_evaluates_with_the_suites_commands(
 
 @needs_packages
 @pytest.mark.slow  # the demo's sub-genre clips (24 of 30 s), one epoch of a Dasheng probe, a prediction
-def test_a_probe_learns_fmas_genre_tree_as_multi_label(weights, tmp_path):
+def test_a_probe_learns_fmas_genre_tree_as_multi_label(weights, tmp_path, capsys):
     """target=genres_all with a probe: the demo's FMA-format data with sub-genres, one sigmoid per genre of
     the tree, thresholds tuned on validation, and a prediction that names genres by their tree paths."""
     from fma_genres.data.demo_data import make_demo_dataset
 
     demo = make_demo_dataset(tmp_path / "demo", tracks_per_genre=3, subgenres=True)
-    env = {**clean_env(tmp_path), "HF_HUB_OFFLINE": "1"}
+    run = functools.partial(run_here, capsys)  # in-process, as the test above
     out = tmp_path / "run"
     run("main.py", f"--data_dir={demo}", "--download=False", "--target=genres_all", "--min_genre_tracks=1",
         "--encoder=dasheng", f"--encoder_weights={weights['dasheng']}", "--epochs=1", "--batch_size=4",
-        f"--out_dir={out}", "--wandb_mode=disabled", "--cache_workers=1", env=env)
+        f"--out_dir={out}", "--wandb_mode=disabled", "--cache_workers=1")
     best = torch.load(out / "best.pt", weights_only=True)
     genres = best["genres"]
     assert best["model"] == "probe" and best["target"] == "genres_all"
@@ -142,7 +162,7 @@ def test_a_probe_learns_fmas_genre_tree_as_multi_label(weights, tmp_path):
     assert metrics["select_metric"] == "pr_auc_macro" and 0 <= metrics["pr_auc_macro"] <= 1
     clip = sorted((demo / "fma_small").rglob("*.mp3"))[0]
     predicted = run("pre_trained_models.py", f"--checkpoint={out / 'best.pt'}", "--json", "--top_k=3",
-                    "--num_workers=1", clip, env=env)
+                    "--num_workers=1", clip)
     shown = json.loads(predicted.stdout.strip().splitlines()[-1])
     assert len(shown["genres"]) == 3 and set(shown["probabilities"]) == set(best["class_names"])
 
