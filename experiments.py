@@ -60,6 +60,9 @@ PROBE_SPACE = {
     "batch_size": [16, 32, 50, 64],
     "head": ["linear", "mlp"],
 }
+# A pretrained encoder fine-tuned with its probe (main.py's finetune_encoder=True) also searches the encoder's
+# learning rate, which sits orders of magnitude below the probe's; a GPU's batch bounds its batch size.
+FINETUNE_SPACE = {**PROBE_SPACE, "encoder_lr": {"low": 1e-6, "high": 1e-4, "log": True}, "batch_size": [8, 16, 32]}
 # experiments.py's own options; every other --key=value is main.py's
 OPTIONS = {"trials": 20, "parallel": 1, "space": "", "storage": "", "report": False, "keep_last": False,  # tune
            "seeds": "0,1,2",                                                          # repeat
@@ -98,8 +101,11 @@ class Interrupted(Exception):
 # tune: an Optuna study
 
 def default_space(config):
-    """The space searched when no --space is given: PROBE_SPACE for an encoder's probe, else SPACE."""
-    return SPACE if config["encoder"] == "mel" else PROBE_SPACE
+    """The space searched when no --space is given: PROBE_SPACE for an encoder's probe, FINETUNE_SPACE for
+    a fine-tuned encoder, else SPACE."""
+    if config["encoder"] == "mel":
+        return SPACE
+    return FINETUNE_SPACE if config["finetune_encoder"] else PROBE_SPACE
 
 
 def load_space(path, config):
@@ -144,7 +150,8 @@ def search_space(space_file, main_args, config):
         return space
     left = {key: choice for key, choice in space.items() if key not in fixed}
     if not left:
-        fail(f"nothing is left to search: every key of experiments.py's {'SPACE' if space is SPACE else 'PROBE_SPACE'} "
+        name = next(name for name in ("SPACE", "PROBE_SPACE", "FINETUNE_SPACE") if globals()[name] is space)
+        fail(f"nothing is left to search: every key of experiments.py's {name} "
              f"is fixed ("
              f"{', '.join(f'{key} {fixed[key]}' for key in space)}). Leave one of them unset, or search keys of "
              f"your choice with --space=FILE.py (a Python file defining SPACE = {{...}}).")
@@ -425,7 +432,7 @@ def parse(argv):
             main_args.append(arg)
     overrides, _ = configurator.parse_command_line(main_args, main_defaults(), "main.py")
     config = main_config(overrides)
-    kind = config["model"] if config["encoder"] == "mel" else f"probe_{config['encoder']}"
+    kind = config["model"] if config["encoder"] == "mel" else f"{config['model']}_{config['encoder']}"
     opts["name"] = opts["name"] or f"{command}_{kind}"
     opts["dir"] = opts["dir"] or str(Path("runs") / "experiments" / opts["name"])
     if opts["trials"] < 1 or opts["parallel"] < 1:

@@ -24,7 +24,7 @@ from fma_genres.encoders.audio_cache import audio_preprocessing, build_audio_cac
 from fma_genres.encoders.embedding_cache import build_embedding_cache, window_starts
 from fma_genres.inference.audio_windows import silence_decoder_notes
 from fma_genres.runtime.errors import ConfigError, DataError
-from models import FinetunedEncoder
+from models import FINETUNED
 
 
 class EncoderProbe(torch.nn.Module):
@@ -107,7 +107,7 @@ def predict(model, checkpoint, files, outputs, reading, device="cpu", on_window=
         if error:
             yield files[i], None, 0, error
             continue
-        rows = track_rows(model, windows, batch_size)
+        rows = track_rows(model, checkpoint, windows, batch_size)
         with torch.no_grad():
             vector = outputs(model, rows[None].float().to(device))[0]
             for window, alone in zip(windows, outputs(model, rows[:, None].float().to(device)) if on_window else ()):
@@ -115,10 +115,11 @@ def predict(model, checkpoint, files, outputs, reading, device="cpu", on_window=
         yield files[i], vector.double().cpu().numpy(), len(windows), None
 
 
-def track_rows(model, windows, batch_size):
+def track_rows(model, checkpoint, windows, batch_size):
     """A track's row as the model's training cache held it: a probe's, its windows' embeddings (the encoder's,
-    batch_size windows at a time); a fine-tuned encoder's, the windows themselves; float16, as the caches store them."""
-    if isinstance(model, FinetunedEncoder):
+    batch_size windows at a time); a fine-tuned encoder's (or an ensemble of them), the windows themselves;
+    float16, as the caches store them."""
+    if checkpoint["model"] in FINETUNED:
         return windows.half()
     return torch.cat([model.encoder.embed_layers(windows[k:k + batch_size]).half()
                       for k in range(0, len(windows), batch_size)])
@@ -127,9 +128,7 @@ def track_rows(model, windows, batch_size):
 def test_cache(model, tracks, data, checkpoint):
     """--evaluate's cache of the test tracks, the training run's where it covers them: a probe's embedding cache
     (same encoder and weights), a fine-tuned encoder's audio cache."""
-    if isinstance(model, FinetunedEncoder):
+    if checkpoint["model"] in FINETUNED:
         return build_audio_cache(tracks, data.cache_root, data.identity, audio_preprocessing(checkpoint["preprocessing"]))
     return build_embedding_cache(tracks, data.cache_root, data.identity, model.encoder)
 
-
-AUDIO_WINDOW_MODELS = (EncoderProbe, FinetunedEncoder)  # predicted from the encoder's windows of a track

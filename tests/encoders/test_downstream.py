@@ -29,9 +29,17 @@ music, weights = test_probes.music, test_probes.weights  # its fixtures: 3 genre
 N_FRAMES = 96  # the CNNs' windows: quick, and a 30 s clip gets many of them
 
 
+def tone_stats(encoder):
+    """Per-feature mean and std of the encoder's embeddings of tones like the tests' (test_probes.write_wav's:
+    a sine and a little noise): a standardisation under which an untrained head's probabilities are not one-hot."""
+    t = torch.arange(encoder.window_samples) / encoder.sample_rate
+    tones = [0.3 * torch.sin(2 * torch.pi * 55.0 * k * t) + 0.05 * torch.randn(t.shape) for k in range(1, 9)]
+    rows = encoder.embed_layers(torch.stack(tones))
+    return rows.mean(0), rows.std(0) + 1e-3
+
+
 def probe_checkpoint(path, encoder_name, encoder_weights, head="mlp", seed=0):
-    """An untrained probe on a tiny local encoder, standardised with the statistics of tones like the tests'
-    (test_probes.write_wav's: a sine and a little noise), so its probabilities are not one-hot."""
+    """An untrained probe on a tiny local encoder, standardised by tone_stats."""
     from fma_genres.encoders import load_encoder
     from fma_genres.encoders.embedding_cache import checkpoint_preprocessing
     from models import ProbeHead
@@ -39,13 +47,29 @@ def probe_checkpoint(path, encoder_name, encoder_weights, head="mlp", seed=0):
     encoder = load_encoder(encoder_name, str(encoder_weights), "cpu")
     torch.manual_seed(seed)
     probe = ProbeHead(encoder.layers, encoder.dim, len(GENRES), head)
-    t = torch.arange(encoder.window_samples) / encoder.sample_rate
-    tones = [0.3 * torch.sin(2 * torch.pi * 55.0 * k * t) + 0.05 * torch.randn(t.shape) for k in range(1, 9)]
-    rows = encoder.embed_layers(torch.stack(tones))
-    probe.standardise.use(rows.mean(0), rows.std(0) + 1e-3)
+    probe.standardise.use(*tone_stats(encoder))
     model_args = {"layers": encoder.layers, "dim": encoder.dim, "n_classes": len(GENRES), "head": head}
     models_utils.save_checkpoint(models_utils.make_checkpoint(
         "probe", model_args, probe.state_dict(), list(GENRES), checkpoint_preprocessing(encoder)), path)
+    return path
+
+
+def finetuned_checkpoint(path, encoder_weights, seed=0):
+    """An untrained fine-tuned Dasheng as main.py's finetune_encoder=True saves one: the tiny encoder's weights
+    and a fresh MLP probe, standardised by tone_stats."""
+    from fma_genres.encoders import load_encoder
+    from fma_genres.encoders.embedding_cache import checkpoint_preprocessing
+    from models import build_model
+
+    encoder = load_encoder("dasheng", str(encoder_weights), "cpu")
+    torch.manual_seed(seed)
+    model_args = {"encoder": "dasheng", "architecture": encoder.architecture(), "layers": encoder.layers,
+                  "dim": encoder.dim, "n_classes": len(GENRES), "head": "mlp", "augment": False}
+    model = build_model("finetuned", **model_args)
+    model.encoder.load_state_dict(encoder.model.state_dict())
+    model.standardise.use(*tone_stats(encoder))
+    models_utils.save_checkpoint(models_utils.make_checkpoint(
+        "finetuned", model_args, model.state_dict(), list(GENRES), checkpoint_preprocessing(encoder)), path)
     return path
 
 
@@ -60,6 +84,14 @@ def cnn_checkpoint(path, seed):
         "cnn1d", {"n_mels": 128, "n_frames": N_FRAMES, "n_classes": len(GENRES), "faithful": False},
         model.state_dict(), list(GENRES), {**utils.PREPROCESSING, "n_frames": N_FRAMES}), path)
     return path
+
+
+def table(tmp_path, tracks, *checkpoints):
+    """pre_trained_models.py's CSV of these tracks with these checkpoints (several: their ensemble)."""
+    output = tmp_path / "genres.csv"
+    argv = [*(f"--checkpoint={c}" for c in checkpoints), f"--output={output}", "--num_workers=0", *map(str, tracks)]
+    assert ptm.main(argv) == 0
+    return np.array([[float(row[g]) for g in GENRES] for row in csv.DictReader(output.open())])
 
 
 def predicted(model, checkpoint, files):
@@ -92,14 +124,8 @@ def test_a_probe_and_a_cnn_average_their_track_probabilities_and_other_genres_ar
     cnn = cnn_checkpoint(tmp_path / "cnn.pt", seed=1)
     tracks = [write_wav(tmp_path / "long.wav", 25.0, 220.0, seed=1), write_wav(tmp_path / "short.wav", 4.0, 330.0, 2)]
 
-    def table(*checkpoints):
-        output = tmp_path / "genres.csv"
-        argv = [*(f"--checkpoint={c}" for c in checkpoints), f"--output={output}", "--num_workers=0", *map(str, tracks)]
-        assert ptm.main(argv) == 0
-        return np.array([[float(row[g]) for g in GENRES] for row in csv.DictReader(output.open())])
-
-    alone = table(probe), table(cnn)
-    np.testing.assert_allclose(table(probe, cnn), (alone[0] + alone[1]) / 2, atol=2e-6)
+    alone = table(tmp_path, tracks, probe), table(tmp_path, tracks, cnn)
+    np.testing.assert_allclose(table(tmp_path, tracks, probe, cnn), (alone[0] + alone[1]) / 2, atol=2e-6)
     # --plot needs spectrograms, which the probe's member lacks
     assert ptm.main([f"--checkpoint={probe}", f"--checkpoint={cnn}", f"--plot={tmp_path}", str(tracks[0])]) == 2
     assert "drop --plot" in capsys.readouterr().err
@@ -182,6 +208,13 @@ def test_tune_with_an_encoder_searches_the_probes_space(repeated, music, weights
         assert checkpoint["model"] == "probe" and checkpoint["model_args"]["head"] == trial.params["head"]
 
 
+def test_tune_searches_a_fine_tuned_encoders_learning_rate_beside_the_probes_keys():
+    space = experiments.default_space(experiments.main_config({"encoder": "dasheng", "finetune_encoder": True}))
+    assert space is experiments.FINETUNE_SPACE and {"encoder_lr", "lr", "head"} <= set(space)
+    assert experiments.default_space(experiments.main_config({"encoder": "clap"})) is experiments.PROBE_SPACE
+    assert "encoder_lr" not in experiments.PROBE_SPACE and "model" not in experiments.FINETUNE_SPACE
+
+
 # ----------------------------------------------------------------------------- embeddings and ONNX
 
 @needs_packages
@@ -238,6 +271,40 @@ def test_onnx_export_of_a_whisper_probe_is_its_head_on_embeddings_and_says_so(we
     (got,) = session.run(["probabilities"], {"embeddings": rows.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(got, model(rows)[1].numpy(), atol=export.MAX_DIFFERENCE)
+
+
+@needs_packages
+def test_a_fine_tuned_encoder_predicts_joins_a_cnn_exports_and_serves_the_page(weights, tmp_path, capsys):
+    """The same tools with a fine-tuned encoder's checkpoint (its model takes the audio windows itself)."""
+    tuned, cnn = finetuned_checkpoint(tmp_path / "tuned.pt", weights["dasheng"]), cnn_checkpoint(tmp_path / "cnn.pt", 1)
+    tracks = [write_wav(tmp_path / "long.wav", 25.0, 220.0, seed=1), write_wav(tmp_path / "short.wav", 4.0, 330.0, 2)]
+    model, checkpoint = predict.load_predictor(tuned)
+    windows = torch.from_numpy(probe_windows.track_windows(tracks[0], checkpoint["preprocessing"])).half().float()
+    with torch.no_grad():  # the long track: the model on its 2 windows (float16, as the audio cache holds them)
+        expected_probabilities, expected_embedding = model(windows[None])[1][0], model.embed(windows[None])[0]
+    alone = table(tmp_path, tracks, tuned), table(tmp_path, tracks, cnn)
+    np.testing.assert_allclose(alone[0][0], expected_probabilities, atol=1e-5)
+    assert alone[0].std(axis=0).max() > 1e-3  # the two tracks told apart
+    np.testing.assert_allclose(table(tmp_path, tracks, tuned, cnn), (alone[0] + alone[1]) / 2, atol=2e-6)
+
+    # two fine-tuned seeds form one ensemble of one preprocessing (experiments.py repeat's)
+    other = finetuned_checkpoint(tmp_path / "tuned_1.pt", weights["dasheng"], seed=1)
+    np.testing.assert_allclose(table(tmp_path, tracks, tuned, other), (alone[0] + table(tmp_path, tracks, other)) / 2,
+                               atol=2e-6)
+
+    assert ptm.main([f"--checkpoint={tuned}", f"--embeddings={tmp_path / 'e.npz'}", "--num_workers=0",
+                     str(tracks[0])]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "e.npz")["embeddings"][0], expected_embedding, atol=1e-5)
+
+    assert ptm.main([f"--checkpoint={tuned}", f"--export={tmp_path / 'tuned.onnx'}"]) == 0
+    session, props = onnx_session(tmp_path / "tuned.onnx")
+    assert props["input_kind"] == "audio" and props["model"] == "finetuned" and "note:" not in capsys.readouterr().out
+    (got,) = session.run(["probabilities"], {"audio": windows[None].numpy()})
+    np.testing.assert_allclose(got[0], expected_probabilities, atol=export.MAX_DIFFERENCE)
+
+    long, short = app.analyse(tracks, model, checkpoint, top_k=2)
+    assert [label for label, _ in long["predictions"]] == [GENRES[k] for k in np.argsort(-alone[0][0])[:2]]
+    assert short["predictions"] and "dasheng" in app.checkpoint_summary(checkpoint, tuned)
 
 
 # ----------------------------------------------------------------------------- the web page (app.py)

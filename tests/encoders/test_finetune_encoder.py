@@ -23,13 +23,15 @@ import torch
 import main
 import models_utils
 import pre_trained_models
-from conftest import default_sigint, wait_for
+from conftest import clean_env, default_sigint, wait_for
 from test_encoders import MISSING, ROOT, Weights, needs_packages  # this folder's: pytest puts it on sys.path
 
 GENRES = test_probes.GENRES
 music = test_probes.music  # its fixture: 3 genres x 3 WAV clips of 30 s
 
 ENCODER_LR, HEAD_LR, WARMUP = 1e-4, 1e-3, 4  # 3 training clips at batch 1: 3 steps an epoch
+# Dasheng's weights that frozen_layers=1 keeps: its front end and its first block
+FROZEN = ("front_end.", "init_bn.", "patch_embed.", "time_pos_embed", "freq_pos_embed", "blocks.0.")
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +73,7 @@ def test_a_fine_tuned_dasheng_trains_resumes_exactly_and_predicts_from_its_check
     # frozen_layers=1: the front end (BatchNorm statistics too) and block 0 kept their weights; block 1 learnt
     original, trained = torch.load(weights_file, weights_only=True)["model"], last["state_dict"]
     for key, value in original.items():
-        frozen = key.startswith(("front_end.", "init_bn.", "patch_embed.", "time_pos_embed", "freq_pos_embed", "blocks.0."))
-        assert torch.equal(trained[f"encoder.{key}"], value) == frozen, key
+        assert torch.equal(trained[f"encoder.{key}"], value) == key.startswith(FROZEN), key
 
     # SIGTERM to the process group after a mid-epoch save, then resume: the uninterrupted run's weights
     run = tmp_path / "run"
@@ -283,3 +284,25 @@ def test_init_from_a_probe_checkpoint_gives_the_fine_tuned_model_its_head_and_st
     assert all(torch.equal(value, before[key]) for key, value in model.encoder.state_dict().items())
     with pytest.raises(models_utils.CheckpointError, match="holds a probe model but this run trains a crnn"):
         finetune.read_source(tmp_path / "probe.pt", "crnn")
+
+
+@needs_packages
+@pytest.mark.slow  # torchrun's two ranks each load the encoder and fine-tune it for an epoch
+def test_two_ranks_fine_tune_one_encoder_under_torchrun_and_log_it_to_wandb(weights, music, tmp_path):
+    """The CNNs' torchrun path (DDP over gloo, the training clips sharded between the ranks, rank 0 alone
+    writing checkpoints and the W&B run) with a fine-tuned encoder."""
+    out = tmp_path / "run"
+    args = train_args(music, weights["dasheng"], tmp_path / "cache", out, "--epochs=1", "--batch_size=4",
+                      "--data_augmentation=False", "--wandb_mode=offline")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "main.py", *args], cwd=ROOT, env={**clean_env(tmp_path), "HF_HUB_OFFLINE": "1"},
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    last = models_utils.load_checkpoint(out / "last.pt")
+    assert last["model"] == "finetuned" and last["config"]["world_size"] == 2
+    assert last["training"]["examples_seen"] == 3  # the 3 training clips, each once: none twice, none lost
+    original = torch.load(weights["dasheng"], weights_only=True)["model"]
+    for key, value in original.items():  # the ranks' averaged gradients trained all but the frozen layers
+        assert torch.equal(last["state_dict"][f"encoder.{key}"], value) == key.startswith(FROZEN), key
+    assert result.stdout.count("fine-tuning dasheng: encoder lr") == 1  # rank 0 alone prints
+    assert len(list((tmp_path / "wandb_dir" / "wandb").glob("offline-run-*"))) == 1

@@ -142,13 +142,16 @@ def test_a_probe_trains_resumes_predicts_and_evaluates_with_the_suites_commands(
 
 
 @needs_packages
-@pytest.mark.slow  # the demo's sub-genre clips (24 of 30 s), one epoch of a Dasheng probe, a prediction
-def test_a_probe_learns_fmas_genre_tree_as_multi_label(weights, tmp_path, capsys):
+@pytest.mark.slow  # the demo's sub-genre clips (24 of 3 s), one epoch of a Dasheng probe, a prediction
+def test_a_probe_learns_fmas_genre_tree_as_multi_label(weights, tmp_path, capsys, monkeypatch):
     """target=genres_all with a probe: the demo's FMA-format data with sub-genres, one sigmoid per genre of
-    the tree, thresholds tuned on validation, and a prediction that names genres by their tree paths."""
+    the tree, thresholds tuned on validation, and a prediction that names genres by their tree paths. The
+    encoder's windows are 1 s here, so 3 s clips give the cache its 3 windows (30 s clips: 25 s more)."""
     from fma_genres.data.demo_data import make_demo_dataset
+    from fma_genres.encoders import DashengEncoder
 
-    demo = make_demo_dataset(tmp_path / "demo", tracks_per_genre=3, subgenres=True)
+    monkeypatch.setattr(DashengEncoder, "window_seconds", 1.0)
+    demo = make_demo_dataset(tmp_path / "demo", tracks_per_genre=3, duration=3.0, subgenres=True)
     run = functools.partial(run_here, capsys)  # in-process, as the test above
     out = tmp_path / "run"
     run("main.py", f"--data_dir={demo}", "--download=False", "--target=genres_all", "--min_genre_tracks=1",
