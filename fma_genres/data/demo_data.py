@@ -4,7 +4,7 @@ It writes, under DATA_DIR (default data/demo):
 
     fma_metadata/tracks.csv   two header rows, index track_id, FMA's column groups and names
     fma_metadata/genres.csv   the 8 top-level genres of fma_small with their real FMA ids
-    fma_small/<tid[:3]>/<tid>.mp3   44.1 kHz stereo MP3 clips of synthetic music
+    fma_small/<tid[:3]>/<tid>.mp3   44.1 kHz mono MP3 clips of synthetic music (a stereo mix's channel mean)
 
 The eight fma_small genres get their own synthetic "music" (tempo range, drum pattern, bass, chord and
 melody registers, timbres, noise), varied per track (key, tempo, notes, mix), deterministic from the
@@ -351,7 +351,10 @@ def _render_track(job):
     audio = synthesize(genre, duration, rng)
     if subgenre:  # its own generator: the genre's music stays the same clip as without sub-genres
         audio = audio + subgenre_tone(subgenre, duration, np.random.default_rng([seed, tid, 1]))
-    _write_atomic(pathlib.Path(path), lambda tmp: sf.write(tmp, audio, SAMPLE_RATE, format="MP3"))
+    # Mono: the channel mean of the stereo mix, which is what the pipeline reads of a stereo file (utils.load_audio),
+    # so the spectrograms are the mix's, at half the MP3 encoding time.
+    mono = audio.mean(axis=1)
+    _write_atomic(pathlib.Path(path), lambda tmp: sf.write(tmp, mono, SAMPLE_RATE, format="MP3"))
 
 
 def _mp3_path(data_dir, tid):

@@ -78,12 +78,12 @@ def test_too_few_tracks_per_genre_is_refused():
         _plan(2, seed=0)
 
 
-def test_audio_is_44k_stereo_mp3_at_the_official_paths(demo):
+def test_audio_is_44k_mono_mp3_at_the_official_paths(demo):
     paths = mp3_paths(demo)
     assert all(path.exists() for path in paths.values())
     for path in list(paths.values())[:8]:
         info = sf.info(path)
-        assert info.format == "MP3" and info.samplerate == 44100 and info.channels == 2
+        assert info.format == "MP3" and info.samplerate == 44100 and info.channels == 1
         audio, _ = sf.read(path)
         assert abs(len(audio) - DURATION * 44100) <= 1152  # at most one MP3 frame off
         assert 0.05 < np.abs(audio).max() < 1.0  # audible, not clipped
@@ -119,7 +119,7 @@ def test_second_call_is_a_no_op_and_a_missing_clip_is_restored(tmp_path, capsys)
     lost.unlink()
     make_demo_dataset(tmp_path, tracks_per_genre=3, duration=2.0)
     assert "writing 1 of 24 clips" in capsys.readouterr().out
-    assert lost.exists() and sf.info(lost).channels == 2
+    assert lost.exists() and sf.info(lost).channels == 1
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items() if p.suffix == ".mp3" and p != lost)
 
 
