@@ -23,22 +23,18 @@ import torch
 import main
 import models_utils
 import pre_trained_models
+import test_encoders  # this folder's
 from conftest import clean_env, default_sigint, wait_for
-from test_encoders import MISSING, ROOT, Weights, needs_packages  # this folder's: pytest puts it on sys.path
+from test_encoders import ROOT, needs_packages  # this folder's: pytest puts it on sys.path
 
 GENRES = test_probes.GENRES
 music = test_probes.music  # its fixture: 3 genres x 3 WAV clips of 30 s
+weights = test_encoders.weights  # its fixture: the tiny random encoders, saved locally
 
 ENCODER_LR, HEAD_LR, WARMUP = 1e-4, 1e-3, 4  # 3 training clips at batch 1: 3 steps an epoch
 # Dasheng's weights that frozen_layers=1 keeps: its front end and its first block
 FROZEN = ("front_end.", "init_bn.", "patch_embed.", "time_pos_embed", "freq_pos_embed", "blocks.0.")
 
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    if MISSING:
-        pytest.skip(f"{MISSING} not installed")
-    return Weights(tmp_path_factory.mktemp("weights"))
 
 
 def train_args(music, weights_file, cache, out_dir, *extra):

@@ -20,10 +20,12 @@ import numpy as np
 import pytest
 import torch
 
+import test_encoders  # this folder's
 from conftest import clean_env
-from test_encoders import MISSING, ROOT, Weights, needs_packages  # this folder's: pytest puts it on sys.path
+from test_encoders import ROOT, needs_packages  # this folder's: pytest puts it on sys.path
 
 GENRES = ("Folk", "Jazz", "Rock")
+weights = test_encoders.weights  # its fixture: the tiny random encoders, saved locally
 
 
 def write_wav(path, seconds, pitch, seed, rate=16000):
@@ -46,12 +48,6 @@ def music(tmp_path_factory):
             write_wav(root / genre / f"{k}.wav", 30.0, 110.0 * (g + 1), seed=10 * g + k)
     return root
 
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    if MISSING:
-        pytest.skip(f"{MISSING} not installed")
-    return Weights(tmp_path_factory.mktemp("weights"))
 
 
 def run(script, *args, env, check=True):

@@ -12,13 +12,15 @@ import sys
 
 import numpy as np
 import pytest
+import test_probes  # this folder's too
 import torch
 from test_probes import write_wav
 
 from conftest import clean_env
 from test_encoders import MISSING, ROOT, needs_packages, save_clap, save_whisper
 
-GENRES = ("Folk", "Jazz", "Rock")
+GENRES = test_probes.GENRES
+music = test_probes.music  # its fixture: 3 genres x 3 WAV clips of 30 s
 WORDS = "this audio is a song folk jazz rock pop".split()
 
 
@@ -45,16 +47,6 @@ def clap(tmp_path_factory):
     if MISSING:
         pytest.skip(f"{MISSING} not installed")
     return save_clap_with_tokenizer(tmp_path_factory.mktemp("weights"))
-
-
-@pytest.fixture(scope="module")
-def music(tmp_path_factory):
-    """A folder dataset: 3 genres x 3 WAV clips of 30 s (one each for training, validation and test)."""
-    root = tmp_path_factory.mktemp("music")
-    for g, genre in enumerate(GENRES):
-        for k in range(3):
-            write_wav(root / genre / f"{k}.wav", 30.0, 110.0 * (g + 1), seed=10 * g + k)
-    return root
 
 
 def predict_command(*args, env):
