@@ -37,9 +37,9 @@ SLOW_MODULES = {
 # The full suite's longest modules (seconds of one worker, `--durations=0` on a quiet 2-core machine), run
 # first: pytest.ini gives xdist whole files (--dist=loadfile: a module's fixtures are built once, by one
 # worker) in collection order, so the two workers start with the longest and end together on short ones.
-LONGEST_MODULES = ["test_docs_commands.py", "test_benchmarks.py", "test_experiments.py", "test_studies.py",
-                   "test_main_run.py", "test_downstream.py", "test_distributed.py", "test_unbalanced.py",
-                   "test_probes.py", "test_app.py", "test_predict.py", "test_models_utils.py", "test_multilabel.py"]
+LONGEST_MODULES = ["test_benchmarks.py", "test_experiments.py", "test_docs_commands.py", "test_studies.py",
+                   "test_downstream.py", "test_distributed.py", "test_main_run.py", "test_unbalanced.py",
+                   "test_models_utils.py", "test_app.py", "test_predict.py", "test_multilabel.py", "test_cache.py"]
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the markers
