@@ -240,6 +240,7 @@ def onnx_session(path):
 
 
 @needs_packages
+@pytest.mark.slow  # an ONNX export of the encoder and its check
 def test_onnx_export_of_a_dasheng_probe_is_the_whole_model_on_audio_windows(weights, tmp_path, capsys):
     checkpoint_path = probe_checkpoint(tmp_path / "probe.pt", "dasheng", weights["dasheng"])
     assert ptm.main([f"--checkpoint={checkpoint_path}", f"--export={tmp_path / 'probe.onnx'}"]) == 0
@@ -258,6 +259,7 @@ def test_onnx_export_of_a_dasheng_probe_is_the_whole_model_on_audio_windows(weig
 
 
 @needs_packages
+@pytest.mark.slow  # an ONNX export attempt, then the head's
 def test_onnx_export_of_a_whisper_probe_is_its_head_on_embeddings_and_says_so(weights, tmp_path, capsys):
     checkpoint_path = probe_checkpoint(tmp_path / "probe.pt", "whisper", weights["whisper"], head="linear")
     assert ptm.main([f"--checkpoint={checkpoint_path}", f"--export={tmp_path / 'probe.onnx'}"]) == 0
@@ -274,6 +276,7 @@ def test_onnx_export_of_a_whisper_probe_is_its_head_on_embeddings_and_says_so(we
 
 
 @needs_packages
+@pytest.mark.slow  # five commands and an ONNX export
 def test_a_fine_tuned_encoder_predicts_joins_a_cnn_exports_and_serves_the_page(weights, tmp_path, capsys):
     """The same tools with a fine-tuned encoder's checkpoint (its model takes the audio windows itself)."""
     tuned, cnn = finetuned_checkpoint(tmp_path / "tuned.pt", weights["dasheng"]), cnn_checkpoint(tmp_path / "cnn.pt", 1)

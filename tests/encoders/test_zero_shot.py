@@ -55,6 +55,7 @@ def predict_command(*args, env):
 
 
 @needs_packages
+@pytest.mark.slow  # pre_trained_models.py as a subprocess, twice
 def test_zero_shot_scores_each_track_over_exactly_the_given_genres(clap, tmp_path):
     env = {**clean_env(tmp_path), "HF_HUB_OFFLINE": "1"}
     tracks = [write_wav(tmp_path / "a.wav", 30.0, 220.0, 1), write_wav(tmp_path / "b.wav", 12.0, 440.0, 2)]
