@@ -8,11 +8,9 @@ The test clips go through the training pipeline (cache, first n_frames, broken c
 test.evaluate, so the numbers compare with main.py's test results, not with the windowed prediction.
 A zero-shot model (zero_shot.py), trained on nothing, takes the command line's split (given_settings).
 """
-import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import models_utils
@@ -92,7 +90,7 @@ def member_scores(members, loaders, device):
     test loader of each member's preprocessing (by its JSON)."""
     rows = []
     for path, model, checkpoint in members:
-        loader = loaders[json.dumps(checkpoint["preprocessing"], sort_keys=True)]
+        loader = loaders[predict.preprocessing_key(checkpoint)]
         scores = evaluate(model, loader, device, checkpoint)[0]
         rows.append({"checkpoint": str(path), **{k: v for k, v in scores.items() if not isinstance(v, (dict, list))}})
     return rows
@@ -122,19 +120,17 @@ def test_loaders(groups, test_tracks, data, batch_size, device, task):
         split, _ = utils.make_loaders(cache, dict.fromkeys(("train", "val", "test"), usable), batch_size,
                                       settings=utils.LoaderSettings(device=device))
         task.use_labels(split, data)
-        loaders[json.dumps(checkpoint["preprocessing"], sort_keys=True)] = split["test"]
+        loaders[predict.preprocessing_key(checkpoint)] = split["test"]
     return loaders
 
 
 def evaluate_groups(groups, loaders, device, checkpoint):
     """test.evaluate's (scores, result) of the groups' mean track probabilities (one group: its own)."""
-    key = lambda c: json.dumps(c["preprocessing"], sort_keys=True)
     if len(groups) == 1:
-        return evaluate(groups[0][0], loaders[key(groups[0][1])], device, checkpoint)
+        return evaluate(groups[0][0], loaders[predict.preprocessing_key(groups[0][1])], device, checkpoint)
     task = tasks.of(checkpoint)
-    results = [test(model, loaders[key(c)], device, task=task) for model, c, _ in groups]
-    weights = np.array([count for _, _, count in groups], dtype=np.float64)
-    mean = sum(w * r["probabilities"].astype(np.float64) for w, r in zip(weights, results)) / weights.sum()
+    results = [test(model, loaders[predict.preprocessing_key(c)], device, task=task) for model, c, _ in groups]
+    mean = predict.members_mean(groups, [r["probabilities"] for r in results])
     targets = results[0]["targets"]
     loss = task.loss(task.logits(torch.from_numpy(mean)), torch.from_numpy(targets), reduction="sum").item()
     scores = task.scores(targets, mean, checkpoint["class_names"], checkpoint.get("genres"))

@@ -94,18 +94,28 @@ class TrackEnsemble:
 
     def predict(self, files, reading, device, outputs):
         """predict's rows: per file the members' mean (windows: the first group's count; error: the first)."""
-        weights = np.array([count for _, _, count in self.groups], dtype=np.float64)
         rows = (predict(model, checkpoint, files, reading, device, outputs) for model, checkpoint, _ in self.groups)
         for results in zip(*rows):
             error = next((error for _, _, _, error in results if error), None)
-            mean = None if error else sum(w * vector for w, (_, vector, _, _) in zip(weights, results)) / weights.sum()
+            mean = None if error else members_mean(self.groups, [vector for _, vector, _, _ in results])
             yield results[0][0], mean, results[0][2], error
+
+
+def members_mean(groups, vectors):
+    """The mean over every member of the groups' vectors (each group's is the mean of its members')."""
+    weights = np.array([count for _, _, count in groups], dtype=np.float64)
+    return sum(w * np.asarray(v, dtype=np.float64) for w, v in zip(weights, vectors)) / weights.sum()
 
 
 def reads_encoder(checkpoint):
     """Whether a checkpoint's model reads a pretrained encoder's audio windows (a probe, or a fine-tuned
     encoder) rather than mel-spectrograms: its preprocessing names the encoder."""
     return "encoder" in (checkpoint.get("preprocessing") or {})
+
+
+def preprocessing_key(checkpoint):
+    """A checkpoint's preprocessing as one hashable value: members with the same read the same windows."""
+    return json.dumps(checkpoint["preprocessing"], sort_keys=True)
 
 
 def reads_spectrograms(model, checkpoint):
@@ -131,7 +141,7 @@ def ensemble(members):
     checkpoint = task.ensemble_checkpoint([c for _, _, c in members])
     groups = {}
     for member in members:
-        groups.setdefault(json.dumps(member[2]["preprocessing"], sort_keys=True), []).append(member)
+        groups.setdefault(preprocessing_key(member[2]), []).append(member)
     if len(groups) == 1:
         return Ensemble([model for _, model, _ in members], task), checkpoint
     return TrackEnsemble([group_model(group, task) for group in groups.values()]), checkpoint
