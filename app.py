@@ -1,8 +1,8 @@
 """A local web page for trying a trained model on your own music: upload songs (several at once) or record
 from the microphone, and see for each its top genres as bars, the mel-spectrogram the model saw, for a
 track longer than one window the genre probabilities over time, and an audio player. A header names the
-checkpoint's model, genres and training summary. A probe on a pretrained encoder (main.py's encoder=...)
-reads windows of audio: its page shows no spectrogram (the header says so) and its timeline is the
+checkpoint's model, genres and training summary. An encoder checkpoint (a probe on a pretrained encoder, or
+the encoder fine-tuned with it: main.py's encoder=...) reads windows of audio: its page shows no spectrogram (the header says so) and its timeline is the
 probabilities of each window alone. Built with Gradio, an optional dependency:
 
     pip install -r requirements-app.txt

@@ -25,7 +25,7 @@ SMALL_GENRES = sorted(list(GENRE_IDS)[:8])
 # The full suite only (pytest.ini's `slow` marker): modules of end-to-end runs, training for epochs,
 # subprocesses, servers, torchrun, a browser, prediction and export, and the demo data's synthesis. The fast
 # tier, `python -m pytest -m "not slow"`, is the rest: config, models, tasks, data, cache and the training
-# step (345 tests, 35 s on a quiet 2-core machine). A slow test in a fast module carries @pytest.mark.slow itself.
+# step (355 tests, 35 s on a quiet 2-core machine). A slow test in a fast module carries @pytest.mark.slow itself.
 SLOW_MODULES = {
     "test_allocator.py", "test_app.py", "test_audio_windows.py", "test_benchmarks.py", "test_demo_data.py",
     "test_distributed.py", "test_download.py", "test_embeddings_export.py", "test_encoders.py", "test_experiments.py", "test_finetune.py",
